@@ -1,0 +1,13 @@
+"""clarep_fast: fused kernels for canonical latent representations (CLAReps) and CaDistill.
+
+Importing this package imports torch only: no triton, no compiled extension, no CUDA initialization.
+Those load on first use of an op that needs them.
+"""
+
+from clarep_fast.backends import BACKENDS, available_backends, use_backend
+from clarep_fast.modules import CKA
+from clarep_fast.ops.cka import cka, cka_pairs
+
+__version__ = "0.1.0"
+
+__all__ = ["BACKENDS", "CKA", "available_backends", "cka", "cka_pairs", "use_backend"]

@@ -1,0 +1,134 @@
+"""Backend registry: which implementation of a fused op runs, chosen per call.
+
+Backends:
+  cuda   -- CUDA kernels from csrc/cuda, in the compiled extension (CUDA tensors)
+  triton -- Triton kernels from kernels/ (CUDA tensors; CPU tensors only with TRITON_INTERPRET=1)
+  cpu    -- C++/OpenMP kernels from csrc/cpu, in the compiled extension (CPU tensors)
+  torch  -- the pure-PyTorch reference (any device)
+
+The request comes from, in order: the innermost ``use_backend(...)`` context, the environment
+variable ``CLAREP_FAST_BACKEND``, else "auto". "auto" takes the first usable backend in
+``AUTO_ORDER`` for the tensors' device; an explicit request for an unusable backend raises.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import functools
+import importlib.util
+import os
+from typing import Iterator, NamedTuple
+
+import torch
+
+from clarep_fast._extension import extension, extension_error
+
+BACKENDS = ("cuda", "triton", "cpu", "torch")
+ENV_VAR = "CLAREP_FAST_BACKEND"
+AUTO_ORDER = {"cuda": ("cuda", "triton", "torch"), "cpu": ("cpu", "torch")}
+
+_requested: contextvars.ContextVar[str | None] = contextvars.ContextVar("clarep_fast_backend", default=None)
+
+
+class BackendStatus(NamedTuple):
+    available: bool  # usable for at least one device type on this machine
+    devices: tuple[str, ...]  # device types it can run on here
+    reason: str  # why it is unusable (or where it is not), '' when usable everywhere it applies
+
+
+def _check_name(name: str) -> str:
+    if name not in BACKENDS + ("auto",):
+        raise ValueError(f"backend must be one of {BACKENDS + ('auto',)}, got {name!r}")
+    return name
+
+
+@contextlib.contextmanager
+def use_backend(name: str) -> Iterator[None]:
+    """Run the fused ops inside this block on backend ``name`` (or "auto")."""
+    token = _requested.set(_check_name(name))
+    try:
+        yield
+    finally:
+        _requested.reset(token)
+
+
+def requested_backend() -> str:
+    """The backend asked for right now: context manager, then CLAREP_FAST_BACKEND, then "auto"."""
+    name = _requested.get()
+    if name is None:
+        name = os.environ.get(ENV_VAR, "auto").strip().lower() or "auto"
+        if name not in BACKENDS + ("auto",):
+            raise ValueError(f"{ENV_VAR} must be one of {BACKENDS + ('auto',)}, got {name!r}")
+    return name
+
+
+@functools.cache
+def _triton_installed() -> bool:
+    return importlib.util.find_spec("triton") is not None
+
+
+def _triton_interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def unusable_reason(name: str, device_type: str) -> str:
+    """'' if backend ``name`` can run ops on tensors of ``device_type`` here, else why not."""
+    if device_type not in ("cpu", "cuda"):
+        return f"clarep_fast runs on cpu and cuda tensors, got device type {device_type!r}"
+    if name == "torch":
+        return ""
+    if name == "triton":
+        if not _triton_installed():
+            return "triton is not installed"
+        if device_type == "cpu" and not _triton_interpreting():
+            return "Triton has no CPU backend; set TRITON_INTERPRET=1 (before import) to run its interpreter"
+        if device_type == "cuda" and not torch.cuda.is_available():
+            return "no CUDA device is visible"
+        return ""
+    if name == "cpu":
+        if device_type != "cpu":
+            return "the cpu backend runs on CPU tensors only"
+        return "" if extension() is not None else extension_error()
+    if name == "cuda":
+        if device_type != "cuda":
+            return "the cuda backend runs on CUDA tensors only"
+        if extension() is None:
+            return extension_error()
+        if not extension().built_with_cuda():
+            return "clarep_fast._C was built without CUDA (no toolkit or a CPU-only torch at build time, or CLAREP_FAST_CUDA=0)"
+        if not torch.cuda.is_available():
+            return "no CUDA device is visible"
+        return ""
+    raise ValueError(f"backend must be one of {BACKENDS}, got {name!r}")
+
+
+def available_backends() -> dict[str, BackendStatus]:
+    """For each backend: is it usable here, on which device types, and if not, why not."""
+    report = {}
+    for name in BACKENDS:
+        reasons = {device: unusable_reason(name, device) for device in ("cpu", "cuda")}
+        devices = tuple(device for device, reason in reasons.items() if not reason)
+        why = "; ".join(f"{device}: {reason}" for device, reason in reasons.items() if reason)
+        report[name] = BackendStatus(bool(devices), devices, why)
+    return report
+
+
+@torch.compiler.assume_constant_result
+def resolve_backend(device: torch.device) -> str:
+    """The backend that runs an op on ``device`` now; raises if an explicit request is unusable.
+
+    Under torch.compile the answer is taken once, at trace time, and baked into the graph.
+    """
+    name = requested_backend()
+    if name != "auto":
+        reason = unusable_reason(name, device.type)
+        if reason:
+            raise RuntimeError(f"backend {name!r} was requested but cannot run on {device.type} tensors: {reason}")
+        return name
+    if device.type not in AUTO_ORDER:
+        raise ValueError(f"clarep_fast runs on cpu and cuda tensors, got device type {device.type!r}")
+    for candidate in AUTO_ORDER[device.type]:
+        if not unusable_reason(candidate, device.type):
+            return candidate
+    return "torch"

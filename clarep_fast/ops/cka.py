@@ -1,0 +1,218 @@
+"""Fused linear CKA: ``torch.library`` custom ops, fake implementations, autograd and dispatch.
+
+Math (see clarep_fast/reference/cka.py for the definitions): with Grams K = x xᵀ, L = y yᵀ and
+their centered forms C(K), C(L) (double centering, or U-centering when unbiased),
+
+    CKA = hkl / sqrt(hkk · hll),   hkl = <C(K), C(L)>,  hkk = <C(K), C(K)>,  hll = <C(L), C(L)>.
+
+Gradient: C is a self-adjoint projection, so d hkl/dK = C(L) and d hkk/dK = 2 C(K), hence
+
+    dCKA/dK = C(L)/sqrt(hkk hll) - CKA · C(K)/hkk        (symmetric)
+    dx = (dCKA/dK + dCKA/dKᵀ) x = 2 (dCKA/dK) x           (and the same for y with K <-> L)
+
+Pipeline of one call over P layer pairs sharing the batch size n:
+  forward:  Grams on the vendor GEMM into one (P, 2, n, n) buffer (reads each input once);
+            ONE n×n kernel per call: row sums, centering, hkl/hkk/hll, traces, the ratio.
+  backward: ONE n×n kernel per call: the combined coefficient matrices 2g·dCKA/dK, 2g·dCKA/dL;
+            then one GEMM per input that needs a gradient (reads each input once more).
+Only the (P, 2, n, n) Grams, row sums and stats are saved: never a centered (n, d) copy.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from torch import Tensor
+
+from clarep_fast.backends import resolve_backend
+from clarep_fast.ops.gram import gram_backward, gram_into
+from clarep_fast.reference.cka import DEGENERATE_RTOL, STATS_FIELDS, accumulation_dtype, center_gram, cka_stats_reference
+
+SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+NUM_STATS = len(STATS_FIELDS)
+
+
+# ----------------------------------------------------------------------------- backend kernels
+# Every backend provides the two n×n kernels with one contract:
+#   cka_stats(grams (P,2,n,n), unbiased, rtol) -> (stats (P,8) in STATS_FIELDS order, rowsums (P,2,n))
+#   cka_grads(grams, rowsums, stats, grad (P,), unbiased, rtol) -> coefficients (P,2,n,n),
+#       coefficients[p,0] = 2 g_p dCKA_p/dK_p and coefficients[p,1] = 2 g_p dCKA_p/dL_p.
+# rowsums are the (off-diagonal, when unbiased) row sums of K and L, reused by the backward;
+# rtol is DEGENERATE_RTOL, passed in so that every backend draws the same line.
+
+
+def _torch_stats(grams: Tensor, unbiased: bool, rtol: float) -> tuple[Tensor, Tensor]:
+    stats = cka_stats_reference(grams[:, 0], grams[:, 1], unbiased)
+    return stats, grams.new_zeros(grams.shape[:3])  # the torch backward recomputes, needs no row sums
+
+
+def _torch_grads(grams: Tensor, rowsums: Tensor, stats: Tensor, grad: Tensor, unbiased: bool, rtol: float) -> Tensor:
+    kc = center_gram(grams[:, 0], unbiased)  # (P, n, n)
+    lc = center_gram(grams[:, 1], unbiased)
+    value, hkl, hkk, hll, trace_x, trace_y, _, _ = stats.unbind(-1)  # each (P,)
+    ok = (hkk > rtol * trace_x**2) & (hll > rtol * trace_y**2)  # else zero gradient
+    one = torch.ones_like(hkk)
+    hkk, hll = torch.where(ok, hkk, one), torch.where(ok, hll, one)
+    scale = torch.where(ok, 2 * grad, torch.zeros_like(grad))[:, None, None]  # 2g, symmetrization
+    inv_norm = (hkk.sqrt() * hll.sqrt()).reciprocal()[:, None, None]
+    value = value[:, None, None]
+    d_gram_x = scale * (lc * inv_norm - value * kc / hkk[:, None, None])
+    d_gram_y = scale * (kc * inv_norm - value * lc / hll[:, None, None])
+    return torch.stack([d_gram_x, d_gram_y], dim=1)
+
+
+def _kernels(backend: str):
+    if backend == "torch":
+        return _torch_stats, _torch_grads
+    if backend == "triton":
+        from clarep_fast.kernels import cka as triton_cka  # imports triton: only when asked for
+
+        return triton_cka.cka_stats, triton_cka.cka_grads
+    if backend in ("cpu", "cuda"):
+        from clarep_fast._extension import extension
+
+        return extension().cka_stats, extension().cka_grads
+    raise ValueError(f"unknown backend {backend!r}")
+
+
+# ----------------------------------------------------------------------------- custom ops
+
+
+@torch.library.custom_op("clarep_fast::cka_forward", mutates_args=())
+def cka_forward(xs: list[Tensor], ys: list[Tensor], unbiased: bool, backend: str) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """CKA of P pairs (xs[p]: (n, d_p), ys[p]: (n, e_p)) -> (cka (P,), stats (P,8), rowsums (P,2,n), grams (P,2,n,n))."""
+    n, dtype = xs[0].shape[0], accumulation_dtype(*xs, *ys)
+    grams = torch.empty(len(xs), 2, n, n, dtype=dtype, device=xs[0].device)  # (P, 2, n, n)
+    for pair, (x, y) in enumerate(zip(xs, ys)):
+        gram_into(x, grams[pair, 0])
+        gram_into(y, grams[pair, 1])
+    stats, rowsums = _kernels(backend)[0](grams, unbiased, DEGENERATE_RTOL)
+    _raise_if_not_finite(stats)
+    return stats[:, 0].clone(), stats, rowsums, grams
+
+
+@cka_forward.register_fake
+def _(xs, ys, unbiased, backend):
+    pairs, n, dtype = len(xs), xs[0].shape[0], accumulation_dtype(*xs, *ys)
+    new = xs[0].new_empty
+    return new(pairs, dtype=dtype), new(pairs, NUM_STATS, dtype=dtype), new(pairs, 2, n, dtype=dtype), new(pairs, 2, n, n, dtype=dtype)
+
+
+@torch.library.custom_op("clarep_fast::cka_backward", mutates_args=())
+def cka_backward(
+    grad: Tensor,
+    stats: Tensor,
+    rowsums: Tensor,
+    grams: Tensor,
+    xs: list[Tensor],
+    ys: list[Tensor],
+    unbiased: bool,
+    need_x: bool,
+    need_y: bool,
+    backend: str,
+) -> tuple[list[Tensor], list[Tensor]]:
+    """Input gradients of cka_forward; an input list that needs no gradient gets an empty list."""
+    coefficients = _kernels(backend)[1](grams, rowsums, stats, grad.to(grams.dtype).contiguous(), unbiased, DEGENERATE_RTOL)
+    dxs = [gram_backward(coefficients[p, 0], x) for p, x in enumerate(xs)] if need_x else []
+    dys = [gram_backward(coefficients[p, 1], y) for p, y in enumerate(ys)] if need_y else []
+    return dxs, dys
+
+
+@cka_backward.register_fake
+def _(grad, stats, rowsums, grams, xs, ys, unbiased, need_x, need_y, backend):
+    return ([torch.empty_like(x) for x in xs] if need_x else []), ([torch.empty_like(y) for y in ys] if need_y else [])
+
+
+def _setup_context(ctx, inputs, output):
+    xs, ys, unbiased, backend = inputs
+    _, stats, rowsums, grams = output
+    ctx.mark_non_differentiable(stats, rowsums, grams)
+    ctx.save_for_backward(stats, rowsums, grams, *xs, *ys)
+    ctx.pairs, ctx.unbiased, ctx.backend = len(xs), unbiased, backend
+
+
+def _backward(ctx, grad_cka, *unused_grads):
+    stats, rowsums, grams, *inputs = ctx.saved_tensors
+    xs, ys = inputs[: ctx.pairs], inputs[ctx.pairs :]
+    need_x, need_y = any(_flatten(ctx.needs_input_grad[0])), any(_flatten(ctx.needs_input_grad[1]))
+    dxs, dys = cka_backward(grad_cka, stats, rowsums, grams, xs, ys, ctx.unbiased, need_x, need_y, ctx.backend)
+    nothing = [None] * ctx.pairs  # a tensor-list input takes a list of per-tensor gradients
+    return (dxs if need_x else nothing), (dys if need_y else nothing), None, None
+
+
+def _flatten(flags) -> list[bool]:
+    return list(flags) if isinstance(flags, (list, tuple)) else [flags]
+
+
+cka_forward.register_autograd(_backward, setup_context=_setup_context)
+
+
+# ----------------------------------------------------------------------------- public API
+
+
+def cka(x: Tensor, y: Tensor, *, unbiased: bool = False) -> Tensor:
+    """Linear CKA between x: (n, ...) and y: (n, ...), flattened per sample -> 0-dim fp32 tensor.
+
+    unbiased=False: biased HSIC (Kornblith et al. 2019), in [0, 1].
+    unbiased=True: unbiased HSIC (Song et al. 2012), needs n >= 4, can leave [0, 1] slightly.
+    A zero-variance input gives 0 with a zero gradient. Differentiable in both arguments.
+    """
+    return cka_pairs([x], [y], unbiased=unbiased, _names=("x", "y"))[0]
+
+
+def cka_pairs(xs: Sequence[Tensor], ys: Sequence[Tensor], *, unbiased: bool = False, _names=("xs", "ys")) -> Tensor:
+    """CKA of every layer pair (xs[p], ys[p]) in one call -> (P,) tensor; all inputs share n."""
+    xs, ys = _validated(xs, ys, unbiased, _names)
+    backend = resolve_backend(xs[0].device)
+    return cka_forward(xs, ys, unbiased, backend)[0]
+
+
+# ----------------------------------------------------------------------------- input checks
+
+
+def _validated(xs, ys, unbiased: bool, names: tuple[str, str]) -> tuple[list[Tensor], list[Tensor]]:
+    """Flatten each input to (n, d) and raise a clear error on anything we cannot compute."""
+    if isinstance(xs, Tensor) or isinstance(ys, Tensor):
+        raise TypeError(f"{names[0]} and {names[1]} must be sequences of tensors; use cka(x, y) for one pair")
+    xs, ys = list(xs), list(ys)
+    if not xs or len(xs) != len(ys):
+        raise ValueError(f"{names[0]} and {names[1]} must be non-empty and of equal length, got {len(xs)} and {len(ys)}")
+    single = len(xs) == 1 and names == ("x", "y")
+    flat = {names[0]: [], names[1]: []}
+    device, n = None, None
+    for side, tensors in zip(names, (xs, ys)):
+        for pair, tensor in enumerate(tensors):
+            name = side if single else f"{side}[{pair}]"
+            if not isinstance(tensor, Tensor):
+                raise TypeError(f"{name} must be a torch.Tensor, got {type(tensor).__name__}")
+            if tensor.dtype not in SUPPORTED_DTYPES:
+                raise TypeError(f"{name} must be float16, bfloat16, float32 or float64, got {tensor.dtype}")
+            if tensor.dim() < 2:
+                raise ValueError(f"{name} must have shape (n, ...) with at least 2 dimensions, got shape {tuple(tensor.shape)}")
+            if tensor.numel() == 0:
+                raise ValueError(f"{name} is empty (shape {tuple(tensor.shape)}); CKA needs samples and features")
+            if device is None:
+                device, n = tensor.device, tensor.shape[0]
+            if tensor.device != device:
+                raise ValueError(f"{name} is on {tensor.device} but the first input is on {device}; put all inputs on one device")
+            if tensor.shape[0] != n:
+                raise ValueError(f"{name} has {tensor.shape[0]} samples but the first input has {n}; all inputs must share n")
+            flat[side].append(tensor.reshape(n, -1))
+    minimum = 4 if unbiased else 2
+    if n < minimum:
+        kind = "unbiased" if unbiased else "biased"
+        raise ValueError(f"{names[0]} has n={n} samples; {kind} CKA needs n >= {minimum}")
+    return flat[names[0]], flat[names[1]]
+
+
+def _raise_if_not_finite(stats: Tensor) -> None:
+    """NaN/Inf in an input (or an fp32 overflow of its Gram) shows up in its HSIC and trace."""
+    bad = ~torch.isfinite(stats)
+    if not bool(bad.any()):
+        return
+    pair = int(bad.any(1).nonzero()[0])
+    x_bad = bool(bad[pair, [2, 4]].any())  # hkk, trace_x depend on x alone
+    y_bad = bool(bad[pair, [3, 5]].any())
+    culprit = " and ".join(name for name, is_bad in (("x", x_bad), ("y", y_bad)) if is_bad) or "x or y"
+    raise ValueError(f"cka: {culprit} of pair {pair} holds NaN or Inf (or its Gram overflowed {stats.dtype})")

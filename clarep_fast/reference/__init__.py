@@ -1,0 +1,5 @@
+"""Pure-PyTorch references: the oracle for tests, the eager baseline for benchmarks, the fallback backend."""
+
+from clarep_fast.reference.cka import cka_from_grams_reference, cka_reference, cka_stats_reference
+
+__all__ = ["cka_from_grams_reference", "cka_reference", "cka_stats_reference"]

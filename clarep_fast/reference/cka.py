@@ -1,0 +1,112 @@
+"""Linear CKA in plain PyTorch: the test oracle, the benchmark baseline and the fallback backend.
+
+Linear CKA between feature matrices ``x: (n, d1)`` and ``y: (n, d2)`` (n samples):
+
+    K = x xᵀ,  L = y yᵀ                                (n, n) Gram matrices
+    HSIC_b(K, L) = tr(H K H L) / (n-1)²,  H = I - 11ᵀ/n    (biased)
+    HSIC_u(K, L) = [tr(K̃ L̃) + 1ᵀK̃1·1ᵀL̃1 / ((n-1)(n-2)) - 2/(n-2)·1ᵀK̃L̃1] / (n(n-3))
+                   K̃ = K with its diagonal zeroed          (unbiased, Song et al. 2012; n >= 4)
+    CKA = HSIC(K, L) / sqrt(HSIC(K, K) · HSIC(L, L))
+
+Both HSICs are inner products of *centered* Grams, which is how everything here computes them:
+  biased:    C(K) = H K H,  i.e.  C(K)_ij = K_ij - r_i/n - r_j/n + S/n²,  r = K 1, S = 1ᵀK1;
+  unbiased:  C(K) = U-centered K (Székely & Rizzo 2014), zero diagonal and, for i != j,
+             C(K)_ij = K̃_ij - (r̃_i + r̃_j)/(n-2) + S̃/((n-1)(n-2)),  r̃ = K̃ 1, S̃ = 1ᵀK̃1.
+Both C are orthogonal projections, so HSIC(K, L) ∝ <C(K), C(L)> = <K, C(L)>, and the constant
+factors cancel in CKA:  CKA = <C(K), C(L)> / sqrt(<C(K), C(K)> <C(L), C(L)>).
+
+Degenerate input (documented behaviour, identical on every backend): when an input has no variance
+across samples, <C(K), C(K)> is 0 up to rounding and CKA is 0/0. We return CKA = 0 with a zero
+gradient whenever  <C(K), C(K)> <= DEGENERATE_RTOL · tr(K)²  (likewise for L). tr(K) = ‖x‖²_F is the
+scale of the uncentered Gram; fp32 rounding of the centered Gram sits near 1e-14 of that, real data
+far above 1e-10.
+
+Computation is in float32 (float64 for float64 inputs), whatever the input dtype.
+"""
+
+from __future__ import annotations
+
+import torch
+
+DEGENERATE_RTOL = 1e-10
+
+
+def accumulation_dtype(*tensors: torch.Tensor) -> torch.dtype:
+    """float64 if any input is float64, else float32 (fp16/bf16 inputs accumulate in fp32)."""
+    return torch.float64 if any(t.dtype == torch.float64 for t in tensors) else torch.float32
+
+
+def center_gram(gram: torch.Tensor, unbiased: bool) -> torch.Tensor:
+    """C(K) for a batch of symmetric Grams ``(..., n, n)``: double centering or U-centering."""
+    n = gram.shape[-1]
+    if not unbiased:
+        row = gram.sum(-1)  # (..., n)
+        total = row.sum(-1)[..., None, None]  # (..., 1, 1)
+        return gram - row[..., :, None] / n - row[..., None, :] / n + total / n**2
+    off_diagonal = 1.0 - torch.eye(n, dtype=gram.dtype, device=gram.device)
+    gram = gram * off_diagonal  # K̃
+    row = gram.sum(-1)
+    total = row.sum(-1)[..., None, None]
+    centered = gram - (row[..., :, None] + row[..., None, :]) / (n - 2) + total / ((n - 1) * (n - 2))
+    return centered * off_diagonal
+
+
+STATS_FIELDS = ("cka", "hkl", "hkk", "hll", "trace_x", "trace_y", "sum_x", "sum_y")
+
+
+def cka_stats_reference(gram_x: torch.Tensor, gram_y: torch.Tensor, unbiased: bool = False) -> torch.Tensor:
+    """Per-pair statistics from uncentered Grams ``(..., n, n)`` -> ``(..., 8)`` in STATS_FIELDS order.
+
+    hkl = <C(K), C(L)>, hkk = <C(K), C(K)>, hll = <C(L), C(L)>, trace_x = tr K, trace_y = tr L,
+    sum_x = 1ᵀK1 (1ᵀK̃1 when unbiased), sum_y likewise. Differentiable; the fused kernels return
+    exactly these fields.
+    """
+    kc = center_gram(gram_x, unbiased)
+    lc = center_gram(gram_y, unbiased)
+    hkl = (kc * lc).sum((-2, -1))
+    hkk = (kc * kc).sum((-2, -1))
+    hll = (lc * lc).sum((-2, -1))
+    trace_x = gram_x.diagonal(dim1=-2, dim2=-1).sum(-1)
+    trace_y = gram_y.diagonal(dim1=-2, dim2=-1).sum(-1)
+    cka = _ratio(hkl, hkk, hll, trace_x, trace_y)
+    sum_x, sum_y = gram_x.sum((-2, -1)), gram_y.sum((-2, -1))
+    if unbiased:
+        sum_x, sum_y = sum_x - trace_x, sum_y - trace_y
+    return torch.stack([cka, hkl, hkk, hll, trace_x, trace_y, sum_x, sum_y], dim=-1)
+
+
+def cka_from_grams_reference(gram_x: torch.Tensor, gram_y: torch.Tensor, unbiased: bool = False) -> torch.Tensor:
+    """CKA from uncentered Grams ``(..., n, n)`` -> ``(...)``."""
+    return cka_stats_reference(gram_x, gram_y, unbiased)[..., 0]
+
+
+def cka_reference(x: torch.Tensor, y: torch.Tensor, *, unbiased: bool = False) -> torch.Tensor:
+    """Linear CKA the textbook way: center the features, form Grams, take the HSIC ratio.
+
+    x: (n, ...), y: (n, ...) -> scalar. This is what "eager PyTorch" means in our benchmarks: it
+    materializes centered (n, d) copies of x and y and autograd keeps them for backward.
+    """
+    dtype = accumulation_dtype(x, y)
+    x = x.reshape(x.shape[0], -1).to(dtype)  # (n, d1)
+    y = y.reshape(y.shape[0], -1).to(dtype)  # (n, d2)
+    xc = x - x.mean(0, keepdim=True)
+    yc = y - y.mean(0, keepdim=True)
+    kc = xc @ xc.T  # = H K H exactly, since the columns of xc sum to zero
+    lc = yc @ yc.T
+    if unbiased:
+        kc = center_gram(kc, unbiased=True)
+        lc = center_gram(lc, unbiased=True)
+    hkl = (kc * lc).sum()
+    hkk = (kc * kc).sum()
+    hll = (lc * lc).sum()
+    return _ratio(hkl, hkk, hll, x.pow(2).sum(), y.pow(2).sum())
+
+
+def _ratio(hkl, hkk, hll, trace_x, trace_y):
+    """hkl / sqrt(hkk hll), and 0 with zero gradient for a degenerate (zero-variance) input."""
+    ok = (hkk > DEGENERATE_RTOL * trace_x**2) & (hll > DEGENERATE_RTOL * trace_y**2)
+    # sqrt(hkk)·sqrt(hll), not sqrt(hkk·hll): the product can overflow fp32 for large features.
+    # Substitute 1 before the sqrt so the unused branch has a finite gradient (no 0·inf = NaN).
+    one = torch.ones_like(hkk)
+    denominator = torch.where(ok, hkk, one).sqrt() * torch.where(ok, hll, one).sqrt()
+    return torch.where(ok, hkl / denominator, torch.zeros_like(hkl))

@@ -1,0 +1,56 @@
+// Fused linear-CKA n×n kernels: declarations shared by the CPU (.cpp) and CUDA (.cu) sources.
+//
+// Layout (row-major, contiguous, one dtype T = float or double):
+//   grams   (P, 2, n, n)  K_p = grams[p][0] = x_p x_pᵀ, L_p = grams[p][1] = y_p y_pᵀ (uncentered)
+//   rowsums (P, 2, n)     r_i = Σ_j K_ij (j != i when unbiased); same for L
+//   stats   (P, 8)        cka, hkl, hkk, hll, tr K, tr L, Σ r(K), Σ r(L)
+//   grad    (P,)          dLoss/dCKA_p
+//   coeffs  (P, 2, n, n)  2 g (dCKA/dK), 2 g (dCKA/dL): then dx = coeffs[p][0] x, dy = coeffs[p][1] y
+//
+// Centered Gram entries (reference/cka.py for the derivation):
+//   biased:    C(K)_ij = K_ij - (r_i + r_j)/n + S/n²
+//   unbiased:  C(K)_ij = K_ij - (r_i + r_j)/(n-2) + S/((n-1)(n-2)) for i != j, 0 on the diagonal
+//   hkl = Σ C(K)∘C(L), hkk = Σ C(K)², hll = Σ C(L)²,  CKA = hkl / (sqrt(hkk) sqrt(hll))
+//   degenerate (CKA := 0, zero gradient) unless hkk > rtol·(tr K)² and hll > rtol·(tr L)²
+//   dCKA/dK = C(L)/(sqrt(hkk) sqrt(hll)) - CKA·C(K)/hkk,  dCKA/dL likewise with K <-> L
+//
+// No torch headers here: the .cu files include only this and CUDA headers (fast nvcc builds).
+#pragma once
+#include <cstdint>
+
+namespace clarep_fast {
+
+constexpr int kNumStats = 8;
+
+template <typename T>
+void cka_stats_cpu(const T* grams, T* rowsums, T* stats, int64_t pairs, int64_t n, bool unbiased, double rtol);
+
+template <typename T>
+void cka_grads_cpu(const T* grams, const T* rowsums, const T* stats, const T* grad, T* coeffs, int64_t pairs,
+                   int64_t n, bool unbiased, double rtol);
+
+#ifdef WITH_CUDA
+// Launch on `stream` (a cudaStream_t passed as void* so this header needs no CUDA include).
+// Return the cudaError_t of the launch as int (0 = success).
+template <typename T>
+int cka_stats_cuda(const T* grams, T* rowsums, T* stats, int64_t pairs, int64_t n, bool unbiased, double rtol,
+                   void* stream);
+
+template <typename T>
+int cka_grads_cuda(const T* grams, const T* rowsums, const T* stats, const T* grad, T* coeffs, int64_t pairs,
+                   int64_t n, bool unbiased, double rtol, void* stream);
+#endif
+
+// Centering constants: C(K)_ij = K_ij - a (r_i + r_j) + b S.
+inline void centering_constants(int64_t n, bool unbiased, double* a, double* b) {
+  const double nd = static_cast<double>(n);
+  if (unbiased) {
+    *a = 1.0 / (nd - 2.0);
+    *b = 1.0 / ((nd - 1.0) * (nd - 2.0));
+  } else {
+    *a = 1.0 / nd;
+    *b = 1.0 / (nd * nd);
+  }
+}
+
+}  // namespace clarep_fast

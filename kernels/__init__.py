@@ -1,0 +1,1 @@
+"""Triton kernels, one file per op; installed as ``clarep_fast.kernels`` (imports triton)."""

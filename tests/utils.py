@@ -1,0 +1,41 @@
+"""Shared test helpers: tolerance tables and comparisons that print the worst mismatches."""
+
+from __future__ import annotations
+
+import torch
+
+from clarep_fast.backends import BACKENDS, unusable_reason
+
+# Per input dtype: tolerance for the CKA value (always accumulated in fp32/fp64) and for input
+# gradients, which come back in the input dtype: a few ulps of that dtype, relative to the largest
+# gradient entry (fp16 eps = 9.8e-4, bf16 eps = 7.8e-3).
+TOLERANCES = {
+    torch.float64: {"value": 1e-10, "grad": 1e-9},
+    torch.float32: {"value": 2e-5, "grad": 2e-4},
+    torch.float16: {"value": 2e-4, "grad": 4e-3},
+    torch.bfloat16: {"value": 2e-4, "grad": 3e-2},
+}
+
+
+def usable_backends(device: str) -> list[str]:
+    return [name for name in BACKENDS if not unusable_reason(name, device)]
+
+
+def assert_close(actual: torch.Tensor, expected: torch.Tensor, tolerance: float, name: str, relative_to_max: bool = True) -> None:
+    """|actual - expected| <= tolerance · max|expected| (or absolute); on failure list the worst elements."""
+    actual = actual.detach().double().cpu()
+    expected = expected.detach().double().cpu()
+    assert actual.shape == expected.shape, f"{name}: shape {tuple(actual.shape)} != {tuple(expected.shape)}"
+    assert torch.isfinite(actual).all(), f"{name}: non-finite values in the result"
+    scale = expected.abs().max().clamp_min(1e-30).item() if relative_to_max else 1.0
+    error = (actual - expected).abs()
+    bound = tolerance * scale
+    if error.numel() == 0 or error.max().item() <= bound:
+        return
+    worst = error.flatten().topk(min(5, error.numel()))
+    lines = []
+    for flat_index in worst.indices.tolist():
+        index = tuple(torch.unravel_index(torch.tensor(flat_index), error.shape)) if error.dim() else ()
+        index = tuple(int(i) for i in index)
+        lines.append(f"  at {index}: got {actual[index].item():.8g}, expected {expected[index].item():.8g}")
+    raise AssertionError(f"{name}: max error {error.max().item():.3g} > {bound:.3g}; worst elements:\n" + "\n".join(lines))

@@ -114,7 +114,6 @@ def available_backends() -> dict[str, BackendStatus]:
     return report
 
 
-@torch.compiler.assume_constant_result
 def resolve_backend(device: torch.device) -> str:
     """The backend that runs an op on ``device`` now; raises if an explicit request is unusable.
 
@@ -132,3 +131,8 @@ def resolve_backend(device: torch.device) -> str:
         if not unusable_reason(candidate, device.type):
             return candidate
     return "torch"
+
+
+# torch.compile treats the choice as a trace-time constant (what torch.compiler.assume_constant_result
+# does: it only sets this flag; calling it here would import torch._dynamo, and with it triton, at import).
+resolve_backend._dynamo_marked_constant = True

@@ -1,0 +1,55 @@
+"""Backend registry: auto choice, environment variable, context manager, clear errors."""
+
+import pytest
+import torch
+
+import clarep_fast
+from clarep_fast import backends
+from clarep_fast.backends import ENV_VAR, available_backends, requested_backend, resolve_backend, use_backend
+
+
+def test_available_backends_reports_every_backend_with_reasons():
+    report = available_backends()
+    assert set(report) == set(clarep_fast.BACKENDS)
+    assert report["torch"].available and set(report["torch"].devices) == {"cpu", "cuda"}
+    for name, status in report.items():
+        assert isinstance(status.reason, str)
+        if not status.available:
+            assert status.reason, f"{name} is unavailable without a reason"
+    if not torch.cuda.is_available():
+        assert not report["cuda"].available and "cuda" in report["cuda"].reason
+
+
+def test_auto_prefers_compiled_cpu_kernels():
+    expected = "cpu" if available_backends()["cpu"].available else "torch"
+    assert resolve_backend(torch.device("cpu")) == expected
+
+
+def test_environment_variable_and_context_manager(monkeypatch):
+    monkeypatch.setenv(ENV_VAR, "torch")
+    assert requested_backend() == "torch"
+    with use_backend("auto"):
+        assert requested_backend() == "auto"
+        with use_backend("cpu"):
+            assert requested_backend() == "cpu"
+        assert requested_backend() == "auto"
+    assert requested_backend() == "torch"
+
+
+def test_bad_names_raise(monkeypatch):
+    with pytest.raises(ValueError, match="backend must be one of"):
+        with use_backend("fastest"):
+            pass
+    monkeypatch.setenv(ENV_VAR, "nope")
+    with pytest.raises(ValueError, match=f"{ENV_VAR} must be one of"):
+        requested_backend()
+
+
+def test_explicit_unusable_backend_raises_and_auto_falls_back(monkeypatch):
+    with use_backend("cuda"), pytest.raises(RuntimeError, match="backend 'cuda' was requested but cannot run on cpu tensors"):
+        clarep_fast.cka(torch.randn(4, 3), torch.randn(4, 2))
+    monkeypatch.setattr(backends, "extension", lambda: None)
+    monkeypatch.setattr(backends, "extension_error", lambda: "pretend the build failed")
+    with use_backend("cpu"), pytest.raises(RuntimeError, match="pretend the build failed"):
+        clarep_fast.cka(torch.randn(4, 3), torch.randn(4, 2))
+    assert resolve_backend(torch.device("cpu")) == "torch"

@@ -1,0 +1,92 @@
+"""Measurement helpers shared by the benchmark suite: peak memory, GPU timing, environment, schema.
+
+Peak memory on CPU: the process's resident-set high-water mark (VmHWM) is reset through
+/proc/self/clear_refs before the call and read after it, minus the resident set before it. That
+only sees allocations glibc returns to the OS, so the runner sets MALLOC_MMAP_THRESHOLD_=65536:
+every tensor above 64 KiB is its own mapping, allocated when touched and unmapped when freed.
+On CUDA: torch.cuda.max_memory_allocated after reset_peak_memory_stats, minus what was allocated.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import re
+import subprocess
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULT_FIELDS = (
+    "op", "provider", "mode", "shape", "dtype", "device", "device_name",
+    "p50_ms", "p20_ms", "p80_ms", "rounds", "peak_mb", "extra_mb", "min_mb_moved", "gflop",
+    "torch", "triton", "git_sha",
+)  # fmt: skip
+
+
+def _proc_status_bytes(key: str) -> int:
+    with open("/proc/self/status") as status:
+        return int(re.search(rf"^{key}:\s+(\d+) kB", status.read(), re.M).group(1)) * 1024
+
+
+def cpu_peak_supported() -> bool:
+    return platform.system() == "Linux" and os.environ.get("MALLOC_MMAP_THRESHOLD_") is not None
+
+
+def peak_memory_bytes(fn, device: str) -> int | None:
+    """Bytes allocated at the peak of ``fn()`` above what was live before it (None if unmeasurable)."""
+    if device == "cuda":
+        torch.cuda.synchronize()
+        before = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+        fn()
+        torch.cuda.synchronize()
+        return torch.cuda.max_memory_allocated() - before
+    if not cpu_peak_supported():
+        return None
+    with open("/proc/self/clear_refs", "w") as clear:
+        clear.write("5")  # reset VmHWM to the current resident set
+    before = _proc_status_bytes("VmRSS")
+    fn()
+    return _proc_status_bytes("VmHWM") - before
+
+
+def gpu_quantiles_ms(fn) -> tuple[float, float, float]:
+    """(p50, p20, p80) in ms from triton.testing.do_bench (CUDA events, cache flushed between runs)."""
+    from triton.testing import do_bench
+
+    p50, p20, p80 = do_bench(fn, warmup=50, rep=300, quantiles=[0.5, 0.2, 0.8])
+    return p50, p20, p80
+
+
+def git_sha() -> str:
+    try:
+        sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT, capture_output=True, text=True, timeout=10).stdout.strip()
+        return (sha + ("+dirty" if dirty else "")) or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def device_name(device: str) -> str:
+    if device == "cuda":
+        return torch.cuda.get_device_name()
+    model = "cpu"
+    try:
+        with open("/proc/cpuinfo") as info:
+            found = re.search(r"^model name\s*:\s*(.+)$", info.read(), re.M)
+            model = found.group(1).strip() if found else model
+    except OSError:
+        pass
+    return f"{model} ({torch.get_num_threads()} threads)"
+
+
+def versions() -> dict[str, str]:
+    try:
+        import triton
+
+        triton_version = triton.__version__
+    except ImportError:
+        triton_version = "absent"
+    return {"torch": torch.__version__, "triton": triton_version}

@@ -1,0 +1,133 @@
+"""Run the benchmark suite and write its results: JSON + CSV (fixed schema) and a markdown table.
+
+    python benchmarks/run.py [--quick] [--device cpu|cuda] [--out DIR] [-k EXPR]
+
+Results land in DIR (default benchmarks/results/) as <device>[-quick].{json,csv,md}; the markdown
+table (fused against eager and torch.compile, as ratios) is also printed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+from collections import defaultdict
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from benchmarks.common import RESULT_FIELDS, ROOT, device_name, git_sha, versions  # noqa: E402
+
+
+def _quantile(data: list[float], q: float) -> float:
+    ordered = sorted(data)
+    position = q * (len(ordered) - 1)
+    low = int(position)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
+
+
+def run_suite(device: str, quick: bool, select: str | None) -> list[dict]:
+    """Run pytest-benchmark in a child process (so the allocator setting applies) and parse its JSON."""
+    with tempfile.TemporaryDirectory() as tmp:
+        raw = Path(tmp) / "raw.json"
+        command = [sys.executable, "-m", "pytest", "benchmarks", "-q", "-p", "no:cacheprovider", f"--bench-device={device}",
+                   f"--benchmark-json={raw}", "--benchmark-save-data", "--benchmark-disable-gc", "-o", "testpaths=benchmarks"]  # fmt: skip
+        if quick:
+            command.append("--quick")
+        if select:
+            command += ["-k", select]
+        environment = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536")
+        completed = subprocess.run(command, cwd=ROOT, env=environment)
+        if completed.returncode not in (0, 5) or not raw.exists():
+            raise SystemExit(f"benchmark run failed (pytest exit {completed.returncode})")
+        report = json.loads(raw.read_text())
+    common = {"device": device, "device_name": device_name(device), "git_sha": git_sha(), **versions()}
+    records = []
+    for bench in report["benchmarks"]:
+        info, data = bench["extra_info"], [seconds * 1e3 for seconds in bench["stats"]["data"]]
+        record = {**common, **{k: info.get(k) for k in RESULT_FIELDS if k in info}}
+        if "p50_ms" not in info:  # CPU: wall-clock rounds from pytest-benchmark
+            record.update(p50_ms=statistics.median(data), p20_ms=_quantile(data, 0.2), p80_ms=_quantile(data, 0.8))
+        record["rounds"] = len(data)
+        records.append({field: record.get(field) for field in RESULT_FIELDS})
+    return records
+
+
+def markdown_table(records: list[dict]) -> str:
+    """One row per (op, shape, mode, dtype): fused time, ratios to eager and compile, extra memory."""
+    groups: dict[tuple, dict[str, dict]] = defaultdict(dict)
+    for record in records:
+        groups[(record["op"], record["shape"], record["mode"], record["dtype"])][record["provider"]] = record
+    lines = [
+        "| op | shape | grads | dtype | fused ms | eager ms | compile ms | fused vs eager | fused vs compile | extra MB fused / eager / compile |",
+        "|---|---|---|---|---:|---:|---:|---:|---:|---:|",
+    ]
+
+    def ms(provider_records, name):
+        record = provider_records.get(name)
+        return record["p50_ms"] if record else None
+
+    def extra(provider_records, name):
+        record = provider_records.get(name)
+        return "-" if not record or record["extra_mb"] is None else f"{record['extra_mb']:.0f}"
+
+    for (op, shape, mode, dtype), by_provider in groups.items():
+        fused, eager, compiled = ms(by_provider, "fused"), ms(by_provider, "eager"), ms(by_provider, "compile")
+        ratio = lambda other: f"{other / fused:.2f}×" if fused and other else "-"  # noqa: E731
+        cell = lambda value: f"{value:.2f}" if value is not None else "-"  # noqa: E731
+        memory = " / ".join(extra(by_provider, name) for name in ("fused", "eager", "compile"))
+        lines.append(f"| {op} | {shape} | {mode} | {dtype} | {cell(fused)} | {cell(eager)} | {cell(compiled)} | {ratio(eager)} | {ratio(compiled)} | {memory} |")
+        if "fused-triton" in by_provider:
+            triton_ms = by_provider["fused-triton"]["p50_ms"]
+            lines.append(f"| {op} (triton) | {shape} | {mode} | {dtype} | {cell(triton_ms)} | | | {eager / triton_ms:.2f}× | {compiled / triton_ms:.2f}× | {extra(by_provider, 'fused-triton')} |")
+    return "\n".join(lines)
+
+
+def write_results(records: list[dict], out: Path, stem: str) -> str:
+    """Write <stem>.json, <stem>.csv and <stem>.md under ``out`` atomically; return the table."""
+    out.mkdir(parents=True, exist_ok=True)
+    table = markdown_table(records)
+    first = records[0] if records else {}
+    header = f"Device: {first.get('device_name', '?')}; torch {first.get('torch', '?')}, triton {first.get('triton', '?')}; git {first.get('git_sha', '?')}. Times are medians (ms); ratios are eager/fused and compile/fused (>1: fused is faster); extra MB = peak memory of the call minus its gradient outputs."
+    contents = {
+        ".json": json.dumps(records, indent=1),
+        ".md": f"{header}\n\n{table}\n",
+    }
+    for suffix, text in contents.items():
+        _atomic_write(out / f"{stem}{suffix}", text)
+    temporary = out / f".{stem}.csv.tmp"
+    with open(temporary, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=RESULT_FIELDS)
+        writer.writeheader()
+        writer.writerows(records)
+    temporary.replace(out / f"{stem}.csv")
+    return f"{header}\n\n{table}"
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    temporary = path.with_name(f".{path.name}.tmp")
+    temporary.write_text(text)
+    temporary.replace(path)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="small sweep (minutes, not tens of minutes)")
+    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
+    parser.add_argument("-k", dest="select", default=None, help="pytest -k expression to run a subset")
+    args = parser.parse_args()
+    records = run_suite(args.device, args.quick, args.select)
+    if not records:
+        raise SystemExit("no benchmark ran")
+    print(write_results(records, args.out, args.device + ("-quick" if args.quick else "")))
+
+
+if __name__ == "__main__":
+    main()

@@ -44,9 +44,12 @@ std::tuple<torch::Tensor, torch::Tensor> cka_stats(const torch::Tensor& grams, b
     if (grams.is_cuda()) {
 #ifdef WITH_CUDA
       const c10::cuda::CUDAGuard guard(grams.device());
+      auto partials = torch::empty({pairs, cka_stats_cuda_blocks(n), 5}, grams.options().dtype(torch::kFloat64));
+      auto counters = torch::zeros({pairs}, grams.options().dtype(torch::kInt32));
       check_launch(cka_stats_cuda<scalar_t>(grams.data_ptr<scalar_t>(), rowsums.data_ptr<scalar_t>(),
-                                            stats.data_ptr<scalar_t>(), pairs, n, unbiased, rtol,
-                                            c10::cuda::getCurrentCUDAStream().stream()),
+                                            stats.data_ptr<scalar_t>(), partials.data_ptr<double>(),
+                                            reinterpret_cast<unsigned int*>(counters.data_ptr<int32_t>()), pairs, n,
+                                            unbiased, rtol, c10::cuda::getCurrentCUDAStream().stream()),
                    "cka_stats_cuda");
 #else
       TORCH_CHECK(false, "clarep_fast._C was built without CUDA");

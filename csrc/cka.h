@@ -32,9 +32,13 @@ void cka_grads_cpu(const T* grams, const T* rowsums, const T* stats, const T* gr
 #ifdef WITH_CUDA
 // Launch on `stream` (a cudaStream_t passed as void* so this header needs no CUDA include).
 // Return the cudaError_t of the launch as int (0 = success).
+// cka_stats_cuda needs a workspace: `partials` (pairs × cka_stats_cuda_blocks(n) × 5 doubles, any
+// contents) and `counters` (pairs unsigned ints, zeroed).
+int64_t cka_stats_cuda_blocks(int64_t n);
+
 template <typename T>
-int cka_stats_cuda(const T* grams, T* rowsums, T* stats, int64_t pairs, int64_t n, bool unbiased, double rtol,
-                   void* stream);
+int cka_stats_cuda(const T* grams, T* rowsums, T* stats, double* partials, unsigned int* counters, int64_t pairs,
+                   int64_t n, bool unbiased, double rtol, void* stream);
 
 template <typename T>
 int cka_grads_cuda(const T* grams, const T* rowsums, const T* stats, const T* grad, T* coeffs, int64_t pairs,

@@ -9,9 +9,14 @@ Layout and math as in csrc/cka.h:
 Gradient (C is a self-adjoint projection):
     dCKA/dK = C(L) / (sqrt(hkk) sqrt(hll)) - CKA · C(K) / hkk;  coeffs[p, 0] = 2 g dCKA/dK (dx = coeffs x)
 
-_cka_stats_kernel: one program per pair, all the n×n forward work: pass 1 row sums and traces,
-barrier, pass 2 centered inner products, then the ratio. _cka_grads_kernel: one program per
-(pair, tile), elementwise. On CPU run them with TRITON_INTERPRET=1 (slow: small n, big blocks).
+_cka_stats_kernel: all the n×n forward work in one launch over (pair, row block), each Gram entry
+read once. Centering is algebraic, so one pass suffices:
+    <C(K), C(L)> = <K°, L°> - 2a r_K·r_L + b S_K S_L      (K° = K, or K with zeroed diagonal)
+Each program stores its rows' row sums and fp64 partial sums; the last program of a pair (atomic
+counter) adds the partials in a fixed order, forms the row-sum dot products and the ratio. fp64
+accumulation keeps this as accurate as explicit centering (the Gram's own fp32 rounding dominates).
+_cka_grads_kernel: one program per (pair, tile), elementwise.
+On CPU run them with TRITON_INTERPRET=1 (slow: small n, big blocks).
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ import triton
 import triton.language as tl
 
 NUM_STATS = 8
+_NUM_STATS = tl.constexpr(NUM_STATS)  # kernels may only read constexpr globals
 
 
 @triton.jit
@@ -34,93 +40,104 @@ def _centering(n, UNBIASED: tl.constexpr, dtype: tl.constexpr):
 
 
 @triton.jit
-def _cka_stats_kernel(grams_ptr, rowsums_ptr, stats_ptr, n, rtol, UNBIASED: tl.constexpr, BLOCK: tl.constexpr):
+def _cka_stats_kernel(
+    grams_ptr, rowsums_ptr, stats_ptr, partials_ptr, counters_ptr, n, rtol,
+    UNBIASED: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, FINAL_BLOCK: tl.constexpr,
+):  # fmt: skip
     dtype = grams_ptr.dtype.element_ty
     pair = tl.program_id(0).to(tl.int64)
+    block = tl.program_id(1)
+    blocks = tl.num_programs(1)
     nn = n.to(tl.int64) * n
     k_ptr = grams_ptr + 2 * pair * nn
     l_ptr = k_ptr + nn
     rk_ptr = rowsums_ptr + 2 * pair * n
     rl_ptr = rk_ptr + n
-    offsets = tl.arange(0, BLOCK)
-    a, b = _centering(n, UNBIASED, dtype)
 
-    # Pass 1: row sums (off-diagonal when unbiased) and traces.
-    trace_k = tl.zeros([BLOCK], dtype=dtype)
-    trace_l = tl.zeros([BLOCK], dtype=dtype)
-    for row_start in range(0, n, BLOCK):
-        rows = row_start + offsets
-        row_ok = rows < n
-        sum_k = tl.zeros([BLOCK], dtype=dtype)
-        sum_l = tl.zeros([BLOCK], dtype=dtype)
-        for col_start in range(0, n, BLOCK):
-            cols = col_start + offsets
-            mask = row_ok[:, None] & (cols < n)[None, :]
-            index = rows[:, None] * n + cols[None, :]
-            sum_k += tl.sum(tl.load(k_ptr + index, mask=mask, other=0.0), axis=1)
-            sum_l += tl.sum(tl.load(l_ptr + index, mask=mask, other=0.0), axis=1)
-        diag_k = tl.load(k_ptr + rows * n + rows, mask=row_ok, other=0.0)
-        diag_l = tl.load(l_ptr + rows * n + rows, mask=row_ok, other=0.0)
-        trace_k += diag_k
-        trace_l += diag_l
+    # One pass over rows [block·BLOCK_M, +BLOCK_M): row sums and fp64 partial inner products.
+    rows = block * BLOCK_M + tl.arange(0, BLOCK_M)
+    row_ok = rows < n
+    sum_k = tl.zeros([BLOCK_M], dtype=tl.float64)
+    sum_l = tl.zeros([BLOCK_M], dtype=tl.float64)
+    kl = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float64)
+    kk = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float64)
+    ll = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float64)
+    for col_start in range(0, n, BLOCK_N):
+        cols = col_start + tl.arange(0, BLOCK_N)
+        keep = row_ok[:, None] & (cols < n)[None, :]
         if UNBIASED:
-            sum_k -= diag_k
-            sum_l -= diag_l
-        tl.store(rk_ptr + rows, sum_k, mask=row_ok)
-        tl.store(rl_ptr + rows, sum_l, mask=row_ok)
-    tl.debug_barrier()  # pass 2 reads row sums other threads of this program wrote
-
-    total_k = tl.zeros([BLOCK], dtype=dtype)
-    total_l = tl.zeros([BLOCK], dtype=dtype)
-    for start in range(0, n, BLOCK):
-        index = start + offsets
-        total_k += tl.load(rk_ptr + index, mask=index < n, other=0.0)
-        total_l += tl.load(rl_ptr + index, mask=index < n, other=0.0)
-    sum_k = tl.sum(total_k, axis=0)
-    sum_l = tl.sum(total_l, axis=0)
-
-    # Pass 2: centered inner products.
-    hkl = tl.zeros([BLOCK, BLOCK], dtype=dtype)
-    hkk = tl.zeros([BLOCK, BLOCK], dtype=dtype)
-    hll = tl.zeros([BLOCK, BLOCK], dtype=dtype)
-    for row_start in range(0, n, BLOCK):
-        rows = row_start + offsets
-        row_ok = rows < n
-        rk_i = tl.load(rk_ptr + rows, mask=row_ok, other=0.0)
-        rl_i = tl.load(rl_ptr + rows, mask=row_ok, other=0.0)
-        for col_start in range(0, n, BLOCK):
-            cols = col_start + offsets
-            keep = row_ok[:, None] & (cols < n)[None, :]
-            if UNBIASED:
-                keep = keep & (rows[:, None] != cols[None, :])
-            index = rows[:, None] * n + cols[None, :]
-            rk_j = tl.load(rk_ptr + cols, mask=cols < n, other=0.0)
-            rl_j = tl.load(rl_ptr + cols, mask=cols < n, other=0.0)
-            kc = tl.load(k_ptr + index, mask=keep, other=0.0) + b * sum_k - a * (rk_i[:, None] + rk_j[None, :])
-            lc = tl.load(l_ptr + index, mask=keep, other=0.0) + b * sum_l - a * (rl_i[:, None] + rl_j[None, :])
-            kc = tl.where(keep, kc, 0.0)
-            lc = tl.where(keep, lc, 0.0)
-            hkl += kc * lc
-            hkk += kc * kc
-            hll += lc * lc
-    hkl_total = tl.sum(tl.sum(hkl, axis=1), axis=0)
-    hkk_total = tl.sum(tl.sum(hkk, axis=1), axis=0)
-    hll_total = tl.sum(tl.sum(hll, axis=1), axis=0)
-    tk = tl.sum(trace_k, axis=0)
-    tl_ = tl.sum(trace_l, axis=0)
-    ok = (hkk_total > rtol * tk * tk) & (hll_total > rtol * tl_ * tl_)
-    safe_kk = tl.where(ok, hkk_total, 1.0)
-    safe_ll = tl.where(ok, hll_total, 1.0)
-    value = tl.where(ok, hkl_total / (tl.sqrt(safe_kk) * tl.sqrt(safe_ll)), 0.0)
-    out = stats_ptr + pair * NUM_STATS
-    tl.store(out + 0, value)
-    tl.store(out + 1, hkl_total)
-    tl.store(out + 2, hkk_total)
-    tl.store(out + 3, hll_total)
-    tl.store(out + 4, tk)
-    tl.store(out + 5, tl_)
-    tl.store(out + 6, sum_k)
-    tl.store(out + 7, sum_l)
+            keep = keep & (rows[:, None] != cols[None, :])
+        index = rows[:, None] * n + cols[None, :]
+        k = tl.load(k_ptr + index, mask=keep, other=0.0).to(tl.float64)
+        l = tl.load(l_ptr + index, mask=keep, other=0.0).to(tl.float64)
+        sum_k += tl.sum(k, axis=1)
+        sum_l += tl.sum(l, axis=1)
+        kl += k * l
+        kk += k * k
+        ll += l * l
+    tl.store(rk_ptr + rows, sum_k.to(dtype), mask=row_ok)
+    tl.store(rl_ptr + rows, sum_l.to(dtype), mask=row_ok)
+    trace_k = tl.sum(tl.load(k_ptr + rows * n + rows, mask=row_ok, other=0.0).to(tl.float64), axis=0)
+    trace_l = tl.sum(tl.load(l_ptr + rows * n + rows, mask=row_ok, other=0.0).to(tl.float64), axis=0)
+    mine = partials_ptr + (pair * blocks + block) * 5
+    tl.store(mine + 0, tl.sum(tl.sum(kl, axis=1), axis=0))
+    tl.store(mine + 1, tl.sum(tl.sum(kk, axis=1), axis=0))
+    tl.store(mine + 2, tl.sum(tl.sum(ll, axis=1), axis=0))
+    tl.store(mine + 3, trace_k)
+    tl.store(mine + 4, trace_l)
+    tl.debug_barrier()  # every thread's stores precede the release below
+    finished = tl.atomic_add(counters_ptr + pair, 1, sem="acq_rel")
+    if finished == blocks - 1:
+        # Last program of this pair: row-sum dot products and partials, in a fixed order.
+        s_k = tl.zeros([FINAL_BLOCK], dtype=tl.float64)
+        s_l = tl.zeros([FINAL_BLOCK], dtype=tl.float64)
+        r_kl = tl.zeros([FINAL_BLOCK], dtype=tl.float64)
+        r_kk = tl.zeros([FINAL_BLOCK], dtype=tl.float64)
+        r_ll = tl.zeros([FINAL_BLOCK], dtype=tl.float64)
+        for start in range(0, n, FINAL_BLOCK):
+            index = start + tl.arange(0, FINAL_BLOCK)
+            rk = tl.load(rk_ptr + index, mask=index < n, other=0.0, cache_modifier=".cg").to(tl.float64)
+            rl = tl.load(rl_ptr + index, mask=index < n, other=0.0, cache_modifier=".cg").to(tl.float64)
+            s_k += rk
+            s_l += rl
+            r_kl += rk * rl
+            r_kk += rk * rk
+            r_ll += rl * rl
+        p_kl = tl.zeros([FINAL_BLOCK], dtype=tl.float64)
+        p_kk = tl.zeros([FINAL_BLOCK], dtype=tl.float64)
+        p_ll = tl.zeros([FINAL_BLOCK], dtype=tl.float64)
+        p_tk = tl.zeros([FINAL_BLOCK], dtype=tl.float64)
+        p_tl = tl.zeros([FINAL_BLOCK], dtype=tl.float64)
+        for start in range(0, blocks, FINAL_BLOCK):
+            index = start + tl.arange(0, FINAL_BLOCK)
+            theirs = partials_ptr + (pair * blocks + index) * 5
+            valid = index < blocks
+            p_kl += tl.load(theirs + 0, mask=valid, other=0.0, cache_modifier=".cg")
+            p_kk += tl.load(theirs + 1, mask=valid, other=0.0, cache_modifier=".cg")
+            p_ll += tl.load(theirs + 2, mask=valid, other=0.0, cache_modifier=".cg")
+            p_tk += tl.load(theirs + 3, mask=valid, other=0.0, cache_modifier=".cg")
+            p_tl += tl.load(theirs + 4, mask=valid, other=0.0, cache_modifier=".cg")
+        a, b = _centering(n, UNBIASED, tl.float64)
+        sk = tl.sum(s_k, axis=0)
+        sl = tl.sum(s_l, axis=0)
+        hkl = tl.sum(p_kl, axis=0) - 2.0 * a * tl.sum(r_kl, axis=0) + b * sk * sl
+        hkk = tl.sum(p_kk, axis=0) - 2.0 * a * tl.sum(r_kk, axis=0) + b * sk * sk
+        hll = tl.sum(p_ll, axis=0) - 2.0 * a * tl.sum(r_ll, axis=0) + b * sl * sl
+        tk = tl.sum(p_tk, axis=0)
+        tl_ = tl.sum(p_tl, axis=0)
+        ok = (hkk > rtol * tk * tk) & (hll > rtol * tl_ * tl_)
+        safe_kk = tl.where(ok, hkk, 1.0)
+        safe_ll = tl.where(ok, hll, 1.0)
+        value = tl.where(ok, hkl / (tl.sqrt(safe_kk) * tl.sqrt(safe_ll)), 0.0)
+        out = stats_ptr + pair * _NUM_STATS
+        tl.store(out + 0, value.to(dtype))
+        tl.store(out + 1, hkl.to(dtype))
+        tl.store(out + 2, hkk.to(dtype))
+        tl.store(out + 3, hll.to(dtype))
+        tl.store(out + 4, tk.to(dtype))
+        tl.store(out + 5, tl_.to(dtype))
+        tl.store(out + 6, sk.to(dtype))
+        tl.store(out + 7, sl.to(dtype))
 
 
 @triton.jit
@@ -131,7 +148,7 @@ def _cka_grads_kernel(grams_ptr, rowsums_ptr, stats_ptr, grad_ptr, coeffs_ptr, n
     cols = tl.program_id(2) * BLOCK + tl.arange(0, BLOCK)
     nn = n.to(tl.int64) * n
     a, b = _centering(n, UNBIASED, dtype)
-    stats = stats_ptr + pair * NUM_STATS
+    stats = stats_ptr + pair * _NUM_STATS
     value = tl.load(stats + 0)
     hkk = tl.load(stats + 2)
     hll = tl.load(stats + 3)
@@ -170,11 +187,13 @@ def _cka_grads_kernel(grams_ptr, rowsums_ptr, stats_ptr, grad_ptr, coeffs_ptr, n
     tl.store(out + nn + index, d_l.to(dtype), mask=mask)
 
 
+def _interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
 def _block(n: int) -> int:
     """64×64 tiles on a GPU; in the interpreter (CPU) fewer, larger programs run much faster."""
-    if os.environ.get("TRITON_INTERPRET", "0") == "1":
-        return min(128, triton.next_power_of_2(n))
-    return 64
+    return min(128, triton.next_power_of_2(n)) if _interpreting() else 64
 
 
 def _check(grams: torch.Tensor) -> tuple[int, int]:
@@ -186,11 +205,18 @@ def _check(grams: torch.Tensor) -> tuple[int, int]:
 
 
 def cka_stats(grams: torch.Tensor, unbiased: bool, rtol: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """(P, 2, n, n) Grams -> stats (P, 8), rowsums (P, 2, n): one launch, one program per pair."""
+    """(P, 2, n, n) Grams -> stats (P, 8), rowsums (P, 2, n): one launch over (pair, row block)."""
     pairs, n = _check(grams)
+    block_m = _block(n) if _interpreting() else 16
+    blocks = triton.cdiv(n, block_m)
     stats = grams.new_empty(pairs, NUM_STATS)
     rowsums = grams.new_empty(pairs, 2, n)
-    _cka_stats_kernel[(pairs,)](grams, rowsums, stats, n, rtol, UNBIASED=unbiased, BLOCK=_block(n), num_warps=8)
+    partials = grams.new_empty(pairs, blocks, 5, dtype=torch.float64)
+    counters = torch.zeros(pairs, dtype=torch.int32, device=grams.device)
+    _cka_stats_kernel[(pairs, blocks)](
+        grams, rowsums, stats, partials, counters, n, rtol,
+        UNBIASED=unbiased, BLOCK_M=block_m, BLOCK_N=_block(n), FINAL_BLOCK=256, num_warps=4,
+    )  # fmt: skip
     return stats, rowsums
 
 

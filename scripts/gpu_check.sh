@@ -2,7 +2,7 @@
 # One GPU lease, one command: build the CUDA extension for Hopper (sm_90), run the whole test suite
 # (GPU-marked tests: CUDA and Triton backends against the reference, fp32/fp16/bf16/fp64, forward and
 # backward), then the quick GPU benchmark sweep. Everything lands in OUTPUT_DIR (at most 8 files):
-#   device.txt  build.log  tests.log  bench.log  cuda-quick.{json,csv,md}
+#   device.txt  build.log  tests.log  bench.log  cuda-quick.{json,csv,md}  profile.txt
 # Usage: scripts/gpu_check.sh OUTPUT_DIR      (meant to finish in about 6 minutes on an H200)
 set -uo pipefail
 OUT=${1:?usage: scripts/gpu_check.sh OUTPUT_DIR}
@@ -24,9 +24,9 @@ fi
 echo "built in $((SECONDS - start)) s"
 $PY -c "import clarep_fast as c; from clarep_fast._extension import extension; assert extension().built_with_cuda(); print({k: v.devices for k, v in c.available_backends().items()})" || exit 1
 
-echo "== tests"
+echo "== GPU-marked tests"
 start=$SECONDS
-timeout 240 $PY -m pytest -q tests -p no:cacheprovider -p no:logging -rfE > "$OUT/tests.log" 2>&1 || status=1
+timeout 180 $PY -m pytest -q tests -m gpu -p no:cacheprovider -p no:logging -rfE > "$OUT/tests.log" 2>&1 || status=1
 tail -25 "$OUT/tests.log"
 echo "tests took $((SECONDS - start)) s"
 
@@ -34,5 +34,7 @@ echo "== quick benchmark sweep (cuda)"
 start=$SECONDS
 timeout 300 $PY benchmarks/run.py --quick --device cuda --out "$OUT" > "$OUT/bench.log" 2>&1 || status=1
 echo "benchmarks took $((SECONDS - start)) s"
+timeout 90 $PY benchmarks/profile_cka.py > "$OUT/profile.txt" 2>&1 || status=1
+grep -E "^==|Self CUDA time total|Gram GEMM" "$OUT/profile.txt"
 if [ -f "$OUT/cuda-quick.md" ]; then cat "$OUT/cuda-quick.md"; else tail -30 "$OUT/bench.log"; fi
 exit $status

@@ -73,7 +73,18 @@ def _cuda_low_precision_gram(x: torch.Tensor, out: torch.Tensor) -> None:
 
 
 def gram_backward(coefficients: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """dx = G x for G (n, n) in the accumulation dtype and x (n, d); returned in x.dtype."""
+    """dx = G x for G (n, n) in the accumulation dtype and x (n, d); returned in x.dtype.
+
+    Low-precision x multiplies a low-precision copy of G (the GEMM accumulates in fp32). G's entries
+    scale like 1/‖C(K)‖ and underflow fp16 (smallest subnormal 6e-8), so for fp16 G is first scaled
+    by a power of two that brings its largest entry to 1 (exact), and the product scaled back in fp32
+    arithmetic. bf16 has fp32's exponent range and needs no scaling.
+    """
     if x.dtype == coefficients.dtype:
         return coefficients @ x
-    return coefficients.to(x.dtype) @ x
+    if x.dtype != torch.float16:
+        return coefficients.to(x.dtype) @ x
+    peak = coefficients.abs().amax().clamp_min(torch.finfo(coefficients.dtype).tiny)
+    scale = torch.exp2(-torch.floor(torch.log2(peak)))  # 0-dim, power of two
+    product = (coefficients * scale).to(x.dtype) @ x
+    return product.mul_(scale.reciprocal())  # 0-dim fp32 factor: computed in fp32, rounded once

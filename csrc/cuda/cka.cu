@@ -1,11 +1,14 @@
 // Fused linear-CKA n×n kernels on CUDA. Math and layout: csrc/cka.h. Raw pointers, CUDA headers only.
 //
-// cka_stats: one thread block per layer pair does all the n×n work in one launch.
-//   pass 1: one warp per row, lanes stride the columns (coalesced): row sums of K and L, traces;
-//   __syncthreads (orders the global row-sum writes for the whole block), block-reduce S = Σ r;
-//   pass 2: same traversal, centered entries on the fly, per-thread partial hkl/hkk/hll,
-//   block reduction, thread 0 writes the stats. n×n reads: 2 passes over K and L.
-// cka_grads: elementwise over (P, n, n), one thread per entry, writes both coefficient matrices.
+// cka_stats: ONE launch, grid (row blocks, pairs), one warp per row, lanes stride the columns
+// (coalesced), each Gram entry read once. Centering is done algebraically so one pass suffices:
+//   <C(K), C(L)> = <K°, L°> - 2a r_K·r_L + b S_K S_L          (K° = K, or K̃ with zero diagonal)
+// with r the row sums, S = Σ r and (a, b) the centering constants. Each block writes its rows'
+// row sums and its partial <K°,L°>, <K°,K°>, <L°,L°>, traces (fp64); the last block to finish
+// (atomic counter; threadfence reduction) adds the partials in a fixed order, forms the row-sum
+// dot products and the ratio. fp64 accumulation keeps the expansion as accurate as explicit
+// centering: the fp32 rounding of the Gram itself dominates either way.
+// cka_grads: elementwise over (P, n, n), one thread per entry, both coefficient matrices.
 #include <cuda_runtime.h>
 
 #include "../cka.h"
@@ -13,93 +16,118 @@
 namespace clarep_fast {
 namespace {
 
-constexpr int kStatsThreads = 512;
-constexpr int kWarps = kStatsThreads / 32;
+constexpr int kWarpsPerBlock = 8;  // = rows per block
+constexpr int kStatsThreads = 32 * kWarpsPerBlock;
 constexpr int kGradThreads = 256;
+constexpr int kPartials = 5;  // <K°,L°>, <K°,K°>, <L°,L°>, tr K, tr L
 
-template <typename T>
-__device__ T warp_sum(T value) {
+__device__ double warp_sum(double value) {
   for (int offset = 16; offset > 0; offset >>= 1) value += __shfl_xor_sync(0xffffffffu, value, offset);
   return value;
 }
 
-// Sum over the block; every thread gets the result. `scratch` holds kWarps values.
-template <typename T>
-__device__ T block_sum(T value, T* scratch) {
+// Sum over the block of `count` values per thread; results valid in thread 0.
+template <int count>
+__device__ void block_sum(double (&values)[count]) {
+  __shared__ double scratch[kWarpsPerBlock][count];
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  value = warp_sum(value);
-  __syncthreads();  // scratch may still be read from a previous call
-  if (lane == 0) scratch[warp] = value;
+#pragma unroll
+  for (int v = 0; v < count; ++v) values[v] = warp_sum(values[v]);
   __syncthreads();
-  T total = lane < kWarps ? scratch[lane] : T(0);
-  return warp_sum(total);
+  if (lane == 0) {
+#pragma unroll
+    for (int v = 0; v < count; ++v) scratch[warp][v] = values[v];
+  }
+  __syncthreads();
+  if (threadIdx.x == 0) {
+#pragma unroll
+    for (int v = 0; v < count; ++v) {
+      double total = 0.0;
+      for (int w = 0; w < kWarpsPerBlock; ++w) total += scratch[w][v];
+      values[v] = total;
+    }
+  }
 }
 
 template <typename T>
 __global__ void cka_stats_kernel(const T* __restrict__ grams, T* __restrict__ rowsums, T* __restrict__ stats,
-                                 int64_t n, bool unbiased, T a, T b, double rtol) {
-  __shared__ T scratch[kWarps];
-  const int64_t pair = blockIdx.x, nn = n * n;
+                                 double* __restrict__ partials, unsigned int* __restrict__ counters, int64_t n,
+                                 bool unbiased, double a, double b, double rtol) {
+  const int64_t pair = blockIdx.y, nn = n * n, blocks = gridDim.x;
   const T* K = grams + 2 * pair * nn;
   const T* L = K + nn;
   T* rk = rowsums + 2 * pair * n;
   T* rl = rk + n;
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int64_t i = static_cast<int64_t>(blockIdx.x) * kWarpsPerBlock + warp;
 
-  // Pass 1: row sums and traces.
-  T trace_k = 0, trace_l = 0;
-  for (int64_t i = warp; i < n; i += kWarps) {
-    T sum_k = 0, sum_l = 0;
-    for (int64_t j = lane; j < n; j += 32) {
-      sum_k += K[i * n + j];
-      sum_l += L[i * n + j];
-    }
-    sum_k = warp_sum(sum_k);
-    sum_l = warp_sum(sum_l);
-    if (lane == 0) {
-      const T dk = K[i * n + i], dl = L[i * n + i];
-      trace_k += dk;
-      trace_l += dl;
-      rk[i] = unbiased ? sum_k - dk : sum_k;
-      rl[i] = unbiased ? sum_l - dl : sum_l;
-    }
-  }
-  trace_k = block_sum(trace_k, scratch);  // block_sum's barriers also publish the row sums
-  trace_l = block_sum(trace_l, scratch);
-  T part_k = 0, part_l = 0;
-  for (int64_t i = threadIdx.x; i < n; i += kStatsThreads) {
-    part_k += rk[i];
-    part_l += rl[i];
-  }
-  const T sum_k = block_sum(part_k, scratch), sum_l = block_sum(part_l, scratch);
-
-  // Pass 2: centered inner products.
-  T hkl = 0, hkk = 0, hll = 0;
-  for (int64_t i = warp; i < n; i += kWarps) {
-    const T ck = b * sum_k - a * rk[i], cl = b * sum_l - a * rl[i];
+  // One pass over this block's rows.
+  double sums[kPartials] = {0.0, 0.0, 0.0, 0.0, 0.0};
+  if (i < n) {
+    double row_k = 0.0, row_l = 0.0;
     for (int64_t j = lane; j < n; j += 32) {
       if (unbiased && j == i) continue;
-      const T kc = K[i * n + j] + ck - a * rk[j];
-      const T lc = L[i * n + j] + cl - a * rl[j];
-      hkl += kc * lc;
-      hkk += kc * kc;
-      hll += lc * lc;
+      const double k = K[i * n + j], l = L[i * n + j];
+      row_k += k;
+      row_l += l;
+      sums[0] += k * l;
+      sums[1] += k * k;
+      sums[2] += l * l;
+    }
+    row_k = warp_sum(row_k);
+    row_l = warp_sum(row_l);
+    if (lane == 0) {
+      rk[i] = static_cast<T>(row_k);
+      rl[i] = static_cast<T>(row_l);
+      sums[3] = K[i * n + i];
+      sums[4] = L[i * n + i];
     }
   }
-  hkl = block_sum(hkl, scratch);
-  hkk = block_sum(hkk, scratch);
-  hll = block_sum(hll, scratch);
+  block_sum(sums);
+  __shared__ bool is_last;
+  __threadfence();  // make this thread's row-sum writes visible device-wide before the count
+  __syncthreads();
   if (threadIdx.x == 0) {
-    const bool ok = hkk > rtol * trace_k * trace_k && hll > rtol * trace_l * trace_l;
+    double* mine = partials + (pair * blocks + blockIdx.x) * kPartials;
+    for (int v = 0; v < kPartials; ++v) mine[v] = sums[v];
+    __threadfence();
+    is_last = atomicAdd(counters + pair, 1u) == blocks - 1;
+  }
+  __syncthreads();
+  if (!is_last) return;
+
+  // Last block of this pair: row-sum dot products and block partials, in a fixed order.
+  __threadfence();
+  double totals[kPartials + 5] = {0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0};
+  for (int64_t r = threadIdx.x; r < n; r += kStatsThreads) {
+    const double k = __ldcg(rk + r), l = __ldcg(rl + r);
+    totals[0] += k;      // S_K
+    totals[1] += l;      // S_L
+    totals[2] += k * l;  // r_K·r_L
+    totals[3] += k * k;  // r_K·r_K
+    totals[4] += l * l;  // r_L·r_L
+  }
+  for (int64_t block = threadIdx.x; block < blocks; block += kStatsThreads) {
+    const double* theirs = partials + (pair * blocks + block) * kPartials;
+    for (int v = 0; v < kPartials; ++v) totals[5 + v] += __ldcg(theirs + v);
+  }
+  block_sum(totals);
+  if (threadIdx.x == 0) {
+    const double sk = totals[0], sl = totals[1];
+    const double hkl = totals[5] - 2.0 * a * totals[2] + b * sk * sl;
+    const double hkk = totals[6] - 2.0 * a * totals[3] + b * sk * sk;
+    const double hll = totals[7] - 2.0 * a * totals[4] + b * sl * sl;
+    const double tk = totals[8], tl = totals[9];
+    const bool ok = hkk > rtol * tk * tk && hll > rtol * tl * tl;
     T* out = stats + pair * kNumStats;
-    out[0] = ok ? hkl / (sqrt(hkk) * sqrt(hll)) : T(0);
-    out[1] = hkl;
-    out[2] = hkk;
-    out[3] = hll;
-    out[4] = trace_k;
-    out[5] = trace_l;
-    out[6] = sum_k;
-    out[7] = sum_l;
+    out[0] = static_cast<T>(ok ? hkl / (sqrt(hkk) * sqrt(hll)) : 0.0);
+    out[1] = static_cast<T>(hkl);
+    out[2] = static_cast<T>(hkk);
+    out[3] = static_cast<T>(hll);
+    out[4] = static_cast<T>(tk);
+    out[5] = static_cast<T>(tl);
+    out[6] = static_cast<T>(sk);
+    out[7] = static_cast<T>(sl);
   }
 }
 
@@ -128,13 +156,16 @@ __global__ void cka_grads_kernel(const T* __restrict__ grams, const T* __restric
 
 }  // namespace
 
+int64_t cka_stats_cuda_blocks(int64_t n) { return (n + kWarpsPerBlock - 1) / kWarpsPerBlock; }
+
 template <typename T>
-int cka_stats_cuda(const T* grams, T* rowsums, T* stats, int64_t pairs, int64_t n, bool unbiased, double rtol,
-                   void* stream) {
+int cka_stats_cuda(const T* grams, T* rowsums, T* stats, double* partials, unsigned int* counters, int64_t pairs,
+                   int64_t n, bool unbiased, double rtol, void* stream) {
   double a, b;
   centering_constants(n, unbiased, &a, &b);
-  cka_stats_kernel<T><<<static_cast<unsigned>(pairs), kStatsThreads, 0, static_cast<cudaStream_t>(stream)>>>(
-      grams, rowsums, stats, n, unbiased, static_cast<T>(a), static_cast<T>(b), rtol);
+  const dim3 grid(static_cast<unsigned>(cka_stats_cuda_blocks(n)), static_cast<unsigned>(pairs));
+  cka_stats_kernel<T><<<grid, kStatsThreads, 0, static_cast<cudaStream_t>(stream)>>>(
+      grams, rowsums, stats, partials, counters, n, unbiased, a, b, rtol);
   return static_cast<int>(cudaGetLastError());
 }
 
@@ -149,8 +180,10 @@ int cka_grads_cuda(const T* grams, const T* rowsums, const T* stats, const T* gr
   return static_cast<int>(cudaGetLastError());
 }
 
-template int cka_stats_cuda<float>(const float*, float*, float*, int64_t, int64_t, bool, double, void*);
-template int cka_stats_cuda<double>(const double*, double*, double*, int64_t, int64_t, bool, double, void*);
+template int cka_stats_cuda<float>(const float*, float*, float*, double*, unsigned int*, int64_t, int64_t, bool, double,
+                                   void*);
+template int cka_stats_cuda<double>(const double*, double*, double*, double*, unsigned int*, int64_t, int64_t, bool,
+                                    double, void*);
 template int cka_grads_cuda<float>(const float*, const float*, const float*, const float*, float*, int64_t, int64_t,
                                    bool, double, void*);
 template int cka_grads_cuda<double>(const double*, const double*, const double*, const double*, double*, int64_t,

@@ -37,8 +37,16 @@ def _check_against_reference(backend, n, d1, d2, dtype, unbiased, device="cpu"):
     assert value.dtype == (torch.float64 if dtype == torch.float64 else torch.float32)
     assert dx.dtype == dtype and dy.dtype == dtype
     assert_close(value, expected, tolerance["value"], f"{backend} cka value", relative_to_max=False)
-    assert_close(dx, dx64, tolerance["grad"], f"{backend} dx")
-    assert_close(dy, dy64, tolerance["grad"], f"{backend} dy")
+    grad_tolerance = [tolerance["grad"], tolerance["grad"]]
+    if dtype in (torch.float16, torch.bfloat16):
+        # Judge low precision against PyTorch's own error in that dtype: eager gradients, rounded
+        # to fp16/bf16 like ours, can sit in fp16's subnormal range where rounding alone is ~1%.
+        eager = torch.autograd.grad(cka_reference(x, y, unbiased=unbiased), (x, y), grad_out)
+        for side, (grad_eager, grad64) in enumerate(zip(eager, (dx64, dy64))):
+            eager_error = ((grad_eager.double() - grad64).abs().max() / grad64.abs().max().clamp_min(1e-30)).item()
+            grad_tolerance[side] = max(tolerance["grad"], 2 * eager_error)
+    assert_close(dx, dx64, grad_tolerance[0], f"{backend} dx")
+    assert_close(dy, dy64, grad_tolerance[1], f"{backend} dy")
 
 
 @pytest.mark.parametrize("unbiased", [False, True])

@@ -205,3 +205,19 @@ def test_pairs_bad_lists():
         cka_pairs(GOOD, GOOD)
     with pytest.raises(ValueError, match=r"ys\[1\] has 5 samples"):
         cka_pairs([GOOD, GOOD], [GOOD, torch.randn(5, 4)])
+
+
+@pytest.mark.skipif("triton" not in CPU_BACKENDS, reason="Triton interpreter unavailable")
+@pytest.mark.parametrize("unbiased", [False, True])
+def test_triton_stats_across_several_row_blocks(monkeypatch, unbiased):
+    """The GPU tiling (16-row programs, last program finalizes) on CPU: n=41 spans three programs."""
+    from clarep_fast.kernels import cka as triton_cka
+    from clarep_fast.ops.cka import _torch_stats
+    from clarep_fast.reference.cka import DEGENERATE_RTOL
+
+    monkeypatch.setattr(triton_cka, "_interpreting", lambda: False)
+    x, y = torch.randn(2, 41, 17) + 1, torch.randn(2, 41, 9)
+    grams = torch.stack([x @ x.transpose(1, 2), y @ y.transpose(1, 2)], 1).contiguous()
+    stats, _ = triton_cka.cka_stats(grams, unbiased, DEGENERATE_RTOL)
+    expected, _ = _torch_stats(grams, unbiased, DEGENERATE_RTOL)
+    assert_close(stats, expected, 1e-5, "triton stats (3 programs per pair)")

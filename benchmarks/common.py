@@ -61,6 +61,9 @@ def gpu_quantiles_ms(fn) -> tuple[float, float, float]:
 
 
 def git_sha() -> str:
+    """Short sha of HEAD (+dirty); CLAREP_FAST_GIT_SHA overrides it (copies of the tree without .git)."""
+    if os.environ.get("CLAREP_FAST_GIT_SHA"):
+        return os.environ["CLAREP_FAST_GIT_SHA"]
     try:
         sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True, timeout=10).stdout.strip()
         dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT, capture_output=True, text=True, timeout=10).stdout.strip()

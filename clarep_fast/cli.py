@@ -1,1 +1,96 @@
-def main(): pass
+"""The ``clarep-fast`` command line.
+
+    clarep-fast backends             which backends are usable here, and why not
+    clarep-fast selfcheck [--quick]  every usable backend against the reference (forward and
+                                     backward), then fused vs eager CKA timing as a ratio
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+
+import torch
+
+from clarep_fast.backends import available_backends, unusable_reason, use_backend
+from clarep_fast.ops.cka import cka
+from clarep_fast.reference import cka_reference
+
+
+def _print_backends() -> None:
+    for name, status in available_backends().items():
+        where = ", ".join(status.devices) if status.available else "unavailable"
+        note = f"  ({status.reason})" if status.reason else ""
+        print(f"  {name:7s} {where}{note}")
+
+
+def _max_errors(backend: str, device: str) -> tuple[float, float]:
+    """Largest |fused - reference| of the value and of the gradients at an odd shape, fp32."""
+    x = torch.randn(41, 401, device=device, requires_grad=True)
+    y = (torch.randn(41, 33, device=device) + x[:, :33].detach()).requires_grad_(True)
+    with use_backend(backend):
+        value = cka(x, y)
+    grads = torch.autograd.grad(value, (x, y))
+    x64, y64 = (t.detach().double().requires_grad_(True) for t in (x, y))
+    expected = cka_reference(x64, y64)
+    expected_grads = torch.autograd.grad(expected, (x64, y64))
+    grad_error = max(((g.double() - e).abs().max() / e.abs().max()).item() for g, e in zip(grads, expected_grads))
+    return abs(value.item() - expected.item()), grad_error
+
+
+def _median_seconds(fn, repeats: int) -> float:
+    fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def selfcheck(quick: bool) -> int:
+    print(f"clarep_fast self-check: torch {torch.__version__}, {torch.get_num_threads()} CPU threads")
+    _print_backends()
+    devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    failures = 0
+    print("\ncorrectness, fp32, n=41, d=401/33 (value abs error, gradient error relative to max):")
+    for device in devices:
+        for backend in ("cuda", "triton", "cpu", "torch"):
+            if unusable_reason(backend, device):
+                continue
+            value_error, grad_error = _max_errors(backend, device)
+            ok = value_error < 1e-5 and grad_error < 1e-3
+            failures += not ok
+            print(f"  {device:4s} {backend:7s} value {value_error:.1e}  grad {grad_error:.1e}  {'ok' if ok else 'FAIL'}")
+    n, d = (256, 8192) if quick else (512, 32768)
+    print(f"\nspeed: CKA forward+backward of x, y: ({n}, {d}) fp32, median of 5 (one process, same inputs):")
+    for device in devices:
+        x = torch.randn(n, d, device=device, requires_grad=True)
+        y = torch.randn(n, d, device=device, requires_grad=True)
+        fused = _median_seconds(lambda: torch.autograd.grad(cka(x, y), (x, y)), 5)
+        eager = _median_seconds(lambda: torch.autograd.grad(cka_reference(x, y), (x, y)), 5)
+        print(f"  {device:4s} fused {fused * 1e3:8.1f} ms   eager {eager * 1e3:8.1f} ms   fused is {eager / fused:.2f}x eager")
+    print("\nfull comparison with torch.compile: python benchmarks/run.py [--quick]")
+    print("self-check " + ("passed" if failures == 0 else f"FAILED ({failures} backend(s))"))
+    return 1 if failures else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="clarep-fast", description="clarep_fast: fused kernels for CLAReps and CaDistill")
+    commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser("backends", help="list backends and why any is unavailable")
+    check = commands.add_parser("selfcheck", help="check every backend against the reference and time fused vs eager")
+    check.add_argument("--quick", action="store_true", help="smaller timing problem")
+    args = parser.parse_args(argv)
+    if args.command == "backends":
+        _print_backends()
+        return 0
+    return selfcheck(args.quick)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -77,8 +77,9 @@ def gram_backward(coefficients: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
 
     Low-precision x multiplies a low-precision copy of G (the GEMM accumulates in fp32). G's entries
     scale like 1/‖C(K)‖ and underflow fp16 (smallest subnormal 6e-8), so for fp16 G is first scaled
-    by a power of two that brings its largest entry to 1 (exact), and the product scaled back in fp32
-    arithmetic. bf16 has fp32's exponent range and needs no scaling.
+    by a power of two that brings its largest entry to 1 (exact), and the product scaled back by a
+    Python float, which elementwise kernels apply in fp32 (a 0-dim tensor would be cast to fp16 first
+    and flush to zero). That costs fp16 one host sync. bf16 has fp32's exponent range: no scaling.
     """
     if x.dtype == coefficients.dtype:
         return coefficients @ x
@@ -87,4 +88,4 @@ def gram_backward(coefficients: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     peak = coefficients.abs().amax().clamp_min(torch.finfo(coefficients.dtype).tiny)
     scale = torch.exp2(-torch.floor(torch.log2(peak)))  # 0-dim, power of two
     product = (coefficients * scale).to(x.dtype) @ x
-    return product.mul_(scale.reciprocal())  # 0-dim fp32 factor: computed in fp32, rounded once
+    return product.mul_(1.0 / scale.item())  # exact power of two, applied in fp32, rounded once

@@ -7,7 +7,8 @@ Those load on first use of an op that needs them.
 from clarep_fast.backends import BACKENDS, available_backends, use_backend
 from clarep_fast.modules import CKA
 from clarep_fast.ops.cka import cka, cka_pairs
+from clarep_fast.ops.feature_pool import feature_pool, split_packed
 
 __version__ = "0.1.0"
 
-__all__ = ["BACKENDS", "CKA", "available_backends", "cka", "cka_pairs", "use_backend"]
+__all__ = ["BACKENDS", "CKA", "available_backends", "cka", "cka_pairs", "feature_pool", "split_packed", "use_backend"]

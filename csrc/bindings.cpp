@@ -3,6 +3,7 @@
 #include <torch/extension.h>
 
 #include "cka.h"
+#include "feature_pool.h"
 
 #ifdef WITH_CUDA
 #include <c10/cuda/CUDAGuard.h>
@@ -90,6 +91,79 @@ torch::Tensor cka_grads(const torch::Tensor& grams, const torch::Tensor& rowsums
   return coeffs;
 }
 
+PoolGeometry pool_geometry(const torch::Tensor& map, const torch::Tensor& packed, int64_t offset, int64_t size) {
+  TORCH_CHECK(map.dim() == 4, "map must have shape (B, C, H, W), got ", map.sizes());
+  TORCH_CHECK(packed.dim() == 2 && packed.size(0) == map.size(0) && packed.stride(1) == 1,
+              "packed must be a row-major (B, total) buffer with B = ", map.size(0), ", got ", packed.sizes());
+  TORCH_CHECK(size >= 1 && size <= map.size(2) && size <= map.size(3), "size must be in [1, min(H, W)], got ", size);
+  TORCH_CHECK(offset >= 0 && offset + map.size(1) * size * size <= packed.size(1), "slice out of range");
+  TORCH_CHECK(map.device() == packed.device(), "map and packed must share a device");
+  return PoolGeometry{map.size(0),   map.size(1),   map.size(2),     map.size(3), map.stride(0), map.stride(1),
+                      map.stride(2), map.stride(3), size,            packed.stride(0), offset};
+}
+
+torch::ScalarType accumulation_type(torch::ScalarType t) {
+  return t == torch::kFloat64 ? torch::kFloat64 : torch::kFloat32;
+}
+
+#ifdef WITH_CUDA
+int dtype_code(torch::ScalarType t) {
+  switch (t) {
+    case torch::kFloat32: return kF32;
+    case torch::kFloat64: return kF64;
+    case torch::kFloat16: return kF16;
+    case torch::kBFloat16: return kBF16;
+    default: TORCH_CHECK(false, "unsupported dtype ", t);
+  }
+}
+#endif
+
+// Pool one map into its slice packed[:, offset : offset + C·size²] (packed in the accumulation dtype).
+void feature_pool_forward(const torch::Tensor& map, torch::Tensor& packed, int64_t offset, int64_t size) {
+  const PoolGeometry g = pool_geometry(map, packed, offset, size);
+  TORCH_CHECK(packed.scalar_type() == accumulation_type(map.scalar_type()), "packed must be ",
+              accumulation_type(map.scalar_type()), " for ", map.scalar_type(), " maps");
+  if (map.is_cuda()) {
+#ifdef WITH_CUDA
+    const c10::cuda::CUDAGuard guard(map.device());
+    check_launch(feature_pool_forward_cuda(map.data_ptr(), dtype_code(map.scalar_type()), packed.data_ptr(), g,
+                                           c10::cuda::getCurrentCUDAStream().stream()),
+                 "feature_pool_forward_cuda");
+    return;
+#else
+    TORCH_CHECK(false, "clarep_fast._C was built without CUDA");
+#endif
+  }
+  AT_DISPATCH_FLOATING_TYPES_AND2(torch::kHalf, torch::kBFloat16, map.scalar_type(), "feature_pool_forward", [&] {
+    using acc_t = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
+    feature_pool_forward_cpu<scalar_t, acc_t>(map.data_ptr<scalar_t>(), packed.data_ptr<acc_t>(), g);
+  });
+}
+
+// Gradient of one map from the packed gradient's slice; contiguous, in the map's dtype.
+torch::Tensor feature_pool_backward(const torch::Tensor& grad, const torch::Tensor& map, int64_t offset, int64_t size) {
+  const PoolGeometry g = pool_geometry(map, grad, offset, size);
+  TORCH_CHECK(grad.scalar_type() == accumulation_type(map.scalar_type()), "grad must be ",
+              accumulation_type(map.scalar_type()));
+  auto grad_map = torch::empty(map.sizes(), map.options().memory_format(at::MemoryFormat::Contiguous));
+  if (map.is_cuda()) {
+#ifdef WITH_CUDA
+    const c10::cuda::CUDAGuard guard(map.device());
+    check_launch(feature_pool_backward_cuda(grad.data_ptr(), grad_map.data_ptr(), dtype_code(map.scalar_type()), g,
+                                            c10::cuda::getCurrentCUDAStream().stream()),
+                 "feature_pool_backward_cuda");
+    return grad_map;
+#else
+    TORCH_CHECK(false, "clarep_fast._C was built without CUDA");
+#endif
+  }
+  AT_DISPATCH_FLOATING_TYPES_AND2(torch::kHalf, torch::kBFloat16, map.scalar_type(), "feature_pool_backward", [&] {
+    using acc_t = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
+    feature_pool_backward_cpu<scalar_t, acc_t>(grad.data_ptr<acc_t>(), grad_map.data_ptr<scalar_t>(), g);
+  });
+  return grad_map;
+}
+
 bool built_with_cuda() {
 #ifdef WITH_CUDA
   return true;
@@ -108,5 +182,11 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("cka_grads", &clarep_fast::cka_grads,
         "CKA n×n backward kernel: (grams, rowsums, stats, grad, unbiased, rtol) -> coefficients", py::arg("grams"),
         py::arg("rowsums"), py::arg("stats"), py::arg("grad"), py::arg("unbiased"), py::arg("rtol"));
+  m.def("feature_pool_forward", &clarep_fast::feature_pool_forward,
+        "pool one (B, C, H, W) map into packed[:, offset:offset + C*size*size]", py::arg("map"), py::arg("packed"),
+        py::arg("offset"), py::arg("size"));
+  m.def("feature_pool_backward", &clarep_fast::feature_pool_backward,
+        "gradient of one map from the packed gradient", py::arg("grad"), py::arg("map"), py::arg("offset"),
+        py::arg("size"));
   m.def("built_with_cuda", &clarep_fast::built_with_cuda, "True when the CUDA kernels were compiled in");
 }

@@ -1,5 +1,6 @@
 """Pure-PyTorch references: the oracle for tests, the eager baseline for benchmarks, the fallback backend."""
 
 from clarep_fast.reference.cka import cka_from_grams_reference, cka_reference, cka_stats_reference
+from clarep_fast.reference.feature_pool import feature_pool_reference
 
-__all__ = ["cka_from_grams_reference", "cka_reference", "cka_stats_reference"]
+__all__ = ["cka_from_grams_reference", "cka_reference", "cka_stats_reference", "feature_pool_reference"]

@@ -1,0 +1,212 @@
+"""Fused multi-layer feature pooling: custom ops, fake implementations, autograd and dispatch.
+
+Math (clarep_fast/reference/feature_pool.py): per tapped map m_l (B, C_l, H_l, W_l),
+p_l = adaptive_avg_pool(m_l, s) flattened to (B, C_l·s²), optionally y_l = p_l / max(‖p_l‖, eps),
+all written into one packed (B, Σ_l C_l·s²) buffer.
+
+Gradient: for y = p/‖p‖ (‖p‖ > eps)  dp = (g - y (y·g)) / ‖p‖,  and dp = g/eps below eps;
+then every map element gets Σ dp_cell / |window| over the cells whose window holds it.
+
+Pipeline of one call:
+  forward:  one kernel per map reads it once (any strides: channels-last and token-grid views
+            need no copy) and writes its s² averages straight into its slice of the packed
+            accumulation buffer (fp32; fp64 for fp64 maps). Normalization and the cast to
+            out_dtype then touch only the small packed buffer.
+  backward: the normalization's projection on the packed gradient, then one kernel per map.
+Nothing of map size is saved for backward: only the packed output and the per-layer norms.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from torch import Tensor
+
+from clarep_fast.backends import resolve_backend
+from clarep_fast.reference.feature_pool import NORMALIZE_EPS
+
+SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+# ----------------------------------------------------------------------------- backend kernels
+# Every backend provides, for ONE map:
+#   feature_pool_forward(map (B,C,H,W), packed (B,total) accumulation dtype, offset, size) -> None
+#   feature_pool_backward(grad (B,total) accumulation dtype, map, offset, size) -> (B,C,H,W) map dtype
+
+
+def _torch_forward(feature_map: Tensor, packed: Tensor, offset: int, size: int) -> None:
+    width = feature_map.shape[1] * size * size
+    pooled = torch.nn.functional.adaptive_avg_pool2d(feature_map.to(packed.dtype), size)
+    packed[:, offset : offset + width] = pooled.flatten(1)
+
+
+def _torch_backward(grad: Tensor, feature_map: Tensor, offset: int, size: int) -> Tensor:
+    batch, channels = feature_map.shape[:2]
+    cells = grad[:, offset : offset + channels * size * size].reshape(batch, channels, size, size)
+    like = torch.empty(feature_map.shape, dtype=grad.dtype, device=grad.device)
+    return torch.ops.aten._adaptive_avg_pool2d_backward(cells.contiguous(), like).to(feature_map.dtype)
+
+
+def _kernels(backend: str):
+    if backend == "torch":
+        return _torch_forward, _torch_backward
+    if backend == "triton":
+        from clarep_fast.kernels import feature_pool as triton_pool  # imports triton: only when asked for
+
+        return triton_pool.feature_pool_forward, triton_pool.feature_pool_backward
+    if backend in ("cpu", "cuda"):
+        from clarep_fast._extension import extension
+
+        return extension().feature_pool_forward, extension().feature_pool_backward
+    raise ValueError(f"unknown backend {backend!r}")
+
+
+def _accumulation(maps: Sequence[Tensor]) -> torch.dtype:
+    return torch.float64 if maps[0].dtype == torch.float64 else torch.float32
+
+
+def _offsets(maps: Sequence[Tensor], size: int) -> list[int]:
+    offsets, total = [], 0
+    for feature_map in maps:
+        offsets.append(total)
+        total += feature_map.shape[1] * size * size
+    return offsets + [total]
+
+
+# ----------------------------------------------------------------------------- custom ops
+
+
+@torch.library.custom_op("clarep_fast::feature_pool_forward", mutates_args=())
+def feature_pool_forward(maps: list[Tensor], size: int, normalize: bool, out_dtype: torch.dtype, backend: str) -> tuple[Tensor, Tensor]:
+    """maps (B, C_l, H_l, W_l) -> (packed (B, Σ C_l·size²) in out_dtype, norms (B, L) of the pooled slices)."""
+    offsets = _offsets(maps, size)
+    accumulate = _accumulation(maps)
+    batch = maps[0].shape[0]
+    pooled = torch.empty(batch, offsets[-1], dtype=accumulate, device=maps[0].device)
+    forward = _kernels(backend)[0]
+    for layer, feature_map in enumerate(maps):
+        forward(feature_map, pooled, offsets[layer], size)
+    norms = torch.ones(batch, len(maps), dtype=accumulate, device=pooled.device)
+    if normalize:
+        for layer in range(len(maps)):
+            piece = pooled[:, offsets[layer] : offsets[layer + 1]]
+            norms[:, layer] = piece.norm(dim=1)
+            piece.div_(norms[:, layer : layer + 1].clamp_min(NORMALIZE_EPS))
+    packed = pooled if out_dtype == accumulate else pooled.to(out_dtype)
+    return packed, norms
+
+
+@feature_pool_forward.register_fake
+def _(maps, size, normalize, out_dtype, backend):
+    total = sum(feature_map.shape[1] for feature_map in maps) * size * size
+    batch = maps[0].shape[0]
+    return maps[0].new_empty(batch, total, dtype=out_dtype), maps[0].new_empty(batch, len(maps), dtype=_accumulation(maps))
+
+
+@torch.library.custom_op("clarep_fast::feature_pool_backward", mutates_args=())
+def feature_pool_backward(grad: Tensor, packed: Tensor, norms: Tensor, maps: list[Tensor], size: int, normalize: bool, backend: str) -> list[Tensor]:
+    """Gradients of every map (contiguous, map dtype) from the packed gradient."""
+    offsets = _offsets(maps, size)
+    grad = grad.to(norms.dtype)
+    if normalize:
+        pieces = []
+        for layer in range(len(maps)):
+            g = grad[:, offsets[layer] : offsets[layer + 1]]
+            y = packed[:, offsets[layer] : offsets[layer + 1]].to(norms.dtype)
+            norm = norms[:, layer : layer + 1]
+            projected = (g - y * (y * g).sum(1, keepdim=True)) / norm.clamp_min(NORMALIZE_EPS)
+            pieces.append(torch.where(norm > NORMALIZE_EPS, projected, g / NORMALIZE_EPS))
+        grad = torch.cat(pieces, dim=1)
+    grad = grad.contiguous()
+    backward = _kernels(backend)[1]
+    return [backward(grad, feature_map, offsets[layer], size) for layer, feature_map in enumerate(maps)]
+
+
+@feature_pool_backward.register_fake
+def _(grad, packed, norms, maps, size, normalize, backend):
+    return [torch.empty(feature_map.shape, dtype=feature_map.dtype, device=feature_map.device) for feature_map in maps]
+
+
+def _setup_context(ctx, inputs, output):
+    maps, size, normalize, out_dtype, backend = inputs
+    packed, norms = output
+    ctx.mark_non_differentiable(norms)
+    ctx.save_for_backward(packed, norms, *maps)
+    ctx.size, ctx.normalize, ctx.backend = size, normalize, backend
+
+
+def _backward(ctx, grad_packed, unused_grad_norms):
+    packed, norms, *maps = ctx.saved_tensors
+    grads = feature_pool_backward(grad_packed, packed, norms, maps, ctx.size, ctx.normalize, ctx.backend)
+    needed = ctx.needs_input_grad[0]
+    return [g if need else None for g, need in zip(grads, needed)], None, None, None, None
+
+
+feature_pool_forward.register_autograd(_backward, setup_context=_setup_context)
+
+
+# ----------------------------------------------------------------------------- public API
+
+
+def feature_pool(
+    maps: Sequence[Tensor],
+    size: int,
+    *,
+    normalize: bool = False,
+    out_dtype: torch.dtype | None = None,
+    names: Sequence[str] | None = None,
+) -> Tensor:
+    """Pool each (B, C_l, H_l, W_l) map to size×size, optionally L2-normalize each layer's slice
+    per sample, cast, and pack: -> (B, Σ_l C_l·size²). ``names`` label the maps in error messages.
+    Differentiable in every map. ``split_packed`` gives the per-layer views back.
+    """
+    maps = _validated(maps, size, out_dtype, names)
+    out_dtype = out_dtype or maps[0].dtype
+    return feature_pool_forward(maps, size, normalize, out_dtype, resolve_backend(maps[0].device))[0]
+
+
+def split_packed(packed: Tensor, channels: Sequence[int], size: int) -> list[Tensor]:
+    """Per-layer views (B, C_l, size, size) of a packed (B, Σ C_l·size²) tensor, in packing order."""
+    views, start = [], 0
+    for width in channels:
+        views.append(packed[:, start : start + width * size * size].unflatten(1, (width, size, size)))
+        start += width * size * size
+    if start != packed.shape[1]:
+        raise ValueError(f"packed has {packed.shape[1]} columns but channels {list(channels)} at size {size} need {start}")
+    return views
+
+
+def _validated(maps, size, out_dtype, names) -> list[Tensor]:
+    if isinstance(maps, Tensor):
+        raise TypeError("maps must be a sequence of (B, C, H, W) tensors, not a single tensor")
+    maps = list(maps)
+    names = list(names) if names is not None else [f"maps[{i}]" for i in range(len(maps))]
+    if not maps:
+        raise ValueError("maps is empty: tap at least one layer")
+    if len(names) != len(maps):
+        raise ValueError(f"names has {len(names)} entries for {len(maps)} maps")
+    if not isinstance(size, int) or isinstance(size, bool) or size < 1:
+        raise ValueError(f"size must be a positive int, got {size!r}")
+    if out_dtype is not None and out_dtype not in SUPPORTED_DTYPES:
+        raise TypeError(f"out_dtype must be float16, bfloat16, float32 or float64, got {out_dtype}")
+    first = maps[0]
+    for name, feature_map in zip(names, maps):
+        if not isinstance(feature_map, Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor, got {type(feature_map).__name__}")
+        if feature_map.dim() != 4:
+            raise ValueError(f"{name} must have shape (B, C, H, W), got {tuple(feature_map.shape)}")
+        if feature_map.dtype not in SUPPORTED_DTYPES:
+            raise TypeError(f"{name} must be float16, bfloat16, float32 or float64, got {feature_map.dtype}")
+        if feature_map.dtype != first.dtype:
+            raise TypeError(f"{name} is {feature_map.dtype} but {names[0]} is {first.dtype}; tapped maps must share a dtype")
+        if feature_map.device != first.device:
+            raise ValueError(f"{name} is on {feature_map.device} but {names[0]} is on {first.device}")
+        if feature_map.shape[0] != first.shape[0]:
+            raise ValueError(f"{name} has batch {feature_map.shape[0]} but {names[0]} has {first.shape[0]}")
+        if feature_map.numel() == 0:
+            raise ValueError(f"{name} is empty (shape {tuple(feature_map.shape)})")
+        height, width = feature_map.shape[2:]
+        if size > height or size > width:
+            raise ValueError(f"pool size {size} is larger than {name}'s {height}×{width} map; use size <= {min(height, width)}")
+    return maps

@@ -168,12 +168,13 @@ def feature_pool(
 
 def split_packed(packed: Tensor, channels: Sequence[int], size: int) -> list[Tensor]:
     """Per-layer views (B, C_l, size, size) of a packed (B, Σ C_l·size²) tensor, in packing order."""
+    needed = sum(channels) * size * size
+    if needed != packed.shape[1]:
+        raise ValueError(f"packed has {packed.shape[1]} columns but channels {list(channels)} at size {size} need {needed}")
     views, start = [], 0
     for width in channels:
         views.append(packed[:, start : start + width * size * size].unflatten(1, (width, size, size)))
         start += width * size * size
-    if start != packed.shape[1]:
-        raise ValueError(f"packed has {packed.shape[1]} columns but channels {list(channels)} at size {size} need {start}")
     return views
 
 

@@ -86,7 +86,7 @@ setup(
     long_description=(ROOT / "README.md").read_text(encoding="utf-8") if (ROOT / "README.md").exists() else "",
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
-    packages=["clarep_fast", "clarep_fast.ops", "clarep_fast.reference", "clarep_fast.kernels"],
+    packages=["clarep_fast", "clarep_fast.ops", "clarep_fast.reference", "clarep_fast.taps", "clarep_fast.kernels"],
     package_dir={"clarep_fast": "clarep_fast", "clarep_fast.kernels": "kernels"},
     ext_modules=ext_modules,
     cmdclass=cmdclass,

@@ -8,7 +8,19 @@ from clarep_fast.backends import BACKENDS, available_backends, use_backend
 from clarep_fast.modules import CKA
 from clarep_fast.ops.cka import cka, cka_pairs
 from clarep_fast.ops.feature_pool import feature_pool, split_packed
+from clarep_fast.taps import FeatureTap, TapOutput
 
 __version__ = "0.1.0"
 
-__all__ = ["BACKENDS", "CKA", "available_backends", "cka", "cka_pairs", "feature_pool", "split_packed", "use_backend"]
+__all__ = [
+    "BACKENDS",
+    "CKA",
+    "FeatureTap",
+    "TapOutput",
+    "available_backends",
+    "cka",
+    "cka_pairs",
+    "feature_pool",
+    "split_packed",
+    "use_backend",
+]

@@ -83,9 +83,11 @@ def markdown_table(records: list[dict]) -> str:
         cell = lambda value: f"{value:.2f}" if value is not None else "-"  # noqa: E731
         memory = " / ".join(extra(by_provider, name) for name in ("fused", "eager", "compile"))
         lines.append(f"| {op} | {shape} | {mode} | {dtype} | {cell(fused)} | {cell(eager)} | {cell(compiled)} | {ratio(eager)} | {ratio(compiled)} | {memory} |")
-        if "fused-triton" in by_provider:
-            triton_ms = by_provider["fused-triton"]["p50_ms"]
-            lines.append(f"| {op} (triton) | {shape} | {mode} | {dtype} | {cell(triton_ms)} | | | {eager / triton_ms:.2f}× | {compiled / triton_ms:.2f}× | {extra(by_provider, 'fused-triton')} |")
+        for provider, record in by_provider.items():  # other providers (fused-triton, model-only, ...)
+            if provider in ("fused", "eager", "compile"):
+                continue
+            versus = lambda other: f"{other / record['p50_ms']:.2f}×" if other else "-"  # noqa: E731
+            lines.append(f"| {op} ({provider}) | {shape} | {mode} | {dtype} | {cell(record['p50_ms'])} | | | {versus(eager)} | {versus(compiled)} | {extra(by_provider, provider)} |")
     return "\n".join(lines)
 
 
@@ -94,7 +96,7 @@ def write_results(records: list[dict], out: Path, stem: str) -> str:
     out.mkdir(parents=True, exist_ok=True)
     table = markdown_table(records)
     first = records[0] if records else {}
-    header = f"Device: {first.get('device_name', '?')}; torch {first.get('torch', '?')}, triton {first.get('triton', '?')}; git {first.get('git_sha', '?')}. Times are medians (ms); ratios are eager/fused and compile/fused (>1: fused is faster); extra MB = peak memory of the call minus its gradient outputs."
+    header = f"Device: {first.get('device_name', '?')}; torch {first.get('torch', '?')}, triton {first.get('triton', '?')}; git {first.get('git_sha', '?')}. Times are medians (ms); ratios are eager/fused and compile/fused (>1: fused is faster); extra MB = peak memory of the call minus its outputs (the input gradients for CKA, the packed features for the tap)."
     contents = {
         ".json": json.dumps(records, indent=1),
         ".md": f"{header}\n\n{table}\n",

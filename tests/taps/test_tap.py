@@ -144,13 +144,15 @@ def test_several_conditions_in_one_forward():
     assert_close(together, one_by_one, 1e-5, "K conditions batched")
 
 
-def test_compiled_tap_matches_eager():
-    model = tiny_timm()
-    tap = FeatureTap(model, [2, 3], pool=2)
-    x = torch.randn(2, 3, 32, 32)
+@pytest.mark.parametrize("family", ["timm", "unet"])
+def test_compiled_tap_matches_eager_without_graph_breaks(family):
+    if family == "timm":
+        tap, inputs = FeatureTap(tiny_timm(), [2, 3], pool=2), (torch.randn(2, 3, 32, 32),)
+    else:
+        tap, inputs = FeatureTap(tiny_unet(), ["down_blocks.1", "mid_block"], pool=2), _unet_inputs(2)
     with torch.no_grad():
-        expected = tap(x).packed
-        compiled = torch.compile(tap, fullgraph=True)(x).packed
+        expected = tap(*inputs).packed
+        compiled = torch.compile(tap, fullgraph=True)(*inputs).packed  # fullgraph: a break would raise
     assert_close(compiled, expected, 1e-5, "compiled packed")
 
 

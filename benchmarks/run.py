@@ -91,9 +91,19 @@ def markdown_table(records: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def merged(previous: list[dict], records: list[dict]) -> list[dict]:
+    """Earlier results updated by this run's: a subset run (-k) replaces only the rows it measured."""
+    key = lambda record: tuple(record.get(field) for field in ("op", "provider", "mode", "shape", "dtype"))  # noqa: E731
+    fresh = {key(record) for record in records}
+    return [record for record in previous if key(record) not in fresh] + records
+
+
 def write_results(records: list[dict], out: Path, stem: str) -> str:
-    """Write <stem>.json, <stem>.csv and <stem>.md under ``out`` atomically; return the table."""
+    """Merge into <stem>.json, write <stem>.csv and <stem>.md under ``out`` atomically; return the table."""
     out.mkdir(parents=True, exist_ok=True)
+    existing = out / f"{stem}.json"
+    if existing.exists():
+        records = merged(json.loads(existing.read_text()), records)
     table = markdown_table(records)
     first = records[0] if records else {}
     header = f"Device: {first.get('device_name', '?')}; torch {first.get('torch', '?')}, triton {first.get('triton', '?')}; git {first.get('git_sha', '?')}. Times are medians (ms); ratios are eager/fused and compile/fused (>1: fused is faster); extra MB = peak memory of the call minus its outputs (the input gradients for CKA, the packed features for the tap)."

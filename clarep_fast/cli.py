@@ -1,8 +1,8 @@
 """The ``clarep-fast`` command line.
 
     clarep-fast backends             which backends are usable here, and why not
-    clarep-fast selfcheck [--quick]  every usable backend against the reference (forward and
-                                     backward), then fused vs eager CKA timing as a ratio
+    clarep-fast selfcheck [--quick]  every usable backend of every op against the reference (forward
+                                     and backward), then fused vs eager CKA timing as a ratio
 """
 
 from __future__ import annotations
@@ -16,7 +16,8 @@ import torch
 
 from clarep_fast.backends import available_backends, unusable_reason, use_backend
 from clarep_fast.ops.cka import cka
-from clarep_fast.reference import cka_reference
+from clarep_fast.ops.feature_pool import feature_pool
+from clarep_fast.reference import cka_reference, feature_pool_reference
 
 
 def _print_backends() -> None:
@@ -40,6 +41,19 @@ def _max_errors(backend: str, device: str) -> tuple[float, float]:
     return abs(value.item() - expected.item()), grad_error
 
 
+def _pool_errors(backend: str, device: str) -> tuple[float, float]:
+    """Largest |fused - reference| of packed features and map gradients (odd windows, normalized), fp32."""
+    maps = [torch.randn(3, 5, 7, 9, device=device, requires_grad=True), torch.randn(3, 4, 4, 4, device=device, requires_grad=True)]
+    with use_backend(backend):
+        packed = feature_pool(maps, 3, normalize=True)
+    weights = torch.randn_like(packed)
+    grads = torch.autograd.grad((packed * weights).sum(), maps)
+    expected = feature_pool_reference(maps, 3, normalize=True)
+    expected_grads = torch.autograd.grad((expected * weights).sum(), maps)
+    grad_error = max(((g - e).abs().max() / e.abs().max()).item() for g, e in zip(grads, expected_grads))
+    return (packed - expected).abs().max().item(), grad_error
+
+
 def _median_seconds(fn, repeats: int) -> float:
     fn()
     times = []
@@ -57,15 +71,16 @@ def selfcheck(quick: bool) -> int:
     _print_backends()
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     failures = 0
-    print("\ncorrectness, fp32, n=41, d=401/33 (value abs error, gradient error relative to max):")
-    for device in devices:
-        for backend in ("cuda", "triton", "cpu", "torch"):
-            if unusable_reason(backend, device):
-                continue
-            value_error, grad_error = _max_errors(backend, device)
-            ok = value_error < 1e-5 and grad_error < 1e-3
-            failures += not ok
-            print(f"  {device:4s} {backend:7s} value {value_error:.1e}  grad {grad_error:.1e}  {'ok' if ok else 'FAIL'}")
+    print("\ncorrectness against the reference, fp32 (value abs error, gradient error relative to max):")
+    for op, check in (("cka", _max_errors), ("feature_pool", _pool_errors)):
+        for device in devices:
+            for backend in ("cuda", "triton", "cpu", "torch"):
+                if unusable_reason(backend, device):
+                    continue
+                value_error, grad_error = check(backend, device)
+                ok = value_error < 1e-5 and grad_error < 1e-3
+                failures += not ok
+                print(f"  {op:12s} {device:4s} {backend:7s} value {value_error:.1e}  grad {grad_error:.1e}  {'ok' if ok else 'FAIL'}")
     n, d = (256, 8192) if quick else (512, 32768)
     print(f"\nspeed: CKA forward+backward of x, y: ({n}, {d}) fp32, median of 5 (one process, same inputs):")
     for device in devices:

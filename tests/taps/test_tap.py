@@ -144,10 +144,13 @@ def test_several_conditions_in_one_forward():
     assert_close(together, one_by_one, 1e-5, "K conditions batched")
 
 
-@pytest.mark.parametrize("family", ["timm", "unet"])
+@pytest.mark.parametrize("family", ["timm", "unet", "dit"])
 def test_compiled_tap_matches_eager_without_graph_breaks(family):
     if family == "timm":
         tap, inputs = FeatureTap(tiny_timm(), [2, 3], pool=2), (torch.randn(2, 3, 32, 32),)
+    elif family == "dit":
+        tap = FeatureTap(tiny_dit(), ["transformer_blocks.1"], pool=2)
+        inputs = (torch.randn(2, 4, 8, 8), torch.tensor([3, 7]), torch.tensor([1, 2]))
     else:
         tap, inputs = FeatureTap(tiny_unet(), ["down_blocks.1", "mid_block"], pool=2), _unet_inputs(2)
     with torch.no_grad():

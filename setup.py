@@ -14,7 +14,7 @@ import os
 import shutil
 from pathlib import Path
 
-from setuptools import setup
+from setuptools import find_packages, setup
 
 ROOT = Path(__file__).parent
 
@@ -86,11 +86,11 @@ setup(
     long_description=(ROOT / "README.md").read_text(encoding="utf-8") if (ROOT / "README.md").exists() else "",
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
-    packages=["clarep_fast", "clarep_fast.ops", "clarep_fast.reference", "clarep_fast.taps", "clarep_fast.kernels"],
+    packages=find_packages(include=["clarep_fast", "clarep_fast.*"]) + ["clarep_fast.kernels"],
     package_dir={"clarep_fast": "clarep_fast", "clarep_fast.kernels": "kernels"},
     ext_modules=ext_modules,
     cmdclass=cmdclass,
-    install_requires=["torch>=2.4", "numpy", "tqdm"],
+    install_requires=["torch>=2.4", "numpy", "tqdm", "diffusers", "timm", "safetensors", "pillow"],
     extras_require={
         "triton": ["triton"],
         "test": ["pytest", "pytest-benchmark", "hypothesis"],

@@ -3,6 +3,9 @@
     clarep-fast backends             which backends are usable here, and why not
     clarep-fast selfcheck [--quick]  every usable backend of every op against the reference (forward
                                      and backward), then fused vs eager CKA timing as a ratio
+    clarep-fast train-teacher RUN_DIR [--steps N ...]
+                                     train (or resume) the class-conditional diffusion teacher on the
+                                     default background dataset; RUN_DIR/teacher is the result
 """
 
 from __future__ import annotations
@@ -15,6 +18,9 @@ import time
 import torch
 
 from clarep_fast.backends import available_backends, unusable_reason, use_backend
+from clarep_fast.data.default import DataConfig
+from clarep_fast.diffusion.teacher import TeacherConfig
+from clarep_fast.diffusion.train import TrainTeacherConfig, train_teacher
 from clarep_fast.ops.cka import cka
 from clarep_fast.ops.feature_pool import feature_pool
 from clarep_fast.reference import cka_reference, feature_pool_reference
@@ -94,13 +100,42 @@ def selfcheck(quick: bool) -> int:
     return 1 if failures else 0
 
 
+def _train_teacher(args) -> int:
+    data = DataConfig(resolution=args.resolution, rho=args.rho, seed=args.seed)
+    model = TeacherConfig(resolution=args.resolution, channels=tuple(args.channels), layers_per_block=args.layers_per_block)
+    config = TrainTeacherConfig(
+        steps=args.steps, batch_size=args.batch_size, learning_rate=args.learning_rate,
+        checkpoint_every=args.checkpoint_every, sample_every=args.sample_every, seed=args.seed,
+        device=args.device, data=data, teacher=model,
+    )  # fmt: skip
+    teacher_dir = train_teacher(config, args.run_dir)
+    print(f"teacher saved to {teacher_dir}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="clarep-fast", description="clarep_fast: fused kernels for CLAReps and CaDistill")
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("backends", help="list backends and why any is unavailable")
     check = commands.add_parser("selfcheck", help="check every backend against the reference and time fused vs eager")
     check.add_argument("--quick", action="store_true", help="smaller timing problem")
+    teacher = commands.add_parser("train-teacher", help="train or resume the diffusion teacher on the default dataset")
+    teacher.add_argument("run_dir", help="run folder: config.json, loss.csv, checkpoint.pt, samples_*.png, teacher/")
+    defaults = TrainTeacherConfig()
+    teacher.add_argument("--steps", type=int, default=defaults.steps)
+    teacher.add_argument("--batch-size", type=int, default=defaults.batch_size)
+    teacher.add_argument("--learning-rate", type=float, default=defaults.learning_rate)
+    teacher.add_argument("--resolution", type=int, default=defaults.data.resolution)
+    teacher.add_argument("--rho", type=float, default=defaults.data.rho, help="class correlation of the backgrounds")
+    teacher.add_argument("--channels", type=int, nargs="+", default=list(defaults.teacher.channels))
+    teacher.add_argument("--layers-per-block", type=int, default=defaults.teacher.layers_per_block)
+    teacher.add_argument("--checkpoint-every", type=int, default=defaults.checkpoint_every)
+    teacher.add_argument("--sample-every", type=int, default=defaults.sample_every)
+    teacher.add_argument("--seed", type=int, default=defaults.seed)
+    teacher.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args(argv)
+    if args.command == "train-teacher":
+        return _train_teacher(args)
     if args.command == "backends":
         _print_backends()
         return 0

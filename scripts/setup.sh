@@ -13,12 +13,12 @@ if [ ! -x .venv/bin/python ]; then
 fi
 VENV_PY=.venv/bin/python
 
-requirements_stamp=$(sha256sum requirements.txt | cut -c1-16)
+requirements_stamp=$(cat requirements.txt requirements-nodeps.txt | sha256sum | cut -c1-16)
 if [ "$(cat .venv/.requirements-stamp 2>/dev/null)" != "$requirements_stamp" ]; then
   echo "setup: installing dependencies (a few minutes the first time)"
   "$VENV_PY" -m pip install -q --upgrade pip setuptools wheel
   "$VENV_PY" -m pip install -q -r requirements.txt
-  "$VENV_PY" -m pip install -q --no-deps torchattacks==3.5.1
+  "$VENV_PY" -m pip install -q --no-deps -r requirements-nodeps.txt
   echo "$requirements_stamp" > .venv/.requirements-stamp
 fi
 

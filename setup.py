@@ -88,6 +88,7 @@ setup(
     python_requires=">=3.10",
     packages=find_packages(include=["clarep_fast", "clarep_fast.*"]) + ["clarep_fast.kernels"],
     package_dir={"clarep_fast": "clarep_fast", "clarep_fast.kernels": "kernels"},
+    package_data={"clarep_fast": ["assets/teacher/*.json", "assets/teacher/*.safetensors"]},
     ext_modules=ext_modules,
     cmdclass=cmdclass,
     install_requires=["torch>=2.4", "numpy", "tqdm", "diffusers", "timm", "safetensors", "pillow"],

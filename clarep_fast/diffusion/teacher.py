@@ -79,6 +79,17 @@ def load_teacher(path: str | Path, *, num_classes: int | None = None, resolution
     return model
 
 
+DEFAULT_TEACHER = Path(__file__).resolve().parent.parent / "assets" / "teacher"
+
+
+def load_default_teacher() -> nn.Module:
+    """The embedded default teacher: trained by this project on the default background dataset
+    (16×16 RGB, 10 classes) with `clarep-fast train-teacher`; see docs/teacher.md for the run."""
+    if not (DEFAULT_TEACHER / "config.json").exists():
+        raise FileNotFoundError(f"the embedded teacher is missing from {DEFAULT_TEACHER}; reinstall clarep_fast")
+    return load_teacher(DEFAULT_TEACHER, num_classes=10, resolution=16)
+
+
 def noise_prediction(model: nn.Module, x: Tensor, t: Tensor, labels: Tensor) -> Tensor:
     """eps(x, t, c) for a UNet or a DiT (a DiT that learns sigma returns 2C channels: keep eps)."""
     if type(model).__name__ == "DiTTransformer2DModel":

@@ -44,6 +44,8 @@ class FeatureTap(nn.Module):
     submodule path) or, for timm models, the integer block indices of ``forward_intermediates``.
     """
 
+    _active = False  # hooks record only while this tap's own forward runs
+
     def __init__(
         self,
         model: nn.Module,
@@ -100,8 +102,6 @@ class FeatureTap(nn.Module):
                 self._captured[name] = as_map(output, name)
 
         return capture
-
-    _active = False
 
     def forward(self, *args, **kwargs) -> TapOutput:
         """Run the model on its usual inputs (diffusers: sample, timestep, class_labels; timm: x)."""

@@ -60,13 +60,13 @@ def _pool_errors(backend: str, device: str) -> tuple[float, float]:
     return (packed - expected).abs().max().item(), grad_error
 
 
-def _median_seconds(fn, repeats: int) -> float:
+def _median_seconds(fn, repeats: int, device: str) -> float:
     fn()
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
         fn()
-        if torch.cuda.is_available():
+        if device == "cuda":
             torch.cuda.synchronize()
         times.append(time.perf_counter() - start)
     return statistics.median(times)
@@ -92,8 +92,8 @@ def selfcheck(quick: bool) -> int:
     for device in devices:
         x = torch.randn(n, d, device=device, requires_grad=True)
         y = torch.randn(n, d, device=device, requires_grad=True)
-        fused = _median_seconds(lambda: torch.autograd.grad(cka(x, y), (x, y)), 5)
-        eager = _median_seconds(lambda: torch.autograd.grad(cka_reference(x, y), (x, y)), 5)
+        fused = _median_seconds(lambda: torch.autograd.grad(cka(x, y), (x, y)), 5, device)
+        eager = _median_seconds(lambda: torch.autograd.grad(cka_reference(x, y), (x, y)), 5, device)
         print(f"  {device:4s} fused {fused * 1e3:8.1f} ms   eager {eager * 1e3:8.1f} ms   fused is {eager / fused:.2f}x eager")
     print("\nfull comparison with torch.compile: python benchmarks/run.py [--quick]")
     print("self-check " + ("passed" if failures == 0 else f"FAILED ({failures} backend(s))"))

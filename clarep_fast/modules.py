@@ -7,7 +7,7 @@ from typing import Sequence
 import torch
 from torch import Tensor, nn
 
-from clarep_fast.ops.cka import cka_pairs
+from clarep_fast.ops.cka import cka, cka_pairs
 
 
 class CKA(nn.Module):
@@ -23,7 +23,7 @@ class CKA(nn.Module):
 
     def forward(self, x: Tensor | Sequence[Tensor], y: Tensor | Sequence[Tensor]) -> Tensor:
         if isinstance(x, torch.Tensor) and isinstance(y, torch.Tensor):
-            return cka_pairs([x], [y], unbiased=self.unbiased, _names=("x", "y"))[0]
+            return cka(x, y, unbiased=self.unbiased)
         return cka_pairs(x, y, unbiased=self.unbiased)
 
     def extra_repr(self) -> str:

@@ -17,8 +17,14 @@ import triton.language as tl
 
 
 @triton.jit
-def _window(cell, extent, S: tl.constexpr):
-    return (cell * extent) // S, ((cell + 1) * extent + S - 1) // S
+def _cell(cell, rows, cols, H, W, S: tl.constexpr):
+    """Mask of cell's adaptive window over the (BLOCK_H, BLOCK_W) plane, and the window's size."""
+    h0 = (cell // S) * H // S
+    h1 = ((cell // S + 1) * H + S - 1) // S
+    w0 = (cell % S) * W // S
+    w1 = ((cell % S + 1) * W + S - 1) // S
+    window = (rows[:, None] >= h0) & (rows[:, None] < h1) & (cols[None, :] >= w0) & (cols[None, :] < w1)
+    return window, (h1 - h0) * (w1 - w0)
 
 
 @triton.jit
@@ -36,11 +42,9 @@ def _feature_pool_fwd_kernel(
     values = tl.load(pointers, mask=inside, other=0.0).to(out_ptr.dtype.element_ty)
     cells = out_ptr + b.to(tl.int64) * out_row + offset + c * S * S
     for cell in range(S * S):
-        h0, h1 = _window(cell // S, H, S)
-        w0, w1 = _window(cell % S, W, S)
-        window = (rows[:, None] >= h0) & (rows[:, None] < h1) & (cols[None, :] >= w0) & (cols[None, :] < w1)
+        window, count = _cell(cell, rows, cols, H, W, S)
         total = tl.sum(tl.sum(tl.where(window, values, 0.0), axis=1), axis=0)
-        tl.store(cells + cell, total / ((h1 - h0) * (w1 - w0)))
+        tl.store(cells + cell, total / count)
 
 
 @triton.jit
@@ -56,10 +60,8 @@ def _feature_pool_bwd_kernel(
     accumulated = tl.zeros([BLOCK_H, BLOCK_W], dtype=grad_ptr.dtype.element_ty)
     cells = grad_ptr + b.to(tl.int64) * out_row + offset + c * S * S
     for cell in range(S * S):
-        h0, h1 = _window(cell // S, H, S)
-        w0, w1 = _window(cell % S, W, S)
-        window = (rows[:, None] >= h0) & (rows[:, None] < h1) & (cols[None, :] >= w0) & (cols[None, :] < w1)
-        share = tl.load(cells + cell) / ((h1 - h0) * (w1 - w0))
+        window, count = _cell(cell, rows, cols, H, W, S)
+        share = tl.load(cells + cell) / count
         accumulated += tl.where(window, share, 0.0)
     inside = (rows[:, None] < H) & (cols[None, :] < W)
     target = grad_map_ptr + plane.to(tl.int64) * H * W + rows[:, None] * W + cols[None, :]

@@ -47,7 +47,7 @@ def ddim_move(model: nn.Module, x: Tensor, labels: Tensor, grid: list[int], guid
     x = x.to(next(model.parameters()).dtype)
     for t, s in zip(grid[:-1], grid[1:]):
         t_eval = max(t, 0)  # inversion starts at the clean image: evaluate the noise at time 0
-        alpha_t, alpha_s = _alpha_bar(schedule, t_eval if t < 0 else t), _alpha_bar(schedule, s)
+        alpha_t, alpha_s = _alpha_bar(schedule, t_eval), _alpha_bar(schedule, s)
         times = torch.full((x.shape[0],), t_eval, device=x.device, dtype=torch.long)
         eps = guided_noise(model, x, times, labels, guidance).to(x.dtype)
         clean = (x - (1 - alpha_t) ** 0.5 * eps) / alpha_t**0.5  # step 1

@@ -12,6 +12,8 @@ chunk at a time, so no fp32 copy of the whole (n, d) input ever exists.
 
 from __future__ import annotations
 
+import functools
+
 import torch
 
 _ROW_BLOCKS = 2  # syrk blocking on CPU: 3 of 4 block products
@@ -44,32 +46,37 @@ def _syrk_into(x: torch.Tensor, out: torch.Tensor, accumulate: bool) -> None:
 
 def gram_into(x: torch.Tensor, out: torch.Tensor) -> None:
     """out (n, n) <- x xᵀ for x (n, d), accumulated in out.dtype (fp32 or fp64)."""
-    if x.device.type == "cuda":
-        if x.dtype == out.dtype:
+    if x.dtype == out.dtype:
+        if x.device.type == "cuda":
             torch.mm(x, x.T, out=out)
         else:
-            _cuda_low_precision_gram(x, out)
-        return
-    if x.dtype == out.dtype:
-        _syrk_into(x, out, accumulate=False)
-        return
-    n, d = x.shape
-    chunk = max(1, _UPCAST_CHUNK_ELEMENTS // max(n, 1))
-    for start in range(0, d, chunk):
-        _syrk_into(x[:, start : start + chunk].to(out.dtype), out, accumulate=start > 0)
+            _syrk_into(x, out, accumulate=False)
+    elif x.device.type == "cuda" and x.dtype in (torch.float16, torch.bfloat16) and out.dtype == torch.float32 and _mm_has_out_dtype(str(x.device)):
+        out.copy_(torch.mm(x, x.T, out_dtype=out.dtype))  # cuBLAS: low-precision operands, fp32 accumulation
+    else:
+        for start, part in _upcast_chunks(x, out.dtype):
+            if x.device.type == "cuda":
+                out.addmm_(part, part.T, beta=float(start > 0))
+            else:
+                _syrk_into(part, out, accumulate=start > 0)
 
 
-def _cuda_low_precision_gram(x: torch.Tensor, out: torch.Tensor) -> None:
-    """fp16/bf16 operands, fp32 accumulation and output: cuBLAS's mixed-precision GEMM."""
+def _upcast_chunks(x: torch.Tensor, dtype: torch.dtype):
+    """(start, x[:, start:start+chunk] in dtype) over column chunks of at most 8 MiB of fp32."""
+    chunk = max(1, _UPCAST_CHUNK_ELEMENTS // max(x.shape[0], 1))
+    for start in range(0, x.shape[1], chunk):
+        yield start, x[:, start : start + chunk].to(dtype)
+
+
+@functools.cache
+def _mm_has_out_dtype(device: str) -> bool:
+    """Whether this torch's torch.mm takes out_dtype on ``device`` (asked once, on a 1×1 product)."""
+    probe = torch.ones(1, 1, device=device, dtype=torch.bfloat16)
     try:
-        out.copy_(torch.mm(x, x.T, out_dtype=out.dtype))
-    except (TypeError, RuntimeError, NotImplementedError):  # torch without mm(out_dtype=)
-        n, d = x.shape
-        chunk = max(1, _UPCAST_CHUNK_ELEMENTS // max(n, 1))
-        out.zero_()
-        for start in range(0, d, chunk):
-            part = x[:, start : start + chunk].to(out.dtype)
-            out.addmm_(part, part.T)
+        torch.mm(probe, probe, out_dtype=torch.float32)
+    except (TypeError, RuntimeError, NotImplementedError):
+        return False
+    return True
 
 
 def gram_backward(coefficients: torch.Tensor, x: torch.Tensor) -> torch.Tensor:

@@ -8,6 +8,7 @@ from clarep_fast.backends import BACKENDS, available_backends, use_backend
 from clarep_fast.modules import CKA
 from clarep_fast.ops.cka import cka, cka_pairs
 from clarep_fast.ops.feature_pool import feature_pool, split_packed
+from clarep_fast.ops.project_out import project_out
 from clarep_fast.taps import FeatureTap, TapOutput
 
 __version__ = "0.1.0"
@@ -21,6 +22,7 @@ __all__ = [
     "cka",
     "cka_pairs",
     "feature_pool",
+    "project_out",
     "split_packed",
     "use_backend",
 ]

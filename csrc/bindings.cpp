@@ -4,6 +4,7 @@
 
 #include "cka.h"
 #include "feature_pool.h"
+#include "project_out.h"
 
 #ifdef WITH_CUDA
 #include <c10/cuda/CUDAGuard.h>
@@ -164,6 +165,82 @@ torch::Tensor feature_pool_backward(const torch::Tensor& grad, const torch::Tens
   return grad_map;
 }
 
+ProjectShape project_shape(const torch::Tensor& x, const torch::Tensor& V, bool rescale, double rtol) {
+  TORCH_CHECK(x.dim() == 2 && x.is_contiguous(), "x must be a contiguous (B, N) tensor, got ", x.sizes());
+  TORCH_CHECK(V.dim() == 3 && V.is_contiguous() && V.size(0) == x.size(0) && V.size(1) == x.size(1),
+              "vectors must be a contiguous (B, N, k) tensor with (B, N) = ", x.sizes(), ", got ", V.sizes());
+  TORCH_CHECK(V.scalar_type() == x.scalar_type() && V.device() == x.device(), "x and vectors must share dtype and device");
+  return ProjectShape{x.size(0), x.size(1), V.size(2), rescale, rtol};
+}
+
+// (out, coeffs, stats): out = (I - V Vᵀ) x, rescaled if asked; coeffs (B, K), stats (B, 4) in the accumulation dtype.
+std::tuple<torch::Tensor, torch::Tensor, torch::Tensor> project_out_forward(const torch::Tensor& x, const torch::Tensor& V,
+                                                                            bool rescale, double rtol) {
+  const ProjectShape p = project_shape(x, V, rescale, rtol);
+  auto acc = x.options().dtype(accumulation_type(x.scalar_type()));
+  auto out = torch::empty_like(x);
+  auto coeffs = torch::empty({p.batch, p.rank}, acc);
+  auto stats = torch::empty({p.batch, kProjectStats}, acc);
+  if (x.is_cuda()) {
+#ifdef WITH_CUDA
+    const c10::cuda::CUDAGuard guard(x.device());
+    auto scratch = torch::empty({p.batch, p.size}, acc);
+    check_launch(project_out_forward_cuda(x.data_ptr(), V.data_ptr(), out.data_ptr(), coeffs.data_ptr(), stats.data_ptr(),
+                                          scratch.data_ptr(), dtype_code(x.scalar_type()), p,
+                                          c10::cuda::getCurrentCUDAStream().stream()),
+                 "project_out_forward_cuda");
+    return {out, coeffs, stats};
+#else
+    TORCH_CHECK(false, "clarep_fast._C was built without CUDA");
+#endif
+  }
+  AT_DISPATCH_FLOATING_TYPES_AND2(torch::kHalf, torch::kBFloat16, x.scalar_type(), "project_out_forward", [&] {
+    using acc_t = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
+    project_out_forward_cpu<scalar_t, acc_t>(x.data_ptr<scalar_t>(), V.data_ptr<scalar_t>(), out.data_ptr<scalar_t>(),
+                                             coeffs.data_ptr<acc_t>(), stats.data_ptr<acc_t>(), p);
+  });
+  return {out, coeffs, stats};
+}
+
+// (grad_x, grad_v): grad_v is an empty tensor unless need_vectors_grad.
+std::tuple<torch::Tensor, torch::Tensor> project_out_backward(const torch::Tensor& grad, const torch::Tensor& x,
+                                                              const torch::Tensor& V, const torch::Tensor& coeffs,
+                                                              const torch::Tensor& stats, bool rescale, double rtol,
+                                                              bool need_vectors_grad) {
+  const ProjectShape p = project_shape(x, V, rescale, rtol);
+  TORCH_CHECK(grad.sizes() == x.sizes() && grad.is_contiguous() && grad.scalar_type() == x.scalar_type(),
+              "grad must be contiguous and match x");
+  const auto acc = accumulation_type(x.scalar_type());
+  TORCH_CHECK(coeffs.sizes() == at::IntArrayRef({p.batch, p.rank}) && coeffs.scalar_type() == acc && coeffs.is_contiguous(),
+              "coeffs must be a contiguous (B, K) ", acc, " tensor");
+  TORCH_CHECK(stats.sizes() == at::IntArrayRef({p.batch, kProjectStats}) && stats.scalar_type() == acc && stats.is_contiguous(),
+              "stats must be a contiguous (B, 4) ", acc, " tensor");
+  auto grad_x = torch::empty_like(x);
+  auto grad_v = need_vectors_grad ? torch::empty_like(V) : torch::empty({0}, V.options());
+  if (x.is_cuda()) {
+#ifdef WITH_CUDA
+    const c10::cuda::CUDAGuard guard(x.device());
+    auto scratch = torch::empty({p.batch, p.size}, x.options().dtype(acc));
+    check_launch(project_out_backward_cuda(grad.data_ptr(), x.data_ptr(), V.data_ptr(), coeffs.data_ptr(),
+                                           stats.data_ptr(), grad_x.data_ptr(),
+                                           need_vectors_grad ? grad_v.data_ptr() : nullptr, scratch.data_ptr(),
+                                           dtype_code(x.scalar_type()), p, c10::cuda::getCurrentCUDAStream().stream()),
+                 "project_out_backward_cuda");
+    return {grad_x, grad_v};
+#else
+    TORCH_CHECK(false, "clarep_fast._C was built without CUDA");
+#endif
+  }
+  AT_DISPATCH_FLOATING_TYPES_AND2(torch::kHalf, torch::kBFloat16, x.scalar_type(), "project_out_backward", [&] {
+    using acc_t = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
+    project_out_backward_cpu<scalar_t, acc_t>(grad.data_ptr<scalar_t>(), x.data_ptr<scalar_t>(), V.data_ptr<scalar_t>(),
+                                              coeffs.data_ptr<acc_t>(), stats.data_ptr<acc_t>(),
+                                              grad_x.data_ptr<scalar_t>(),
+                                              need_vectors_grad ? grad_v.data_ptr<scalar_t>() : nullptr, p);
+  });
+  return {grad_x, grad_v};
+}
+
 bool built_with_cuda() {
 #ifdef WITH_CUDA
   return true;
@@ -188,5 +265,12 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("feature_pool_backward", &clarep_fast::feature_pool_backward,
         "gradient of one map from the packed gradient", py::arg("grad"), py::arg("map"), py::arg("offset"),
         py::arg("size"));
+  m.def("project_out_forward", &clarep_fast::project_out_forward,
+        "(I - V V^T) x per sample, optionally rescaled: (x, vectors, rescale, rtol) -> (out, coeffs, stats)",
+        py::arg("x"), py::arg("vectors"), py::arg("rescale"), py::arg("rtol"));
+  m.def("project_out_backward", &clarep_fast::project_out_backward,
+        "(grad, x, vectors, coeffs, stats, rescale, rtol, need_vectors_grad) -> (grad_x, grad_vectors)",
+        py::arg("grad"), py::arg("x"), py::arg("vectors"), py::arg("coeffs"), py::arg("stats"), py::arg("rescale"),
+        py::arg("rtol"), py::arg("need_vectors_grad"));
   m.def("built_with_cuda", &clarep_fast::built_with_cuda, "True when the CUDA kernels were compiled in");
 }

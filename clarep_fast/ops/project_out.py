@@ -1,0 +1,162 @@
+"""Fused projection off k directions per sample: custom ops, fake implementations, autograd, dispatch.
+
+Math (clarep_fast/reference/project_out.py, csrc/project_out.h): per sample, c = Vᵀx, y = x - V c,
+out = s·y with s = ‖x‖/‖y‖ when rescaling (else 1). Gradients, with gy the gradient reaching y:
+    rescaled: gy = s g - (g·y) s y/‖y‖²,  plus (g·y) s x/‖x‖² straight to x (through ‖x‖)
+    dx = gy - V (Vᵀ gy) (+ that direct term),   dV = -gy cᵀ - x (Vᵀ gy)ᵀ
+One kernel per direction of a call; it reads x and V, writes out, and keeps only c (B, k) and four
+scalars per sample for the backward, which recomputes y instead of storing it.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from clarep_fast.backends import resolve_backend
+from clarep_fast.reference.project_out import RESCALE_RTOL, accumulation_dtype
+
+SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+# ----------------------------------------------------------------------------- backend kernels
+# Every backend provides, on contiguous x (B, N) and vectors (B, N, K) of one dtype:
+#   project_out_forward(x, vectors, rescale, rtol) -> (out (B, N), coeffs (B, K), stats (B, 4))
+#   project_out_backward(grad, x, vectors, coeffs, stats, rescale, rtol, need_vectors_grad) -> (grad_x, grad_vectors)
+# coeffs and stats in the accumulation dtype; stats = [s, ‖x‖, ‖y‖, 1 if rescaled else 0].
+
+
+def _torch_forward(x: Tensor, vectors: Tensor, rescale: bool, rtol: float):
+    accumulate = accumulation_dtype(x.dtype)
+    flat, basis = x.to(accumulate), vectors.to(accumulate)
+    coeffs = torch.einsum("bnk,bn->bk", basis, flat)
+    projected = flat - torch.einsum("bnk,bk->bn", basis, coeffs)
+    x_norm, y_norm = flat.norm(dim=1), projected.norm(dim=1)
+    scaled = (y_norm > rtol * x_norm) & rescale
+    scale = torch.where(scaled, x_norm / torch.where(scaled, y_norm, torch.ones_like(y_norm)), torch.ones_like(y_norm))
+    stats = torch.stack([scale, x_norm, y_norm, scaled.to(accumulate)], dim=1)
+    return (projected * scale[:, None]).to(x.dtype), coeffs, stats
+
+
+def _torch_backward(grad: Tensor, x: Tensor, vectors: Tensor, coeffs: Tensor, stats: Tensor, rescale: bool, rtol: float, need_vectors_grad: bool):
+    accumulate = coeffs.dtype
+    g, flat, basis = grad.to(accumulate), x.to(accumulate), vectors.to(accumulate)
+    scale, x_norm, y_norm, scaled = stats.unbind(1)
+    scaled = scaled != 0
+    projected = flat - torch.einsum("bnk,bk->bn", basis, coeffs)
+    ds = (g * projected).sum(1)
+    one = torch.ones_like(ds)
+    y_coeff = torch.where(scaled, ds * scale / torch.where(scaled, y_norm**2, one), torch.zeros_like(ds))
+    direct = torch.where(scaled, ds * scale / torch.where(scaled, x_norm**2, one), torch.zeros_like(ds))
+    gy = torch.where(scaled[:, None], scale[:, None] * g - y_coeff[:, None] * projected, g)
+    d = torch.einsum("bnk,bn->bk", basis, gy)
+    grad_x = gy - torch.einsum("bnk,bk->bn", basis, d) + direct[:, None] * flat
+    grad_v = -(gy[:, :, None] * coeffs[:, None, :] + flat[:, :, None] * d[:, None, :]) if need_vectors_grad else grad_x.new_empty(0)
+    return grad_x.to(x.dtype), grad_v.to(x.dtype)
+
+
+def _kernels(backend: str):
+    if backend == "torch":
+        return _torch_forward, _torch_backward
+    if backend == "triton":
+        from clarep_fast.kernels import project_out as triton_project  # imports triton: only when asked for
+
+        return triton_project.project_out_forward, triton_project.project_out_backward
+    if backend in ("cpu", "cuda"):
+        from clarep_fast._extension import extension
+
+        return extension().project_out_forward, extension().project_out_backward
+    raise ValueError(f"unknown backend {backend!r}")
+
+
+# ----------------------------------------------------------------------------- custom ops
+
+
+@torch.library.custom_op("clarep_fast::project_out_forward", mutates_args=())
+def project_out_forward(x: Tensor, vectors: Tensor, rescale: bool, backend: str) -> tuple[Tensor, Tensor, Tensor]:
+    """x (B, N), vectors (B, N, K) -> (out (B, N), coeffs (B, K), stats (B, 4))."""
+    out, coeffs, stats = _kernels(backend)[0](x.contiguous(), vectors.contiguous(), rescale, RESCALE_RTOL)
+    _raise_if_not_finite(stats)
+    return out, coeffs, stats
+
+
+@project_out_forward.register_fake
+def _(x, vectors, rescale, backend):
+    accumulate = accumulation_dtype(x.dtype)
+    batch, rank = vectors.shape[0], vectors.shape[2]
+    return torch.empty_like(x), x.new_empty(batch, rank, dtype=accumulate), x.new_empty(batch, 4, dtype=accumulate)
+
+
+@torch.library.custom_op("clarep_fast::project_out_backward", mutates_args=())
+def project_out_backward(
+    grad: Tensor, x: Tensor, vectors: Tensor, coeffs: Tensor, stats: Tensor, rescale: bool, need_vectors_grad: bool, backend: str
+) -> tuple[Tensor, Tensor]:
+    """-> (grad_x (B, N), grad_vectors (B, N, K), or an empty tensor unless need_vectors_grad)."""
+    backward = _kernels(backend)[1]
+    return backward(grad.contiguous(), x.contiguous(), vectors.contiguous(), coeffs, stats, rescale, RESCALE_RTOL, need_vectors_grad)
+
+
+@project_out_backward.register_fake
+def _(grad, x, vectors, coeffs, stats, rescale, need_vectors_grad, backend):
+    return torch.empty_like(x), (torch.empty_like(vectors) if need_vectors_grad else x.new_empty(0))
+
+
+def _setup_context(ctx, inputs, output):
+    x, vectors, rescale, backend = inputs
+    _, coeffs, stats = output
+    ctx.mark_non_differentiable(coeffs, stats)
+    ctx.save_for_backward(x, vectors, coeffs, stats)
+    ctx.rescale, ctx.backend = rescale, backend
+
+
+def _backward(ctx, grad_out, unused_grad_coeffs, unused_grad_stats):
+    x, vectors, coeffs, stats = ctx.saved_tensors
+    need_x, need_vectors = ctx.needs_input_grad[:2]
+    grad_x, grad_v = project_out_backward(grad_out, x, vectors, coeffs, stats, ctx.rescale, need_vectors, ctx.backend)
+    return (grad_x if need_x else None), (grad_v if need_vectors else None), None, None
+
+
+project_out_forward.register_autograd(_backward, setup_context=_setup_context)
+
+
+# ----------------------------------------------------------------------------- public API
+
+
+def project_out(x: Tensor, vectors: Tensor, *, rescale: bool = False) -> Tensor:
+    """Remove from each sample of ``x`` (B, ...) its components along the orthonormal columns of
+    ``vectors`` (B, N, k), N = x[0].numel(): (I - V Vᵀ) x, optionally rescaled to x's norm.
+    Differentiable in both; the result has x's shape and dtype.
+    """
+    _validate(x, vectors)
+    flat = x.reshape(x.shape[0], -1)
+    out = project_out_forward(flat, vectors, bool(rescale), resolve_backend(x.device))[0]
+    return out.reshape(x.shape)
+
+
+def _validate(x, vectors) -> None:
+    for name, value in (("x", x), ("vectors", vectors)):
+        if not isinstance(value, Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor, got {type(value).__name__}")
+        if value.dtype not in SUPPORTED_DTYPES:
+            raise TypeError(f"{name} must be float16, bfloat16, float32 or float64, got {value.dtype}")
+    if x.dim() < 2 or x.numel() == 0:
+        raise ValueError(f"x must be a non-empty batch (B, ...) with at least 2 dims, got shape {tuple(x.shape)}")
+    size = x[0].numel()
+    if vectors.dim() != 3 or vectors.shape[:2] != (x.shape[0], size):
+        raise ValueError(f"vectors must have shape ({x.shape[0]}, {size}, k) for x of shape {tuple(x.shape)}, got {tuple(vectors.shape)}")
+    if vectors.shape[2] == 0:
+        raise ValueError("vectors has k = 0 directions; pass at least one")
+    if vectors.dtype != x.dtype:
+        raise TypeError(f"vectors is {vectors.dtype} but x is {x.dtype}; they must share a dtype")
+    if vectors.device != x.device:
+        raise ValueError(f"vectors is on {vectors.device} but x is on {x.device}")
+
+
+def _raise_if_not_finite(stats: Tensor) -> None:
+    """NaN/Inf in x shows up in ‖x‖ (stats[:, 1]); in vectors (with x finite) in ‖y‖ (stats[:, 2])."""
+    bad = ~torch.isfinite(stats[:, 1:3])
+    if not bool(bad.any()):
+        return
+    sample = int(bad.any(1).nonzero()[0])
+    culprit = "x" if bool(bad[sample, 0]) else "vectors"
+    raise ValueError(f"project_out: {culprit} of sample {sample} holds NaN or Inf")

@@ -1,0 +1,144 @@
+"""Projection off k directions in Triton: one program per sample. Math: csrc/project_out.h.
+
+The sample's N rows are walked in BLOCK_N chunks of (BLOCK_N, BLOCK_K) tiles of V (BLOCK_K ≥ k,
+a power of two); y (forward) and gy (backward) live in an fp32/fp64 scratch row between passes.
+forward:  (1) c = Vᵀx, ‖x‖²   (2) y = x - V c → scratch, ‖y‖²   (3) out = s·y
+backward: (1) y → scratch, ds = g·y   (2) gy → scratch, d = Vᵀ gy   (3) dx = gy - V d + direct·x, dV
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def _project_fwd_kernel(
+    x_ptr, V_ptr, out_ptr, coeffs_ptr, stats_ptr, scratch_ptr, N, K, rtol,
+    RESCALE: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+):  # fmt: skip
+    b = tl.program_id(0)
+    acc_ty = scratch_ptr.dtype.element_ty
+    row0 = b.to(tl.int64) * N
+    cols = tl.arange(0, BLOCK_K)
+    c = tl.zeros([BLOCK_K], dtype=acc_ty)
+    xx = tl.zeros([BLOCK_N], dtype=acc_ty)
+    for start in range(0, N, BLOCK_N):  # (1)
+        rows = start + tl.arange(0, BLOCK_N)
+        inside = rows < N
+        tile_mask = inside[:, None] & (cols[None, :] < K)
+        tile = tl.load(V_ptr + (row0 + rows[:, None]) * K + cols[None, :], mask=tile_mask, other=0.0).to(acc_ty)
+        xv = tl.load(x_ptr + row0 + rows, mask=inside, other=0.0).to(acc_ty)
+        c += tl.sum(tile * xv[:, None], axis=0)
+        xx += xv * xv
+    yy = tl.zeros([BLOCK_N], dtype=acc_ty)
+    for start in range(0, N, BLOCK_N):  # (2)
+        rows = start + tl.arange(0, BLOCK_N)
+        inside = rows < N
+        tile_mask = inside[:, None] & (cols[None, :] < K)
+        tile = tl.load(V_ptr + (row0 + rows[:, None]) * K + cols[None, :], mask=tile_mask, other=0.0).to(acc_ty)
+        xv = tl.load(x_ptr + row0 + rows, mask=inside, other=0.0).to(acc_ty)
+        y = xv - tl.sum(tile * c[None, :], axis=1)
+        tl.store(scratch_ptr + row0 + rows, y, mask=inside)
+        yy += y * y
+    x_norm = tl.sqrt(tl.sum(xx, axis=0))
+    y_norm = tl.sqrt(tl.sum(yy, axis=0))
+    scaled = RESCALE & (y_norm > rtol * x_norm)
+    s = tl.where(scaled, x_norm / tl.where(scaled, y_norm, 1.0), 1.0)
+    for start in range(0, N, BLOCK_N):  # (3): same rows as (2) in the same program
+        rows = start + tl.arange(0, BLOCK_N)
+        inside = rows < N
+        y = tl.load(scratch_ptr + row0 + rows, mask=inside, other=0.0)
+        tl.store(out_ptr + row0 + rows, (y * s).to(out_ptr.dtype.element_ty), mask=inside)
+    tl.store(coeffs_ptr + b.to(tl.int64) * K + cols, c, mask=cols < K)
+    tl.store(stats_ptr + b * 4 + 0, s)
+    tl.store(stats_ptr + b * 4 + 1, x_norm)
+    tl.store(stats_ptr + b * 4 + 2, y_norm)
+    tl.store(stats_ptr + b * 4 + 3, tl.where(scaled, 1.0, 0.0))
+
+
+@triton.jit
+def _project_bwd_kernel(
+    grad_ptr, x_ptr, V_ptr, coeffs_ptr, stats_ptr, grad_x_ptr, grad_v_ptr, scratch_ptr, N, K,
+    NEED_V: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+):  # fmt: skip
+    b = tl.program_id(0)
+    acc_ty = scratch_ptr.dtype.element_ty
+    row0 = b.to(tl.int64) * N
+    cols = tl.arange(0, BLOCK_K)
+    c = tl.load(coeffs_ptr + b.to(tl.int64) * K + cols, mask=cols < K, other=0.0)
+    s = tl.load(stats_ptr + b * 4 + 0)
+    x_norm = tl.load(stats_ptr + b * 4 + 1)
+    y_norm = tl.load(stats_ptr + b * 4 + 2)
+    scaled = tl.load(stats_ptr + b * 4 + 3) != 0
+    gy_dot = tl.zeros([BLOCK_N], dtype=acc_ty)
+    for start in range(0, N, BLOCK_N):  # (1)
+        rows = start + tl.arange(0, BLOCK_N)
+        inside = rows < N
+        tile_mask = inside[:, None] & (cols[None, :] < K)
+        tile = tl.load(V_ptr + (row0 + rows[:, None]) * K + cols[None, :], mask=tile_mask, other=0.0).to(acc_ty)
+        xv = tl.load(x_ptr + row0 + rows, mask=inside, other=0.0).to(acc_ty)
+        g = tl.load(grad_ptr + row0 + rows, mask=inside, other=0.0).to(acc_ty)
+        y = xv - tl.sum(tile * c[None, :], axis=1)
+        tl.store(scratch_ptr + row0 + rows, y, mask=inside)
+        gy_dot += g * y
+    ds = tl.sum(gy_dot, axis=0)
+    y_coeff = tl.where(scaled, ds * s / tl.where(scaled, y_norm * y_norm, 1.0), 0.0)  # no 0/0 on either side
+    direct = tl.where(scaled, ds * s / tl.where(scaled, x_norm * x_norm, 1.0), 0.0)
+    d = tl.zeros([BLOCK_K], dtype=acc_ty)
+    for start in range(0, N, BLOCK_N):  # (2)
+        rows = start + tl.arange(0, BLOCK_N)
+        inside = rows < N
+        tile_mask = inside[:, None] & (cols[None, :] < K)
+        tile = tl.load(V_ptr + (row0 + rows[:, None]) * K + cols[None, :], mask=tile_mask, other=0.0).to(acc_ty)
+        g = tl.load(grad_ptr + row0 + rows, mask=inside, other=0.0).to(acc_ty)
+        y = tl.load(scratch_ptr + row0 + rows, mask=inside, other=0.0)
+        gy = tl.where(scaled, s * g - y_coeff * y, g)
+        tl.store(scratch_ptr + row0 + rows, gy, mask=inside)
+        d += tl.sum(tile * gy[:, None], axis=0)
+    for start in range(0, N, BLOCK_N):  # (3)
+        rows = start + tl.arange(0, BLOCK_N)
+        inside = rows < N
+        tile_mask = inside[:, None] & (cols[None, :] < K)
+        offsets = (row0 + rows[:, None]) * K + cols[None, :]
+        tile = tl.load(V_ptr + offsets, mask=tile_mask, other=0.0).to(acc_ty)
+        xv = tl.load(x_ptr + row0 + rows, mask=inside, other=0.0).to(acc_ty)
+        gy = tl.load(scratch_ptr + row0 + rows, mask=inside, other=0.0)
+        grad_x = gy + direct * xv - tl.sum(tile * d[None, :], axis=1)
+        tl.store(grad_x_ptr + row0 + rows, grad_x.to(grad_x_ptr.dtype.element_ty), mask=inside)
+        if NEED_V:
+            grad_v = -gy[:, None] * c[None, :] - xv[:, None] * d[None, :]
+            tl.store(grad_v_ptr + offsets, grad_v.to(grad_v_ptr.dtype.element_ty), mask=tile_mask)
+
+
+def _blocks(rank: int) -> dict:
+    block_k = triton.next_power_of_2(rank)
+    return {"BLOCK_K": block_k, "BLOCK_N": max(16, 4096 // block_k)}
+
+
+def project_out_forward(x: torch.Tensor, vectors: torch.Tensor, rescale: bool, rtol: float):
+    """x (B, N), vectors (B, N, K), contiguous -> (out, coeffs (B, K), stats (B, 4)) as csrc/project_out.h."""
+    batch, size = x.shape
+    rank = vectors.shape[2]
+    accumulate = torch.float64 if x.dtype == torch.float64 else torch.float32
+    out = torch.empty_like(x)
+    coeffs = torch.empty(batch, rank, dtype=accumulate, device=x.device)
+    stats = torch.empty(batch, 4, dtype=accumulate, device=x.device)
+    scratch = torch.empty(batch, size, dtype=accumulate, device=x.device)
+    _project_fwd_kernel[(batch,)](x, vectors, out, coeffs, stats, scratch, size, rank, rtol, RESCALE=rescale, **_blocks(rank))
+    return out, coeffs, stats
+
+
+def project_out_backward(grad, x, vectors, coeffs, stats, rescale: bool, rtol: float, need_vectors_grad: bool):
+    """-> (grad_x (B, N), grad_vectors (B, N, K) or an empty tensor)."""
+    batch, size = x.shape
+    rank = vectors.shape[2]
+    grad_x = torch.empty_like(x)
+    grad_v = torch.empty_like(vectors) if need_vectors_grad else torch.empty(0, dtype=x.dtype, device=x.device)
+    scratch = torch.empty(batch, size, dtype=coeffs.dtype, device=x.device)
+    _project_bwd_kernel[(batch,)](
+        grad, x, vectors, coeffs, stats, grad_x, grad_v if need_vectors_grad else grad_x, scratch, size, rank,
+        NEED_V=need_vectors_grad, **_blocks(rank),
+    )  # fmt: skip
+    return grad_x, grad_v

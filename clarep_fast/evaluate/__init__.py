@@ -1,0 +1,1 @@
+"""Evaluation: clustering quality of features (NMI) and background statistics of images."""

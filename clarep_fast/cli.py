@@ -6,11 +6,16 @@
     clarep-fast train-teacher RUN_DIR [--steps N ...]
                                      train (or resume) the class-conditional diffusion teacher on the
                                      default background dataset; RUN_DIR/teacher is the result
+    clarep-fast search BANK_DIR [--t-e 600 -k 24 --layer mid_block ...]
+                                     CLARep search (CLARID) with the teacher (default: the embedded
+                                     one) into a bank: shards, config.json, canonical.png, nmi.png;
+                                     resumes; under torchrun the ranks split the shards
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import time
@@ -113,6 +118,52 @@ def _train_teacher(args) -> int:
     return 0
 
 
+def _add_search(commands) -> None:
+    from clarep_fast.clarid.search import SearchConfig
+
+    defaults = SearchConfig()
+    search = commands.add_parser("search", help="CLARep search into a bank (resumable; torchrun splits it)")
+    search.add_argument("bank_dir", help="bank folder: config.json, shards/, summary.json, canonical.png, nmi.png")
+    search.add_argument("--teacher", default=defaults.teacher, help="'default' (embedded) or a diffusers model folder")
+    search.add_argument("--route", choices=["generative", "inversion"], default=defaults.route)
+    search.add_argument("--t-e", type=int, default=defaults.t_e, help="time of the projection (0..998)")
+    search.add_argument("-k", type=int, default=defaults.k, help="directions projected out")
+    search.add_argument("--layer", default=defaults.layer, help="teacher feature whose Jacobian is searched")
+    search.add_argument("--pool", type=int, default=defaults.pool)
+    search.add_argument("--guidance", type=float, default=defaults.guidance)
+    search.add_argument("--no-rescale", action="store_true", help="do not restore the latent's norm after projecting")
+    search.add_argument("--steps", type=int, default=defaults.steps, help="DDIM steps of a full trajectory")
+    search.add_argument("--count", type=int, default=None, help="CLAReps in all (default: --fraction of the training set)")
+    search.add_argument("--fraction", type=float, default=defaults.fraction)
+    search.add_argument("--feature-layers", nargs="+", default=list(defaults.feature_layers), help="layers of the cached canonical features")
+    search.add_argument("--feature-pool", type=int, default=defaults.feature_pool)
+    search.add_argument("--mode", choices=["jvp", "vjp", "exact"], default=defaults.mode)
+    search.add_argument("--oversample", type=int, default=defaults.oversample)
+    search.add_argument("--tol", type=float, default=defaults.tol, help="stop when successive subspaces are this close (radians)")
+    search.add_argument("--max-iters", type=int, default=defaults.max_iters)
+    search.add_argument("--shard-size", type=int, default=defaults.shard_size)
+    search.add_argument("--jacobian-batch", type=int, default=defaults.jacobian_batch)
+    search.add_argument("--seed", type=int, default=defaults.seed)
+    search.add_argument("--rho", type=float, default=defaults.data.rho, help="class correlation of the default dataset's backgrounds")
+    search.add_argument("--device", default=None, help="default: cuda (the rank's GPU under torchrun) if available, else cpu")
+
+
+def _search(args) -> int:
+    from clarep_fast.clarid.search import SearchConfig, run_search
+
+    config = SearchConfig(
+        teacher=args.teacher, route=args.route, t_e=args.t_e, k=args.k, layer=args.layer, pool=args.pool,
+        guidance=args.guidance, rescale=not args.no_rescale, steps=args.steps, count=args.count, fraction=args.fraction,
+        feature_layers=tuple(args.feature_layers), feature_pool=args.feature_pool, mode=args.mode,
+        oversample=args.oversample, tol=args.tol, max_iters=args.max_iters, shard_size=args.shard_size,
+        jacobian_batch=args.jacobian_batch, seed=args.seed, data=DataConfig(rho=args.rho),
+    )  # fmt: skip
+    bank = run_search(config, args.bank_dir, device=args.device)
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(f"CLARep bank written to {bank} (summary.json, canonical.png, nmi.png)")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="clarep-fast", description="clarep_fast: fused kernels for CLAReps and CaDistill")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -133,7 +184,10 @@ def main(argv: list[str] | None = None) -> int:
     teacher.add_argument("--sample-every", type=int, default=defaults.sample_every)
     teacher.add_argument("--seed", type=int, default=defaults.seed)
     teacher.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    _add_search(commands)
     args = parser.parse_args(argv)
+    if args.command == "search":
+        return _search(args)
     if args.command == "train-teacher":
         return _train_teacher(args)
     if args.command == "backends":

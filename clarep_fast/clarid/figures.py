@@ -68,7 +68,7 @@ def nmi_figure(scores: dict[str, dict[str, float]], spread: dict[str, float], pa
     left.set_ylim(0, 1)
     left.legend(loc="lower right", framealpha=0.9)
     left.set_title("teacher features cluster by class")
-    right.bar([0, 1], [spread["ordinary"], spread["canonical"]], color=["C0", "C1"])
+    right.bar([0, 1], [spread["ordinary"] or 0.0, spread["canonical"] or 0.0], color=["C0", "C1"])  # None: too few per class
     right.set_xticks([0, 1], ["ordinary", "canonical"])
     right.set_title("background color spread\nwithin a class")
     _save_png(figure, path)

@@ -67,11 +67,12 @@ def feature_nmi(features: Tensor, labels: Tensor, *, seed: int = 0) -> float:
     return normalized_mutual_information(labels, kmeans(standardized, int(labels.unique().numel()), seed=seed))
 
 
-def background_spread(images: Tensor, labels: Tensor) -> float:
+def background_spread(images: Tensor, labels: Tensor) -> float | None:
     """Within-class spread of the background color, estimated from the 1-pixel image border
     (the digits of the default dataset never touch it): the standard deviation of the border's
-    mean RGB over a class's images, averaged over channels and classes. Images in [-1, 1] or [0, 1]."""
+    mean RGB over a class's images, averaged over channels and classes. Images in [-1, 1] or [0, 1].
+    None when no class has two images."""
     border = torch.cat([images[:, :, 0], images[:, :, -1], images[:, :, 1:-1, 0], images[:, :, 1:-1, -1]], dim=2)  # (n, 3, border)
     colors = border.double().mean(2)  # (n, 3)
     spreads = [colors[labels == c].std(0).mean() for c in labels.unique() if (labels == c).sum() > 1]
-    return float(torch.stack(spreads).mean())
+    return float(torch.stack(spreads).mean()) if spreads else None

@@ -167,10 +167,10 @@ torch::Tensor feature_pool_backward(const torch::Tensor& grad, const torch::Tens
 
 ProjectShape project_shape(const torch::Tensor& x, const torch::Tensor& V, bool rescale, double rtol) {
   TORCH_CHECK(x.dim() == 2 && x.is_contiguous(), "x must be a contiguous (B, N) tensor, got ", x.sizes());
-  TORCH_CHECK(V.dim() == 3 && V.is_contiguous() && V.size(0) == x.size(0) && V.size(1) == x.size(1),
-              "vectors must be a contiguous (B, N, k) tensor with (B, N) = ", x.sizes(), ", got ", V.sizes());
+  TORCH_CHECK(V.dim() == 3 && V.size(0) == x.size(0) && V.size(1) == x.size(1),
+              "vectors must be a (B, N, k) tensor with (B, N) = ", x.sizes(), ", got ", V.sizes());
   TORCH_CHECK(V.scalar_type() == x.scalar_type() && V.device() == x.device(), "x and vectors must share dtype and device");
-  return ProjectShape{x.size(0), x.size(1), V.size(2), rescale, rtol};
+  return ProjectShape{x.size(0), x.size(1), V.size(2), V.stride(0), V.stride(1), V.stride(2), rescale, rtol};
 }
 
 // (out, coeffs, stats): out = (I - V Vᵀ) x, rescaled if asked; coeffs (B, K), stats (B, 4) in the accumulation dtype.
@@ -216,7 +216,7 @@ std::tuple<torch::Tensor, torch::Tensor> project_out_backward(const torch::Tenso
   TORCH_CHECK(stats.sizes() == at::IntArrayRef({p.batch, kProjectStats}) && stats.scalar_type() == acc && stats.is_contiguous(),
               "stats must be a contiguous (B, 4) ", acc, " tensor");
   auto grad_x = torch::empty_like(x);
-  auto grad_v = need_vectors_grad ? torch::empty_like(V) : torch::empty({0}, V.options());
+  auto grad_v = torch::empty(need_vectors_grad ? V.sizes() : at::IntArrayRef({0}), V.options());  // contiguous
   if (x.is_cuda()) {
 #ifdef WITH_CUDA
     const c10::cuda::CUDAGuard guard(x.device());

@@ -1,6 +1,7 @@
 // Projection off k directions per sample: declarations shared by the CPU (.cpp) and CUDA (.cu) sources.
 //
-// Layout (row-major, contiguous): x (B, N) and V (B, N, K) in T; out (B, N) in T;
+// Layout: x (B, N) contiguous and V (B, N, K) with any strides (a QR's column-major Q needs no copy), in T;
+// out (B, N) and dV (B, N, K) contiguous in T;
 // coeffs (B, K) and stats (B, 4) in Acc (float, or double for double inputs); scratch (B, N) in Acc.
 //   forward:  c = Vᵀx,  y = x - V c,  s = ‖x‖/‖y‖ if rescale and ‖y‖ > rtol·‖x‖ else 1,  out = s y
 //             stats = [s, ‖x‖, ‖y‖, 1 if rescaled else 0]
@@ -18,6 +19,7 @@ constexpr int kProjectStats = 4;
 
 struct ProjectShape {
   int64_t batch, size, rank;  // B, N, K
+  int64_t stride_b, stride_n, stride_k;  // of V, in elements
   bool rescale;
   double rtol;
 };

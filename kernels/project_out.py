@@ -1,6 +1,6 @@
 """Projection off k directions in Triton: one program per sample. Math: csrc/project_out.h.
 
-The sample's N rows are walked in BLOCK_N chunks of (BLOCK_N, BLOCK_K) tiles of V (BLOCK_K ≥ k,
+V may have any strides. The sample's N rows are walked in BLOCK_N chunks of (BLOCK_N, BLOCK_K) tiles of V (BLOCK_K ≥ k,
 a power of two); y (forward) and gy (backward) live in an fp32/fp64 scratch row between passes.
 forward:  (1) c = Vᵀx, ‖x‖²   (2) y = x - V c → scratch, ‖y‖²   (3) out = s·y
 backward: (1) y → scratch, ds = g·y   (2) gy → scratch, d = Vᵀ gy   (3) dx = gy - V d + direct·x, dV
@@ -15,7 +15,7 @@ import triton.language as tl
 
 @triton.jit
 def _project_fwd_kernel(
-    x_ptr, V_ptr, out_ptr, coeffs_ptr, stats_ptr, scratch_ptr, N, K, rtol,
+    x_ptr, V_ptr, out_ptr, coeffs_ptr, stats_ptr, scratch_ptr, N, K, svb, svn, svk, rtol,
     RESCALE: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):  # fmt: skip
     b = tl.program_id(0)
@@ -28,7 +28,7 @@ def _project_fwd_kernel(
         rows = start + tl.arange(0, BLOCK_N)
         inside = rows < N
         tile_mask = inside[:, None] & (cols[None, :] < K)
-        tile = tl.load(V_ptr + (row0 + rows[:, None]) * K + cols[None, :], mask=tile_mask, other=0.0).to(acc_ty)
+        tile = tl.load(V_ptr + b.to(tl.int64) * svb + rows[:, None] * svn + cols[None, :] * svk, mask=tile_mask, other=0.0).to(acc_ty)
         xv = tl.load(x_ptr + row0 + rows, mask=inside, other=0.0).to(acc_ty)
         c += tl.sum(tile * xv[:, None], axis=0)
         xx += xv * xv
@@ -37,7 +37,7 @@ def _project_fwd_kernel(
         rows = start + tl.arange(0, BLOCK_N)
         inside = rows < N
         tile_mask = inside[:, None] & (cols[None, :] < K)
-        tile = tl.load(V_ptr + (row0 + rows[:, None]) * K + cols[None, :], mask=tile_mask, other=0.0).to(acc_ty)
+        tile = tl.load(V_ptr + b.to(tl.int64) * svb + rows[:, None] * svn + cols[None, :] * svk, mask=tile_mask, other=0.0).to(acc_ty)
         xv = tl.load(x_ptr + row0 + rows, mask=inside, other=0.0).to(acc_ty)
         y = xv - tl.sum(tile * c[None, :], axis=1)
         tl.store(scratch_ptr + row0 + rows, y, mask=inside)
@@ -60,7 +60,7 @@ def _project_fwd_kernel(
 
 @triton.jit
 def _project_bwd_kernel(
-    grad_ptr, x_ptr, V_ptr, coeffs_ptr, stats_ptr, grad_x_ptr, grad_v_ptr, scratch_ptr, N, K,
+    grad_ptr, x_ptr, V_ptr, coeffs_ptr, stats_ptr, grad_x_ptr, grad_v_ptr, scratch_ptr, N, K, svb, svn, svk,
     NEED_V: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):  # fmt: skip
     b = tl.program_id(0)
@@ -77,7 +77,7 @@ def _project_bwd_kernel(
         rows = start + tl.arange(0, BLOCK_N)
         inside = rows < N
         tile_mask = inside[:, None] & (cols[None, :] < K)
-        tile = tl.load(V_ptr + (row0 + rows[:, None]) * K + cols[None, :], mask=tile_mask, other=0.0).to(acc_ty)
+        tile = tl.load(V_ptr + b.to(tl.int64) * svb + rows[:, None] * svn + cols[None, :] * svk, mask=tile_mask, other=0.0).to(acc_ty)
         xv = tl.load(x_ptr + row0 + rows, mask=inside, other=0.0).to(acc_ty)
         g = tl.load(grad_ptr + row0 + rows, mask=inside, other=0.0).to(acc_ty)
         y = xv - tl.sum(tile * c[None, :], axis=1)
@@ -91,7 +91,7 @@ def _project_bwd_kernel(
         rows = start + tl.arange(0, BLOCK_N)
         inside = rows < N
         tile_mask = inside[:, None] & (cols[None, :] < K)
-        tile = tl.load(V_ptr + (row0 + rows[:, None]) * K + cols[None, :], mask=tile_mask, other=0.0).to(acc_ty)
+        tile = tl.load(V_ptr + b.to(tl.int64) * svb + rows[:, None] * svn + cols[None, :] * svk, mask=tile_mask, other=0.0).to(acc_ty)
         g = tl.load(grad_ptr + row0 + rows, mask=inside, other=0.0).to(acc_ty)
         y = tl.load(scratch_ptr + row0 + rows, mask=inside, other=0.0)
         gy = tl.where(scaled, s * g - y_coeff * y, g)
@@ -101,15 +101,14 @@ def _project_bwd_kernel(
         rows = start + tl.arange(0, BLOCK_N)
         inside = rows < N
         tile_mask = inside[:, None] & (cols[None, :] < K)
-        offsets = (row0 + rows[:, None]) * K + cols[None, :]
-        tile = tl.load(V_ptr + offsets, mask=tile_mask, other=0.0).to(acc_ty)
+        tile = tl.load(V_ptr + b.to(tl.int64) * svb + rows[:, None] * svn + cols[None, :] * svk, mask=tile_mask, other=0.0).to(acc_ty)
         xv = tl.load(x_ptr + row0 + rows, mask=inside, other=0.0).to(acc_ty)
         gy = tl.load(scratch_ptr + row0 + rows, mask=inside, other=0.0)
         grad_x = gy + direct * xv - tl.sum(tile * d[None, :], axis=1)
         tl.store(grad_x_ptr + row0 + rows, grad_x.to(grad_x_ptr.dtype.element_ty), mask=inside)
         if NEED_V:
             grad_v = -gy[:, None] * c[None, :] - xv[:, None] * d[None, :]
-            tl.store(grad_v_ptr + offsets, grad_v.to(grad_v_ptr.dtype.element_ty), mask=tile_mask)
+            tl.store(grad_v_ptr + (row0 + rows[:, None]) * K + cols[None, :], grad_v.to(grad_v_ptr.dtype.element_ty), mask=tile_mask)
 
 
 def _blocks(rank: int) -> dict:
@@ -118,7 +117,7 @@ def _blocks(rank: int) -> dict:
 
 
 def project_out_forward(x: torch.Tensor, vectors: torch.Tensor, rescale: bool, rtol: float):
-    """x (B, N), vectors (B, N, K), contiguous -> (out, coeffs (B, K), stats (B, 4)) as csrc/project_out.h."""
+    """x (B, N) contiguous, vectors (B, N, K) any strides -> (out, coeffs (B, K), stats (B, 4)) as csrc/project_out.h."""
     batch, size = x.shape
     rank = vectors.shape[2]
     accumulate = torch.float64 if x.dtype == torch.float64 else torch.float32
@@ -126,7 +125,7 @@ def project_out_forward(x: torch.Tensor, vectors: torch.Tensor, rescale: bool, r
     coeffs = torch.empty(batch, rank, dtype=accumulate, device=x.device)
     stats = torch.empty(batch, 4, dtype=accumulate, device=x.device)
     scratch = torch.empty(batch, size, dtype=accumulate, device=x.device)
-    _project_fwd_kernel[(batch,)](x, vectors, out, coeffs, stats, scratch, size, rank, rtol, RESCALE=rescale, **_blocks(rank))
+    _project_fwd_kernel[(batch,)](x, vectors, out, coeffs, stats, scratch, size, rank, *vectors.stride(), rtol, RESCALE=rescale, **_blocks(rank))
     return out, coeffs, stats
 
 
@@ -135,10 +134,10 @@ def project_out_backward(grad, x, vectors, coeffs, stats, rescale: bool, rtol: f
     batch, size = x.shape
     rank = vectors.shape[2]
     grad_x = torch.empty_like(x)
-    grad_v = torch.empty_like(vectors) if need_vectors_grad else torch.empty(0, dtype=x.dtype, device=x.device)
+    grad_v = torch.empty(vectors.shape, dtype=x.dtype, device=x.device) if need_vectors_grad else torch.empty(0, dtype=x.dtype, device=x.device)
     scratch = torch.empty(batch, size, dtype=coeffs.dtype, device=x.device)
     _project_bwd_kernel[(batch,)](
-        grad, x, vectors, coeffs, stats, grad_x, grad_v if need_vectors_grad else grad_x, scratch, size, rank,
+        grad, x, vectors, coeffs, stats, grad_x, grad_v if need_vectors_grad else grad_x, scratch, size, rank, *vectors.stride(),
         NEED_V=need_vectors_grad, **_blocks(rank),
     )  # fmt: skip
     return grad_x, grad_v

@@ -20,7 +20,7 @@ SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
 # ----------------------------------------------------------------------------- backend kernels
-# Every backend provides, on contiguous x (B, N) and vectors (B, N, K) of one dtype:
+# Every backend provides, on contiguous x (B, N) and vectors (B, N, K) (any strides) of one dtype:
 #   project_out_forward(x, vectors, rescale, rtol) -> (out (B, N), coeffs (B, K), stats (B, 4))
 #   project_out_backward(grad, x, vectors, coeffs, stats, rescale, rtol, need_vectors_grad) -> (grad_x, grad_vectors)
 # coeffs and stats in the accumulation dtype; stats = [s, ‖x‖, ‖y‖, 1 if rescaled else 0].
@@ -75,7 +75,7 @@ def _kernels(backend: str):
 @torch.library.custom_op("clarep_fast::project_out_forward", mutates_args=())
 def project_out_forward(x: Tensor, vectors: Tensor, rescale: bool, backend: str) -> tuple[Tensor, Tensor, Tensor]:
     """x (B, N), vectors (B, N, K) -> (out (B, N), coeffs (B, K), stats (B, 4))."""
-    out, coeffs, stats = _kernels(backend)[0](x.contiguous(), vectors.contiguous(), rescale, RESCALE_RTOL)
+    out, coeffs, stats = _kernels(backend)[0](x.contiguous(), vectors, rescale, RESCALE_RTOL)  # V: any strides
     _raise_if_not_finite(stats)
     return out, coeffs, stats
 
@@ -93,12 +93,12 @@ def project_out_backward(
 ) -> tuple[Tensor, Tensor]:
     """-> (grad_x (B, N), grad_vectors (B, N, K), or an empty tensor unless need_vectors_grad)."""
     backward = _kernels(backend)[1]
-    return backward(grad.contiguous(), x.contiguous(), vectors.contiguous(), coeffs, stats, rescale, RESCALE_RTOL, need_vectors_grad)
+    return backward(grad.contiguous(), x.contiguous(), vectors, coeffs, stats, rescale, RESCALE_RTOL, need_vectors_grad)
 
 
 @project_out_backward.register_fake
 def _(grad, x, vectors, coeffs, stats, rescale, need_vectors_grad, backend):
-    return torch.empty_like(x), (torch.empty_like(vectors) if need_vectors_grad else x.new_empty(0))
+    return torch.empty_like(x), (x.new_empty(vectors.shape) if need_vectors_grad else x.new_empty(0))
 
 
 def _setup_context(ctx, inputs, output):

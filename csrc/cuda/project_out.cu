@@ -7,7 +7,7 @@
 // backward: (1) y recomputed into scratch, ds = g·y;  (2) gy overwrites y in scratch;
 //           (3) d = Vᵀ gy, warp per column;  (4) dx and dV, one thread per row n.
 // A sample's V (N·K elements) is read 2–3 times; per CLARID image it is ~100 KB, so the re-reads
-// come from L2.
+// come from L2. V may have any strides (column-major from a QR reads coalesced in columns_dot).
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
@@ -52,11 +52,11 @@ __device__ Acc block_sum(Acc value, Acc* shared) {
 
 // out[j] = Σ_n V[n, j] v[n] for j < K, with v read from a per-sample Acc row.
 template <typename T, typename Acc>
-__device__ void columns_dot(const T* Vb, const Acc* v, Acc* out, int64_t N, int64_t K) {
+__device__ void columns_dot(const T* Vb, const Acc* v, Acc* out, const ProjectShape& p) {
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  for (int64_t j = warp; j < K; j += kWarps) {
+  for (int64_t j = warp; j < p.rank; j += kWarps) {
     Acc sum = 0;
-    for (int64_t n = lane; n < N; n += 32) sum += load(Vb, n * K + j) * v[n];
+    for (int64_t n = lane; n < p.size; n += 32) sum += load(Vb, n * p.stride_n + j * p.stride_k) * v[n];
     sum = warp_sum(sum);
     if (lane == 0) out[j] = sum;
   }
@@ -69,7 +69,7 @@ __global__ void project_forward_kernel(const T* __restrict__ x, const T* __restr
   __shared__ Acc reduce[kWarps];
   const int64_t b = blockIdx.x, N = p.size, K = p.rank;
   const T* xb = x + b * N;
-  const T* Vb = V + b * N * K;
+  const T* Vb = V + b * p.stride_b;
   Acc* c = coeffs + b * K;
   Acc* y = scratch + b * N;
   Acc xx = 0;
@@ -79,12 +79,12 @@ __global__ void project_forward_kernel(const T* __restrict__ x, const T* __restr
     xx += v * v;
   }
   const Acc x_norm = sqrt(block_sum(xx, reduce));  // its barriers also publish y
-  columns_dot(Vb, y, c, N, K);                          // (1)
+  columns_dot(Vb, y, c, p);                          // (1)
   __syncthreads();
   Acc yy = 0;
   for (int64_t n = threadIdx.x; n < N; n += kThreads) {  // (2): each thread rewrites only its own rows
     Acc v = y[n];
-    for (int64_t j = 0; j < K; ++j) v -= load(Vb, n * K + j) * c[j];
+    for (int64_t j = 0; j < K; ++j) v -= load(Vb, n * p.stride_n + j * p.stride_k) * c[j];
     y[n] = v;
     yy += v * v;
   }
@@ -109,7 +109,7 @@ __global__ void project_backward_kernel(const T* __restrict__ grad, const T* __r
   const int64_t b = blockIdx.x, N = p.size, K = p.rank;
   const T* xb = x + b * N;
   const T* gb = grad + b * N;
-  const T* Vb = V + b * N * K;
+  const T* Vb = V + b * p.stride_b;
   const Acc* c = coeffs + b * K;
   const Acc* st = stats + b * kProjectStats;
   const Acc s = st[0], x_norm = st[1], y_norm = st[2];
@@ -118,7 +118,7 @@ __global__ void project_backward_kernel(const T* __restrict__ grad, const T* __r
   Acc ds = 0;
   for (int64_t n = threadIdx.x; n < N; n += kThreads) {  // (1) y, and g·y
     Acc v = load(xb, n);
-    for (int64_t j = 0; j < K; ++j) v -= load(Vb, n * K + j) * c[j];
+    for (int64_t j = 0; j < K; ++j) v -= load(Vb, n * p.stride_n + j * p.stride_k) * c[j];
     gy[n] = v;
     ds += load(gb, n) * v;
   }
@@ -130,12 +130,12 @@ __global__ void project_backward_kernel(const T* __restrict__ grad, const T* __r
     gy[n] = scaled ? s * g - y_coeff * gy[n] : g;
   }
   __syncthreads();
-  columns_dot(Vb, gy, d, N, K);  // (3)
+  columns_dot(Vb, gy, d, p);  // (3)
   __syncthreads();
   for (int64_t n = threadIdx.x; n < N; n += kThreads) {  // (4)
     const Acc xv = load(xb, n);
     Acc v = gy[n] + direct * xv;
-    for (int64_t j = 0; j < K; ++j) v -= load(Vb, n * K + j) * d[j];
+    for (int64_t j = 0; j < K; ++j) v -= load(Vb, n * p.stride_n + j * p.stride_k) * d[j];
     store(grad_x + b * N, n, v);
     if (grad_v != nullptr)
       for (int64_t j = 0; j < K; ++j) store(grad_v + (b * N + n) * K, j, -gy[n] * c[j] - xv * d[j]);

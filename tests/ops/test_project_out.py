@@ -19,13 +19,15 @@ CASES = [((3, 4, 4), 5), ((1, 7, 11), 13), ((1,), 1), ((2, 33, 35), 3)]
 
 
 def _orthonormal(batch, size, rank, dtype, device="cpu"):
+    """Orthonormal columns, column-major per sample as a QR returns them (the kernels take any strides)."""
     return torch.linalg.qr(torch.randn(batch, size, rank, dtype=torch.float64)).Q.to(device=device, dtype=dtype)
 
 
-def _check(backend, shape, rank, dtype, rescale, device="cpu"):
+def _check(backend, shape, rank, dtype, rescale, device="cpu", row_major=False):
     size = torch.Size(shape).numel()
     x = torch.randn(3, *shape, device=device).to(dtype).requires_grad_(True)
-    vectors = _orthonormal(3, size, rank, dtype, device).requires_grad_(True)
+    vectors = _orthonormal(3, size, rank, dtype, device)
+    vectors = (vectors.contiguous() if row_major else vectors).requires_grad_(True)
     with use_backend(backend):
         out = project_out(x, vectors, rescale=rescale)
     assert out.shape == x.shape and out.dtype == dtype
@@ -49,6 +51,12 @@ def test_backend_matches_reference_cpu(backend, shape, rank, dtype, rescale):
     _check(backend, shape, rank, dtype, rescale)
 
 
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_row_major_vectors(backend, dtype):
+    _check(backend, (2, 5, 5), 7, dtype, True, row_major=True)
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("rescale", [False, True])
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
@@ -56,6 +64,7 @@ def test_backend_matches_reference_cpu(backend, shape, rank, dtype, rescale):
 @pytest.mark.parametrize("backend", GPU_BACKENDS)
 def test_backend_matches_reference_gpu(backend, shape, rank, dtype, rescale):
     _check(backend, shape, rank, dtype, rescale, device="cuda")
+    _check(backend, shape, rank, dtype, rescale, device="cuda", row_major=True)
 
 
 @pytest.mark.parametrize("rescale", [False, True])

@@ -137,7 +137,7 @@ def _add_search(commands) -> None:
     search.add_argument("--fraction", type=float, default=defaults.fraction)
     search.add_argument("--feature-layers", nargs="+", default=list(defaults.feature_layers), help="layers of the cached canonical features")
     search.add_argument("--feature-pool", type=int, default=defaults.feature_pool)
-    search.add_argument("--mode", choices=["jvp", "vjp", "exact"], default=defaults.mode)
+    search.add_argument("--mode", choices=["auto", "jvp", "vjp", "exact"], default=defaults.mode, help="top-k method (auto: exact for narrow features)")
     search.add_argument("--oversample", type=int, default=defaults.oversample)
     search.add_argument("--tol", type=float, default=defaults.tol, help="stop when successive subspaces are this close (radians)")
     search.add_argument("--max-iters", type=int, default=defaults.max_iters)

@@ -18,7 +18,9 @@ accurate for small angles where arccos of a cosine near 1 is not.
 
 Modes: "jvp" (forward-mode J v), "vjp" (J v = the VJP of the linear map u -> J^T u, for models whose
 operators lack forward-mode derivatives), "exact" (all D rows of J by VJPs, then an SVD: the oracle
-for small models). Attention runs on SDPA's math kernel, the one with forward-mode and double-backward
+for small models), "auto" (exact when the feature width D is at most 6r, the products three
+subspace iterations need — the fewest they take in practice — else jvp; on the default teacher's
+mid_block features, D = 256, exact is the faster one: benchmarks/results/clarid/). Attention runs on SDPA's math kernel, the one with forward-mode and double-backward
 derivatives on every device.
 """
 
@@ -31,7 +33,7 @@ import torch
 from torch import Tensor
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-MODES = ("jvp", "vjp", "exact")
+MODES = ("auto", "jvp", "vjp", "exact")
 
 
 class TopK(NamedTuple):
@@ -61,7 +63,7 @@ def topk_right_singular(
     oversample: int = 10,
     max_iters: int = 30,
     tol: float = 1e-3,
-    mode: str = "jvp",
+    mode: str = "auto",
     generator: torch.Generator | None = None,
 ) -> TopK:
     """Top-``k`` right singular pairs of the Jacobian of ``fn`` at every sample of ``x`` (B, ...).
@@ -95,9 +97,12 @@ def topk_right_singular(
         width = features.shape[1]
         if k > width:
             raise ValueError(f"k = {k} exceeds the feature size D = {width}: J has at most {width} nonzero singular values")
+        probes = min(k + oversample, latent, width)
+        if mode == "auto":
+            mode = linear.mode = "exact" if width <= 6 * probes else "jvp"
         if mode == "exact":
             return _exact(linear.pullback, batch, latent, width, k, features)
-        return _subspace_iteration(linear, fn, x, conditions, k, min(k + oversample, latent, width), max_iters, tol, mode, generator)
+        return _subspace_iteration(linear, fn, x, conditions, k, probes, max_iters, tol, mode, generator)
 
 
 def _exact(pullback, batch: int, latent: int, width: int, k: int, features: Tensor) -> TopK:

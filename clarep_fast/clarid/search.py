@@ -55,7 +55,7 @@ class SearchConfig:
     fraction: float = 0.1
     feature_layers: tuple[str, ...] = ("down_blocks.1", "down_blocks.2", "mid_block")
     feature_pool: int = 2
-    mode: str = "jvp"  # "jvp", "vjp" (VJP-only) or "exact"
+    mode: str = "auto"  # "auto", "jvp", "vjp" (VJP-only) or "exact" (clarid/jacobian.py)
     oversample: int = 20
     tol: float = 3e-3  # radians between successive top-k subspaces
     max_iters: int = 50

@@ -76,9 +76,18 @@ def test_converged_images_leave_the_batch():
     net = SmallNet().double()
     x = torch.randn(3, 2, 6, 6, dtype=torch.float64)
     scale = torch.tensor([1.0, 1.0, 0.0], dtype=torch.float64)  # scale 0: J = 0, nothing to refine
-    found = topk_right_singular(net, x, 3, conditions=(scale,), tol=1e-6, max_iters=200, generator=torch.Generator().manual_seed(0))
+    found = topk_right_singular(net, x, 3, conditions=(scale,), mode="jvp", tol=1e-6, max_iters=200, generator=torch.Generator().manual_seed(0))
     assert found.iterations[2] <= 3 and (found.iterations[:2] > 3).all()
     assert torch.isfinite(found.vectors).all() and (found.values[2] == 0).all()
+
+
+def test_auto_mode_forms_the_jacobian_only_when_it_is_narrow():
+    net = SmallNet()  # D = 30
+    x, scale = torch.randn(2, 2, 6, 6), torch.ones(2)
+    narrow = topk_right_singular(net, x, 2, conditions=(scale,), oversample=3)  # D = 30 <= 6 · 5
+    wide = topk_right_singular(net, x, 2, conditions=(scale,), oversample=2, tol=1e-2)  # D = 30 > 6 · 4
+    assert (narrow.iterations == 0).all() and narrow.products == 2 * 30
+    assert (wide.iterations >= 2).all()
 
 
 @pytest.mark.parametrize(

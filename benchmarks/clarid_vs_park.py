@@ -12,7 +12,7 @@ Accuracy: the largest principal angle to the exact top-k subspace (full Jacobian
           (checked every iteration by an oracle whose time is excluded), capped
 Counts per CLARep: batched network calls, and per-sample Jacobian products (each J v or Jᵀu for
 one direction of one image; the forwards are counted as calls). Writes
-benchmarks/results/clarid/<device>.{json,md}.
+benchmarks/results/clarid/<device>-k<k>.{json,md}.
 """
 
 from __future__ import annotations
@@ -138,7 +138,7 @@ def main() -> None:
     table = header + "\n\n" + "\n".join(lines) + "\n"
     print(table)
     args.out.mkdir(parents=True, exist_ok=True)
-    stem = (device_name(device).replace(" ", "_").lower() if device == "cuda" else "cpu") + ("" if args.k is None else f"-k{args.k}")
+    stem = (device_name(device).replace(" ", "_").lower() if device == "cuda" else "cpu") + f"-k{config.k}"
     for suffix, text in ((".json", json.dumps({"rows": rows, "speedup": speedup, "header": header}, indent=1)), (".md", table)):
         temporary = args.out / f".{stem}{suffix}.tmp"
         temporary.write_text(text)

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # One GPU lease, one command: build the CUDA extension for Hopper (sm_90), run the whole test suite
 # (GPU-marked tests: CUDA and Triton backends against the reference, fp32/fp16/bf16/fp64, forward and
-# backward), then the quick GPU benchmark sweep. Everything lands in OUTPUT_DIR (at most 8 files):
-#   device.txt  build.log  tests.log  bench.log  cuda-quick.{json,csv,md}  profile.txt
+# backward), the quick GPU benchmark sweep, and CLARID vs the Park et al. loop (k = 8). In OUTPUT_DIR:
+#   device.txt  build.log  tests.log  bench.log  cuda-quick.{json,csv,md}  profile.txt  clarid/<gpu>-k8.{json,md}
 # Usage: scripts/gpu_check.sh OUTPUT_DIR      (meant to finish in about 6 minutes on an H200)
 set -uo pipefail
 OUT=${1:?usage: scripts/gpu_check.sh OUTPUT_DIR}
@@ -36,5 +36,7 @@ timeout 300 $PY benchmarks/run.py --quick --device cuda --out "$OUT" > "$OUT/ben
 echo "benchmarks took $((SECONDS - start)) s"
 timeout 90 $PY benchmarks/profile_cka.py > "$OUT/profile.txt" 2>&1 || status=1
 grep -E "^==|Self CUDA time total|Gram GEMM" "$OUT/profile.txt"
+echo "== CLARID vs Park et al. (k = 8)"
+timeout 150 $PY benchmarks/clarid_vs_park.py -k 8 --images 40 --park-images 1 --max-park-iterations 100 --out "$OUT/clarid" 2>&1 | grep -E "^\||Device" || status=1
 if [ -f "$OUT/cuda-quick.md" ]; then cat "$OUT/cuda-quick.md"; else tail -30 "$OUT/bench.log"; fi
 exit $status

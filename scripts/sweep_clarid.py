@@ -23,7 +23,7 @@ from clarep_fast.clarid import SearchConfig, load_bank, run_search  # noqa: E402
 from clarep_fast.data.default import DataConfig  # noqa: E402
 from clarep_fast.diffusion.quality import train_judge  # noqa: E402
 
-SETTINGS = [(600, 24, True), (600, 8, True), (600, 48, True), (500, 24, True), (700, 24, True), (600, 24, False)]
+SETTINGS = [(600, 24, True), (600, 8, True), (600, 48, True), (600, 96, True), (500, 24, True), (500, 48, True), (700, 24, True), (600, 48, False)]
 
 
 def main() -> int:

@@ -45,7 +45,7 @@ class SearchConfig:
     teacher: str = "default"  # "default" (the embedded teacher) or a diffusers model folder
     route: str = "generative"
     t_e: int = 600  # the time at which extraneous directions are removed
-    k: int = 24  # how many directions
+    k: int = 96  # how many directions (docs/clarid/sweep.md: the background spread falls with k, digits stay)
     layer: str = "mid_block"  # the feature whose Jacobian defines them
     pool: int = 2
     guidance: float = 3.0  # CFG scale of every DDIM move
@@ -138,7 +138,8 @@ def resolved_config(config: SearchConfig, count: int, teacher_path: Path) -> dic
     before, after = split_steps(config)
     resolved = dataclasses.asdict(config)
     resolved.update(count=count, shards=math.ceil(count / config.shard_size), steps_before=before, steps_after=after,
-                    teacher_path=str(teacher_path), teacher_sha256=teacher_fingerprint(teacher_path))  # fmt: skip
+                    teacher_path="embedded" if config.teacher == "default" else str(teacher_path),
+                    teacher_sha256=teacher_fingerprint(teacher_path))  # fmt: skip
     resolved["feature_layers"] = list(config.feature_layers)
     return json.loads(json.dumps(resolved))  # tuples -> lists, as read back from disk
 

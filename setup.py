@@ -63,11 +63,11 @@ def _extensions():
     from torch.utils.cpp_extension import BuildExtension, CppExtension, CUDAExtension
 
     cxx_flags = ["-O3", "-g0", "-fopenmp", "-std=c++20"]  # torch >= 2.14 headers need C++20
-    sources = ["csrc/bindings.cpp", "csrc/cpu/cka.cpp", "csrc/cpu/feature_pool.cpp", "csrc/cpu/project_out.cpp"]
+    sources = ["csrc/bindings.cpp", "csrc/cpu/cka.cpp", "csrc/cpu/feature_pool.cpp", "csrc/cpu/project_out.cpp", "csrc/cpu/feature_align.cpp"]
     if with_cuda:
         extension = CUDAExtension(
             "clarep_fast._C",
-            sources + ["csrc/cuda/cka.cu", "csrc/cuda/feature_pool.cu", "csrc/cuda/project_out.cu"],
+            sources + ["csrc/cuda/cka.cu", "csrc/cuda/feature_pool.cu", "csrc/cuda/project_out.cu", "csrc/cuda/feature_align.cu"],
             define_macros=[("WITH_CUDA", None)],
             extra_compile_args={"cxx": cxx_flags, "nvcc": ["-O3", "-lineinfo"]},
             extra_link_args=["-fopenmp"],

@@ -7,6 +7,7 @@ Those load on first use of an op that needs them.
 from clarep_fast.backends import BACKENDS, available_backends, use_backend
 from clarep_fast.modules import CKA
 from clarep_fast.ops.cka import cka, cka_pairs
+from clarep_fast.ops.feature_align import feature_align
 from clarep_fast.ops.feature_pool import feature_pool, split_packed
 from clarep_fast.ops.project_out import project_out
 from clarep_fast.taps import FeatureTap, TapOutput
@@ -21,6 +22,7 @@ __all__ = [
     "available_backends",
     "cka",
     "cka_pairs",
+    "feature_align",
     "feature_pool",
     "project_out",
     "split_packed",

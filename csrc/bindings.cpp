@@ -3,6 +3,7 @@
 #include <torch/extension.h>
 
 #include "cka.h"
+#include "feature_align.h"
 #include "feature_pool.h"
 #include "project_out.h"
 
@@ -241,6 +242,66 @@ std::tuple<torch::Tensor, torch::Tensor> project_out_backward(const torch::Tenso
   return {grad_x, grad_v};
 }
 
+void check_pair(const torch::Tensor& s, const torch::Tensor& t) {
+  TORCH_CHECK(s.dim() == 2 && s.is_contiguous() && t.sizes() == s.sizes() && t.is_contiguous(),
+              "student and teacher must be contiguous (B, D) tensors of one shape, got ", s.sizes(), " and ", t.sizes());
+  TORCH_CHECK(s.scalar_type() == t.scalar_type() && s.device() == t.device(), "student and teacher must share dtype and device");
+}
+
+// Row statistics (B, 4) of one layer pair: [s·t, s·s, t·t, |s - t|²] in the accumulation dtype.
+torch::Tensor feature_align_forward(const torch::Tensor& s, const torch::Tensor& t) {
+  check_pair(s, t);
+  const int64_t rows = s.size(0), width = s.size(1);
+  auto stats = torch::empty({rows, kAlignStats}, s.options().dtype(accumulation_type(s.scalar_type())));
+  if (s.is_cuda()) {
+#ifdef WITH_CUDA
+    const c10::cuda::CUDAGuard guard(s.device());
+    check_launch(feature_align_forward_cuda(s.data_ptr(), t.data_ptr(), stats.data_ptr(), dtype_code(s.scalar_type()), rows,
+                                            width, c10::cuda::getCurrentCUDAStream().stream()),
+                 "feature_align_forward_cuda");
+    return stats;
+#else
+    TORCH_CHECK(false, "clarep_fast._C was built without CUDA");
+#endif
+  }
+  AT_DISPATCH_FLOATING_TYPES_AND2(torch::kHalf, torch::kBFloat16, s.scalar_type(), "feature_align_forward", [&] {
+    using acc_t = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
+    feature_align_forward_cpu<scalar_t, acc_t>(s.data_ptr<scalar_t>(), t.data_ptr<scalar_t>(), stats.data_ptr<acc_t>(), rows, width);
+  });
+  return stats;
+}
+
+// (grad_s, grad_t) = (A t + Bs s, A s + Ct t) with coeffs (B, 3) = [A, Bs, Ct]; an empty tensor where not needed.
+std::tuple<torch::Tensor, torch::Tensor> feature_align_backward(const torch::Tensor& s, const torch::Tensor& t,
+                                                                const torch::Tensor& coeffs, bool need_s, bool need_t) {
+  check_pair(s, t);
+  const int64_t rows = s.size(0), width = s.size(1);
+  TORCH_CHECK(coeffs.sizes() == at::IntArrayRef({rows, 3}) && coeffs.is_contiguous() &&
+                  coeffs.scalar_type() == accumulation_type(s.scalar_type()),
+              "coeffs must be a contiguous (B, 3) tensor in the accumulation dtype");
+  auto grad_s = need_s ? torch::empty_like(s) : torch::empty({0}, s.options());
+  auto grad_t = need_t ? torch::empty_like(t) : torch::empty({0}, t.options());
+  if (s.is_cuda()) {
+#ifdef WITH_CUDA
+    const c10::cuda::CUDAGuard guard(s.device());
+    check_launch(feature_align_backward_cuda(s.data_ptr(), t.data_ptr(), coeffs.data_ptr(), need_s ? grad_s.data_ptr() : nullptr,
+                                             need_t ? grad_t.data_ptr() : nullptr, dtype_code(s.scalar_type()), rows, width,
+                                             c10::cuda::getCurrentCUDAStream().stream()),
+                 "feature_align_backward_cuda");
+    return {grad_s, grad_t};
+#else
+    TORCH_CHECK(false, "clarep_fast._C was built without CUDA");
+#endif
+  }
+  AT_DISPATCH_FLOATING_TYPES_AND2(torch::kHalf, torch::kBFloat16, s.scalar_type(), "feature_align_backward", [&] {
+    using acc_t = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
+    feature_align_backward_cpu<scalar_t, acc_t>(s.data_ptr<scalar_t>(), t.data_ptr<scalar_t>(), coeffs.data_ptr<acc_t>(),
+                                                need_s ? grad_s.data_ptr<scalar_t>() : nullptr,
+                                                need_t ? grad_t.data_ptr<scalar_t>() : nullptr, rows, width);
+  });
+  return {grad_s, grad_t};
+}
+
 bool built_with_cuda() {
 #ifdef WITH_CUDA
   return true;
@@ -272,5 +333,10 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "(grad, x, vectors, coeffs, stats, rescale, rtol, need_vectors_grad) -> (grad_x, grad_vectors)",
         py::arg("grad"), py::arg("x"), py::arg("vectors"), py::arg("coeffs"), py::arg("stats"), py::arg("rescale"),
         py::arg("rtol"), py::arg("need_vectors_grad"));
+  m.def("feature_align_forward", &clarep_fast::feature_align_forward,
+        "row statistics (B, 4) = [s.t, s.s, t.t, |s-t|^2] of one (B, D) layer pair", py::arg("student"), py::arg("teacher"));
+  m.def("feature_align_backward", &clarep_fast::feature_align_backward,
+        "(grad_s, grad_t) = (A t + Bs s, A s + Ct t) from coeffs (B, 3)", py::arg("student"), py::arg("teacher"),
+        py::arg("coeffs"), py::arg("need_student"), py::arg("need_teacher"));
   m.def("built_with_cuda", &clarep_fast::built_with_cuda, "True when the CUDA kernels were compiled in");
 }

@@ -1,0 +1,178 @@
+"""Fused feature alignment loss (cosine / MSE over layer pairs): custom ops, autograd, dispatch.
+
+Math (clarep_fast/reference/feature_align.py): per pair l and sample b the kernels compute only the
+row statistics  st = s·t, ss = s·s, tt = t·t, dd = ‖s - t‖²  (one read of s and t); the loss is a
+few scalar ops on the (P, B, 4) statistics in PyTorch, so its eps clamps differentiate exactly:
+    cosine: 1 - st / (sqrt(max(ss, eps²)) · sqrt(max(tt, eps²)))      mse: dd / D_l
+Backward: the chain rule through the statistics gives, per row, ds = A t + Bs s and dt = A s + Ct t
+with A = g_st - 2 g_dd, Bs = 2 (g_ss + g_dd), Ct = 2 (g_tt + g_dd): one kernel pass over s and t
+writes the gradients. Eager materializes normalized copies (cosine) or a difference tensor (mse)
+and their gradients; nothing of size (B, D) is saved or created here beyond the input gradients.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from torch import Tensor
+
+from clarep_fast.backends import resolve_backend
+from clarep_fast.reference.feature_align import ALIGN_EPS, KINDS, REDUCTIONS, accumulation_dtype
+
+SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+# ----------------------------------------------------------------------------- backend kernels
+# Every backend provides, for ONE contiguous (B, D) pair of one dtype:
+#   feature_align_forward(s, t) -> stats (B, 4) [st, ss, tt, dd] in the accumulation dtype
+#   feature_align_backward(s, t, coeffs (B, 3) [A, Bs, Ct], need_s, need_t) -> (grad_s, grad_t), empty where not needed
+
+
+def _torch_forward(s: Tensor, t: Tensor) -> Tensor:
+    accumulate = accumulation_dtype([s])
+    s, t = s.to(accumulate), t.to(accumulate)
+    return torch.stack([(s * t).sum(1), (s * s).sum(1), (t * t).sum(1), (s - t).square().sum(1)], dim=1)
+
+
+def _torch_backward(s: Tensor, t: Tensor, coeffs: Tensor, need_s: bool, need_t: bool):
+    a, c = s.to(coeffs.dtype), t.to(coeffs.dtype)
+    cross, self_s, self_t = coeffs[:, 0:1], coeffs[:, 1:2], coeffs[:, 2:3]
+    grad_s = (cross * c + self_s * a).to(s.dtype) if need_s else s.new_empty(0)
+    grad_t = (cross * a + self_t * c).to(t.dtype) if need_t else t.new_empty(0)
+    return grad_s, grad_t
+
+
+def _kernels(backend: str):
+    if backend == "torch":
+        return _torch_forward, _torch_backward
+    if backend == "triton":
+        from clarep_fast.kernels import feature_align as triton_align  # imports triton: only when asked for
+
+        return triton_align.feature_align_forward, triton_align.feature_align_backward
+    if backend in ("cpu", "cuda"):
+        from clarep_fast._extension import extension
+
+        return extension().feature_align_forward, extension().feature_align_backward
+    raise ValueError(f"unknown backend {backend!r}")
+
+
+# ----------------------------------------------------------------------------- custom ops
+
+
+@torch.library.custom_op("clarep_fast::feature_align_stats", mutates_args=())
+def feature_align_stats(students: list[Tensor], teachers: list[Tensor], backend: str) -> Tensor:
+    """(B, D_l) pairs -> (P, B, 4) row statistics [s·t, s·s, t·t, ‖s - t‖²]."""
+    forward = _kernels(backend)[0]
+    stats = torch.stack([forward(s.contiguous(), t.contiguous()) for s, t in zip(students, teachers)])
+    _raise_if_not_finite(stats)  # inside the op: torch.compile sees one opaque call, no data-dependent branch
+    return stats
+
+
+@feature_align_stats.register_fake
+def _(students, teachers, backend):
+    return students[0].new_empty(len(students), students[0].shape[0], 4, dtype=accumulation_dtype(students))
+
+
+@torch.library.custom_op("clarep_fast::feature_align_grads", mutates_args=())
+def feature_align_grads(grad_stats: Tensor, students: list[Tensor], teachers: list[Tensor], need_students: bool, need_teachers: bool, backend: str) -> list[Tensor]:
+    """[ds_1 .. ds_P, dt_1 .. dt_P] (empty tensors where not needed) from the statistics' gradient."""
+    backward = _kernels(backend)[1]
+    g_st, g_ss, g_tt, g_dd = grad_stats.unbind(-1)  # each (P, B)
+    coeffs = torch.stack([g_st - 2 * g_dd, 2 * (g_ss + g_dd), 2 * (g_tt + g_dd)], dim=-1).contiguous()  # (P, B, 3)
+    pairs = [backward(s.contiguous(), t.contiguous(), coeffs[p], need_students, need_teachers) for p, (s, t) in enumerate(zip(students, teachers))]
+    return [pair[0] for pair in pairs] + [pair[1] for pair in pairs]
+
+
+@feature_align_grads.register_fake
+def _(grad_stats, students, teachers, need_students, need_teachers, backend):
+    grads_s = [torch.empty_like(s) if need_students else s.new_empty(0) for s in students]
+    grads_t = [torch.empty_like(t) if need_teachers else t.new_empty(0) for t in teachers]
+    return grads_s + grads_t
+
+
+def _setup_context(ctx, inputs, output):
+    students, teachers, backend = inputs
+    ctx.save_for_backward(*students, *teachers)
+    ctx.pairs, ctx.backend = len(students), backend
+
+
+def _backward(ctx, grad_stats):
+    saved = ctx.saved_tensors
+    students, teachers = list(saved[: ctx.pairs]), list(saved[ctx.pairs :])
+    need_s, need_t = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+    grads = feature_align_grads(grad_stats.contiguous(), students, teachers, any(need_s), any(need_t), ctx.backend)
+    grads_s = [g if need else None for g, need in zip(grads[: ctx.pairs], need_s)]
+    grads_t = [g if need else None for g, need in zip(grads[ctx.pairs :], need_t)]
+    return grads_s, grads_t, None
+
+
+feature_align_stats.register_autograd(_backward, setup_context=_setup_context)
+
+
+# ----------------------------------------------------------------------------- public API
+
+
+def feature_align(students: Sequence[Tensor], teachers: Sequence[Tensor], *, kind: str = "cosine", reduction: str = "mean") -> Tensor:
+    """CaDistill's alignment loss between projected student features and teacher features.
+
+    ``students[l]`` and ``teachers[l]`` (B, ...) are one layer pair (flattened per sample; the
+    student side already projected to the teacher's width). Per sample, averaged over pairs:
+    ``1 - cos`` (kind="cosine") or the mean squared difference (kind="mse"); reduction "mean"
+    (a scalar) or "none" ((B,)). fp32 result (fp64 for fp64 inputs); differentiable in both sides.
+    """
+    students, teachers = _validated(students, teachers, kind, reduction)
+    stats = feature_align_stats(students, teachers, resolve_backend(students[0].device))
+    st, ss, tt, dd = stats.unbind(-1)  # (P, B)
+    if kind == "cosine":
+        floor = ALIGN_EPS**2
+        per_pair = 1 - st / (ss.clamp_min(floor).sqrt() * tt.clamp_min(floor).sqrt())
+    else:
+        widths = torch.tensor([s.shape[1] for s in students], dtype=stats.dtype, device=stats.device)
+        per_pair = dd / widths[:, None]
+    loss = per_pair.mean(0)
+    return loss.mean() if reduction == "mean" else loss
+
+
+def _validated(students, teachers, kind, reduction) -> tuple[list[Tensor], list[Tensor]]:
+    if kind not in KINDS:
+        raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
+    for name, value in (("students", students), ("teachers", teachers)):
+        if isinstance(value, Tensor):
+            raise TypeError(f"{name} must be a sequence of (B, ...) tensors (one per layer pair), not a single tensor")
+    students, teachers = list(students), list(teachers)
+    if not students or len(students) != len(teachers):
+        raise ValueError(f"need one teacher per student and at least one pair, got {len(students)} students and {len(teachers)} teachers")
+    batch = None
+    flat_s, flat_t = [], []
+    for pair, (s, t) in enumerate(zip(students, teachers)):
+        for side, tensor in (("students", s), ("teachers", t)):
+            if not isinstance(tensor, Tensor):
+                raise TypeError(f"{side}[{pair}] must be a torch.Tensor, got {type(tensor).__name__}")
+            if tensor.dtype not in SUPPORTED_DTYPES:
+                raise TypeError(f"{side}[{pair}] must be float16, bfloat16, float32 or float64, got {tensor.dtype}")
+            if tensor.dim() < 2 or tensor.numel() == 0:
+                raise ValueError(f"{side}[{pair}] must be a non-empty (B, ...) tensor, got shape {tuple(tensor.shape)}")
+        batch = s.shape[0] if batch is None else batch
+        if s.shape[0] != batch or t.shape[0] != batch:
+            raise ValueError(f"pair {pair} has batch {s.shape[0]} (student) and {t.shape[0]} (teacher); every pair needs batch {batch}")
+        if s[0].numel() != t[0].numel():
+            raise ValueError(f"pair {pair}: student has {s[0].numel()} features per sample but teacher has {t[0].numel()}; project the student to the teacher's width first")
+        if s.dtype != t.dtype:
+            raise TypeError(f"pair {pair}: student is {s.dtype} but teacher is {t.dtype}; cast one side")
+        if s.device != t.device or s.device != students[0].device:
+            raise ValueError(f"pair {pair}: all features must be on {students[0].device}, got {s.device} and {t.device}")
+        flat_s.append(s.reshape(batch, -1))
+        flat_t.append(t.reshape(batch, -1))
+    return flat_s, flat_t
+
+
+def _raise_if_not_finite(stats: Tensor) -> None:
+    """NaN/Inf in a student shows up in its s·s, in a teacher in its t·t (both non-negative sums)."""
+    bad = ~torch.isfinite(stats[..., 1:3])  # (P, B, 2)
+    if not bool(bad.any()):
+        return
+    pair, sample, side = (int(i) for i in bad.nonzero()[0])
+    raise ValueError(f"feature_align: {'students' if side == 0 else 'teachers'}[{pair}] holds NaN or Inf (sample {sample})")

@@ -1,0 +1,75 @@
+"""Feature alignment statistics and gradients in Triton: one program per row of one layer pair.
+
+Math: csrc/feature_align.h. forward: the row's [s·t, s·s, t·t, |s - t|²], one read of s and t in
+BLOCK-wide chunks; backward: ds = A t + Bs s, dt = A s + Ct t with the row's coefficients.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def _align_fwd_kernel(s_ptr, t_ptr, stats_ptr, D, BLOCK: tl.constexpr):
+    row = tl.program_id(0).to(tl.int64)
+    acc_ty = stats_ptr.dtype.element_ty
+    st = tl.zeros([BLOCK], dtype=acc_ty)
+    ss = tl.zeros([BLOCK], dtype=acc_ty)
+    tt = tl.zeros([BLOCK], dtype=acc_ty)
+    dd = tl.zeros([BLOCK], dtype=acc_ty)
+    for start in range(0, D, BLOCK):
+        columns = start + tl.arange(0, BLOCK)
+        inside = columns < D
+        a = tl.load(s_ptr + row * D + columns, mask=inside, other=0.0).to(acc_ty)
+        c = tl.load(t_ptr + row * D + columns, mask=inside, other=0.0).to(acc_ty)
+        st += a * c
+        ss += a * a
+        tt += c * c
+        dd += (a - c) * (a - c)
+    tl.store(stats_ptr + row * 4 + 0, tl.sum(st, axis=0))
+    tl.store(stats_ptr + row * 4 + 1, tl.sum(ss, axis=0))
+    tl.store(stats_ptr + row * 4 + 2, tl.sum(tt, axis=0))
+    tl.store(stats_ptr + row * 4 + 3, tl.sum(dd, axis=0))
+
+
+@triton.jit
+def _align_bwd_kernel(s_ptr, t_ptr, coeffs_ptr, grad_s_ptr, grad_t_ptr, D, NEED_S: tl.constexpr, NEED_T: tl.constexpr, BLOCK: tl.constexpr):
+    row = tl.program_id(0).to(tl.int64)
+    cross = tl.load(coeffs_ptr + row * 3 + 0)
+    self_s = tl.load(coeffs_ptr + row * 3 + 1)
+    self_t = tl.load(coeffs_ptr + row * 3 + 2)
+    for start in range(0, D, BLOCK):
+        columns = start + tl.arange(0, BLOCK)
+        inside = columns < D
+        a = tl.load(s_ptr + row * D + columns, mask=inside, other=0.0).to(cross.dtype)
+        c = tl.load(t_ptr + row * D + columns, mask=inside, other=0.0).to(cross.dtype)
+        if NEED_S:
+            tl.store(grad_s_ptr + row * D + columns, (cross * c + self_s * a).to(grad_s_ptr.dtype.element_ty), mask=inside)
+        if NEED_T:
+            tl.store(grad_t_ptr + row * D + columns, (cross * a + self_t * c).to(grad_t_ptr.dtype.element_ty), mask=inside)
+
+
+def _block(width: int) -> int:
+    return min(4096, triton.next_power_of_2(width))
+
+
+def feature_align_forward(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+    """(B, D) contiguous pair -> stats (B, 4) in the accumulation dtype."""
+    rows, width = student.shape
+    accumulate = torch.float64 if student.dtype == torch.float64 else torch.float32
+    stats = torch.empty(rows, 4, dtype=accumulate, device=student.device)
+    _align_fwd_kernel[(rows,)](student, teacher, stats, width, BLOCK=_block(width))
+    return stats
+
+
+def feature_align_backward(student, teacher, coeffs, need_student: bool, need_teacher: bool):
+    rows, width = student.shape
+    grad_s = torch.empty_like(student) if need_student else student.new_empty(0)
+    grad_t = torch.empty_like(teacher) if need_teacher else teacher.new_empty(0)
+    _align_bwd_kernel[(rows,)](
+        student, teacher, coeffs, grad_s if need_student else student, grad_t if need_teacher else teacher, width,
+        NEED_S=need_student, NEED_T=need_teacher, BLOCK=_block(width),
+    )  # fmt: skip
+    return grad_s, grad_t

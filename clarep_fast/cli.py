@@ -10,6 +10,13 @@
                                      CLARep search (CLARID) with the teacher (default: the embedded
                                      one) into a bank: shards, config.json, canonical.png, nmi.png;
                                      resumes; under torchrun the ranks split the shards
+    clarep-fast distill RUN_DIR [--bank DIR] [--baseline] [--student resnet18 ...]
+                                     CaDistill (or the CE-only baseline) student training; resumes;
+                                     torchrun runs DDP
+    clarep-fast evaluate STUDENT.pt [--autoattack]
+                                     clean, PGD/APGD/CW and background-variant accuracies
+    clarep-fast demo RUN_DIR [--seeds N]
+                                     the whole pipeline on the embedded default, with report.md
 """
 
 from __future__ import annotations
@@ -164,6 +171,82 @@ def _search(args) -> int:
     return 0
 
 
+def _add_distill(commands) -> None:
+    from clarep_fast.distill.train import DistillConfig
+
+    defaults = DistillConfig()
+    distill = commands.add_parser("distill", help="train a CaDistill (or baseline) student from a CLARep bank")
+    distill.add_argument("run_dir", help="run folder: config.json, metrics.csv/json, checkpoint.pt, student.pt")
+    distill.add_argument("--bank", default=defaults.bank, help="CLARep bank folder (clarep-fast search)")
+    distill.add_argument("--baseline", action="store_true", help="cross-entropy only (same student, schedule, seed)")
+    distill.add_argument("--student", default=defaults.student, help="timm model name")
+    distill.add_argument("--student-layers", type=int, nargs="+", default=list(defaults.student_layers))
+    distill.add_argument("--teacher-layers", nargs="+", default=None, help="bank feature layers (default: all, in order)")
+    distill.add_argument("--epochs", type=int, default=defaults.epochs)
+    distill.add_argument("--batch-size", type=int, default=defaults.batch_size)
+    distill.add_argument("--bank-batch-size", type=int, default=defaults.bank_batch_size)
+    distill.add_argument("--learning-rate", type=float, default=defaults.learning_rate)
+    distill.add_argument("--lambda-align", type=float, default=defaults.lambda_align)
+    distill.add_argument("--lambda-cano", type=float, default=defaults.lambda_cano)
+    distill.add_argument("--lambda-dist", type=float, default=defaults.lambda_dist)
+    distill.add_argument("--temperature", type=float, default=defaults.temperature)
+    distill.add_argument("--seed", type=int, default=defaults.seed)
+    distill.add_argument("--device", default=None)
+    evaluate = commands.add_parser("evaluate", help="clean, adversarial and background-shift accuracy of a student")
+    evaluate.add_argument("student", help="student.pt from clarep-fast distill")
+    evaluate.add_argument("--autoattack", action="store_true", help="also run AutoAttack (slow)")
+    evaluate.add_argument("--attack-samples", type=int, default=500)
+    evaluate.add_argument("--out", default=None, help="JSON file (default: evaluation.json beside the student)")
+    demo = commands.add_parser("demo", help="embedded teacher -> bank -> baseline + CaDistill students -> evaluation -> report.md")
+    demo.add_argument("run_dir")
+    demo.add_argument("--seeds", type=int, default=1, help="repeat the students with N seeds (mean ± std)")
+    demo.add_argument("--epochs", type=int, default=defaults.epochs)
+
+
+def _distill(args) -> int:
+    from clarep_fast.distill.train import DistillConfig, train_student
+
+    config = DistillConfig(
+        bank=args.bank, student=args.student, student_layers=tuple(args.student_layers),
+        teacher_layers=tuple(args.teacher_layers) if args.teacher_layers else None, epochs=args.epochs,
+        batch_size=args.batch_size, bank_batch_size=args.bank_batch_size, learning_rate=args.learning_rate,
+        lambda_align=args.lambda_align, lambda_cano=args.lambda_cano, lambda_dist=args.lambda_dist,
+        temperature=args.temperature, baseline=args.baseline, seed=args.seed,
+    )  # fmt: skip
+    path = train_student(config, args.run_dir, device=args.device)
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(f"student saved to {path}")
+    return 0
+
+
+def _evaluate(args) -> int:
+    import json
+    from pathlib import Path
+
+    from clarep_fast.clarid.bank import write_json
+    from clarep_fast.distill.train import load_student
+    from clarep_fast.evaluate.robustness import EvaluateConfig, evaluate_student, markdown_table
+
+    student = load_student(args.student)
+    results = evaluate_student(student, DataConfig(resolution=int(torch.load(args.student, weights_only=True)["resolution"])),
+                               EvaluateConfig(autoattack=args.autoattack, attack_samples=args.attack_samples))  # fmt: skip
+    out = Path(args.out) if args.out else Path(args.student).with_name("evaluation.json")
+    write_json(out, results)
+    print(markdown_table({Path(args.student).parent.name: results}))
+    print(f"written to {out}")
+    return 0
+
+
+def _demo(args) -> int:
+    from clarep_fast.demo import run_demo
+    from clarep_fast.distill.train import DistillConfig
+
+    report = run_demo(args.run_dir, seeds=args.seeds, distill=DistillConfig(epochs=args.epochs))
+    print(report.read_text())
+    print(f"report: {report}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="clarep-fast", description="clarep_fast: fused kernels for CLAReps and CaDistill")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -185,9 +268,11 @@ def main(argv: list[str] | None = None) -> int:
     teacher.add_argument("--seed", type=int, default=defaults.seed)
     teacher.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     _add_search(commands)
+    _add_distill(commands)
     args = parser.parse_args(argv)
-    if args.command == "search":
-        return _search(args)
+    handlers = {"search": _search, "distill": _distill, "evaluate": _evaluate, "demo": _demo}
+    if args.command in handlers:
+        return handlers[args.command](args)
     if args.command == "train-teacher":
         return _train_teacher(args)
     if args.command == "backends":

@@ -1,0 +1,238 @@
+"""CaDistill training (and the plain baseline) of a timm student on the full training set.
+
+One step (DESIGN.md §2), with a batch (x, y) of real training images and a batch (x~_0, c, F_T) from
+the CLARep bank (canonical samples, their classes, the teacher's cached canonical features):
+  loss = CE(student(x), y)
+       + λ_align · L_align   mean over layer pairs of 1 - cos(P_l(s_l(x~_0)), F_T,l)       (fused feature_align)
+       + λ_cano  · L_cano    CE over cos(P_L(s_L(x)), prototype_k) / τ, prototype_k the class-k mean of
+                             the bank's last-pair teacher features: real images pulled to their class's
+                             canonical prototype
+       + λ_dist  · L_dist    mean over pairs of 1 - CKA(s_l(x~_0), F_T,l)                  (fused cka_pairs)
+The teacher never runs: F_T comes from the bank. Real and canonical batches go through the student
+in separate forwards, so the real batch's BatchNorm statistics are its own; with every λ = 0 the
+canonical forward is skipped and the run is exactly the baseline (same data order, same seed).
+Under torchrun every rank takes its slice of each global batch and DDP averages the gradients.
+
+Run folder: config.json, metrics.csv / metrics.json (per epoch), checkpoint.pt (atomic, per epoch;
+rerun the command to resume), student.pt (the final student: weights + what rebuilds it).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from tqdm import tqdm
+
+from clarep_fast.clarid.bank import load_bank, write_json
+from clarep_fast.data.default import DataConfig, default_splits
+from clarep_fast.diffusion.train import atomic_save
+from clarep_fast.distill.student import DistillModel, Student
+from clarep_fast.ops.cka import cka_pairs
+from clarep_fast.ops.feature_align import feature_align
+
+
+@dataclass(frozen=True)
+class DistillConfig:
+    bank: str = "runs/default-bank"
+    student: str = "resnet18"
+    student_layers: tuple[int, ...] = (2, 3, 4)  # timm forward_intermediates indices, paired in order with
+    teacher_layers: tuple[str, ...] | None = None  # the bank's feature layers (None: all of them)
+    student_pool: int = 1
+    epochs: int = 8
+    batch_size: int = 128
+    bank_batch_size: int = 64
+    learning_rate: float = 0.05
+    weight_decay: float = 5e-4
+    lambda_align: float = 1.0
+    lambda_cano: float = 0.5
+    lambda_dist: float = 0.5
+    temperature: float = 0.1
+    baseline: bool = False  # cross-entropy only: every λ treated as 0 and the bank never read
+    seed: int = 0
+    data: DataConfig = field(default_factory=DataConfig)
+
+    @property
+    def lambdas(self) -> tuple[float, float, float]:
+        return (0.0, 0.0, 0.0) if self.baseline else (self.lambda_align, self.lambda_cano, self.lambda_dist)
+
+
+TERMS = ("ce", "align", "cano", "dist", "total")
+
+
+def _distributed() -> tuple[int, int]:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world == 1:
+        return 0, 1
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    return dist.get_rank(), world
+
+
+class BankBatches:
+    """The bank's canonical samples in [0, 1], classes, per-pair teacher features and class prototypes."""
+
+    def __init__(self, config: DistillConfig, num_classes: int, resolution: int, device):
+        bank = load_bank(config.bank)
+        layers = list(config.teacher_layers or bank.config["feature_layers"])
+        missing = [layer for layer in layers if layer not in bank.features]
+        if missing:
+            raise ValueError(f"teacher layers {missing} are not in the bank {config.bank} (it has {list(bank.features)})")
+        if len(layers) != len(config.student_layers):
+            raise ValueError(f"{len(config.student_layers)} student layers {list(config.student_layers)} but {len(layers)} teacher layers {layers}: they pair in order")
+        bank_classes = int(bank.classes.max()) + 1
+        if bank_classes > num_classes:
+            raise ValueError(f"the bank {config.bank} has class {bank_classes - 1} but the data has {num_classes} classes")
+        if bank.samples.shape[-1] != resolution:
+            raise ValueError(f"the bank's canonical samples are {bank.samples.shape[-1]}×{bank.samples.shape[-1]} but the data is {resolution}×{resolution}")
+        if len(bank.classes) < config.bank_batch_size:
+            raise ValueError(f"bank_batch_size {config.bank_batch_size} exceeds the bank's {len(bank.classes)} CLAReps")
+        self.layers = layers
+        self.images = ((bank.samples.clamp(-1, 1) + 1) / 2).to(device)
+        self.classes = bank.classes.to(device)
+        self.features = [bank.features[layer].float().to(device) for layer in layers]
+        last = self.features[-1]
+        self.prototypes = torch.stack([last[self.classes == k].mean(0) if (self.classes == k).any() else torch.zeros_like(last[0]) for k in range(num_classes)])
+        self.has_prototype = torch.stack([(self.classes == k).any() for k in range(num_classes)])
+
+    def widths(self) -> list[int]:
+        return [f.shape[1] for f in self.features]
+
+
+def _losses(model, images: Tensor, labels: Tensor, bank: BankBatches | None, bank_index: Tensor | None, config: DistillConfig) -> dict[str, Tensor]:
+    lambda_align, lambda_cano, lambda_dist = config.lambdas
+    logits, _, projected = model(images)
+    terms = {"ce": F.cross_entropy(logits, labels)}
+    zero = terms["ce"].new_zeros(())
+    terms.update(align=zero, cano=zero, dist=zero)
+    if bank is not None:
+        _, raw, projected_canonical = model(bank.images[bank_index])
+        teachers = [f[bank_index] for f in bank.features]
+        if lambda_align:
+            terms["align"] = feature_align(projected_canonical, teachers, kind="cosine")
+        if lambda_dist:
+            terms["dist"] = (1 - cka_pairs(raw, teachers)).mean()
+        if lambda_cano:
+            similarity = F.normalize(projected[-1], dim=1) @ F.normalize(bank.prototypes, dim=1).T  # (B, K)
+            similarity = similarity.masked_fill(~bank.has_prototype, -1.0)
+            terms["cano"] = F.cross_entropy(similarity / config.temperature, labels)
+    terms["total"] = terms["ce"] + lambda_align * terms["align"] + lambda_cano * terms["cano"] + lambda_dist * terms["dist"]
+    return terms
+
+
+@torch.no_grad()
+def accuracy(student: Student, images: Tensor, labels: Tensor, batch: int = 500) -> float:
+    was_training = student.training
+    student.eval()
+    correct = sum(int((student(images[i : i + batch]).argmax(1) == labels[i : i + batch]).sum()) for i in range(0, len(labels), batch))
+    student.train(was_training)
+    return correct / len(labels)
+
+
+def train_student(config: DistillConfig, run_dir: str | Path, *, device: str | None = None, progress: bool = True) -> Path:
+    """Train (or resume) in ``run_dir``; returns the path of student.pt."""
+    run_dir = Path(run_dir)
+    rank, world = _distributed()
+    if device is None:
+        device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if torch.cuda.is_available() else "cpu"
+    splits = default_splits(config.data)
+    train, test = splits["train"], splits["test"]
+    num_classes = int(train.labels.max()) + 1
+    if config.batch_size % world or config.bank_batch_size % world:
+        raise ValueError(f"batch_size {config.batch_size} and bank_batch_size {config.bank_batch_size} must divide by the {world} ranks")
+    resolved = json.loads(json.dumps(dataclasses.asdict(config)))
+    config_file = run_dir / "config.json"
+    if config_file.exists():
+        old = json.loads(config_file.read_text())
+        if {k: v for k, v in old.items() if k != "epochs"} != {k: v for k, v in resolved.items() if k != "epochs"}:
+            raise ValueError(f"{run_dir} holds a run with a different config; use a new run folder (see {config_file})")
+    bank = None if config.baseline or not any(config.lambdas) else BankBatches(config, num_classes, config.data.resolution, device)
+
+    torch.manual_seed(config.seed)  # the initial weights: the same for baseline and CaDistill
+    student = Student(config.student, num_classes, config.student_layers, config.student_pool).to(device)
+    student_widths = student.feature_widths(config.data.resolution)
+    if len(student_widths) != len(config.student_layers):
+        raise ValueError(f"student layers {list(config.student_layers)} gave {len(student_widths)} features")
+    teacher_widths = bank.widths() if bank is not None else [1] * len(student_widths)
+    model = DistillModel(student, student_widths, teacher_widths).to(device)
+    optimizer = torch.optim.SGD(model.parameters(), lr=config.learning_rate, momentum=0.9, nesterov=True, weight_decay=config.weight_decay)
+    steps_per_epoch = len(train.labels) // config.batch_size
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=config.learning_rate, total_steps=config.epochs * steps_per_epoch, pct_start=0.15)
+    start = 0
+    checkpoint_file = run_dir / "checkpoint.pt"
+    if checkpoint_file.exists():
+        state = torch.load(checkpoint_file, map_location=device, weights_only=True)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        schedule.load_state_dict(state["schedule"])
+        start = int(state["epoch"])
+    if rank == 0:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        write_json(config_file, resolved)
+    wrapped = model
+    if world > 1:
+        wrapped = torch.nn.parallel.DistributedDataParallel(model)
+    images, labels = train.images.to(device), train.labels.to(device)
+    history = json.loads((run_dir / "metrics.json").read_text())[:start] if (run_dir / "metrics.json").exists() else []
+    model.train()
+    for epoch in range(start, config.epochs):
+        began = time.perf_counter()
+        generator = torch.Generator().manual_seed(config.seed * 1_000_003 + epoch)
+        bank_generator = torch.Generator().manual_seed(config.seed * 1_000_033 + epoch + 7)  # its own stream: baseline data order unchanged
+        order = torch.randperm(len(labels), generator=generator)
+        sums = dict.fromkeys(TERMS, 0.0)
+        bar = tqdm(range(steps_per_epoch), desc=f"{'baseline' if config.baseline else 'cadistill'} epoch {epoch + 1}/{config.epochs}", disable=not progress or rank != 0, mininterval=2)
+        for step in bar:
+            batch = order[step * config.batch_size : (step + 1) * config.batch_size][rank::world].to(device)
+            bank_index = None
+            if bank is not None:
+                bank_index = torch.randperm(len(bank.classes), generator=bank_generator)[: config.bank_batch_size][rank::world].to(device)
+            terms = _losses(wrapped, images[batch], labels[batch], bank, bank_index, config)
+            optimizer.zero_grad(set_to_none=True)
+            terms["total"].backward()
+            optimizer.step()
+            schedule.step()
+            for name in TERMS:
+                sums[name] += float(terms[name].detach())
+            bar.set_postfix(loss=f"{float(terms['total'].detach()):.3f}", refresh=False)
+        record = {"epoch": epoch + 1, **{name: sums[name] / steps_per_epoch for name in TERMS},
+                  "train_accuracy": accuracy(student, images[:1000], labels[:1000]),
+                  "test_accuracy": accuracy(student, test.images.to(device), test.labels.to(device)),
+                  "seconds": time.perf_counter() - began}  # fmt: skip
+        history.append(record)
+        if rank == 0:
+            write_json(run_dir / "metrics.json", history)
+            lines = [",".join(("epoch",) + TERMS + ("train_accuracy", "test_accuracy", "seconds"))]
+            lines += [",".join(f"{r[key]:.6g}" if isinstance(r[key], float) else str(r[key]) for key in ("epoch",) + TERMS + ("train_accuracy", "test_accuracy", "seconds")) for r in history]
+            temporary = run_dir / ".metrics.csv.tmp"
+            temporary.write_text("\n".join(lines) + "\n")
+            os.replace(temporary, run_dir / "metrics.csv")
+            atomic_save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(), "epoch": epoch + 1}, checkpoint_file)
+    if rank == 0:
+        atomic_save({"student": student.state_dict(), "name": config.student, "layers": list(config.student_layers), "pool": config.student_pool,
+                     "num_classes": num_classes, "resolution": config.data.resolution}, run_dir / "student.pt")  # fmt: skip
+    if world > 1:
+        import torch.distributed as dist
+
+        dist.barrier()
+    return run_dir / "student.pt"
+
+
+def load_student(path: str | Path, device: str = "cpu") -> Student:
+    """A trained student from student.pt (eval mode)."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path} does not exist; train a student with `clarep-fast distill RUN_DIR`")
+    state = torch.load(path, map_location=device, weights_only=True)
+    student = Student(state["name"], state["num_classes"], state["layers"], state["pool"])
+    student.load_state_dict(state["student"])
+    return student.to(device).eval()

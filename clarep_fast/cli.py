@@ -34,8 +34,10 @@ from clarep_fast.data.default import DataConfig
 from clarep_fast.diffusion.teacher import TeacherConfig
 from clarep_fast.diffusion.train import TrainTeacherConfig, train_teacher
 from clarep_fast.ops.cka import cka
+from clarep_fast.ops.feature_align import feature_align
 from clarep_fast.ops.feature_pool import feature_pool
-from clarep_fast.reference import cka_reference, feature_pool_reference
+from clarep_fast.ops.project_out import project_out
+from clarep_fast.reference import cka_reference, feature_align_reference, feature_pool_reference, project_out_reference
 
 
 def _print_backends() -> None:
@@ -72,6 +74,33 @@ def _pool_errors(backend: str, device: str) -> tuple[float, float]:
     return (packed - expected).abs().max().item(), grad_error
 
 
+def _project_errors(backend: str, device: str) -> tuple[float, float]:
+    """Largest |fused - reference| of project_out (rescaled, odd shape) and of its gradient, fp32."""
+    x = torch.randn(3, 3, 5, 7, device=device, requires_grad=True)
+    vectors = torch.linalg.qr(torch.randn(3, 105, 6, device=device)).Q
+    with use_backend(backend):
+        out = project_out(x, vectors, rescale=True)
+    weights = torch.randn_like(out)
+    (grad,) = torch.autograd.grad((out * weights).sum(), x)
+    expected = project_out_reference(x, vectors, True)
+    (expected_grad,) = torch.autograd.grad((expected * weights).sum(), x)
+    return (out - expected).abs().max().item(), ((grad - expected_grad).abs().max() / expected_grad.abs().max()).item()
+
+
+def _align_errors(backend: str, device: str) -> tuple[float, float]:
+    """Largest |fused - reference| of the cosine alignment loss (two odd pairs) and of its gradient, fp32."""
+    students = [torch.randn(5, 37, device=device, requires_grad=True), torch.randn(5, 3, 4, 4, device=device, requires_grad=True)]
+    teachers = [torch.randn(5, 37, device=device), torch.randn(5, 48, device=device)]
+    with use_backend(backend):
+        loss = feature_align(students, teachers, reduction="none")
+    weights = torch.randn_like(loss)
+    grads = torch.autograd.grad((loss * weights).sum(), students)
+    expected = feature_align_reference(students, teachers, "cosine", "none")
+    expected_grads = torch.autograd.grad((expected * weights).sum(), students)
+    grad_error = max(((g - e).abs().max() / e.abs().max()).item() for g, e in zip(grads, expected_grads))
+    return (loss - expected).abs().max().item(), grad_error
+
+
 def _median_seconds(fn, repeats: int, device: str) -> float:
     fn()
     times = []
@@ -90,7 +119,7 @@ def selfcheck(quick: bool) -> int:
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     failures = 0
     print("\ncorrectness against the reference, fp32 (value abs error, gradient error relative to max):")
-    for op, check in (("cka", _max_errors), ("feature_pool", _pool_errors)):
+    for op, check in (("cka", _max_errors), ("feature_pool", _pool_errors), ("project_out", _project_errors), ("feature_align", _align_errors)):
         for device in devices:
             for backend in ("cuda", "triton", "cpu", "torch"):
                 if unusable_reason(backend, device):

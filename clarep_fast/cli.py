@@ -249,7 +249,6 @@ def _distill(args) -> int:
 
 
 def _evaluate(args) -> int:
-    import json
     from pathlib import Path
 
     from clarep_fast.clarid.bank import write_json
@@ -261,8 +260,10 @@ def _evaluate(args) -> int:
                                EvaluateConfig(autoattack=args.autoattack, attack_samples=args.attack_samples))  # fmt: skip
     out = Path(args.out) if args.out else Path(args.student).with_name("evaluation.json")
     write_json(out, results)
-    print(markdown_table({Path(args.student).parent.name: results}))
-    print(f"written to {out}")
+    table = markdown_table({Path(args.student).parent.name: results})
+    out.with_suffix(".md").write_text("Accuracy (%)\n\n" + table + "\n")
+    print(table)
+    print(f"written to {out} and {out.with_suffix('.md')}")
     return 0
 
 

@@ -20,7 +20,6 @@ import dataclasses
 import hashlib
 import json
 import math
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +31,7 @@ from tqdm import tqdm
 from clarep_fast.clarid.bank import shard_path, write_json, write_shard
 from clarep_fast.clarid.jacobian import MODES, topk_right_singular
 from clarep_fast.data.default import DataConfig, default_splits
+from clarep_fast.distributed import barrier, default_device, rank_and_world
 from clarep_fast.diffusion.ddim import NUM_TRAIN_TIMESTEPS, ddim_invert, ddim_move, time_grid
 from clarep_fast.diffusion.teacher import DEFAULT_TEACHER, load_teacher, num_classes_of
 from clarep_fast.ops.project_out import project_out
@@ -190,31 +190,12 @@ def search_shard(teacher: nn.Module, config: SearchConfig, classes: Tensor, sour
     return tensors
 
 
-def _distributed() -> tuple[int, int]:
-    """(rank, world size) under torchrun (process group initialized here), else (0, 1)."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world == 1:
-        return 0, 1
-    import torch.distributed as dist
-
-    if not dist.is_initialized():
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-    return dist.get_rank(), world
-
-
-def _barrier(world: int) -> None:
-    if world > 1:
-        import torch.distributed as dist
-
-        dist.barrier()
-
-
 def run_search(config: SearchConfig, bank_dir: str | Path, *, device: str | None = None, progress: bool = True) -> Path:
     """Search (or resume) into ``bank_dir``; rank 0 then writes the figures and summary.json."""
     bank = Path(bank_dir)
-    rank, world = _distributed()
+    rank, world = rank_and_world()
     if device is None:
-        device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if torch.cuda.is_available() else "cpu"
+        device = default_device()
     teacher, teacher_path = load_search_teacher(config)
     teacher = teacher.to(device).requires_grad_(False)
     validate(config, teacher)
@@ -232,7 +213,7 @@ def run_search(config: SearchConfig, bank_dir: str | Path, *, device: str | None
     elif rank == 0:
         bank.mkdir(parents=True, exist_ok=True)
         write_json(config_file, resolved)
-    _barrier(world)
+    barrier(world)
 
     shards = resolved["shards"]
     mine = [s for s in range(shards) if s % world == rank]
@@ -249,7 +230,7 @@ def run_search(config: SearchConfig, bank_dir: str | Path, *, device: str | None
         bar.update(sizes[shard])
     bar.close()
     seconds = time.perf_counter() - started
-    _barrier(world)
+    barrier(world)
     if rank == 0:
         from clarep_fast.clarid.figures import write_bank_figures
 
@@ -257,5 +238,5 @@ def run_search(config: SearchConfig, bank_dir: str | Path, *, device: str | None
         summary["search_seconds_rank0"] = round(seconds, 2)
         summary["clareps_computed_rank0"] = sum(sizes[s] for s in todo)
         write_json(bank / "summary.json", summary)
-    _barrier(world)
+    barrier(world)
     return bank

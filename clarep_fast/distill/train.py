@@ -34,6 +34,7 @@ from tqdm import tqdm
 from clarep_fast.clarid.bank import load_bank, write_json
 from clarep_fast.data.default import DataConfig, default_splits
 from clarep_fast.diffusion.train import atomic_save
+from clarep_fast.distributed import barrier, default_device, rank_and_world
 from clarep_fast.distill.student import DistillModel, Student
 from clarep_fast.ops.cka import cka_pairs
 from clarep_fast.ops.feature_align import feature_align
@@ -65,17 +66,6 @@ class DistillConfig:
 
 
 TERMS = ("ce", "align", "cano", "dist", "total")
-
-
-def _distributed() -> tuple[int, int]:
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world == 1:
-        return 0, 1
-    import torch.distributed as dist
-
-    if not dist.is_initialized():
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-    return dist.get_rank(), world
 
 
 class BankBatches:
@@ -141,21 +131,23 @@ def accuracy(student: Student, images: Tensor, labels: Tensor, batch: int = 500)
 def train_student(config: DistillConfig, run_dir: str | Path, *, device: str | None = None, progress: bool = True) -> Path:
     """Train (or resume) in ``run_dir``; returns the path of student.pt."""
     run_dir = Path(run_dir)
-    rank, world = _distributed()
+    rank, world = rank_and_world()
     if device is None:
-        device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if torch.cuda.is_available() else "cpu"
+        device = default_device()
     splits = default_splits(config.data)
     train, test = splits["train"], splits["test"]
     num_classes = int(train.labels.max()) + 1
     if config.batch_size % world or config.bank_batch_size % world:
         raise ValueError(f"batch_size {config.batch_size} and bank_batch_size {config.bank_batch_size} must divide by the {world} ranks")
+    bank = None if config.baseline or not any(config.lambdas) else BankBatches(config, num_classes, config.data.resolution, device)
     resolved = json.loads(json.dumps(dataclasses.asdict(config)))
+    if bank is not None:  # a bank rebuilt in place with other features must not meet an old checkpoint
+        resolved["bank_layers"], resolved["bank_widths"], resolved["bank_count"] = bank.layers, bank.widths(), len(bank.classes)
     config_file = run_dir / "config.json"
     if config_file.exists():
         old = json.loads(config_file.read_text())
         if {k: v for k, v in old.items() if k != "epochs"} != {k: v for k, v in resolved.items() if k != "epochs"}:
-            raise ValueError(f"{run_dir} holds a run with a different config; use a new run folder (see {config_file})")
-    bank = None if config.baseline or not any(config.lambdas) else BankBatches(config, num_classes, config.data.resolution, device)
+            raise ValueError(f"{run_dir} holds a run with a different config or bank; use a new run folder (see {config_file})")
 
     torch.manual_seed(config.seed)  # the initial weights: the same for baseline and CaDistill
     student = Student(config.student, num_classes, config.student_layers, config.student_pool).to(device)
@@ -220,10 +212,7 @@ def train_student(config: DistillConfig, run_dir: str | Path, *, device: str | N
     if rank == 0:
         atomic_save({"student": student.state_dict(), "name": config.student, "layers": list(config.student_layers), "pool": config.student_pool,
                      "num_classes": num_classes, "resolution": config.data.resolution}, run_dir / "student.pt")  # fmt: skip
-    if world > 1:
-        import torch.distributed as dist
-
-        dist.barrier()
+    barrier(world)
     return run_dir / "student.pt"
 
 

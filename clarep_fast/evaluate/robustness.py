@@ -38,7 +38,7 @@ def _accuracy(model: nn.Module, images: Tensor, labels: Tensor, batch: int) -> f
     return sum(int((model(images[i : i + batch]).argmax(1) == labels[i : i + batch]).sum()) for i in range(0, len(labels), batch)) / len(labels)
 
 
-def attacks(model: nn.Module, config: EvaluateConfig) -> dict[str, object]:
+def attacks(model: nn.Module, config: EvaluateConfig, num_classes: int) -> dict[str, object]:
     import torchattacks
 
     chosen = {
@@ -47,7 +47,7 @@ def attacks(model: nn.Module, config: EvaluateConfig) -> dict[str, object]:
         "cw_l2": torchattacks.CW(model, c=1, kappa=0, steps=config.cw_steps, lr=0.01),
     }
     if config.autoattack:
-        chosen["autoattack"] = torchattacks.AutoAttack(model, norm="Linf", eps=config.epsilon, version="standard", n_classes=10, seed=config.seed)
+        chosen["autoattack"] = torchattacks.AutoAttack(model, norm="Linf", eps=config.epsilon, version="standard", n_classes=num_classes, seed=config.seed)
     return chosen
 
 
@@ -74,7 +74,7 @@ def evaluate_student(model: nn.Module, data: DataConfig, config: EvaluateConfig 
     chosen = torch.randperm(len(test.labels), generator=generator)[: config.attack_samples]
     images, labels = test.images[chosen].to(device), test.labels[chosen].to(device)
     torch.manual_seed(config.seed)  # PGD's random start
-    for name, attack in attacks(model, config).items():
+    for name, attack in attacks(model, config, int(test.labels.max()) + 1).items():
         results[name] = adversarial_accuracy(model, attack, images, labels, config.batch, name)
     return results
 

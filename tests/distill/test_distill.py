@@ -12,7 +12,7 @@ import torch
 import clarep_fast.distill.train as train_module
 from clarep_fast.clarid import load_bank
 from clarep_fast.distill.student import DistillModel, Student
-from clarep_fast.distill.train import BankBatches, DistillConfig, _losses, load_student, train_student
+from clarep_fast.distill.train import BankBatches, _losses, load_student, train_student
 from tests.distill.conftest import small_distill
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -114,6 +114,8 @@ def test_mismatches_and_missing_files_are_clear_errors(tiny_bank, tmp_path):
     train_student(small_distill(bank_dir), tmp_path / "f", progress=False)
     with pytest.raises(ValueError, match="different config"):
         train_student(small_distill(bank_dir, lambda_align=2.0), tmp_path / "f", progress=False)
+    with pytest.raises(ValueError, match="different config or bank"):  # another feature width under the same bank path
+        train_student(small_distill(bank_dir, teacher_layers=("mid_block", "down_blocks.2", "down_blocks.1"), student_layers=(2, 3, 4)), tmp_path / "f", progress=False)
 
 
 def test_bank_with_more_classes_than_the_data_is_refused(tiny_bank):

@@ -1,6 +1,5 @@
 """Robustness evaluation: attacks behave at their known extremes; the evaluation and the demo report."""
 
-import dataclasses
 
 import pytest
 import torch

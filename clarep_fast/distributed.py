@@ -1,0 +1,32 @@
+"""torchrun support shared by the search and the distillation: rank, world size, barrier."""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+
+def rank_and_world() -> tuple[int, int]:
+    """(rank, world size) under torchrun (the process group is initialized here: nccl on GPUs,
+    gloo on CPUs), else (0, 1)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world == 1:
+        return 0, 1
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    return dist.get_rank(), world
+
+
+def barrier(world: int) -> None:
+    if world > 1:
+        import torch.distributed as dist
+
+        dist.barrier()
+
+
+def default_device() -> str:
+    """This rank's GPU under torchrun (LOCAL_RANK), the GPU, or the CPU."""
+    return f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if torch.cuda.is_available() else "cpu"

@@ -1,0 +1,88 @@
+"""One CaDistill training step vs the step it extends, on the default student and a default-size bank.
+
+Providers (forward + backward + SGD step, student resnet18 at 16×16, real batch 128, bank batch 64,
+three layer pairs of widths 256 as in the default bank):
+  base     the student forward and backward on the real batch (CE) and on the canonical batch (CE on
+           its classes): what any step that uses the canonical batch at all must pay
+  fused    the CaDistill step: base + projectors + L_align (fused feature_align) + L_cano +
+           L_dist (fused cka_pairs), features from the student's own forward (fused feature_pool)
+  eager    the same step with the pure-PyTorch references of feature_align and CKA
+Target (issue 7): fused ≤ 1.15 × base. The table's "eager" and "compile" columns hold base and
+eager here; the ratio columns read base/fused and eager/fused.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from benchmarks.common import gpu_quantiles_ms, peak_memory_bytes
+from clarep_fast.distill.student import DistillModel, Student
+from clarep_fast.reference import cka_reference, feature_align_reference
+
+CASES = [{"batch": 128, "bank_batch": 64, "dtype": "float32"}]
+QUICK_CASES = CASES
+
+
+def case_id(case: dict) -> str:
+    return f"b{case['batch']}-c{case['bank_batch']}-{case['dtype']}"
+
+
+def _step(provider, model, optimizer, real, labels, canonical, classes, teachers, prototypes):
+    from clarep_fast import cka_pairs, feature_align
+
+    def step():
+        logits, _, projected = model(real)
+        canonical_logits, raw, projected_canonical = model(canonical)
+        loss = F.cross_entropy(logits, labels)
+        if provider == "base":
+            loss = loss + F.cross_entropy(canonical_logits, classes)
+        else:
+            if provider == "fused":
+                align = feature_align(projected_canonical, teachers)
+                dist = (1 - cka_pairs(raw, teachers)).mean()
+            else:
+                align = feature_align_reference(projected_canonical, teachers)
+                dist = torch.stack([1 - cka_reference(s, t) for s, t in zip(raw, teachers)]).mean()
+            similarity = F.normalize(projected[-1], dim=1) @ F.normalize(prototypes, dim=1).T
+            loss = loss + align + 0.5 * F.cross_entropy(similarity / 0.1, labels) + 0.5 * dist
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    return step
+
+
+@pytest.mark.parametrize("provider", ["fused", "base", "eager"])
+def test_cadistill_step(benchmark, case, provider, bench_device):
+    torch.manual_seed(0)
+    student = Student("resnet18", 10, (2, 3, 4)).to(bench_device)
+    widths = student.feature_widths(16)
+    model = DistillModel(student, widths, [256, 256, 256]).to(bench_device)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    real = torch.rand(case["batch"], 3, 16, 16, device=bench_device)
+    labels = torch.randint(0, 10, (case["batch"],), device=bench_device)
+    canonical = torch.rand(case["bank_batch"], 3, 16, 16, device=bench_device)
+    classes = torch.randint(0, 10, (case["bank_batch"],), device=bench_device)
+    teachers = [torch.randn(case["bank_batch"], 256, device=bench_device) for _ in range(3)]
+    prototypes = torch.randn(10, 256, device=bench_device)
+    step = _step(provider, model, optimizer, real, labels, canonical, classes, teachers, prototypes)
+    if bench_device == "cuda":
+        run = step
+
+        def step():  # noqa: F811
+            run()
+            torch.cuda.synchronize()
+
+    step()
+    peak = peak_memory_bytes(step, bench_device)
+    benchmark.extra_info.update(
+        op="cadistill_step", provider={"fused": "fused", "base": "eager", "eager": "compile"}[provider],
+        mode="fused vs base (CE on both batches) vs eager terms", shape=f"resnet18 16×16 B={case['batch']}+{case['bank_batch']} pairs=3",
+        dtype=case["dtype"], peak_mb=None if peak is None else peak / 2**20, extra_mb=None if peak is None else peak / 2**20,
+    )  # fmt: skip
+    if bench_device == "cuda":
+        p50, p20, p80 = gpu_quantiles_ms(run)
+        benchmark.extra_info.update(p50_ms=p50, p20_ms=p20, p80_ms=p80)
+    benchmark.pedantic(step, rounds=15, iterations=1, warmup_rounds=2)

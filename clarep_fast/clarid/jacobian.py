@@ -20,8 +20,9 @@ Modes: "jvp" (forward-mode J v), "vjp" (J v = the VJP of the linear map u -> J^T
 operators lack forward-mode derivatives), "exact" (all D rows of J by VJPs, then an SVD: the oracle
 for small models), "auto" (exact when the feature width D is at most 6r, the products three
 subspace iterations need — the fewest they take in practice — else jvp; on the default teacher's
-mid_block features, D = 256, exact is the faster one: benchmarks/results/clarid/). Attention runs on SDPA's math kernel, the one with forward-mode and double-backward
-derivatives on every device.
+mid_block features, D = 256, exact is the faster one: benchmarks/results/clarid/).
+Attention runs on SDPA's math kernel, the one with forward-mode and double-backward derivatives on
+every device.
 """
 
 from __future__ import annotations

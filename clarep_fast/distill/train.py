@@ -172,7 +172,8 @@ def train_student(config: DistillConfig, run_dir: str | Path, *, device: str | N
         write_json(config_file, resolved)
     wrapped = model
     if world > 1:
-        wrapped = torch.nn.parallel.DistributedDataParallel(model)
+        # projectors without a loss term (the baseline, or a λ set to 0) get no gradient: tell DDP
+        wrapped = torch.nn.parallel.DistributedDataParallel(model, find_unused_parameters=not all(config.lambdas))
     images, labels = train.images.to(device), train.labels.to(device)
     history = json.loads((run_dir / "metrics.json").read_text())[:start] if (run_dir / "metrics.json").exists() else []
     model.train()

@@ -86,11 +86,13 @@ def test_resume_after_a_kill_gives_the_uninterrupted_result(tiny_bank, tmp_path,
     assert len(json.loads((tmp_path / "killed" / "metrics.json").read_text())) == 2
 
 
-def test_two_torchrun_processes_train_one_student(tiny_bank, tmp_path):
+@pytest.mark.parametrize("baseline", [False, True])
+def test_two_torchrun_processes_train_one_student(tiny_bank, tmp_path, baseline):
     bank_dir, _ = tiny_bank
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "-m", "clarep_fast.cli", "distill", str(tmp_path / "ddp"),
                "--bank", str(bank_dir), "--student", "test_resnet", "--epochs", "1", "--batch-size", "256", "--bank-batch-size", "8"]  # fmt: skip
+    command += ["--baseline"] if baseline else []
     result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     history = json.loads((tmp_path / "ddp" / "metrics.json").read_text())

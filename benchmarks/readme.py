@@ -21,7 +21,9 @@ def render() -> str:
     sections = []
     for table in sorted((ROOT / "benchmarks" / "results").rglob("*.md")):
         relative = table.relative_to(ROOT)
-        sections.append(f"**{relative.parent.name}/{relative.stem}** (from `{relative}`)\n\n{table.read_text().strip()}\n")
+        picture = table.with_suffix(".png")
+        shown = f"\n![{relative.stem}]({picture.relative_to(ROOT)})\n" if picture.exists() else ""
+        sections.append(f"**{relative.parent.name}/{relative.stem}** (from `{relative}`)\n\n{table.read_text().strip()}\n{shown}")
     return "\n".join(sections) if sections else "No results yet: run `python benchmarks/run.py`.\n"
 
 

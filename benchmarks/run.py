@@ -2,8 +2,9 @@
 
     python benchmarks/run.py [--quick] [--device cpu|cuda] [--out DIR] [-k EXPR]
 
-Results land in DIR (default benchmarks/results/) as <device>[-quick].{json,csv,md}; the markdown
-table (fused against eager and torch.compile, as ratios) is also printed.
+Results land in DIR (default benchmarks/results/) as <device>[-quick].{json,csv,md,png}; the markdown
+table (fused against eager and torch.compile, as ratios) is also printed, and with the default DIR
+the README's performance section (tables and plots) is regenerated from the result files.
 """
 
 from __future__ import annotations
@@ -21,7 +22,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from benchmarks import readme  # noqa: E402
 from benchmarks.common import RESULT_FIELDS, ROOT, device_name, git_sha, versions  # noqa: E402
+from benchmarks.plot import write_plot  # noqa: E402
 
 
 def _quantile(data: list[float], q: float) -> float:
@@ -138,7 +141,12 @@ def main() -> None:
     records = run_suite(args.device, args.quick, args.select)
     if not records:
         raise SystemExit("no benchmark ran")
-    print(write_results(records, args.out, args.device + ("-quick" if args.quick else "")))
+    stem = args.device + ("-quick" if args.quick else "")
+    print(write_results(records, args.out, stem))
+    merged_records = json.loads((args.out / f"{stem}.json").read_text())
+    write_plot(merged_records, args.out / f"{stem}.png", f"{merged_records[0].get('device_name', stem)}: fused vs eager and torch.compile")
+    if args.out.resolve().is_relative_to((ROOT / "benchmarks" / "results").resolve()):
+        readme.main()  # the README's table and plots come from these files
 
 
 if __name__ == "__main__":

@@ -37,7 +37,7 @@ def small_config(teacher_dir, **changes) -> SearchConfig:
 def _cli(args, env_extra=None, torchrun=0):
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
     env.update(env_extra or {})
-    prefix = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={torchrun}", "-m", "clarep_fast.cli"] if torchrun else [sys.executable, "-m", "clarep_fast.cli"]
+    prefix = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={torchrun}", "-m", "clarep_fast.cli"] if torchrun else [sys.executable, "-m", "clarep_fast.cli"]
     result = subprocess.run(prefix + args, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
 

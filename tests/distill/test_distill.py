@@ -90,7 +90,7 @@ def test_resume_after_a_kill_gives_the_uninterrupted_result(tiny_bank, tmp_path,
 def test_two_torchrun_processes_train_one_student(tiny_bank, tmp_path, baseline):
     bank_dir, _ = tiny_bank
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "-m", "clarep_fast.cli", "distill", str(tmp_path / "ddp"),
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "clarep_fast.cli", "distill", str(tmp_path / "ddp"),
                "--bank", str(bank_dir), "--student", "test_resnet", "--epochs", "1", "--batch-size", "256", "--bank-batch-size", "8"]  # fmt: skip
     command += ["--baseline"] if baseline else []
     result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import functools
+import importlib
 import importlib.util
 import os
 from typing import Iterator, NamedTuple
@@ -136,3 +137,18 @@ def resolve_backend(device: torch.device) -> str:
 # torch.compile treats the choice as a trace-time constant (what torch.compiler.assume_constant_result
 # does: it only sets this flag; calling it here would import torch._dynamo, and with it triton, at import).
 resolve_backend._dynamo_marked_constant = True
+
+
+def backend_kernels(backend: str, op: str, names: tuple[str, ...], torch_kernels: tuple) -> tuple:
+    """The kernels ``names`` of ``op`` on ``backend``: ``torch_kernels`` (pure PyTorch) for "torch",
+    else the functions of those names in ``clarep_fast.kernels.<op>`` (Triton: imported only here,
+    when asked for) or in the compiled extension (cpu, cuda). Every op keeps this one contract."""
+    if backend == "torch":
+        return torch_kernels
+    if backend == "triton":
+        module = importlib.import_module(f"clarep_fast.kernels.{op}")
+    elif backend in ("cpu", "cuda"):
+        module = extension()
+    else:
+        raise ValueError(f"unknown backend {backend!r}")
+    return tuple(getattr(module, name) for name in names)

@@ -14,6 +14,17 @@ import triton.language as tl
 
 
 @triton.jit
+def _v_tile(V_ptr, b, start, N, K, svb, svn, svk, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    """Rows [start, start + BLOCK_N) of sample b's V (any strides): row indices, row mask, tile mask, tile."""
+    rows = start + tl.arange(0, BLOCK_N)
+    cols = tl.arange(0, BLOCK_K)
+    inside = rows < N
+    tile_mask = inside[:, None] & (cols[None, :] < K)
+    tile = tl.load(V_ptr + b.to(tl.int64) * svb + rows[:, None] * svn + cols[None, :] * svk, mask=tile_mask, other=0.0)
+    return rows, inside, tile_mask, tile
+
+
+@triton.jit
 def _project_fwd_kernel(
     x_ptr, V_ptr, out_ptr, coeffs_ptr, stats_ptr, scratch_ptr, N, K, svb, svn, svk, rtol,
     RESCALE: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
@@ -25,19 +36,15 @@ def _project_fwd_kernel(
     c = tl.zeros([BLOCK_K], dtype=acc_ty)
     xx = tl.zeros([BLOCK_N], dtype=acc_ty)
     for start in range(0, N, BLOCK_N):  # (1)
-        rows = start + tl.arange(0, BLOCK_N)
-        inside = rows < N
-        tile_mask = inside[:, None] & (cols[None, :] < K)
-        tile = tl.load(V_ptr + b.to(tl.int64) * svb + rows[:, None] * svn + cols[None, :] * svk, mask=tile_mask, other=0.0).to(acc_ty)
+        rows, inside, tile_mask, tile = _v_tile(V_ptr, b, start, N, K, svb, svn, svk, BLOCK_N, BLOCK_K)
+        tile = tile.to(acc_ty)
         xv = tl.load(x_ptr + row0 + rows, mask=inside, other=0.0).to(acc_ty)
         c += tl.sum(tile * xv[:, None], axis=0)
         xx += xv * xv
     yy = tl.zeros([BLOCK_N], dtype=acc_ty)
     for start in range(0, N, BLOCK_N):  # (2)
-        rows = start + tl.arange(0, BLOCK_N)
-        inside = rows < N
-        tile_mask = inside[:, None] & (cols[None, :] < K)
-        tile = tl.load(V_ptr + b.to(tl.int64) * svb + rows[:, None] * svn + cols[None, :] * svk, mask=tile_mask, other=0.0).to(acc_ty)
+        rows, inside, tile_mask, tile = _v_tile(V_ptr, b, start, N, K, svb, svn, svk, BLOCK_N, BLOCK_K)
+        tile = tile.to(acc_ty)
         xv = tl.load(x_ptr + row0 + rows, mask=inside, other=0.0).to(acc_ty)
         y = xv - tl.sum(tile * c[None, :], axis=1)
         tl.store(scratch_ptr + row0 + rows, y, mask=inside)
@@ -74,10 +81,8 @@ def _project_bwd_kernel(
     scaled = tl.load(stats_ptr + b * 4 + 3) != 0
     gy_dot = tl.zeros([BLOCK_N], dtype=acc_ty)
     for start in range(0, N, BLOCK_N):  # (1)
-        rows = start + tl.arange(0, BLOCK_N)
-        inside = rows < N
-        tile_mask = inside[:, None] & (cols[None, :] < K)
-        tile = tl.load(V_ptr + b.to(tl.int64) * svb + rows[:, None] * svn + cols[None, :] * svk, mask=tile_mask, other=0.0).to(acc_ty)
+        rows, inside, tile_mask, tile = _v_tile(V_ptr, b, start, N, K, svb, svn, svk, BLOCK_N, BLOCK_K)
+        tile = tile.to(acc_ty)
         xv = tl.load(x_ptr + row0 + rows, mask=inside, other=0.0).to(acc_ty)
         g = tl.load(grad_ptr + row0 + rows, mask=inside, other=0.0).to(acc_ty)
         y = xv - tl.sum(tile * c[None, :], axis=1)
@@ -88,20 +93,16 @@ def _project_bwd_kernel(
     direct = tl.where(scaled, ds * s / tl.where(scaled, x_norm * x_norm, 1.0), 0.0)
     d = tl.zeros([BLOCK_K], dtype=acc_ty)
     for start in range(0, N, BLOCK_N):  # (2)
-        rows = start + tl.arange(0, BLOCK_N)
-        inside = rows < N
-        tile_mask = inside[:, None] & (cols[None, :] < K)
-        tile = tl.load(V_ptr + b.to(tl.int64) * svb + rows[:, None] * svn + cols[None, :] * svk, mask=tile_mask, other=0.0).to(acc_ty)
+        rows, inside, tile_mask, tile = _v_tile(V_ptr, b, start, N, K, svb, svn, svk, BLOCK_N, BLOCK_K)
+        tile = tile.to(acc_ty)
         g = tl.load(grad_ptr + row0 + rows, mask=inside, other=0.0).to(acc_ty)
         y = tl.load(scratch_ptr + row0 + rows, mask=inside, other=0.0)
         gy = tl.where(scaled, s * g - y_coeff * y, g)
         tl.store(scratch_ptr + row0 + rows, gy, mask=inside)
         d += tl.sum(tile * gy[:, None], axis=0)
     for start in range(0, N, BLOCK_N):  # (3)
-        rows = start + tl.arange(0, BLOCK_N)
-        inside = rows < N
-        tile_mask = inside[:, None] & (cols[None, :] < K)
-        tile = tl.load(V_ptr + b.to(tl.int64) * svb + rows[:, None] * svn + cols[None, :] * svk, mask=tile_mask, other=0.0).to(acc_ty)
+        rows, inside, tile_mask, tile = _v_tile(V_ptr, b, start, N, K, svb, svn, svk, BLOCK_N, BLOCK_K)
+        tile = tile.to(acc_ty)
         xv = tl.load(x_ptr + row0 + rows, mask=inside, other=0.0).to(acc_ty)
         gy = tl.load(scratch_ptr + row0 + rows, mask=inside, other=0.0)
         grad_x = gy + direct * xv - tl.sum(tile * d[None, :], axis=1)

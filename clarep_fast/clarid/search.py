@@ -107,8 +107,10 @@ def teacher_fingerprint(path: Path) -> str:
     return digest.hexdigest()
 
 
-def validate(config: SearchConfig, teacher: nn.Module) -> None:
-    """Clear errors for hyper-parameters the teacher or the schedule cannot take."""
+def validate(config: SearchConfig, teacher: nn.Module) -> tuple[FeatureTap, FeatureTap]:
+    """Clear errors for hyper-parameters the teacher or the schedule cannot take; the two taps
+    (search layer, cached feature layers), built once per run: a tap on a nested module registers
+    a forward hook, so building one per shard would pile hooks up."""
     if config.route not in ROUTES:
         raise ValueError(f"route must be one of {ROUTES}, got {config.route!r}")
     if not 1 <= config.t_e <= NUM_TRAIN_TIMESTEPS - 2:
@@ -127,11 +129,13 @@ def validate(config: SearchConfig, teacher: nn.Module) -> None:
         raise ValueError(f"fraction must be in (0, 1], got {config.fraction}")
     if config.shard_size < 1 or config.jacobian_batch < 1:
         raise ValueError("shard_size and jacobian_batch must be >= 1")
-    for name, layers in (("layer", [config.layer]), ("feature_layers", list(config.feature_layers))):
+    taps = []
+    for name, layers, pool in (("layer", [config.layer], config.pool), ("feature_layers", list(config.feature_layers), config.feature_pool)):
         try:
-            FeatureTap(teacher, layers, pool=config.pool if name == "layer" else config.feature_pool)
+            taps.append(FeatureTap(teacher, layers, pool=pool))
         except ValueError as error:
             raise ValueError(f"{name}: {error}") from None
+    return taps[0], taps[1]
 
 
 def resolved_config(config: SearchConfig, count: int, teacher_path: Path) -> dict:
@@ -144,7 +148,9 @@ def resolved_config(config: SearchConfig, count: int, teacher_path: Path) -> dic
     return json.loads(json.dumps(resolved))  # tuples -> lists, as read back from disk
 
 
-def search_shard(teacher: nn.Module, config: SearchConfig, classes: Tensor, sources: Tensor, images: Tensor, shard: int) -> dict[str, Tensor]:
+def search_shard(
+    teacher: nn.Module, taps: tuple[FeatureTap, FeatureTap], config: SearchConfig, classes: Tensor, sources: Tensor, images: Tensor, shard: int
+) -> dict[str, Tensor]:
     """Steps 1–5 of the module docstring for one shard's items; the shard's tensors."""
     device = next(teacher.parameters()).device
     generator = torch.Generator().manual_seed(config.seed * 1_000_003 + shard)
@@ -157,7 +163,7 @@ def search_shard(teacher: nn.Module, config: SearchConfig, classes: Tensor, sour
     else:
         start = ddim_invert(teacher, (images[sources] * 2 - 1).to(device), labels, end=config.t_e, steps=before)
     times = torch.full((count,), config.t_e, device=device, dtype=torch.long)
-    search_tap = FeatureTap(teacher, [config.layer], pool=config.pool)
+    search_tap, feature_tap = taps
 
     def features(z: Tensor, t: Tensor, c: Tensor) -> Tensor:
         return search_tap(z, t, c).packed
@@ -176,7 +182,6 @@ def search_shard(teacher: nn.Module, config: SearchConfig, classes: Tensor, sour
     grid = time_grid(config.t_e, -1, after)
     samples = ddim_move(teacher, latents, labels, grid, config.guidance, clip=True)  # step 4
     ordinary = ddim_move(teacher, start, labels, grid, config.guidance, clip=True)
-    feature_tap = FeatureTap(teacher, list(config.feature_layers), pool=config.feature_pool)
     with torch.no_grad():  # step 5
         canonical_features = feature_tap(latents, times, labels).features
         ordinary_features = feature_tap(start, times, labels).features
@@ -198,7 +203,7 @@ def run_search(config: SearchConfig, bank_dir: str | Path, *, device: str | None
         device = default_device()
     teacher, teacher_path = load_search_teacher(config)
     teacher = teacher.to(device).requires_grad_(False)
-    validate(config, teacher)
+    taps = validate(config, teacher)
     train = default_splits(config.data)["train"]
     if num_classes_of(teacher) != int(train.labels.max()) + 1:
         raise ValueError(f"teacher {teacher_path} knows {num_classes_of(teacher)} classes but the data has {int(train.labels.max()) + 1}")
@@ -224,7 +229,7 @@ def run_search(config: SearchConfig, bank_dir: str | Path, *, device: str | None
     started = time.perf_counter()
     for shard in todo:
         part = slice(shard * config.shard_size, (shard + 1) * config.shard_size)
-        tensors = search_shard(teacher, config, classes[part], sources[part], train.images, shard)
+        tensors = search_shard(teacher, taps, config, classes[part], sources[part], train.images, shard)
         tensors["index"] = torch.arange(shards * config.shard_size)[part][: sizes[shard]]
         write_shard(bank, shard, tensors)
         bar.update(sizes[shard])

@@ -35,6 +35,7 @@ from clarep_fast.clarid.bank import load_bank, write_json
 from clarep_fast.data.default import DataConfig, default_splits
 from clarep_fast.diffusion.train import atomic_save
 from clarep_fast.distributed import barrier, default_device, rank_and_world
+from clarep_fast.evaluate.robustness import accuracy
 from clarep_fast.distill.student import DistillModel, Student
 from clarep_fast.ops.cka import cka_pairs
 from clarep_fast.ops.feature_align import feature_align
@@ -117,15 +118,6 @@ def _losses(model, images: Tensor, labels: Tensor, bank: BankBatches | None, ban
             terms["cano"] = F.cross_entropy(similarity / config.temperature, labels)
     terms["total"] = terms["ce"] + lambda_align * terms["align"] + lambda_cano * terms["cano"] + lambda_dist * terms["dist"]
     return terms
-
-
-@torch.no_grad()
-def accuracy(student: Student, images: Tensor, labels: Tensor, batch: int = 500) -> float:
-    was_training = student.training
-    student.eval()
-    correct = sum(int((student(images[i : i + batch]).argmax(1) == labels[i : i + batch]).sum()) for i in range(0, len(labels), batch))
-    student.train(was_training)
-    return correct / len(labels)
 
 
 def train_student(config: DistillConfig, run_dir: str | Path, *, device: str | None = None, progress: bool = True) -> Path:

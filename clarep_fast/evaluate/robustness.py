@@ -34,8 +34,13 @@ class EvaluateConfig:
 
 
 @torch.no_grad()
-def _accuracy(model: nn.Module, images: Tensor, labels: Tensor, batch: int) -> float:
-    return sum(int((model(images[i : i + batch]).argmax(1) == labels[i : i + batch]).sum()) for i in range(0, len(labels), batch)) / len(labels)
+def accuracy(model: nn.Module, images: Tensor, labels: Tensor, batch: int = 500) -> float:
+    """Top-1 accuracy in eval mode, in batches; the model's train/eval mode is restored."""
+    was_training = model.training
+    model.eval()
+    correct = sum(int((model(images[i : i + batch]).argmax(1) == labels[i : i + batch]).sum()) for i in range(0, len(labels), batch))
+    model.train(was_training)
+    return correct / len(labels)
 
 
 def attacks(model: nn.Module, config: EvaluateConfig, num_classes: int) -> dict[str, object]:
@@ -68,7 +73,7 @@ def evaluate_student(model: nn.Module, data: DataConfig, config: EvaluateConfig 
     results = {}
     for variant in VARIANTS:
         split = splits[variant]
-        results["clean" if variant == "test" else variant.removeprefix("test_")] = _accuracy(model, split.images.to(device), split.labels.to(device), config.batch)
+        results["clean" if variant == "test" else variant.removeprefix("test_")] = accuracy(model, split.images.to(device), split.labels.to(device), config.batch)
     test = splits["test"]
     generator = torch.Generator().manual_seed(config.seed)
     chosen = torch.randperm(len(test.labels), generator=generator)[: config.attack_samples]

@@ -25,7 +25,7 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
-from clarep_fast.backends import resolve_backend
+from clarep_fast.backends import backend_kernels, resolve_backend
 from clarep_fast.ops.gram import gram_backward, gram_into
 from clarep_fast.reference.cka import DEGENERATE_RTOL, STATS_FIELDS, accumulation_dtype, center_gram, cka_stats_reference
 
@@ -63,17 +63,7 @@ def _torch_grads(grams: Tensor, rowsums: Tensor, stats: Tensor, grad: Tensor, un
 
 
 def _kernels(backend: str):
-    if backend == "torch":
-        return _torch_stats, _torch_grads
-    if backend == "triton":
-        from clarep_fast.kernels import cka as triton_cka  # imports triton: only when asked for
-
-        return triton_cka.cka_stats, triton_cka.cka_grads
-    if backend in ("cpu", "cuda"):
-        from clarep_fast._extension import extension
-
-        return extension().cka_stats, extension().cka_grads
-    raise ValueError(f"unknown backend {backend!r}")
+    return backend_kernels(backend, "cka", ("cka_stats", "cka_grads"), (_torch_stats, _torch_grads))
 
 
 # ----------------------------------------------------------------------------- custom ops

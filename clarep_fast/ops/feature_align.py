@@ -17,7 +17,7 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
-from clarep_fast.backends import resolve_backend
+from clarep_fast.backends import backend_kernels, resolve_backend
 from clarep_fast.reference.feature_align import ALIGN_EPS, KINDS, REDUCTIONS, accumulation_dtype
 
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
@@ -44,17 +44,7 @@ def _torch_backward(s: Tensor, t: Tensor, coeffs: Tensor, need_s: bool, need_t: 
 
 
 def _kernels(backend: str):
-    if backend == "torch":
-        return _torch_forward, _torch_backward
-    if backend == "triton":
-        from clarep_fast.kernels import feature_align as triton_align  # imports triton: only when asked for
-
-        return triton_align.feature_align_forward, triton_align.feature_align_backward
-    if backend in ("cpu", "cuda"):
-        from clarep_fast._extension import extension
-
-        return extension().feature_align_forward, extension().feature_align_backward
-    raise ValueError(f"unknown backend {backend!r}")
+    return backend_kernels(backend, "feature_align", ("feature_align_forward", "feature_align_backward"), (_torch_forward, _torch_backward))
 
 
 # ----------------------------------------------------------------------------- custom ops

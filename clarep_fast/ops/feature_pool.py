@@ -23,7 +23,7 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
-from clarep_fast.backends import resolve_backend
+from clarep_fast.backends import backend_kernels, resolve_backend
 from clarep_fast.reference.feature_pool import NORMALIZE_EPS
 
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
@@ -49,17 +49,7 @@ def _torch_backward(grad: Tensor, feature_map: Tensor, offset: int, size: int) -
 
 
 def _kernels(backend: str):
-    if backend == "torch":
-        return _torch_forward, _torch_backward
-    if backend == "triton":
-        from clarep_fast.kernels import feature_pool as triton_pool  # imports triton: only when asked for
-
-        return triton_pool.feature_pool_forward, triton_pool.feature_pool_backward
-    if backend in ("cpu", "cuda"):
-        from clarep_fast._extension import extension
-
-        return extension().feature_pool_forward, extension().feature_pool_backward
-    raise ValueError(f"unknown backend {backend!r}")
+    return backend_kernels(backend, "feature_pool", ("feature_pool_forward", "feature_pool_backward"), (_torch_forward, _torch_backward))
 
 
 def _accumulation(maps: Sequence[Tensor]) -> torch.dtype:

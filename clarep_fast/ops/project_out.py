@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from clarep_fast.backends import resolve_backend
+from clarep_fast.backends import backend_kernels, resolve_backend
 from clarep_fast.reference.project_out import RESCALE_RTOL, accumulation_dtype
 
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
@@ -56,17 +56,7 @@ def _torch_backward(grad: Tensor, x: Tensor, vectors: Tensor, coeffs: Tensor, st
 
 
 def _kernels(backend: str):
-    if backend == "torch":
-        return _torch_forward, _torch_backward
-    if backend == "triton":
-        from clarep_fast.kernels import project_out as triton_project  # imports triton: only when asked for
-
-        return triton_project.project_out_forward, triton_project.project_out_backward
-    if backend in ("cpu", "cuda"):
-        from clarep_fast._extension import extension
-
-        return extension().project_out_forward, extension().project_out_backward
-    raise ValueError(f"unknown backend {backend!r}")
+    return backend_kernels(backend, "project_out", ("project_out_forward", "project_out_backward"), (_torch_forward, _torch_backward))
 
 
 # ----------------------------------------------------------------------------- custom ops

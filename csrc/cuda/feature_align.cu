@@ -3,34 +3,17 @@
 // forward:  one warp per row (8 rows per 256-thread block); lanes stride the row (coalesced) and
 //           keep four running sums, reduced with warp shuffles; lane 0 writes the row's stats.
 // backward: one thread per element, grid-stride: ds = A t + Bs s and dt = A s + Ct t in one pass.
-#include <cuda_bf16.h>
-#include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
 #include "../feature_align.h"
 #include "../feature_pool.h"  // DtypeCode
+#include "element.cuh"  // load, store, warp_sum
 
 namespace clarep_fast {
 namespace {
 
 constexpr int kThreads = 256;
 constexpr int kRowsPerBlock = kThreads / 32;
-
-__device__ __forceinline__ float load(const float* p, int64_t i) { return p[i]; }
-__device__ __forceinline__ double load(const double* p, int64_t i) { return p[i]; }
-__device__ __forceinline__ float load(const __half* p, int64_t i) { return __half2float(p[i]); }
-__device__ __forceinline__ float load(const __nv_bfloat16* p, int64_t i) { return __bfloat162float(p[i]); }
-
-__device__ __forceinline__ void store(float* p, int64_t i, float v) { p[i] = v; }
-__device__ __forceinline__ void store(double* p, int64_t i, double v) { p[i] = v; }
-__device__ __forceinline__ void store(__half* p, int64_t i, float v) { p[i] = __float2half_rn(v); }
-__device__ __forceinline__ void store(__nv_bfloat16* p, int64_t i, float v) { p[i] = __float2bfloat16_rn(v); }
-
-template <typename Acc>
-__device__ Acc warp_sum(Acc value) {
-  for (int offset = 16; offset > 0; offset >>= 1) value += __shfl_xor_sync(0xffffffffu, value, offset);
-  return value;
-}
 
 template <typename T, typename Acc>
 __global__ void align_forward_kernel(const T* __restrict s, const T* __restrict t, Acc* __restrict stats, int64_t rows,

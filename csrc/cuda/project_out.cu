@@ -8,34 +8,17 @@
 //           (3) d = Vᵀ gy, warp per column;  (4) dx and dV, one thread per row n.
 // A sample's V (N·K elements) is read 2–3 times; per CLARID image it is ~100 KB, so the re-reads
 // come from L2. V may have any strides (column-major from a QR reads coalesced in columns_dot).
-#include <cuda_bf16.h>
-#include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
 #include "../feature_pool.h"  // DtypeCode
 #include "../project_out.h"
+#include "element.cuh"  // load, store, warp_sum
 
 namespace clarep_fast {
 namespace {
 
 constexpr int kThreads = 256;
 constexpr int kWarps = kThreads / 32;
-
-__device__ __forceinline__ float load(const float* p, int64_t i) { return p[i]; }
-__device__ __forceinline__ double load(const double* p, int64_t i) { return p[i]; }
-__device__ __forceinline__ float load(const __half* p, int64_t i) { return __half2float(p[i]); }
-__device__ __forceinline__ float load(const __nv_bfloat16* p, int64_t i) { return __bfloat162float(p[i]); }
-
-__device__ __forceinline__ void store(float* p, int64_t i, float v) { p[i] = v; }
-__device__ __forceinline__ void store(double* p, int64_t i, double v) { p[i] = v; }
-__device__ __forceinline__ void store(__half* p, int64_t i, float v) { p[i] = __float2half_rn(v); }
-__device__ __forceinline__ void store(__nv_bfloat16* p, int64_t i, float v) { p[i] = __float2bfloat16_rn(v); }
-
-template <typename Acc>
-__device__ Acc warp_sum(Acc value) {
-  for (int offset = 16; offset > 0; offset >>= 1) value += __shfl_xor_sync(0xffffffffu, value, offset);
-  return value;
-}
 
 // Sum over the block; every thread gets the result. `shared` holds kWarps values.
 template <typename Acc>

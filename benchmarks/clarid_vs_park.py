@@ -3,7 +3,7 @@
     python benchmarks/clarid_vs_park.py [--images 20] [--park-images 3] [--max-park-iterations 80]
 
 Setup (the default search config): the embedded teacher, latents x_{t_e} from the generative route,
-features = mid_block pooled 2×2 (D = 256 of N = 768 latent entries), k = 24.
+features = mid_block pooled 2×2 (D = 256 of N = 768 latent entries), k = the search default (96) or -k.
 Accuracy: the largest principal angle to the exact top-k subspace (full Jacobian + SVD).
   clarid  topk_right_singular with the search defaults (oversampling 20, tol 3e-3), batches of 20
   clarid  also in VJP-only mode, and in "auto" mode (the search default, which picks the exact
@@ -40,6 +40,22 @@ from clarep_fast.taps import FeatureTap  # noqa: E402
 ACCURACY = 0.01  # radians
 
 
+def search_problem(config: SearchConfig, images: int, device: str, generator: torch.Generator):
+    """The search's Jacobian problem on the default teacher: (features(z, t, c) -> (B, D), latents
+    x_{t_e} from the generative route, their times, their classes (image i has class i mod 10))."""
+    teacher = load_default_teacher().to(device).requires_grad_(False)
+    labels = (torch.arange(images) % 10).to(device)
+    noise = torch.randn(images, 3, 16, 16, generator=generator).to(device)
+    start = ddim_move(teacher, noise, labels, time_grid(NUM_TRAIN_TIMESTEPS - 1, config.t_e, split_steps(config)[0]), config.guidance, clip=True)
+    times = torch.full((images,), config.t_e, device=device)
+    tap = FeatureTap(teacher, [config.layer], pool=config.pool)
+
+    def features(z, t, c):
+        return tap(z, t, c).packed
+
+    return features, start, times, labels
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--images", type=int, default=20)
@@ -50,16 +66,8 @@ def main() -> None:
     args = parser.parse_args()
     config = SearchConfig() if args.k is None else SearchConfig(k=args.k)
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    teacher = load_default_teacher().to(device).requires_grad_(False)
     generator = torch.Generator().manual_seed(0)
-    labels = (torch.arange(args.images) % 10).to(device)
-    noise = torch.randn(args.images, 3, 16, 16, generator=generator).to(device)
-    start = ddim_move(teacher, noise, labels, time_grid(NUM_TRAIN_TIMESTEPS - 1, config.t_e, split_steps(config)[0]), config.guidance, clip=True)
-    times = torch.full((args.images,), config.t_e, device=device)
-    tap = FeatureTap(teacher, [config.layer], pool=config.pool)
-
-    def features(z, t, c):
-        return tap(z, t, c).packed
+    features, start, times, labels = search_problem(config, args.images, device, generator)
 
     def timed(fn):
         if device == "cuda":

@@ -3,11 +3,13 @@
 Forward:  K = x xᵀ, accumulated and stored in fp32 (fp64 for fp64 input), read x once.
 Backward: dx = G x for a symmetric coefficient matrix G (n, n): one product per input.
 
-On CPU the Gram is a symmetric rank-k update done by hand: split the rows into blocks, compute
-only the blocks on and above the diagonal, mirror the rest. With b blocks that is b(b+1)/2 of
-the b² block products: 3/4 of the FLOPs at b = 2 (measured on 2 cores at n=512, d=65536: 0.100 s
-against 0.122 s for one full product; b = 4 and 8 were no faster, the smaller GEMMs run slower). Low-precision input is upcast one column
-chunk at a time, so no fp32 copy of the whole (n, d) input ever exists.
+The Gram is a symmetric rank-k update done by hand: split the rows into blocks, compute only the
+blocks on and above the diagonal, mirror the rest. With b blocks that is b(b+1)/2 of the b² block
+products: 3/4 of the FLOPs at b = 2 (measured on 2 cores at n=512, d=65536: 0.100 s against 0.122 s
+for one full product; b = 4 and 8 were no faster, the smaller GEMMs run slower; on an H200 in fp32:
+0.590 ms against 0.694 ms). On CUDA only from n = 512 on: below that the GEMMs are launch-bound and
+three launches plus a mirror copy cost more than the FLOPs they save. Low-precision input is upcast
+one column chunk at a time, so no fp32 copy of the whole (n, d) input ever exists.
 """
 
 from __future__ import annotations
@@ -16,7 +18,8 @@ import functools
 
 import torch
 
-_ROW_BLOCKS = 2  # syrk blocking on CPU: 3 of 4 block products
+_ROW_BLOCKS = 2  # syrk blocking: 3 of 4 block products
+_CUDA_SPLIT_MIN_ROWS = 512  # below this one cuBLAS launch beats three
 _UPCAST_CHUNK_ELEMENTS = 1 << 21  # at most 8 MiB of fp32 per upcast chunk
 
 
@@ -47,7 +50,7 @@ def _syrk_into(x: torch.Tensor, out: torch.Tensor, accumulate: bool) -> None:
 def gram_into(x: torch.Tensor, out: torch.Tensor) -> None:
     """out (n, n) <- x xᵀ for x (n, d), accumulated in out.dtype (fp32 or fp64)."""
     if x.dtype == out.dtype:
-        if x.device.type == "cuda":
+        if x.device.type == "cuda" and x.shape[0] < _CUDA_SPLIT_MIN_ROWS:
             torch.mm(x, x.T, out=out)
         else:
             _syrk_into(x, out, accumulate=False)

@@ -60,7 +60,7 @@ def test_backend_matches_reference_cpu(backend, n, d1, d2, dtype, unbiased):
 @pytest.mark.gpu
 @pytest.mark.parametrize("unbiased", [False, True])
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
-@pytest.mark.parametrize("n,d1,d2", SHAPES + [(512, 4096, 1000)])
+@pytest.mark.parametrize("n,d1,d2", SHAPES + [(512, 4096, 1000), (523, 777, 301)])
 @pytest.mark.parametrize("backend", GPU_BACKENDS)
 def test_backend_matches_reference_gpu(backend, n, d1, d2, dtype, unbiased):
     _check_against_reference(backend, n, d1, d2, dtype, unbiased, device="cuda")

@@ -1,0 +1,38 @@
+"""The benchmark suite collects every row it promises, and its table computes ratios as it says."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+from benchmarks.run import markdown_table, merged
+
+ROOT = Path(__file__).resolve().parent.parent
+MODULES = ("test_cka", "test_feature_tap", "test_project_out", "test_feature_align", "test_cadistill_step", "test_clarid_search", "test_evaluate_step")
+
+
+def test_quick_suite_collects_every_op():
+    completed = subprocess.run([sys.executable, "-m", "pytest", "benchmarks", "--collect-only", "-q", "--quick", "-p", "no:cacheprovider", "-o", "testpaths=benchmarks"],
+                               cwd=ROOT, capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
+    collected = [line for line in completed.stdout.splitlines() if "::" in line]
+    on_disk = {path.stem for path in (ROOT / "benchmarks").glob("test_*.py")}
+    assert on_disk == set(MODULES)
+    for module in MODULES:
+        assert any(line.startswith(f"benchmarks/{module}.py::") for line in collected), f"{module} collected no benchmark"
+
+
+def _record(provider, p50, shape="s", extra=None):
+    return {"op": "op", "provider": provider, "mode": "m", "shape": shape, "dtype": "float32", "p50_ms": p50, "extra_mb": extra}
+
+
+def test_table_ratios_are_other_over_fused_and_missing_providers_show_a_dash():
+    table = markdown_table([_record("fused", 2.0, extra=1.0), _record("eager", 5.0, extra=8.0), _record("fused", 3.0, shape="t"), _record("eager", 1.5, shape="t")])
+    rows = table.splitlines()[2:]
+    assert rows[0] == "| op | s | m | float32 | 2.00 | 5.00 | - | 2.50× | - | 1 / 8 / - |"
+    assert rows[1] == "| op | t | m | float32 | 3.00 | 1.50 | - | 0.50× | - | - / - / - |"
+
+
+def test_a_subset_run_replaces_only_its_rows():
+    previous = [_record("fused", 1.0), _record("eager", 2.0), _record("fused", 1.0, shape="t")]
+    result = merged(previous, [_record("fused", 9.0)])
+    assert sorted((r["shape"], r["provider"], r["p50_ms"]) for r in result) == [("s", "eager", 2.0), ("s", "fused", 9.0), ("t", "fused", 1.0)]

@@ -29,7 +29,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.common import device_name, git_sha, versions  # noqa: E402
+from benchmarks.common import device_name, git_sha, timed, versions  # noqa: E402
 from benchmarks.park_loop import park_power_loop  # noqa: E402
 from clarep_fast.clarid.jacobian import principal_angle, topk_right_singular  # noqa: E402
 from clarep_fast.clarid.search import SearchConfig, split_steps  # noqa: E402
@@ -69,16 +69,7 @@ def main() -> None:
     generator = torch.Generator().manual_seed(0)
     features, start, times, labels = search_problem(config, args.images, device, generator)
 
-    def timed(fn):
-        if device == "cuda":
-            torch.cuda.synchronize()
-        began = time.perf_counter()
-        result = fn()
-        if device == "cuda":
-            torch.cuda.synchronize()
-        return result, time.perf_counter() - began
-
-    exact, exact_seconds = timed(lambda: topk_right_singular(features, start, config.k, conditions=(times, labels), mode="exact"))
+    exact, exact_seconds = timed(lambda: topk_right_singular(features, start, config.k, conditions=(times, labels), mode="exact"), device)
 
     def ours(mode):
         found = []
@@ -91,7 +82,7 @@ def main() -> None:
     rows = []
     for mode, label in (("jvp", "clarid jvp (batched subspace iteration)"), ("vjp", "clarid vjp-only (batched subspace iteration)"), ("auto", "clarid auto (the search default)")):
         topk_right_singular(features, start[:2], config.k, conditions=(times[:2], labels[:2]), max_iters=2, mode=mode, generator=generator)  # warm-up
-        found, our_seconds = timed(lambda: ours(mode))
+        found, our_seconds = timed(lambda: ours(mode), device)
         our_vectors = torch.cat([f.vectors for f in found])
         our_values = torch.cat([f.values for f in found])
         rows.append({
@@ -115,7 +106,7 @@ def main() -> None:
             oracle["seconds"] += time.perf_counter() - began
             return oracle["angle"] < ACCURACY
 
-        (_, _, counts), seconds = timed(lambda: park_power_loop(one, start[image : image + 1], config.k, args.max_park_iterations, generator=generator, callback=reached))
+        (_, _, counts), seconds = timed(lambda: park_power_loop(one, start[image : image + 1], config.k, args.max_park_iterations, generator=generator, callback=reached), device)
         park_seconds.append(seconds - oracle["seconds"])
         park_counts.append(counts)
         park_angles.append(oracle["angle"])

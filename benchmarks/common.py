@@ -13,6 +13,7 @@ import os
 import platform
 import re
 import subprocess
+import time
 from pathlib import Path
 
 import torch
@@ -50,6 +51,17 @@ def peak_memory_bytes(fn, device: str) -> int | None:
     before = _proc_status_bytes("VmRSS")
     fn()
     return _proc_status_bytes("VmHWM") - before
+
+
+def timed(fn, device: str) -> tuple[object, float]:
+    """(fn(), wall-clock seconds), synchronized on CUDA before and after: for calls too long to repeat."""
+    if device == "cuda":
+        torch.cuda.synchronize()
+    began = time.perf_counter()
+    result = fn()
+    if device == "cuda":
+        torch.cuda.synchronize()
+    return result, time.perf_counter() - began
 
 
 def gpu_quantiles_ms(fn) -> tuple[float, float, float]:

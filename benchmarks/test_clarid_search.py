@@ -23,6 +23,7 @@ import pytest
 import torch
 
 from benchmarks.clarid_vs_park import ACCURACY, search_problem
+from benchmarks.common import timed
 from benchmarks.park_loop import park_power_loop
 from clarep_fast.clarid.jacobian import principal_angle, topk_right_singular
 from clarep_fast.clarid.search import SearchConfig
@@ -52,16 +53,6 @@ def problem(bench_device):
     return build
 
 
-def _timed(fn, device: str) -> tuple[object, float]:
-    if device == "cuda":
-        torch.cuda.synchronize()
-    began = time.perf_counter()
-    result = fn()
-    if device == "cuda":
-        torch.cuda.synchronize()
-    return result, time.perf_counter() - began
-
-
 @pytest.mark.parametrize("provider", ["fused", "eager"])
 def test_clarep_search(benchmark, case, provider, bench_device, problem):
     config, features, start, times, labels, exact = problem(case)
@@ -77,7 +68,7 @@ def test_clarep_search(benchmark, case, provider, bench_device, problem):
         return torch.cat(vectors)
 
     def fused_round():
-        found, seconds = _timed(clarid, bench_device)
+        found, seconds = timed(clarid, bench_device)
         per_clarep_ms.append(seconds * 1e3 / len(start))
         angles.append(float(principal_angle(exact, found).max()))
 
@@ -94,7 +85,7 @@ def test_clarep_search(benchmark, case, provider, bench_device, problem):
             oracle["seconds"] += time.perf_counter() - began
             return oracle["angle"] < ACCURACY
 
-        _, seconds = _timed(lambda: park_power_loop(one, start[image : image + 1], config.k, PARK_MAX_ITERATIONS, generator=generator, callback=reached), bench_device)
+        _, seconds = timed(lambda: park_power_loop(one, start[image : image + 1], config.k, PARK_MAX_ITERATIONS, generator=generator, callback=reached), bench_device)
         per_clarep_ms.append((seconds - oracle["seconds"]) * 1e3)
         angles.append(oracle["angle"])
 

@@ -2,8 +2,12 @@
 
 Peak memory on CPU: the process's resident-set high-water mark (VmHWM) is reset through
 /proc/self/clear_refs before the call and read after it, minus the resident set before it. That
-only sees allocations glibc returns to the OS, so the runner sets MALLOC_MMAP_THRESHOLD_=65536:
-every tensor above 64 KiB is its own mapping, allocated when touched and unmapped when freed.
+only sees allocations glibc returns to the OS, so the process that measures it runs with
+MALLOC_MMAP_THRESHOLD_=65536: every tensor above 64 KiB is its own mapping, allocated when touched
+and unmapped when freed. That setting also makes every such allocation page-fault afresh, which no
+user's process pays (glibc's dynamic threshold keeps freed tensors up to 32 MiB in a warm heap), so
+on CPU benchmarks/run.py measures in two processes: CLAREP_FAST_BENCH_PASS=peak with the setting
+(peak memory, one call per row) and CLAREP_FAST_BENCH_PASS=time without it (the timed rounds).
 On CUDA: torch.cuda.max_memory_allocated after reset_peak_memory_stats, minus what was allocated.
 """
 
@@ -31,8 +35,11 @@ def _proc_status_bytes(key: str) -> int:
         return int(re.search(rf"^{key}:\s+(\d+) kB", status.read(), re.M).group(1)) * 1024
 
 
+BENCH_PASS = os.environ.get("CLAREP_FAST_BENCH_PASS", "both")  # "peak", "time" or "both" (plain pytest)
+
+
 def cpu_peak_supported() -> bool:
-    return platform.system() == "Linux" and os.environ.get("MALLOC_MMAP_THRESHOLD_") is not None
+    return platform.system() == "Linux" and os.environ.get("MALLOC_MMAP_THRESHOLD_") is not None and BENCH_PASS != "time"
 
 
 def peak_memory_bytes(fn, device: str) -> int | None:

@@ -1,7 +1,30 @@
-"""Options of the benchmark suite: --quick (small sweep) and --bench-device (cpu or cuda)."""
+"""Options of the benchmark suite: --quick (small sweep) and --bench-device (cpu or cuda); in the peak
+pass (CLAREP_FAST_BENCH_PASS=peak, benchmarks/common.py) every timing call runs one round."""
 
 import pytest
 import torch
+
+from pytest_benchmark.fixture import BenchmarkFixture
+
+from benchmarks.common import BENCH_PASS
+
+
+class _OneRound(BenchmarkFixture):
+    """pytest-benchmark's fixture with every timing call cut to one round: the peak pass only needs
+    the row recorded (its extra_info), not its times."""
+
+    def __call__(self, function_to_benchmark, *args, **kwargs):
+        return super().pedantic(function_to_benchmark, args=args, kwargs=kwargs, rounds=1, iterations=1)
+
+    def pedantic(self, target, args=(), kwargs=None, setup=None, teardown=None, rounds=1, warmup_rounds=0, iterations=1):
+        return super().pedantic(target, args=args, kwargs=kwargs, setup=setup, teardown=teardown, rounds=1, iterations=1)
+
+
+@pytest.fixture
+def benchmark(benchmark):
+    if BENCH_PASS == "peak":
+        benchmark.__class__ = _OneRound  # pytest-benchmark insists on its own fixture type
+    return benchmark
 
 
 def pytest_addoption(parser):

@@ -1,6 +1,6 @@
 """Run the benchmark suite and write its results: JSON + CSV (fixed schema) and a markdown table.
 
-    python benchmarks/run.py [--quick] [--device cpu|cuda] [--out DIR] [-k EXPR]
+    python benchmarks/run.py [--quick] [--device cpu|cuda] [--out DIR] [-k EXPR] [--render]
 
 Results land in DIR (default benchmarks/results/) as <device>[-quick].{json,csv,md,png}; the markdown
 table (fused against eager and torch.compile, as ratios) is also printed, and with the default DIR
@@ -27,6 +27,9 @@ from benchmarks.common import RESULT_FIELDS, ROOT, device_name, git_sha, version
 from benchmarks.plot import write_plot  # noqa: E402
 
 
+COMPUTE_BOUND_FLOP_PER_BYTE = 10  # above this arithmetic intensity a row's rate is given in FLOP/s, else in bytes/s
+
+
 def _quantile(data: list[float], q: float) -> float:
     ordered = sorted(data)
     position = q * (len(ordered) - 1)
@@ -36,7 +39,23 @@ def _quantile(data: list[float], q: float) -> float:
 
 
 def run_suite(device: str, quick: bool, select: str | None) -> list[dict]:
-    """Run pytest-benchmark in a child process (so the allocator setting applies) and parse its JSON."""
+    """Time the suite; on CPU take peak memory from a separate pass (benchmarks/common.py says why)."""
+    if device == "cuda":
+        return _run_pass(device, quick, select, "both")
+    peaks = {_key(record): record for record in _run_pass(device, quick, select, "peak")}
+    records = _run_pass(device, quick, select, "time")
+    for record in records:
+        measured = peaks.get(_key(record), {})
+        record.update(peak_mb=measured.get("peak_mb"), extra_mb=measured.get("extra_mb"))
+    return records
+
+
+def _key(record: dict) -> tuple:
+    return tuple(record.get(field) for field in ("op", "provider", "mode", "shape", "dtype"))
+
+
+def _run_pass(device: str, quick: bool, select: str | None, bench_pass: str) -> list[dict]:
+    """Run pytest-benchmark in a child process (its own allocator settings) and parse its JSON."""
     with tempfile.TemporaryDirectory() as tmp:
         raw = Path(tmp) / "raw.json"
         command = [sys.executable, "-m", "pytest", "benchmarks", "-q", "-p", "no:cacheprovider", f"--bench-device={device}",
@@ -45,7 +64,12 @@ def run_suite(device: str, quick: bool, select: str | None) -> list[dict]:
             command.append("--quick")
         if select:
             command += ["-k", select]
-        environment = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536")
+        environment = dict(os.environ, CLAREP_FAST_BENCH_PASS=bench_pass)
+        if bench_pass != "time":
+            environment["MALLOC_MMAP_THRESHOLD_"] = "65536"
+        else:
+            environment.pop("MALLOC_MMAP_THRESHOLD_", None)
+        print(f"== benchmark pass: {bench_pass}", flush=True)
         completed = subprocess.run(command, cwd=ROOT, env=environment)
         if completed.returncode not in (0, 5) or not raw.exists():
             raise SystemExit(f"benchmark run failed (pytest exit {completed.returncode})")
@@ -63,14 +87,25 @@ def run_suite(device: str, quick: bool, select: str | None) -> list[dict]:
 
 
 def markdown_table(records: list[dict]) -> str:
-    """One row per (op, shape, mode, dtype): fused time, ratios to eager and compile, extra memory."""
+    """One row per (op, shape, mode, dtype): fused time, ratios to eager and compile, extra memory, and
+    the fused call's rate at its minimum work: one-pass bytes (memory-bound ops) or FLOPs."""
     groups: dict[tuple, dict[str, dict]] = defaultdict(dict)
     for record in records:
         groups[(record["op"], record["shape"], record["mode"], record["dtype"])][record["provider"]] = record
     lines = [
-        "| op | shape | grads | dtype | fused ms | eager ms | compile ms | fused vs eager | fused vs compile | extra MB fused / eager / compile |",
-        "|---|---|---|---|---:|---:|---:|---:|---:|---:|",
+        "| op | shape | grads | dtype | fused ms | eager ms | compile ms | fused vs eager | fused vs compile | extra MB fused / eager / compile | minimum work → fused rate |",
+        "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
+
+    def rate(record):
+        if not record or not record["p50_ms"]:
+            return "-"
+        seconds, megabytes, gflop = record["p50_ms"] / 1e3, record.get("min_mb_moved"), record.get("gflop")
+        if gflop and (not megabytes or gflop * 1e9 > COMPUTE_BOUND_FLOP_PER_BYTE * megabytes * 2**20):
+            return f"{gflop:.2f} GFLOP → {gflop / seconds:.0f} GFLOP/s"
+        if megabytes:
+            return f"{megabytes:.1f} MB → {megabytes / 1024 / seconds:.1f} GB/s"
+        return "-"
 
     def ms(provider_records, name):
         record = provider_records.get(name)
@@ -85,20 +120,19 @@ def markdown_table(records: list[dict]) -> str:
         ratio = lambda other: f"{other / fused:.2f}×" if fused and other else "-"  # noqa: E731
         cell = lambda value: f"{value:.2f}" if value is not None else "-"  # noqa: E731
         memory = " / ".join(extra(by_provider, name) for name in ("fused", "eager", "compile"))
-        lines.append(f"| {op} | {shape} | {mode} | {dtype} | {cell(fused)} | {cell(eager)} | {cell(compiled)} | {ratio(eager)} | {ratio(compiled)} | {memory} |")
+        lines.append(f"| {op} | {shape} | {mode} | {dtype} | {cell(fused)} | {cell(eager)} | {cell(compiled)} | {ratio(eager)} | {ratio(compiled)} | {memory} | {rate(by_provider.get('fused'))} |")
         for provider, record in by_provider.items():  # other providers (fused-triton, model-only, ...)
             if provider in ("fused", "eager", "compile"):
                 continue
             versus = lambda other: f"{other / record['p50_ms']:.2f}×" if other else "-"  # noqa: E731
-            lines.append(f"| {op} ({provider}) | {shape} | {mode} | {dtype} | {cell(record['p50_ms'])} | | | {versus(eager)} | {versus(compiled)} | {extra(by_provider, provider)} |")
+            lines.append(f"| {op} ({provider}) | {shape} | {mode} | {dtype} | {cell(record['p50_ms'])} | | | {versus(eager)} | {versus(compiled)} | {extra(by_provider, provider)} | {rate(record)} |")
     return "\n".join(lines)
 
 
 def merged(previous: list[dict], records: list[dict]) -> list[dict]:
     """Earlier results updated by this run's: a subset run (-k) replaces only the rows it measured."""
-    key = lambda record: tuple(record.get(field) for field in ("op", "provider", "mode", "shape", "dtype"))  # noqa: E731
-    fresh = {key(record) for record in records}
-    return [record for record in previous if key(record) not in fresh] + records
+    fresh = {_key(record) for record in records}
+    return [record for record in previous if _key(record) not in fresh] + records
 
 
 def write_results(records: list[dict], out: Path, stem: str) -> str:
@@ -109,7 +143,7 @@ def write_results(records: list[dict], out: Path, stem: str) -> str:
         records = merged(json.loads(existing.read_text()), records)
     table = markdown_table(records)
     first = records[0] if records else {}
-    header = f"Device: {first.get('device_name', '?')}; torch {first.get('torch', '?')}, triton {first.get('triton', '?')}; git {first.get('git_sha', '?')}. Times are medians (ms); ratios are eager/fused and compile/fused (>1: fused is faster); extra MB = peak memory of the call minus its outputs (the input gradients for CKA, the packed features for the tap)."
+    header = f"Device: {first.get('device_name', '?')}; torch {first.get('torch', '?')}, triton {first.get('triton', '?')}; git {first.get('git_sha', '?')}. Times are medians (ms); ratios are eager/fused and compile/fused (>1: fused is faster); extra MB = peak memory of the call minus its outputs (the input gradients for CKA, the packed features for the tap); minimum work = the FLOPs for compute-bound rows (over {COMPUTE_BOUND_FLOP_PER_BYTE} FLOP per byte), else the bytes one pass must move (inputs read once, outputs written once), with the fused call's rate at that minimum."
     contents = {
         ".json": json.dumps(records, indent=1),
         ".md": f"{header}\n\n{table}\n",
@@ -137,11 +171,18 @@ def main() -> None:
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     parser.add_argument("-k", dest="select", default=None, help="pytest -k expression to run a subset")
+    parser.add_argument("--render", action="store_true", help="measure nothing: rewrite the table, plot and README from the stored JSON")
     args = parser.parse_args()
-    records = run_suite(args.device, args.quick, args.select)
+    stem = args.device + ("-quick" if args.quick else "")
+    if args.render:
+        stored = args.out / f"{stem}.json"
+        if not stored.exists():
+            raise SystemExit(f"{stored} does not exist; run the suite first")
+        records = json.loads(stored.read_text())
+    else:
+        records = run_suite(args.device, args.quick, args.select)
     if not records:
         raise SystemExit("no benchmark ran")
-    stem = args.device + ("-quick" if args.quick else "")
     print(write_results(records, args.out, stem))
     merged_records = json.loads((args.out / f"{stem}.json").read_text())
     write_plot(merged_records, args.out / f"{stem}.png", f"{merged_records[0].get('device_name', stem)}: fused vs eager and torch.compile")

@@ -21,15 +21,20 @@ def test_quick_suite_collects_every_op():
         assert any(line.startswith(f"benchmarks/{module}.py::") for line in collected), f"{module} collected no benchmark"
 
 
-def _record(provider, p50, shape="s", extra=None):
-    return {"op": "op", "provider": provider, "mode": "m", "shape": shape, "dtype": "float32", "p50_ms": p50, "extra_mb": extra}
+def _record(provider, p50, shape="s", extra=None, **work):
+    return {"op": "op", "provider": provider, "mode": "m", "shape": shape, "dtype": "float32", "p50_ms": p50, "extra_mb": extra, **work}
 
 
 def test_table_ratios_are_other_over_fused_and_missing_providers_show_a_dash():
-    table = markdown_table([_record("fused", 2.0, extra=1.0), _record("eager", 5.0, extra=8.0), _record("fused", 3.0, shape="t"), _record("eager", 1.5, shape="t")])
-    rows = table.splitlines()[2:]
-    assert rows[0] == "| op | s | m | float32 | 2.00 | 5.00 | - | 2.50× | - | 1 / 8 / - |"
-    assert rows[1] == "| op | t | m | float32 | 3.00 | 1.50 | - | 0.50× | - | - / - / - |"
+    records = [
+        _record("fused", 2.0, extra=1.0, min_mb_moved=20.48, gflop=0.02),  # 1 FLOP per byte: memory-bound
+        _record("eager", 5.0, extra=8.0),
+        _record("fused", 4.0, shape="t", min_mb_moved=1.0, gflop=2.0),  # 1907 FLOP per byte: compute-bound
+        _record("eager", 1.0, shape="t"),
+    ]
+    rows = markdown_table(records).splitlines()[2:]
+    assert rows[0] == "| op | s | m | float32 | 2.00 | 5.00 | - | 2.50× | - | 1 / 8 / - | 20.5 MB → 10.0 GB/s |"
+    assert rows[1] == "| op | t | m | float32 | 4.00 | 1.00 | - | 0.25× | - | - / - / - | 2.00 GFLOP → 500 GFLOP/s |"
 
 
 def test_a_subset_run_replaces_only_its_rows():

@@ -81,7 +81,7 @@ def _run_pass(device: str, quick: bool, select: str | None, bench_pass: str) -> 
         record = {**common, **{k: info.get(k) for k in RESULT_FIELDS if k in info}}
         if "p50_ms" not in info:  # CPU: wall-clock rounds from pytest-benchmark
             record.update(p50_ms=statistics.median(data), p20_ms=_quantile(data, 0.2), p80_ms=_quantile(data, 0.8))
-        record["rounds"] = len(data)
+        record["rounds"] = info.get("rounds", len(data))  # rows timed by their own loop say how many rounds
         records.append({field: record.get(field) for field in RESULT_FIELDS})
     return records
 

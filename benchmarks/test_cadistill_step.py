@@ -8,16 +8,20 @@ three layer pairs of widths 256 as in the default bank):
            L_dist (fused cka_pairs), features from the student's own forward (fused feature_pool)
   eager    the same step with the pure-PyTorch references of feature_align and CKA
 Target (issue 7): fused ≤ 1.15 × base. The table's "eager" and "compile" columns hold base and
-eager here; the ratio columns read base/fused and eager/fused.
+eager here; the ratio columns read base/fused and eager/fused. The three steps are timed round-robin
+on one model (the `setup` fixture says why), wall-clock, synchronized on CUDA.
 """
 
 from __future__ import annotations
+
+import statistics
+import time
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from benchmarks.common import gpu_quantiles_ms, peak_memory_bytes
+from benchmarks.common import BENCH_PASS, peak_memory_bytes
 from clarep_fast.distill.student import DistillModel, Student
 from clarep_fast.reference import cka_reference, feature_align_reference
 
@@ -54,27 +58,66 @@ def _step(provider, model, optimizer, real, labels, canonical, classes, teachers
     return step
 
 
-@pytest.mark.parametrize("provider", ["fused", "base", "eager"])
-def test_cadistill_step(benchmark, case, provider, bench_device):
-    torch.manual_seed(0)
-    student = Student("resnet18", 10, (2, 3, 4)).to(bench_device)
-    widths = student.feature_widths(16)
-    model = DistillModel(student, widths, [256, 256, 256]).to(bench_device)
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
-    real = torch.rand(case["batch"], 3, 16, 16, device=bench_device)
-    labels = torch.randint(0, 10, (case["batch"],), device=bench_device)
-    canonical = torch.rand(case["bank_batch"], 3, 16, 16, device=bench_device)
-    classes = torch.randint(0, 10, (case["bank_batch"],), device=bench_device)
-    teachers = [torch.randn(case["bank_batch"], 256, device=bench_device) for _ in range(3)]
-    prototypes = torch.randn(10, 256, device=bench_device)
-    step = _step(provider, model, optimizer, real, labels, canonical, classes, teachers, prototypes)
-    if bench_device == "cuda":
-        run = step
+PROVIDERS = ("fused", "base", "eager")
+ROUNDS = 25
 
-        def step():  # noqa: F811
-            run()
-            torch.cuda.synchronize()
 
+@pytest.fixture(scope="module")
+def setup(bench_device):
+    """One model, optimizer and batch set per case, shared by the three steps (each mutates the
+    weights the same way), and the steps' times measured round-robin: a provider measured after
+    another in a separate block picks up the machine's drift (one full run put the fused step 18%
+    above the base step, two reruns 7–8%, an interleaved run 0.3%)."""
+    cache = {}
+
+    def build(case):
+        key = tuple(sorted(case.items()))
+        if key not in cache:
+            torch.manual_seed(0)
+            student = Student("resnet18", 10, (2, 3, 4)).to(bench_device)
+            model = DistillModel(student, student.feature_widths(16), [256, 256, 256]).to(bench_device)
+            optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+            real = torch.rand(case["batch"], 3, 16, 16, device=bench_device)
+            labels = torch.randint(0, 10, (case["batch"],), device=bench_device)
+            canonical = torch.rand(case["bank_batch"], 3, 16, 16, device=bench_device)
+            classes = torch.randint(0, 10, (case["bank_batch"],), device=bench_device)
+            teachers = [torch.randn(case["bank_batch"], 256, device=bench_device) for _ in range(3)]
+            prototypes = torch.randn(10, 256, device=bench_device)
+            steps = {p: _synchronized(_step(p, model, optimizer, real, labels, canonical, classes, teachers, prototypes), bench_device) for p in PROVIDERS}
+            cache[key] = {"steps": steps, "ms": None}
+        return cache[key]
+
+    return build
+
+
+def _synchronized(step, device):
+    if device != "cuda":
+        return step
+
+    def synchronized_step():
+        step()
+        torch.cuda.synchronize()
+
+    return synchronized_step
+
+
+def _round_robin_ms(steps: dict) -> dict[str, list[float]]:
+    times = {provider: [] for provider in steps}
+    for _ in range(2):  # warm-up
+        for step in steps.values():
+            step()
+    for _ in range(ROUNDS):
+        for provider, step in steps.items():
+            began = time.perf_counter()
+            step()
+            times[provider].append((time.perf_counter() - began) * 1e3)
+    return times
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+def test_cadistill_step(benchmark, case, provider, bench_device, setup):
+    shared = setup(case)
+    step = shared["steps"][provider]
     step()
     peak = peak_memory_bytes(step, bench_device)
     benchmark.extra_info.update(
@@ -82,7 +125,9 @@ def test_cadistill_step(benchmark, case, provider, bench_device):
         mode="fused vs base (CE on both batches) vs eager terms", shape=f"resnet18 16×16 B={case['batch']}+{case['bank_batch']} pairs=3",
         dtype=case["dtype"], peak_mb=None if peak is None else peak / 2**20, extra_mb=None if peak is None else peak / 2**20,
     )  # fmt: skip
-    if bench_device == "cuda":
-        p50, p20, p80 = gpu_quantiles_ms(run)
-        benchmark.extra_info.update(p50_ms=p50, p20_ms=p20, p80_ms=p80)
-    benchmark.pedantic(step, rounds=15, iterations=1, warmup_rounds=2)
+    if BENCH_PASS != "peak":
+        if shared["ms"] is None:
+            shared["ms"] = _round_robin_ms(shared["steps"])
+        ordered = sorted(shared["ms"][provider])
+        benchmark.extra_info.update(p50_ms=statistics.median(ordered), p20_ms=ordered[int(0.2 * (ROUNDS - 1))], p80_ms=ordered[round(0.8 * (ROUNDS - 1))], rounds=ROUNDS)
+    benchmark.pedantic(step, rounds=1, iterations=1)  # records the row; its times come from the round-robin above

@@ -2,8 +2,9 @@
 
 Providers (forward + backward + SGD step, student resnet18 at 16×16, real batch 128, bank batch 64,
 three layer pairs of widths 256 as in the default bank):
-  base     the student forward and backward on the real batch (CE) and on the canonical batch (CE on
-           its classes): what any step that uses the canonical batch at all must pay
+  base     the plain student forward (no taps, no projectors) and backward on the real batch (CE)
+           and on the canonical batch (CE on its classes): what any step that uses the canonical
+           batch at all must pay
   fused    the CaDistill step: base + projectors + L_align (fused feature_align) + L_cano +
            L_dist (fused cka_pairs), features from the student's own forward (fused feature_pool)
   eager    the same step with the pure-PyTorch references of feature_align and CKA
@@ -37,12 +38,12 @@ def _step(provider, model, optimizer, real, labels, canonical, classes, teachers
     from clarep_fast import cka_pairs, feature_align
 
     def step():
-        logits, _, projected = model(real)
-        canonical_logits, raw, projected_canonical = model(canonical)
-        loss = F.cross_entropy(logits, labels)
-        if provider == "base":
-            loss = loss + F.cross_entropy(canonical_logits, classes)
+        if provider == "base":  # the plain classifier forward: no taps, no projectors
+            loss = F.cross_entropy(model.student(real), labels) + F.cross_entropy(model.student(canonical), classes)
         else:
+            logits, _, projected = model(real)
+            _, raw, projected_canonical = model(canonical)
+            loss = F.cross_entropy(logits, labels)
             if provider == "fused":
                 align = feature_align(projected_canonical, teachers)
                 dist = (1 - cka_pairs(raw, teachers)).mean()

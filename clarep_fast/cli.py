@@ -22,7 +22,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import sys
 import time
@@ -33,6 +32,7 @@ from clarep_fast.backends import available_backends, unusable_reason, use_backen
 from clarep_fast.data.default import DataConfig
 from clarep_fast.diffusion.teacher import TeacherConfig
 from clarep_fast.diffusion.train import TrainTeacherConfig, train_teacher
+from clarep_fast.distributed import is_main_process
 from clarep_fast.ops.cka import cka
 from clarep_fast.ops.feature_align import feature_align
 from clarep_fast.ops.feature_pool import feature_pool
@@ -195,7 +195,7 @@ def _search(args) -> int:
         jacobian_batch=args.jacobian_batch, seed=args.seed, data=DataConfig(rho=args.rho),
     )  # fmt: skip
     bank = run_search(config, args.bank_dir, device=args.device)
-    if int(os.environ.get("RANK", "0")) == 0:
+    if is_main_process():
         print(f"CLARep bank written to {bank} (summary.json, canonical.png, nmi.png)")
     return 0
 
@@ -243,7 +243,7 @@ def _distill(args) -> int:
         temperature=args.temperature, baseline=args.baseline, seed=args.seed,
     )  # fmt: skip
     path = train_student(config, args.run_dir, device=args.device)
-    if int(os.environ.get("RANK", "0")) == 0:
+    if is_main_process():
         print(f"student saved to {path}")
     return 0
 

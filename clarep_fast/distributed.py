@@ -20,6 +20,11 @@ def rank_and_world() -> tuple[int, int]:
     return dist.get_rank(), world
 
 
+def is_main_process() -> bool:
+    """Rank 0 under torchrun (read from the environment: no process group needed), or a plain run."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
 def barrier(world: int) -> None:
     if world > 1:
         import torch.distributed as dist

@@ -1,8 +1,7 @@
 // Feature alignment statistics and gradients on CPU (OpenMP over rows). Math: csrc/feature_align.h.
 #include "../feature_align.h"
 
-#include <c10/util/BFloat16.h>
-#include <c10/util/Half.h>
+#include "element_types.h"
 
 namespace clarep_fast {
 
@@ -49,10 +48,7 @@ void feature_align_backward_cpu(const T* s, const T* t, const Acc* coeffs, T* gr
 #define CLAREP_INSTANTIATE(T, Acc)                                                                     \
   template void feature_align_forward_cpu<T, Acc>(const T*, const T*, Acc*, int64_t, int64_t);        \
   template void feature_align_backward_cpu<T, Acc>(const T*, const T*, const Acc*, T*, T*, int64_t, int64_t);
-CLAREP_INSTANTIATE(float, float)
-CLAREP_INSTANTIATE(double, double)
-CLAREP_INSTANTIATE(c10::Half, float)
-CLAREP_INSTANTIATE(c10::BFloat16, float)
+CLAREP_FOR_EACH_CPU_TYPE(CLAREP_INSTANTIATE)
 #undef CLAREP_INSTANTIATE
 
 }  // namespace clarep_fast

@@ -1,8 +1,7 @@
 // Fused multi-layer feature pooling on CPU (OpenMP over (b, c) planes). Math: csrc/feature_pool.h.
 #include "../feature_pool.h"
 
-#include <c10/util/BFloat16.h>
-#include <c10/util/Half.h>
+#include "element_types.h"
 
 #include <algorithm>
 
@@ -60,10 +59,7 @@ void feature_pool_backward_cpu(const Acc* grad, T* grad_map, const PoolGeometry&
 #define CLAREP_INSTANTIATE(T, Acc)                                                         \
   template void feature_pool_forward_cpu<T, Acc>(const T*, Acc*, const PoolGeometry&);    \
   template void feature_pool_backward_cpu<T, Acc>(const Acc*, T*, const PoolGeometry&);
-CLAREP_INSTANTIATE(float, float)
-CLAREP_INSTANTIATE(double, double)
-CLAREP_INSTANTIATE(c10::Half, float)
-CLAREP_INSTANTIATE(c10::BFloat16, float)
+CLAREP_FOR_EACH_CPU_TYPE(CLAREP_INSTANTIATE)
 #undef CLAREP_INSTANTIATE
 
 }  // namespace clarep_fast

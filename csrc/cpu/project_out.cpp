@@ -7,8 +7,7 @@
 // is (a QR's Q), so the inner loops are contiguous and vectorize.
 #include "../project_out.h"
 
-#include <c10/util/BFloat16.h>
-#include <c10/util/Half.h>
+#include "element_types.h"
 
 #include <cmath>
 #include <vector>
@@ -144,10 +143,7 @@ void project_out_backward_cpu(const T* grad, const T* x, const T* V, const Acc* 
   template void project_out_forward_cpu<T, Acc>(const T*, const T*, T*, Acc*, Acc*, const ProjectShape&);       \
   template void project_out_backward_cpu<T, Acc>(const T*, const T*, const T*, const Acc*, const Acc*, T*, T*, \
                                                  const ProjectShape&);
-CLAREP_INSTANTIATE(float, float)
-CLAREP_INSTANTIATE(double, double)
-CLAREP_INSTANTIATE(c10::Half, float)
-CLAREP_INSTANTIATE(c10::BFloat16, float)
+CLAREP_FOR_EACH_CPU_TYPE(CLAREP_INSTANTIATE)
 #undef CLAREP_INSTANTIATE
 
 }  // namespace clarep_fast

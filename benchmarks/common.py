@@ -71,6 +71,19 @@ def timed(fn, device: str) -> tuple[object, float]:
     return result, time.perf_counter() - began
 
 
+def _quantile(data: list[float], q: float) -> float:
+    ordered = sorted(data)
+    position = q * (len(ordered) - 1)
+    low = int(position)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
+
+
+def quantiles_ms(data_ms: list[float]) -> dict[str, float]:
+    """{p50_ms, p20_ms, p80_ms} of wall-clock rounds (linear interpolation between ranks)."""
+    return {"p50_ms": _quantile(data_ms, 0.5), "p20_ms": _quantile(data_ms, 0.2), "p80_ms": _quantile(data_ms, 0.8)}
+
+
 def gpu_quantiles_ms(fn) -> tuple[float, float, float]:
     """(p50, p20, p80) in ms from triton.testing.do_bench (CUDA events, cache flushed between runs)."""
     from triton.testing import do_bench

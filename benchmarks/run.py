@@ -13,7 +13,6 @@ import argparse
 import csv
 import json
 import os
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -23,19 +22,11 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks import readme  # noqa: E402
-from benchmarks.common import RESULT_FIELDS, ROOT, device_name, git_sha, versions  # noqa: E402
+from benchmarks.common import RESULT_FIELDS, ROOT, device_name, git_sha, quantiles_ms, versions  # noqa: E402
 from benchmarks.plot import write_plot  # noqa: E402
 
 
 COMPUTE_BOUND_FLOP_PER_BYTE = 10  # above this arithmetic intensity a row's rate is given in FLOP/s, else in bytes/s
-
-
-def _quantile(data: list[float], q: float) -> float:
-    ordered = sorted(data)
-    position = q * (len(ordered) - 1)
-    low = int(position)
-    high = min(low + 1, len(ordered) - 1)
-    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
 
 
 def run_suite(device: str, quick: bool, select: str | None) -> list[dict]:
@@ -79,7 +70,7 @@ def _run_pass(device: str, quick: bool, select: str | None, bench_pass: str) -> 
         info, data = bench["extra_info"], [seconds * 1e3 for seconds in bench["stats"]["data"]]
         record = {**common, **{k: info.get(k) for k in RESULT_FIELDS if k in info}}
         if "p50_ms" not in info:  # CPU: wall-clock rounds from pytest-benchmark
-            record.update(p50_ms=statistics.median(data), p20_ms=_quantile(data, 0.2), p80_ms=_quantile(data, 0.8))
+            record.update(quantiles_ms(data))
         record["rounds"] = info.get("rounds", len(data))  # rows timed by their own loop say how many rounds
         records.append({field: record.get(field) for field in RESULT_FIELDS})
     return records

@@ -15,14 +15,13 @@ on one model (the `setup` fixture says why), wall-clock, synchronized on CUDA.
 
 from __future__ import annotations
 
-import statistics
 import time
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from benchmarks.common import BENCH_PASS, peak_memory_bytes
+from benchmarks.common import BENCH_PASS, peak_memory_bytes, quantiles_ms
 from clarep_fast.distill.student import DistillModel, Student
 from clarep_fast.reference import cka_reference, feature_align_reference
 
@@ -129,6 +128,5 @@ def test_cadistill_step(benchmark, case, provider, bench_device, setup):
     if BENCH_PASS != "peak":
         if shared["ms"] is None:
             shared["ms"] = _round_robin_ms(shared["steps"])
-        ordered = sorted(shared["ms"][provider])
-        benchmark.extra_info.update(p50_ms=statistics.median(ordered), p20_ms=ordered[int(0.2 * (ROUNDS - 1))], p80_ms=ordered[round(0.8 * (ROUNDS - 1))], rounds=ROUNDS)
+        benchmark.extra_info.update(**quantiles_ms(shared["ms"][provider]), rounds=ROUNDS)
     benchmark.pedantic(step, rounds=1, iterations=1)  # records the row; its times come from the round-robin above

@@ -16,14 +16,13 @@ reaches the accuracy in ~50 iterations; at the default k = 96 it does not within
 
 from __future__ import annotations
 
-import statistics
 import time
 
 import pytest
 import torch
 
 from benchmarks.clarid_vs_park import ACCURACY, search_problem
-from benchmarks.common import BENCH_PASS, timed
+from benchmarks.common import BENCH_PASS, quantiles_ms, timed
 from benchmarks.park_loop import park_power_loop
 from clarep_fast.clarid.jacobian import principal_angle, topk_right_singular
 from clarep_fast.clarid.search import SearchConfig
@@ -97,9 +96,8 @@ def test_clarep_search(benchmark, case, provider, bench_device, problem):
     else:
         benchmark.pedantic(park_round, rounds=case["park_images"], iterations=1)
     assert max(angles) < ACCURACY, f"{provider} stopped at {max(angles):.4f} rad, not within {ACCURACY} rad of the exact subspace"
-    ordered = sorted(per_clarep_ms)
     benchmark.extra_info.update(
         op="clarep_search", provider=provider, mode=f"per CLARep, top-{config.k} to {ACCURACY} rad; eager = Park et al. loop",
         shape=f"default teacher, D=256, N=768, {len(start)} images", dtype=case["dtype"],
-        p50_ms=statistics.median(ordered), p20_ms=ordered[int(0.2 * (len(ordered) - 1))], p80_ms=ordered[round(0.8 * (len(ordered) - 1))],
+        **quantiles_ms(per_clarep_ms),
     )  # fmt: skip

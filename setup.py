@@ -63,11 +63,14 @@ def _extensions():
     from torch.utils.cpp_extension import BuildExtension, CppExtension, CUDAExtension
 
     cxx_flags = ["-O3", "-g0", "-fopenmp", "-std=c++20"]  # torch >= 2.14 headers need C++20
-    sources = ["csrc/bindings.cpp", "csrc/cpu/cka.cpp", "csrc/cpu/feature_pool.cpp", "csrc/cpu/project_out.cpp", "csrc/cpu/feature_align.cpp"]
+    # Every op is a folder csrc/<op>/ that registers itself with the PyTorch dispatcher: adding
+    # one needs no edit here. <op>.cpp and <op>_cpu.cpp always; <op>_cuda.cu with CUDA.
+    sources = ["csrc/module.cpp"] + sorted(str(path.relative_to(ROOT)) for path in ROOT.glob("csrc/*/*.cpp"))
+    cuda_sources = sorted(str(path.relative_to(ROOT)) for path in ROOT.glob("csrc/*/*.cu"))
     if with_cuda:
         extension = CUDAExtension(
             "clarep_fast._C",
-            sources + ["csrc/cuda/cka.cu", "csrc/cuda/feature_pool.cu", "csrc/cuda/project_out.cu", "csrc/cuda/feature_align.cu"],
+            sources + cuda_sources,
             define_macros=[("WITH_CUDA", None)],
             extra_compile_args={"cxx": cxx_flags, "nvcc": ["-O3", "-lineinfo"]},
             extra_link_args=["-fopenmp"],

@@ -16,10 +16,9 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import functools
-import importlib
 import importlib.util
 import os
-from typing import Iterator, NamedTuple
+from typing import Callable, Iterator, NamedTuple
 
 import torch
 
@@ -139,16 +138,39 @@ def resolve_backend(device: torch.device) -> str:
 resolve_backend._dynamo_marked_constant = True
 
 
-def backend_kernels(backend: str, op: str, names: tuple[str, ...], torch_kernels: tuple) -> tuple:
-    """The kernels ``names`` of ``op`` on ``backend``: ``torch_kernels`` (pure PyTorch) for "torch",
-    else the functions of those names in ``clarep_fast.kernels.<op>`` (Triton: imported only here,
-    when asked for) or in the compiled extension (cpu, cuda). Every op keeps this one contract."""
-    if backend == "torch":
-        return torch_kernels
-    if backend == "triton":
-        module = importlib.import_module(f"clarep_fast.kernels.{op}")
-    elif backend in ("cpu", "cuda"):
-        module = extension()
-    else:
-        raise ValueError(f"unknown backend {backend!r}")
-    return tuple(getattr(module, name) for name in names)
+class Kernels:
+    """One op's kernels on every backend, declared once in ``clarep_fast/ops/<op>.py``:
+
+      torch     the pure-PyTorch kernels of ``clarep_fast/reference/<op>.py`` (a tuple)
+      triton    a function returning the Triton launchers of ``kernels/<op>.py`` (called on first
+                use: Triton is imported only when the triton backend runs)
+      compiled  a function returning the operators the compiled extension registered,
+                ``torch.ops.clarep_fast_C.<name>`` (cpu and cuda: the dispatcher picks by device)
+    Every backend's tuple follows the contract the op file writes down.
+    """
+
+    def __init__(self, *, torch: tuple, triton: Callable[[], tuple], compiled: Callable[[], tuple]):
+        self._torch, self._triton, self._compiled = torch, triton, compiled
+        self._loaded: dict[str, tuple] = {}
+
+    def on(self, backend: str) -> tuple:
+        """The kernel tuple of ``backend`` (resolved once per backend, then cached)."""
+        kernels = self._loaded.get(backend)
+        if kernels is None:
+            if backend == "torch":
+                kernels = self._torch
+            elif backend == "triton":
+                kernels = self._triton()
+            elif backend in ("cpu", "cuda"):
+                kernels = self._compiled()
+            else:
+                raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+            self._loaded[backend] = kernels
+        return kernels
+
+
+def compiled_ops():
+    """``torch.ops.clarep_fast_C``, with the extension loaded (its import registers the operators)."""
+    if extension() is None:
+        raise RuntimeError(extension_error())
+    return torch.ops.clarep_fast_C

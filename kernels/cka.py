@@ -1,6 +1,6 @@
 """Fused linear-CKA n×n kernels in Triton (the dense Gram products run on cuBLAS beforehand).
 
-Layout and math as in csrc/cka.h:
+Layout and math as in csrc/cka/cka.h:
     grams (P, 2, n, n): K = x xᵀ, L = y yᵀ;  rowsums (P, 2, n);  stats (P, 8);  coeffs (P, 2, n, n)
     C(K)_ij = K_ij - a (r_i + r_j) + b S       a = 1/n, b = 1/n²  (biased)
                                                 a = 1/(n-2), b = 1/((n-1)(n-2)), zero diagonal (unbiased)

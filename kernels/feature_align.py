@@ -1,6 +1,6 @@
 """Feature alignment statistics and gradients in Triton: one program per row of one layer pair.
 
-Math: csrc/feature_align.h. forward: the row's [s·t, s·s, t·t, |s - t|²], one read of s and t in
+Math: csrc/feature_align/feature_align.h. forward: the row's [s·t, s·s, t·t, |s - t|²], one read of s and t in
 BLOCK-wide chunks; backward: ds = A t + Bs s, dt = A s + Ct t with the row's coefficients.
 """
 
@@ -9,6 +9,8 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
+
+from clarep_fast.dtypes import accumulation_dtype
 
 
 @triton.jit
@@ -58,7 +60,7 @@ def _block(width: int) -> int:
 def feature_align_forward(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
     """(B, D) contiguous pair -> stats (B, 4) in the accumulation dtype."""
     rows, width = student.shape
-    accumulate = torch.float64 if student.dtype == torch.float64 else torch.float32
+    accumulate = accumulation_dtype(student)
     stats = torch.empty(rows, 4, dtype=accumulate, device=student.device)
     _align_fwd_kernel[(rows,)](student, teacher, stats, width, BLOCK=_block(width))
     return stats

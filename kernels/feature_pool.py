@@ -1,6 +1,6 @@
 """Fused multi-layer feature pooling in Triton: one program per (b, c) plane of one tapped map.
 
-Geometry as in csrc/feature_pool.h: cell (i, j) of an s×s adaptive average pool covers rows
+Geometry as in csrc/feature_pool/feature_pool.h: cell (i, j) of an s×s adaptive average pool covers rows
 [floor(i H / s), ceil((i + 1) H / s)) and columns [floor(j W / s), ceil((j + 1) W / s)).
 forward:  load the whole plane once (arbitrary strides), reduce each cell's window, write the s²
           averages into the layer's slice of the packed (B, Σ C_l s²) buffer (fp32/fp64).

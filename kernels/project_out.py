@@ -1,4 +1,4 @@
-"""Projection off k directions in Triton: one program per sample. Math: csrc/project_out.h.
+"""Projection off k directions in Triton: one program per sample. Math: csrc/project_out/project_out.h.
 
 V may have any strides. The sample's N rows are walked in BLOCK_N chunks of (BLOCK_N, BLOCK_K) tiles of V (BLOCK_K ≥ k,
 a power of two); y (forward) and gy (backward) live in an fp32/fp64 scratch row between passes.
@@ -11,6 +11,8 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
+
+from clarep_fast.dtypes import accumulation_dtype
 
 
 @triton.jit
@@ -118,10 +120,10 @@ def _blocks(rank: int) -> dict:
 
 
 def project_out_forward(x: torch.Tensor, vectors: torch.Tensor, rescale: bool, rtol: float):
-    """x (B, N) contiguous, vectors (B, N, K) any strides -> (out, coeffs (B, K), stats (B, 4)) as csrc/project_out.h."""
+    """x (B, N) contiguous, vectors (B, N, K) any strides -> (out, coeffs (B, K), stats (B, 4)) as csrc/project_out/project_out.h."""
     batch, size = x.shape
     rank = vectors.shape[2]
-    accumulate = torch.float64 if x.dtype == torch.float64 else torch.float32
+    accumulate = accumulation_dtype(x)
     out = torch.empty_like(x)
     coeffs = torch.empty(batch, rank, dtype=accumulate, device=x.device)
     stats = torch.empty(batch, 4, dtype=accumulate, device=x.device)

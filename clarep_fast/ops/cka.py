@@ -25,11 +25,11 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
-from clarep_fast.backends import backend_kernels, resolve_backend
+from clarep_fast.backends import Kernels, compiled_ops, resolve_backend
+from clarep_fast.dtypes import accumulation_dtype, require_float
 from clarep_fast.ops.gram import gram_backward, gram_into
-from clarep_fast.reference.cka import DEGENERATE_RTOL, STATS_FIELDS, accumulation_dtype, center_gram, cka_stats_reference
+from clarep_fast.reference.cka import DEGENERATE_RTOL, STATS_FIELDS, cka_grads_reference, cka_reference, cka_stats_reference
 
-SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 NUM_STATS = len(STATS_FIELDS)
 
 
@@ -42,28 +42,17 @@ NUM_STATS = len(STATS_FIELDS)
 # rtol is DEGENERATE_RTOL, passed in so that every backend draws the same line.
 
 
-def _torch_stats(grams: Tensor, unbiased: bool, rtol: float) -> tuple[Tensor, Tensor]:
-    stats = cka_stats_reference(grams[:, 0], grams[:, 1], unbiased)
-    return stats, grams.new_zeros(grams.shape[:3])  # the torch backward recomputes, needs no row sums
+def _triton_kernels():
+    from clarep_fast.kernels import cka as triton_cka
+
+    return triton_cka.cka_stats, triton_cka.cka_grads
 
 
-def _torch_grads(grams: Tensor, rowsums: Tensor, stats: Tensor, grad: Tensor, unbiased: bool, rtol: float) -> Tensor:
-    kc = center_gram(grams[:, 0], unbiased)  # (P, n, n)
-    lc = center_gram(grams[:, 1], unbiased)
-    value, hkl, hkk, hll, trace_x, trace_y, _, _ = stats.unbind(-1)  # each (P,)
-    ok = (hkk > rtol * trace_x**2) & (hll > rtol * trace_y**2)  # else zero gradient
-    one = torch.ones_like(hkk)
-    hkk, hll = torch.where(ok, hkk, one), torch.where(ok, hll, one)
-    scale = torch.where(ok, 2 * grad, torch.zeros_like(grad))[:, None, None]  # 2g, symmetrization
-    inv_norm = (hkk.sqrt() * hll.sqrt()).reciprocal()[:, None, None]
-    value = value[:, None, None]
-    d_gram_x = scale * (lc * inv_norm - value * kc / hkk[:, None, None])
-    d_gram_y = scale * (kc * inv_norm - value * lc / hll[:, None, None])
-    return torch.stack([d_gram_x, d_gram_y], dim=1)
+def _compiled_kernels():
+    return compiled_ops().cka_stats.default, compiled_ops().cka_grads.default
 
 
-def _kernels(backend: str):
-    return backend_kernels(backend, "cka", ("cka_stats", "cka_grads"), (_torch_stats, _torch_grads))
+KERNELS = Kernels(torch=(cka_stats_reference, cka_grads_reference), triton=_triton_kernels, compiled=_compiled_kernels)
 
 
 # ----------------------------------------------------------------------------- custom ops
@@ -77,7 +66,7 @@ def cka_forward(xs: list[Tensor], ys: list[Tensor], unbiased: bool, backend: str
     for pair, (x, y) in enumerate(zip(xs, ys)):
         gram_into(x, grams[pair, 0])
         gram_into(y, grams[pair, 1])
-    stats, rowsums = _kernels(backend)[0](grams, unbiased, DEGENERATE_RTOL)
+    stats, rowsums = KERNELS.on(backend)[0](grams, unbiased, DEGENERATE_RTOL)
     _raise_if_not_finite(stats)
     return stats[:, 0].clone(), stats, rowsums, grams
 
@@ -103,7 +92,7 @@ def cka_backward(
     backend: str,
 ) -> tuple[list[Tensor], list[Tensor]]:
     """Input gradients of cka_forward; an input list that needs no gradient gets an empty list."""
-    coefficients = _kernels(backend)[1](grams, rowsums, stats, grad.to(grams.dtype).contiguous(), unbiased, DEGENERATE_RTOL)
+    coefficients = KERNELS.on(backend)[1](grams, rowsums, stats, grad.to(grams.dtype).contiguous(), unbiased, DEGENERATE_RTOL)
     dxs = [gram_backward(coefficients[p, 0], x) for p, x in enumerate(xs)] if need_x else []
     dys = [gram_backward(coefficients[p, 1], y) for p, y in enumerate(ys)] if need_y else []
     return dxs, dys
@@ -174,10 +163,7 @@ def _validated(xs, ys, unbiased: bool, names: tuple[str, str]) -> tuple[list[Ten
     for side, tensors in zip(names, (xs, ys)):
         for pair, tensor in enumerate(tensors):
             name = side if single else f"{side}[{pair}]"
-            if not isinstance(tensor, Tensor):
-                raise TypeError(f"{name} must be a torch.Tensor, got {type(tensor).__name__}")
-            if tensor.dtype not in SUPPORTED_DTYPES:
-                raise TypeError(f"{name} must be float16, bfloat16, float32 or float64, got {tensor.dtype}")
+            require_float(name, tensor)
             if tensor.dim() < 2:
                 raise ValueError(f"{name} must have shape (n, ...) with at least 2 dimensions, got shape {tuple(tensor.shape)}")
             if tensor.numel() == 0:

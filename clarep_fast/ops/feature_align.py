@@ -17,10 +17,11 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
-from clarep_fast.backends import backend_kernels, resolve_backend
-from clarep_fast.reference.feature_align import ALIGN_EPS, KINDS, REDUCTIONS, accumulation_dtype
-
-SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+from clarep_fast.backends import Kernels, compiled_ops, resolve_backend
+from clarep_fast.dtypes import accumulation_dtype, require_float
+from clarep_fast.reference.feature_align import (
+    ALIGN_EPS, KINDS, REDUCTIONS, feature_align_backward_reference, feature_align_forward_reference, feature_align_reference,
+)  # fmt: skip
 
 
 # ----------------------------------------------------------------------------- backend kernels
@@ -29,22 +30,17 @@ SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 #   feature_align_backward(s, t, coeffs (B, 3) [A, Bs, Ct], need_s, need_t) -> (grad_s, grad_t), empty where not needed
 
 
-def _torch_forward(s: Tensor, t: Tensor) -> Tensor:
-    accumulate = accumulation_dtype([s])
-    s, t = s.to(accumulate), t.to(accumulate)
-    return torch.stack([(s * t).sum(1), (s * s).sum(1), (t * t).sum(1), (s - t).square().sum(1)], dim=1)
+def _triton_kernels():
+    from clarep_fast.kernels import feature_align as triton_feature_align
+
+    return triton_feature_align.feature_align_forward, triton_feature_align.feature_align_backward
 
 
-def _torch_backward(s: Tensor, t: Tensor, coeffs: Tensor, need_s: bool, need_t: bool):
-    a, c = s.to(coeffs.dtype), t.to(coeffs.dtype)
-    cross, self_s, self_t = coeffs[:, 0:1], coeffs[:, 1:2], coeffs[:, 2:3]
-    grad_s = (cross * c + self_s * a).to(s.dtype) if need_s else s.new_empty(0)
-    grad_t = (cross * a + self_t * c).to(t.dtype) if need_t else t.new_empty(0)
-    return grad_s, grad_t
+def _compiled_kernels():
+    return compiled_ops().feature_align_forward.default, compiled_ops().feature_align_backward.default
 
 
-def _kernels(backend: str):
-    return backend_kernels(backend, "feature_align", ("feature_align_forward", "feature_align_backward"), (_torch_forward, _torch_backward))
+KERNELS = Kernels(torch=(feature_align_forward_reference, feature_align_backward_reference), triton=_triton_kernels, compiled=_compiled_kernels)
 
 
 # ----------------------------------------------------------------------------- custom ops
@@ -53,7 +49,7 @@ def _kernels(backend: str):
 @torch.library.custom_op("clarep_fast::feature_align_stats", mutates_args=())
 def feature_align_stats(students: list[Tensor], teachers: list[Tensor], backend: str) -> Tensor:
     """(B, D_l) pairs -> (P, B, 4) row statistics [s·t, s·s, t·t, ‖s - t‖²]."""
-    forward = _kernels(backend)[0]
+    forward = KERNELS.on(backend)[0]
     stats = torch.stack([forward(s.contiguous(), t.contiguous()) for s, t in zip(students, teachers)])
     _raise_if_not_finite(stats)  # inside the op: torch.compile sees one opaque call, no data-dependent branch
     return stats
@@ -61,13 +57,13 @@ def feature_align_stats(students: list[Tensor], teachers: list[Tensor], backend:
 
 @feature_align_stats.register_fake
 def _(students, teachers, backend):
-    return students[0].new_empty(len(students), students[0].shape[0], 4, dtype=accumulation_dtype(students))
+    return students[0].new_empty(len(students), students[0].shape[0], 4, dtype=accumulation_dtype(*students))
 
 
 @torch.library.custom_op("clarep_fast::feature_align_grads", mutates_args=())
 def feature_align_grads(grad_stats: Tensor, students: list[Tensor], teachers: list[Tensor], need_students: bool, need_teachers: bool, backend: str) -> list[Tensor]:
     """[ds_1 .. ds_P, dt_1 .. dt_P] (empty tensors where not needed) from the statistics' gradient."""
-    backward = _kernels(backend)[1]
+    backward = KERNELS.on(backend)[1]
     g_st, g_ss, g_tt, g_dd = grad_stats.unbind(-1)  # each (P, B)
     coeffs = torch.stack([g_st - 2 * g_dd, 2 * (g_ss + g_dd), 2 * (g_tt + g_dd)], dim=-1).contiguous()  # (P, B, 3)
     pairs = [backward(s.contiguous(), t.contiguous(), coeffs[p], need_students, need_teachers) for p, (s, t) in enumerate(zip(students, teachers))]
@@ -139,10 +135,7 @@ def _validated(students, teachers, kind, reduction) -> tuple[list[Tensor], list[
     flat_s, flat_t = [], []
     for pair, (s, t) in enumerate(zip(students, teachers)):
         for side, tensor in (("students", s), ("teachers", t)):
-            if not isinstance(tensor, Tensor):
-                raise TypeError(f"{side}[{pair}] must be a torch.Tensor, got {type(tensor).__name__}")
-            if tensor.dtype not in SUPPORTED_DTYPES:
-                raise TypeError(f"{side}[{pair}] must be float16, bfloat16, float32 or float64, got {tensor.dtype}")
+            require_float(f"{side}[{pair}]", tensor)
             if tensor.dim() < 2 or tensor.numel() == 0:
                 raise ValueError(f"{side}[{pair}] must be a non-empty (B, ...) tensor, got shape {tuple(tensor.shape)}")
         batch = s.shape[0] if batch is None else batch

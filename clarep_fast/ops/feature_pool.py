@@ -23,10 +23,9 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
-from clarep_fast.backends import backend_kernels, resolve_backend
-from clarep_fast.reference.feature_pool import NORMALIZE_EPS
-
-SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+from clarep_fast.backends import Kernels, compiled_ops, resolve_backend
+from clarep_fast.dtypes import FLOAT_DTYPES, accumulation_dtype, require_float
+from clarep_fast.reference.feature_pool import NORMALIZE_EPS, feature_pool_backward_reference, feature_pool_forward_reference, feature_pool_reference
 
 
 # ----------------------------------------------------------------------------- backend kernels
@@ -35,25 +34,17 @@ SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 #   feature_pool_backward(grad (B,total) accumulation dtype, map, offset, size) -> (B,C,H,W) map dtype
 
 
-def _torch_forward(feature_map: Tensor, packed: Tensor, offset: int, size: int) -> None:
-    width = feature_map.shape[1] * size * size
-    pooled = torch.nn.functional.adaptive_avg_pool2d(feature_map.to(packed.dtype), size)
-    packed[:, offset : offset + width] = pooled.flatten(1)
+def _triton_kernels():
+    from clarep_fast.kernels import feature_pool as triton_feature_pool
+
+    return triton_feature_pool.feature_pool_forward, triton_feature_pool.feature_pool_backward
 
 
-def _torch_backward(grad: Tensor, feature_map: Tensor, offset: int, size: int) -> Tensor:
-    batch, channels = feature_map.shape[:2]
-    cells = grad[:, offset : offset + channels * size * size].reshape(batch, channels, size, size)
-    like = torch.empty(feature_map.shape, dtype=grad.dtype, device=grad.device)
-    return torch.ops.aten._adaptive_avg_pool2d_backward(cells.contiguous(), like).to(feature_map.dtype)
+def _compiled_kernels():
+    return compiled_ops().feature_pool_forward.default, compiled_ops().feature_pool_backward.default
 
 
-def _kernels(backend: str):
-    return backend_kernels(backend, "feature_pool", ("feature_pool_forward", "feature_pool_backward"), (_torch_forward, _torch_backward))
-
-
-def _accumulation(maps: Sequence[Tensor]) -> torch.dtype:
-    return torch.float64 if maps[0].dtype == torch.float64 else torch.float32
+KERNELS = Kernels(torch=(feature_pool_forward_reference, feature_pool_backward_reference), triton=_triton_kernels, compiled=_compiled_kernels)
 
 
 def _offsets(maps: Sequence[Tensor], size: int) -> list[int]:
@@ -71,10 +62,10 @@ def _offsets(maps: Sequence[Tensor], size: int) -> list[int]:
 def feature_pool_forward(maps: list[Tensor], size: int, normalize: bool, out_dtype: torch.dtype, backend: str) -> tuple[Tensor, Tensor]:
     """maps (B, C_l, H_l, W_l) -> (packed (B, Σ C_l·size²) in out_dtype, norms (B, L) of the pooled slices)."""
     offsets = _offsets(maps, size)
-    accumulate = _accumulation(maps)
+    accumulate = accumulation_dtype(*maps)
     batch = maps[0].shape[0]
     pooled = torch.empty(batch, offsets[-1], dtype=accumulate, device=maps[0].device)
-    forward = _kernels(backend)[0]
+    forward = KERNELS.on(backend)[0]
     for layer, feature_map in enumerate(maps):
         forward(feature_map, pooled, offsets[layer], size)
     norms = torch.ones(batch, len(maps), dtype=accumulate, device=pooled.device)
@@ -91,7 +82,7 @@ def feature_pool_forward(maps: list[Tensor], size: int, normalize: bool, out_dty
 def _(maps, size, normalize, out_dtype, backend):
     total = sum(feature_map.shape[1] for feature_map in maps) * size * size
     batch = maps[0].shape[0]
-    return maps[0].new_empty(batch, total, dtype=out_dtype), maps[0].new_empty(batch, len(maps), dtype=_accumulation(maps))
+    return maps[0].new_empty(batch, total, dtype=out_dtype), maps[0].new_empty(batch, len(maps), dtype=accumulation_dtype(*maps))
 
 
 @torch.library.custom_op("clarep_fast::feature_pool_backward", mutates_args=())
@@ -109,7 +100,7 @@ def feature_pool_backward(grad: Tensor, packed: Tensor, norms: Tensor, maps: lis
             pieces.append(torch.where(norm > NORMALIZE_EPS, projected, g / NORMALIZE_EPS))
         grad = torch.cat(pieces, dim=1)
     grad = grad.contiguous()
-    backward = _kernels(backend)[1]
+    backward = KERNELS.on(backend)[1]
     return [backward(grad, feature_map, offsets[layer], size) for layer, feature_map in enumerate(maps)]
 
 
@@ -179,16 +170,13 @@ def _validated(maps, size, out_dtype, names) -> list[Tensor]:
         raise ValueError(f"names has {len(names)} entries for {len(maps)} maps")
     if not isinstance(size, int) or isinstance(size, bool) or size < 1:
         raise ValueError(f"size must be a positive int, got {size!r}")
-    if out_dtype is not None and out_dtype not in SUPPORTED_DTYPES:
+    if out_dtype is not None and out_dtype not in FLOAT_DTYPES:
         raise TypeError(f"out_dtype must be float16, bfloat16, float32 or float64, got {out_dtype}")
     first = maps[0]
     for name, feature_map in zip(names, maps):
-        if not isinstance(feature_map, Tensor):
-            raise TypeError(f"{name} must be a torch.Tensor, got {type(feature_map).__name__}")
+        require_float(name, feature_map)
         if feature_map.dim() != 4:
             raise ValueError(f"{name} must have shape (B, C, H, W), got {tuple(feature_map.shape)}")
-        if feature_map.dtype not in SUPPORTED_DTYPES:
-            raise TypeError(f"{name} must be float16, bfloat16, float32 or float64, got {feature_map.dtype}")
         if feature_map.dtype != first.dtype:
             raise TypeError(f"{name} is {feature_map.dtype} but {names[0]} is {first.dtype}; tapped maps must share a dtype")
         if feature_map.device != first.device:

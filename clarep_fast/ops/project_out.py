@@ -1,6 +1,6 @@
 """Fused projection off k directions per sample: custom ops, fake implementations, autograd, dispatch.
 
-Math (clarep_fast/reference/project_out.py, csrc/project_out.h): per sample, c = Vᵀx, y = x - V c,
+Math (clarep_fast/reference/project_out.py, csrc/project_out/project_out.h): per sample, c = Vᵀx, y = x - V c,
 out = s·y with s = ‖x‖/‖y‖ when rescaling (else 1). Gradients, with gy the gradient reaching y:
     rescaled: gy = s g - (g·y) s y/‖y‖²,  plus (g·y) s x/‖x‖² straight to x (through ‖x‖)
     dx = gy - V (Vᵀ gy) (+ that direct term),   dV = -gy cᵀ - x (Vᵀ gy)ᵀ
@@ -13,10 +13,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from clarep_fast.backends import backend_kernels, resolve_backend
-from clarep_fast.reference.project_out import RESCALE_RTOL, accumulation_dtype
-
-SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+from clarep_fast.backends import Kernels, compiled_ops, resolve_backend
+from clarep_fast.dtypes import accumulation_dtype, require_float
+from clarep_fast.reference.project_out import RESCALE_RTOL, project_out_backward_reference, project_out_forward_reference, project_out_reference
 
 
 # ----------------------------------------------------------------------------- backend kernels
@@ -26,37 +25,17 @@ SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 # coeffs and stats in the accumulation dtype; stats = [s, ‖x‖, ‖y‖, 1 if rescaled else 0].
 
 
-def _torch_forward(x: Tensor, vectors: Tensor, rescale: bool, rtol: float):
-    accumulate = accumulation_dtype(x.dtype)
-    flat, basis = x.to(accumulate), vectors.to(accumulate)
-    coeffs = torch.einsum("bnk,bn->bk", basis, flat)
-    projected = flat - torch.einsum("bnk,bk->bn", basis, coeffs)
-    x_norm, y_norm = flat.norm(dim=1), projected.norm(dim=1)
-    scaled = (y_norm > rtol * x_norm) & rescale
-    scale = torch.where(scaled, x_norm / torch.where(scaled, y_norm, torch.ones_like(y_norm)), torch.ones_like(y_norm))
-    stats = torch.stack([scale, x_norm, y_norm, scaled.to(accumulate)], dim=1)
-    return (projected * scale[:, None]).to(x.dtype), coeffs, stats
+def _triton_kernels():
+    from clarep_fast.kernels import project_out as triton_project_out
+
+    return triton_project_out.project_out_forward, triton_project_out.project_out_backward
 
 
-def _torch_backward(grad: Tensor, x: Tensor, vectors: Tensor, coeffs: Tensor, stats: Tensor, rescale: bool, rtol: float, need_vectors_grad: bool):
-    accumulate = coeffs.dtype
-    g, flat, basis = grad.to(accumulate), x.to(accumulate), vectors.to(accumulate)
-    scale, x_norm, y_norm, scaled = stats.unbind(1)
-    scaled = scaled != 0
-    projected = flat - torch.einsum("bnk,bk->bn", basis, coeffs)
-    ds = (g * projected).sum(1)
-    one = torch.ones_like(ds)
-    y_coeff = torch.where(scaled, ds * scale / torch.where(scaled, y_norm**2, one), torch.zeros_like(ds))
-    direct = torch.where(scaled, ds * scale / torch.where(scaled, x_norm**2, one), torch.zeros_like(ds))
-    gy = torch.where(scaled[:, None], scale[:, None] * g - y_coeff[:, None] * projected, g)
-    d = torch.einsum("bnk,bn->bk", basis, gy)
-    grad_x = gy - torch.einsum("bnk,bk->bn", basis, d) + direct[:, None] * flat
-    grad_v = -(gy[:, :, None] * coeffs[:, None, :] + flat[:, :, None] * d[:, None, :]) if need_vectors_grad else grad_x.new_empty(0)
-    return grad_x.to(x.dtype), grad_v.to(x.dtype)
+def _compiled_kernels():
+    return compiled_ops().project_out_forward.default, compiled_ops().project_out_backward.default
 
 
-def _kernels(backend: str):
-    return backend_kernels(backend, "project_out", ("project_out_forward", "project_out_backward"), (_torch_forward, _torch_backward))
+KERNELS = Kernels(torch=(project_out_forward_reference, project_out_backward_reference), triton=_triton_kernels, compiled=_compiled_kernels)
 
 
 # ----------------------------------------------------------------------------- custom ops
@@ -65,14 +44,14 @@ def _kernels(backend: str):
 @torch.library.custom_op("clarep_fast::project_out_forward", mutates_args=())
 def project_out_forward(x: Tensor, vectors: Tensor, rescale: bool, backend: str) -> tuple[Tensor, Tensor, Tensor]:
     """x (B, N), vectors (B, N, K) -> (out (B, N), coeffs (B, K), stats (B, 4))."""
-    out, coeffs, stats = _kernels(backend)[0](x.contiguous(), vectors, rescale, RESCALE_RTOL)  # V: any strides
+    out, coeffs, stats = KERNELS.on(backend)[0](x.contiguous(), vectors, rescale, RESCALE_RTOL)  # V: any strides
     _raise_if_not_finite(stats)
     return out, coeffs, stats
 
 
 @project_out_forward.register_fake
 def _(x, vectors, rescale, backend):
-    accumulate = accumulation_dtype(x.dtype)
+    accumulate = accumulation_dtype(x)
     batch, rank = vectors.shape[0], vectors.shape[2]
     return torch.empty_like(x), x.new_empty(batch, rank, dtype=accumulate), x.new_empty(batch, 4, dtype=accumulate)
 
@@ -82,7 +61,7 @@ def project_out_backward(
     grad: Tensor, x: Tensor, vectors: Tensor, coeffs: Tensor, stats: Tensor, rescale: bool, need_vectors_grad: bool, backend: str
 ) -> tuple[Tensor, Tensor]:
     """-> (grad_x (B, N), grad_vectors (B, N, K), or an empty tensor unless need_vectors_grad)."""
-    backward = _kernels(backend)[1]
+    backward = KERNELS.on(backend)[1]
     return backward(grad.contiguous(), x.contiguous(), vectors, coeffs, stats, rescale, RESCALE_RTOL, need_vectors_grad)
 
 
@@ -124,11 +103,8 @@ def project_out(x: Tensor, vectors: Tensor, *, rescale: bool = False) -> Tensor:
 
 
 def _validate(x, vectors) -> None:
-    for name, value in (("x", x), ("vectors", vectors)):
-        if not isinstance(value, Tensor):
-            raise TypeError(f"{name} must be a torch.Tensor, got {type(value).__name__}")
-        if value.dtype not in SUPPORTED_DTYPES:
-            raise TypeError(f"{name} must be float16, bfloat16, float32 or float64, got {value.dtype}")
+    require_float("x", x)
+    require_float("vectors", vectors)
     if x.dim() < 2 or x.numel() == 0:
         raise ValueError(f"x must be a non-empty batch (B, ...) with at least 2 dims, got shape {tuple(x.shape)}")
     size = x[0].numel()

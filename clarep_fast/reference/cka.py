@@ -22,18 +22,18 @@ scale of the uncentered Gram; fp32 rounding of the centered Gram sits near 1e-14
 far above 1e-10.
 
 Computation is in float32 (float64 for float64 inputs), whatever the input dtype.
+
+The torch backend of the fused op runs ``cka_stats_reference`` and ``cka_grads_reference``: the
+same two n×n kernels as the compiled and Triton backends, written in PyTorch.
 """
 
 from __future__ import annotations
 
 import torch
 
+from clarep_fast.dtypes import accumulation_dtype
+
 DEGENERATE_RTOL = 1e-10
-
-
-def accumulation_dtype(*tensors: torch.Tensor) -> torch.dtype:
-    """float64 if any input is float64, else float32 (fp16/bf16 inputs accumulate in fp32)."""
-    return torch.float64 if any(t.dtype == torch.float64 for t in tensors) else torch.float32
 
 
 def center_gram(gram: torch.Tensor, unbiased: bool) -> torch.Tensor:
@@ -54,7 +54,7 @@ def center_gram(gram: torch.Tensor, unbiased: bool) -> torch.Tensor:
 STATS_FIELDS = ("cka", "hkl", "hkk", "hll", "trace_x", "trace_y", "sum_x", "sum_y")
 
 
-def cka_stats_reference(gram_x: torch.Tensor, gram_y: torch.Tensor, unbiased: bool = False) -> torch.Tensor:
+def gram_stats(gram_x: torch.Tensor, gram_y: torch.Tensor, unbiased: bool = False, rtol: float = DEGENERATE_RTOL) -> torch.Tensor:
     """Per-pair statistics from uncentered Grams ``(..., n, n)`` -> ``(..., 8)`` in STATS_FIELDS order.
 
     hkl = <C(K), C(L)>, hkk = <C(K), C(K)>, hll = <C(L), C(L)>, trace_x = tr K, trace_y = tr L,
@@ -68,7 +68,7 @@ def cka_stats_reference(gram_x: torch.Tensor, gram_y: torch.Tensor, unbiased: bo
     hll = (lc * lc).sum((-2, -1))
     trace_x = gram_x.diagonal(dim1=-2, dim2=-1).sum(-1)
     trace_y = gram_y.diagonal(dim1=-2, dim2=-1).sum(-1)
-    cka = _ratio(hkl, hkk, hll, trace_x, trace_y)
+    cka = _ratio(hkl, hkk, hll, trace_x, trace_y, rtol)
     sum_x, sum_y = gram_x.sum((-2, -1)), gram_y.sum((-2, -1))
     if unbiased:
         sum_x, sum_y = sum_x - trace_x, sum_y - trace_y
@@ -77,7 +77,40 @@ def cka_stats_reference(gram_x: torch.Tensor, gram_y: torch.Tensor, unbiased: bo
 
 def cka_from_grams_reference(gram_x: torch.Tensor, gram_y: torch.Tensor, unbiased: bool = False) -> torch.Tensor:
     """CKA from uncentered Grams ``(..., n, n)`` -> ``(...)``."""
-    return cka_stats_reference(gram_x, gram_y, unbiased)[..., 0]
+    return gram_stats(gram_x, gram_y, unbiased)[..., 0]
+
+
+def cka_stats_reference(grams: torch.Tensor, unbiased: bool, rtol: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """The forward n×n kernel: grams (P, 2, n, n) -> (stats (P, 8), rowsums (P, 2, n)).
+
+    rowsums are the row sums of K and L (off the diagonal when unbiased), which the compiled
+    kernels hand to their backward; this one recomputes what it needs.
+    """
+    rowsums = grams.sum(-1)
+    if unbiased:
+        rowsums = rowsums - grams.diagonal(dim1=-2, dim2=-1)
+    return gram_stats(grams[:, 0], grams[:, 1], unbiased, rtol), rowsums
+
+
+def cka_grads_reference(grams: torch.Tensor, rowsums: torch.Tensor, stats: torch.Tensor, grad: torch.Tensor, unbiased: bool, rtol: float) -> torch.Tensor:
+    """The backward n×n kernel -> coefficients (P, 2, n, n): [p, 0] = 2 g_p dCKA_p/dK_p, [p, 1] = 2 g_p dCKA_p/dL_p.
+
+    C is self-adjoint, so d hkl/dK = C(L) and d hkk/dK = 2 C(K):
+        dCKA/dK = C(L)/sqrt(hkk hll) - CKA · C(K)/hkk      (and K <-> L);
+    the factor 2 symmetrizes (dx = (G + Gᵀ) x = 2 G x). A degenerate pair gets zero coefficients.
+    """
+    kc = center_gram(grams[:, 0], unbiased)  # (P, n, n)
+    lc = center_gram(grams[:, 1], unbiased)
+    value, hkl, hkk, hll, trace_x, trace_y, _, _ = stats.unbind(-1)  # each (P,)
+    ok = (hkk > rtol * trace_x**2) & (hll > rtol * trace_y**2)  # else zero gradient
+    one = torch.ones_like(hkk)
+    hkk, hll = torch.where(ok, hkk, one), torch.where(ok, hll, one)
+    scale = torch.where(ok, 2 * grad, torch.zeros_like(grad))[:, None, None]  # 2g, symmetrization
+    inv_norm = (hkk.sqrt() * hll.sqrt()).reciprocal()[:, None, None]
+    value = value[:, None, None]
+    d_gram_x = scale * (lc * inv_norm - value * kc / hkk[:, None, None])
+    d_gram_y = scale * (kc * inv_norm - value * lc / hll[:, None, None])
+    return torch.stack([d_gram_x, d_gram_y], dim=1)
 
 
 def cka_reference(x: torch.Tensor, y: torch.Tensor, *, unbiased: bool = False) -> torch.Tensor:
@@ -102,9 +135,9 @@ def cka_reference(x: torch.Tensor, y: torch.Tensor, *, unbiased: bool = False) -
     return _ratio(hkl, hkk, hll, x.pow(2).sum(), y.pow(2).sum())
 
 
-def _ratio(hkl, hkk, hll, trace_x, trace_y):
+def _ratio(hkl, hkk, hll, trace_x, trace_y, rtol=DEGENERATE_RTOL):
     """hkl / sqrt(hkk hll), and 0 with zero gradient for a degenerate (zero-variance) input."""
-    ok = (hkk > DEGENERATE_RTOL * trace_x**2) & (hll > DEGENERATE_RTOL * trace_y**2)
+    ok = (hkk > rtol * trace_x**2) & (hll > rtol * trace_y**2)
     # sqrt(hkk)·sqrt(hll), not sqrt(hkk·hll): the product can overflow fp32 for large features.
     # Substitute 1 before the sqrt so the unused branch has a finite gradient (no 0·inf = NaN).
     one = torch.ones_like(hkk)

@@ -212,12 +212,12 @@ def test_pairs_bad_lists():
 def test_triton_stats_across_several_row_blocks(monkeypatch, unbiased):
     """The GPU tiling (16-row programs, last program finalizes) on CPU: n=41 spans three programs."""
     from clarep_fast.kernels import cka as triton_cka
-    from clarep_fast.ops.cka import _torch_stats
+    from clarep_fast.reference.cka import cka_stats_reference
     from clarep_fast.reference.cka import DEGENERATE_RTOL
 
     monkeypatch.setattr(triton_cka, "_interpreting", lambda: False)
     x, y = torch.randn(2, 41, 17) + 1, torch.randn(2, 41, 9)
     grams = torch.stack([x @ x.transpose(1, 2), y @ y.transpose(1, 2)], 1).contiguous()
     stats, _ = triton_cka.cka_stats(grams, unbiased, DEGENERATE_RTOL)
-    expected, _ = _torch_stats(grams, unbiased, DEGENERATE_RTOL)
+    expected, _ = cka_stats_reference(grams, unbiased, DEGENERATE_RTOL)
     assert_close(stats, expected, 1e-5, "triton stats (3 programs per pair)")

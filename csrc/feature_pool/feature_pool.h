@@ -7,13 +7,12 @@
 // straight into the layer's slice of the packed (B, Σ C_l s²) buffer (Acc = float, or double
 // for double maps). Backward gives every input element the sum of grad/|window| over the
 // windows that contain it: cells i in [floor(h s / H), ceil((h + 1) s / H) - 1], same for j.
-// Dtype codes for the CUDA launchers (which take void* to stay free of torch headers):
 #pragma once
 #include <cstdint>
 
-namespace clarep_fast {
+#include "../common/kernel.h"
 
-enum DtypeCode : int { kF32 = 0, kF64 = 1, kF16 = 2, kBF16 = 3 };
+namespace clarep_fast {
 
 struct PoolGeometry {
   int64_t batch, channels, height, width;
@@ -34,7 +33,7 @@ template <typename T, typename Acc>
 void feature_pool_backward_cpu(const Acc* grad, T* grad_map, const PoolGeometry& g);  // grad_map contiguous
 
 #ifdef WITH_CUDA
-// Return the cudaError_t of the launch as int (0 = success).
+// dtype: the map's DtypeCode (csrc/common/kernel.h); returns the launch's cudaError_t (0 = success).
 int feature_pool_forward_cuda(const void* map, int dtype, void* out, const PoolGeometry& g, void* stream);
 int feature_pool_backward_cuda(const void* grad, void* grad_map, int dtype, const PoolGeometry& g, void* stream);
 #endif

@@ -13,6 +13,8 @@
 #pragma once
 #include <cstdint>
 
+#include "../common/kernel.h"
+
 namespace clarep_fast {
 
 constexpr int kProjectStats = 4;
@@ -32,7 +34,7 @@ void project_out_backward_cpu(const T* grad, const T* x, const T* V, const Acc* 
                               T* grad_v, const ProjectShape& p);  // grad_v may be null (not needed)
 
 #ifdef WITH_CUDA
-// dtype: DtypeCode of feature_pool.h. Return the cudaError_t of the launch as int (0 = success).
+// dtype: DtypeCode (csrc/common/kernel.h); returns the launch's cudaError_t (0 = success).
 int project_out_forward_cuda(const void* x, const void* V, void* out, void* coeffs, void* stats, void* scratch,
                              int dtype, const ProjectShape& p, void* stream);
 int project_out_backward_cuda(const void* grad, const void* x, const void* V, const void* coeffs, const void* stats,

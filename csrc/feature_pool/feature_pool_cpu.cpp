@@ -1,7 +1,7 @@
-// Fused multi-layer feature pooling on CPU (OpenMP over (b, c) planes). Math: csrc/feature_pool.h.
-#include "../feature_pool.h"
+// Fused multi-layer feature pooling on CPU (OpenMP over (b, c) planes). Math: csrc/feature_pool/feature_pool.h.
+#include "feature_pool.h"
 
-#include "element_types.h"
+#include "../common/cpu_types.h"
 
 #include <algorithm>
 

@@ -1,4 +1,4 @@
-// Fused multi-layer feature pooling on CUDA. Math and geometry: csrc/feature_pool.h.
+// Fused multi-layer feature pooling on CUDA. Math and geometry: csrc/feature_pool/feature_pool.h.
 //
 // forward: one block per (b, c) plane; threads stride the plane's elements (coalesced when the
 //   width stride is 1), add each element to the shared-memory sum of every cell whose window
@@ -9,7 +9,7 @@
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
-#include "../feature_pool.h"
+#include "feature_pool.h"
 
 namespace clarep_fast {
 namespace {

@@ -1,6 +1,6 @@
-// Fused linear-CKA n×n kernels on CPU (OpenMP). Math and layout: csrc/cka.h.
+// Fused linear-CKA n×n kernels on CPU (OpenMP). Math and layout: csrc/cka/cka.h.
 // Sums accumulate in double whatever T is: n² terms, cheap next to the Gram GEMMs.
-#include "../cka.h"
+#include "cka.h"
 
 #include <cmath>
 #include <vector>

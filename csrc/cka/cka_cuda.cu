@@ -1,4 +1,4 @@
-// Fused linear-CKA n×n kernels on CUDA. Math and layout: csrc/cka.h. Raw pointers, CUDA headers only.
+// Fused linear-CKA n×n kernels on CUDA. Math and layout: csrc/cka/cka.h. Raw pointers, CUDA headers only.
 //
 // cka_stats: ONE launch, grid (row blocks, pairs), one warp per row, lanes stride the columns
 // (coalesced), each Gram entry read once. Centering is done algebraically so one pass suffices:
@@ -11,7 +11,7 @@
 // cka_grads: elementwise over (P, n, n), one thread per entry, both coefficient matrices.
 #include <cuda_runtime.h>
 
-#include "../cka.h"
+#include "cka.h"
 
 namespace clarep_fast {
 namespace {
@@ -159,34 +159,47 @@ __global__ void cka_grads_kernel(const T* __restrict__ grams, const T* __restric
 int64_t cka_stats_cuda_blocks(int64_t n) { return (n + kWarpsPerBlock - 1) / kWarpsPerBlock; }
 
 template <typename T>
-int cka_stats_cuda(const T* grams, T* rowsums, T* stats, double* partials, unsigned int* counters, int64_t pairs,
-                   int64_t n, bool unbiased, double rtol, void* stream) {
+int launch_stats(const void* grams, void* rowsums, void* stats, double* partials, unsigned int* counters, int64_t pairs,
+                 int64_t n, bool unbiased, double rtol, cudaStream_t stream) {
   double a, b;
   centering_constants(n, unbiased, &a, &b);
   const dim3 grid(static_cast<unsigned>(cka_stats_cuda_blocks(n)), static_cast<unsigned>(pairs));
-  cka_stats_kernel<T><<<grid, kStatsThreads, 0, static_cast<cudaStream_t>(stream)>>>(
-      grams, rowsums, stats, partials, counters, n, unbiased, a, b, rtol);
+  cka_stats_kernel<T><<<grid, kStatsThreads, 0, stream>>>(static_cast<const T*>(grams), static_cast<T*>(rowsums),
+                                                          static_cast<T*>(stats), partials, counters, n, unbiased, a,
+                                                          b, rtol);
   return static_cast<int>(cudaGetLastError());
 }
 
 template <typename T>
-int cka_grads_cuda(const T* grams, const T* rowsums, const T* stats, const T* grad, T* coeffs, int64_t pairs,
-                   int64_t n, bool unbiased, double rtol, void* stream) {
+int launch_grads(const void* grams, const void* rowsums, const void* stats, const void* grad, void* coeffs,
+                 int64_t pairs, int64_t n, bool unbiased, double rtol, cudaStream_t stream) {
   double a, b;
   centering_constants(n, unbiased, &a, &b);
   const dim3 grid(static_cast<unsigned>((n * n + kGradThreads - 1) / kGradThreads), static_cast<unsigned>(pairs));
-  cka_grads_kernel<T><<<grid, kGradThreads, 0, static_cast<cudaStream_t>(stream)>>>(
-      grams, rowsums, stats, grad, coeffs, n, unbiased, static_cast<T>(a), static_cast<T>(b), rtol);
+  cka_grads_kernel<T><<<grid, kGradThreads, 0, stream>>>(
+      static_cast<const T*>(grams), static_cast<const T*>(rowsums), static_cast<const T*>(stats),
+      static_cast<const T*>(grad), static_cast<T*>(coeffs), n, unbiased, static_cast<T>(a), static_cast<T>(b), rtol);
   return static_cast<int>(cudaGetLastError());
 }
 
-template int cka_stats_cuda<float>(const float*, float*, float*, double*, unsigned int*, int64_t, int64_t, bool, double,
-                                   void*);
-template int cka_stats_cuda<double>(const double*, double*, double*, double*, unsigned int*, int64_t, int64_t, bool,
-                                    double, void*);
-template int cka_grads_cuda<float>(const float*, const float*, const float*, const float*, float*, int64_t, int64_t,
-                                   bool, double, void*);
-template int cka_grads_cuda<double>(const double*, const double*, const double*, const double*, double*, int64_t,
-                                    int64_t, bool, double, void*);
+int cka_stats_cuda(const void* grams, void* rowsums, void* stats, double* partials, unsigned int* counters, int dtype,
+                   int64_t pairs, int64_t n, bool unbiased, double rtol, void* stream) {
+  const auto s = static_cast<cudaStream_t>(stream);
+  switch (dtype) {
+    case kF32: return launch_stats<float>(grams, rowsums, stats, partials, counters, pairs, n, unbiased, rtol, s);
+    case kF64: return launch_stats<double>(grams, rowsums, stats, partials, counters, pairs, n, unbiased, rtol, s);
+    default: return static_cast<int>(cudaErrorInvalidValue);
+  }
+}
+
+int cka_grads_cuda(const void* grams, const void* rowsums, const void* stats, const void* grad, void* coeffs, int dtype,
+                   int64_t pairs, int64_t n, bool unbiased, double rtol, void* stream) {
+  const auto s = static_cast<cudaStream_t>(stream);
+  switch (dtype) {
+    case kF32: return launch_grads<float>(grams, rowsums, stats, grad, coeffs, pairs, n, unbiased, rtol, s);
+    case kF64: return launch_grads<double>(grams, rowsums, stats, grad, coeffs, pairs, n, unbiased, rtol, s);
+    default: return static_cast<int>(cudaErrorInvalidValue);
+  }
+}
 
 }  // namespace clarep_fast

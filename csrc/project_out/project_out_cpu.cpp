@@ -1,13 +1,13 @@
-// Projection off k directions on CPU (OpenMP over samples). Math: csrc/project_out.h.
+// Projection off k directions on CPU (OpenMP over samples). Math: csrc/project_out/project_out.h.
 //
 // A sample's V (N·K values, ~70 KB for a 3×16×16 latent and k = 24) stays in L2 between the two
 // passes over it, so memory traffic is one read of V. The two products with V,
 //   dots:     out_j = Σ_n V[n, j] v[n]        and      subtract: y[n] -= Σ_j V[n, j] w[j],
 // walk V in its memory order: rows when k is unit-stride (what CLARID produces), columns when n
 // is (a QR's Q), so the inner loops are contiguous and vectorize.
-#include "../project_out.h"
+#include "project_out.h"
 
-#include "element_types.h"
+#include "../common/cpu_types.h"
 
 #include <cmath>
 #include <vector>

@@ -12,6 +12,8 @@
 #pragma once
 #include <cstdint>
 
+#include "../common/kernel.h"
+
 namespace clarep_fast {
 
 constexpr int kAlignStats = 4;
@@ -24,7 +26,7 @@ void feature_align_backward_cpu(const T* s, const T* t, const Acc* coeffs, T* gr
                                 int64_t width);  // coeffs (B, 3): A, Bs, Ct
 
 #ifdef WITH_CUDA
-// dtype: DtypeCode of feature_pool.h. Return the cudaError_t of the launch as int (0 = success).
+// dtype: DtypeCode (csrc/common/kernel.h); returns the launch's cudaError_t (0 = success).
 int feature_align_forward_cuda(const void* s, const void* t, void* stats, int dtype, int64_t rows, int64_t width,
                                void* stream);
 int feature_align_backward_cuda(const void* s, const void* t, const void* coeffs, void* grad_s, void* grad_t, int dtype,

@@ -18,6 +18,8 @@
 #pragma once
 #include <cstdint>
 
+#include "../common/kernel.h"
+
 namespace clarep_fast {
 
 constexpr int kNumStats = 8;
@@ -30,19 +32,15 @@ void cka_grads_cpu(const T* grams, const T* rowsums, const T* stats, const T* gr
                    int64_t n, bool unbiased, double rtol);
 
 #ifdef WITH_CUDA
-// Launch on `stream` (a cudaStream_t passed as void* so this header needs no CUDA include).
-// Return the cudaError_t of the launch as int (0 = success).
+// Launch on `stream` (a cudaStream_t passed as void* so this header needs no CUDA include); T is
+// given by dtype (kF32 or kF64 of csrc/common/kernel.h); returns the launch's cudaError_t (0 = success).
 // cka_stats_cuda needs a workspace: `partials` (pairs × cka_stats_cuda_blocks(n) × 5 doubles, any
 // contents) and `counters` (pairs unsigned ints, zeroed).
 int64_t cka_stats_cuda_blocks(int64_t n);
-
-template <typename T>
-int cka_stats_cuda(const T* grams, T* rowsums, T* stats, double* partials, unsigned int* counters, int64_t pairs,
-                   int64_t n, bool unbiased, double rtol, void* stream);
-
-template <typename T>
-int cka_grads_cuda(const T* grams, const T* rowsums, const T* stats, const T* grad, T* coeffs, int64_t pairs,
-                   int64_t n, bool unbiased, double rtol, void* stream);
+int cka_stats_cuda(const void* grams, void* rowsums, void* stats, double* partials, unsigned int* counters, int dtype,
+                   int64_t pairs, int64_t n, bool unbiased, double rtol, void* stream);
+int cka_grads_cuda(const void* grams, const void* rowsums, const void* stats, const void* grad, void* coeffs, int dtype,
+                   int64_t pairs, int64_t n, bool unbiased, double rtol, void* stream);
 #endif
 
 // Centering constants: C(K)_ij = K_ij - a (r_i + r_j) + b S.

@@ -1,13 +1,13 @@
-// Feature alignment statistics and gradients on CUDA. Math: csrc/feature_align.h.
+// Feature alignment statistics and gradients on CUDA. Math: csrc/feature_align/feature_align.h.
 //
 // forward:  one warp per row (8 rows per 256-thread block); lanes stride the row (coalesced) and
 //           keep four running sums, reduced with warp shuffles; lane 0 writes the row's stats.
 // backward: one thread per element, grid-stride: ds = A t + Bs s and dt = A s + Ct t in one pass.
 #include <cuda_runtime.h>
 
-#include "../feature_align.h"
-#include "../feature_pool.h"  // DtypeCode
-#include "element.cuh"  // load, store, warp_sum
+#include "feature_align.h"
+#include "../common/kernel.h"  // DtypeCode
+#include "../common/element.cuh"  // load, store, warp_sum
 
 namespace clarep_fast {
 namespace {

@@ -1,7 +1,7 @@
-// Feature alignment statistics and gradients on CPU (OpenMP over rows). Math: csrc/feature_align.h.
-#include "../feature_align.h"
+// Feature alignment statistics and gradients on CPU (OpenMP over rows). Math: csrc/feature_align/feature_align.h.
+#include "feature_align.h"
 
-#include "element_types.h"
+#include "../common/cpu_types.h"
 
 namespace clarep_fast {
 

@@ -1,4 +1,4 @@
-// Projection off k directions on CUDA: one block per sample. Math: csrc/project_out.h.
+// Projection off k directions on CUDA: one block per sample. Math: csrc/project_out/project_out.h.
 //
 // forward:  (1) c_j = Σ_n V[n, j] x[n]: warp w owns columns j = w, w + warps, ...; lanes stride n and
 //               a warp shuffle reduces (deterministic, no atomics); ‖x‖² by a block reduction.
@@ -10,9 +10,9 @@
 // come from L2. V may have any strides (column-major from a QR reads coalesced in columns_dot).
 #include <cuda_runtime.h>
 
-#include "../feature_pool.h"  // DtypeCode
-#include "../project_out.h"
-#include "element.cuh"  // load, store, warp_sum
+#include "../common/kernel.h"  // DtypeCode
+#include "project_out.h"
+#include "../common/element.cuh"  // load, store, warp_sum
 
 namespace clarep_fast {
 namespace {

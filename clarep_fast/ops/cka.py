@@ -28,6 +28,7 @@ from torch import Tensor
 from clarep_fast.backends import Kernels, compiled_ops, resolve_backend
 from clarep_fast.dtypes import accumulation_dtype, require_float
 from clarep_fast.ops.gram import gram_backward, gram_into
+from clarep_fast.ops.spec import OpSpec, random_tensor
 from clarep_fast.reference.cka import DEGENERATE_RTOL, STATS_FIELDS, cka_grads_reference, cka_reference, cka_stats_reference
 
 NUM_STATS = len(STATS_FIELDS)
@@ -192,3 +193,16 @@ def _raise_if_not_finite(stats: Tensor) -> None:
     y_bad = bool(bad[pair, [3, 5]].any())
     culprit = " and ".join(name for name, is_bad in (("x", x_bad), ("y", y_bad)) if is_bad) or "x or y"
     raise ValueError(f"cka: {culprit} of pair {pair} holds NaN or Inf (or its Gram overflowed {stats.dtype})")
+
+
+# ----------------------------------------------------------------------------- op table row
+
+
+def _example(device, dtype, generator):
+    """Two pairs at odd widths; y correlated with x so that CKA is far from 0."""
+    x = random_tensor(generator, device, dtype, 41, 401, requires_grad=True)
+    y = (random_tensor(generator, device, dtype, 41, 33) + x[:, :33].detach()).requires_grad_(True)
+    return (x, y), {"unbiased": False}
+
+
+SPEC = OpSpec("cka", cka, cka_reference, KERNELS, _example)

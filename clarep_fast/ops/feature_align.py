@@ -19,6 +19,7 @@ from torch import Tensor
 
 from clarep_fast.backends import Kernels, compiled_ops, resolve_backend
 from clarep_fast.dtypes import accumulation_dtype, require_float
+from clarep_fast.ops.spec import OpSpec, random_tensor
 from clarep_fast.reference.feature_align import (
     ALIGN_EPS, KINDS, REDUCTIONS, feature_align_backward_reference, feature_align_forward_reference, feature_align_reference,
 )  # fmt: skip
@@ -159,3 +160,16 @@ def _raise_if_not_finite(stats: Tensor) -> None:
         return
     pair, sample, side = (int(i) for i in bad.nonzero()[0])
     raise ValueError(f"feature_align: {'students' if side == 0 else 'teachers'}[{pair}] holds NaN or Inf (sample {sample})")
+
+
+# ----------------------------------------------------------------------------- op table row
+
+
+def _example(device, dtype, generator):
+    """Two pairs at odd widths (one student side 4-d), cosine, per-sample losses; both sides trainable."""
+    students = [random_tensor(generator, device, dtype, 5, 37, requires_grad=True), random_tensor(generator, device, dtype, 5, 3, 4, 4, requires_grad=True)]
+    teachers = [random_tensor(generator, device, dtype, 5, 37, requires_grad=True), random_tensor(generator, device, dtype, 5, 48, requires_grad=True)]
+    return (students, teachers), {"kind": "cosine", "reduction": "none"}
+
+
+SPEC = OpSpec("feature_align", feature_align, feature_align_reference, KERNELS, _example)

@@ -25,6 +25,7 @@ from torch import Tensor
 
 from clarep_fast.backends import Kernels, compiled_ops, resolve_backend
 from clarep_fast.dtypes import FLOAT_DTYPES, accumulation_dtype, require_float
+from clarep_fast.ops.spec import OpSpec, random_tensor
 from clarep_fast.reference.feature_pool import NORMALIZE_EPS, feature_pool_backward_reference, feature_pool_forward_reference, feature_pool_reference
 
 
@@ -189,3 +190,16 @@ def _validated(maps, size, out_dtype, names) -> list[Tensor]:
         if size > height or size > width:
             raise ValueError(f"pool size {size} is larger than {name}'s {height}×{width} map; use size <= {min(height, width)}")
     return maps
+
+
+# ----------------------------------------------------------------------------- op table row
+
+
+def _example(device, dtype, generator):
+    """Two maps with uneven pooling windows (7×9 and 4×4 to 3×3), normalized, one channels-last."""
+    first = random_tensor(generator, device, dtype, 3, 5, 7, 9, requires_grad=True)
+    second = random_tensor(generator, device, dtype, 3, 4, 4, 4).to(memory_format=torch.channels_last).requires_grad_(True)
+    return ([first, second], 3), {"normalize": True}
+
+
+SPEC = OpSpec("feature_pool", feature_pool, feature_pool_reference, KERNELS, _example)

@@ -15,6 +15,7 @@ from torch import Tensor
 
 from clarep_fast.backends import Kernels, compiled_ops, resolve_backend
 from clarep_fast.dtypes import accumulation_dtype, require_float
+from clarep_fast.ops.spec import OpSpec, random_tensor
 from clarep_fast.reference.project_out import RESCALE_RTOL, project_out_backward_reference, project_out_forward_reference, project_out_reference
 
 
@@ -126,3 +127,16 @@ def _raise_if_not_finite(stats: Tensor) -> None:
     sample = int(bad.any(1).nonzero()[0])
     culprit = "x" if bool(bad[sample, 0]) else "vectors"
     raise ValueError(f"project_out: {culprit} of sample {sample} holds NaN or Inf")
+
+
+# ----------------------------------------------------------------------------- op table row
+
+
+def _example(device, dtype, generator):
+    """A (3, 3, 5, 7) batch off 6 orthonormal directions each (a QR's column-major Q), rescaled."""
+    x = random_tensor(generator, device, dtype, 3, 3, 5, 7, requires_grad=True)
+    vectors = torch.linalg.qr(random_tensor(generator, device, torch.float64, 3, 105, 6)).Q.to(dtype).requires_grad_(True)
+    return (x, vectors), {"rescale": True}
+
+
+SPEC = OpSpec("project_out", project_out, project_out_reference, KERNELS, _example)

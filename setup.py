@@ -91,7 +91,7 @@ setup(
     python_requires=">=3.10",
     packages=find_packages(include=["clarep_fast", "clarep_fast.*"]) + ["clarep_fast.kernels"],
     package_dir={"clarep_fast": "clarep_fast", "clarep_fast.kernels": "kernels"},
-    package_data={"clarep_fast": ["assets/teacher/*.json", "assets/teacher/*.safetensors"]},
+    package_data={"clarep_fast": ["pipeline/assets/teacher/*.json", "pipeline/assets/teacher/*.safetensors"]},
     ext_modules=ext_modules,
     cmdclass=cmdclass,
     install_requires=["torch>=2.4", "numpy", "tqdm", "diffusers", "timm", "safetensors", "pillow"],
@@ -99,6 +99,6 @@ setup(
         "triton": ["triton"],
         "test": ["pytest", "pytest-benchmark", "hypothesis"],
     },
-    entry_points={"console_scripts": ["clarep-fast=clarep_fast.cli:main"]},
+    entry_points={"console_scripts": ["clarep-fast=clarep_fast.pipeline.cli:main"]},
     zip_safe=False,
 )

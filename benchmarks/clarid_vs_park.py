@@ -31,10 +31,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.common import device_name, git_sha, timed, versions  # noqa: E402
 from benchmarks.park_loop import park_power_loop  # noqa: E402
-from clarep_fast.clarid.jacobian import principal_angle, topk_right_singular  # noqa: E402
-from clarep_fast.clarid.search import SearchConfig, split_steps  # noqa: E402
-from clarep_fast.diffusion.ddim import NUM_TRAIN_TIMESTEPS, ddim_move, time_grid  # noqa: E402
-from clarep_fast.diffusion.teacher import load_default_teacher  # noqa: E402
+from clarep_fast.pipeline.clarid.jacobian import principal_angle, topk_right_singular  # noqa: E402
+from clarep_fast.pipeline.clarid.search import SearchConfig, split_steps  # noqa: E402
+from clarep_fast.pipeline.teacher.ddim import NUM_TRAIN_TIMESTEPS, ddim_move, time_grid  # noqa: E402
+from clarep_fast.pipeline.teacher.model import load_default_teacher  # noqa: E402
 from clarep_fast.taps import FeatureTap  # noqa: E402
 
 ACCURACY = 0.01  # radians
@@ -48,7 +48,7 @@ def search_problem(config: SearchConfig, images: int, device: str, generator: to
     noise = torch.randn(images, 3, 16, 16, generator=generator).to(device)
     start = ddim_move(teacher, noise, labels, time_grid(NUM_TRAIN_TIMESTEPS - 1, config.t_e, split_steps(config)[0]), config.guidance, clip=True)
     times = torch.full((images,), config.t_e, device=device)
-    tap = FeatureTap(teacher, [config.layer], pool=config.pool)
+    tap = FeatureTap(teacher, [config.layer], pool=config.pool, fused=False)
 
     def features(z, t, c):
         return tap(z, t, c).packed

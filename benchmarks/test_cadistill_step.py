@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from benchmarks.common import BENCH_PASS, peak_memory_bytes, quantiles_ms
-from clarep_fast.distill.student import DistillModel, Student
+from clarep_fast.pipeline.distill.student import DistillModel, Student
 from clarep_fast.reference import cka_reference, feature_align_reference
 
 CASES = [{"batch": 128, "bank_batch": 64, "dtype": "float32"}]

@@ -24,8 +24,8 @@ import torch
 from benchmarks.clarid_vs_park import ACCURACY, search_problem
 from benchmarks.common import BENCH_PASS, quantiles_ms, timed
 from benchmarks.park_loop import park_power_loop
-from clarep_fast.clarid.jacobian import principal_angle, topk_right_singular
-from clarep_fast.clarid.search import SearchConfig
+from clarep_fast.pipeline.clarid.jacobian import principal_angle, topk_right_singular
+from clarep_fast.pipeline.clarid.search import SearchConfig
 
 CASES = [{"k": 8, "images": 20, "park_images": 2, "dtype": "float32"}]
 QUICK_CASES = [{"k": 8, "images": 8, "park_images": 1, "dtype": "float32"}]

@@ -14,9 +14,9 @@ import torch
 import torchattacks
 
 from benchmarks.common import gpu_quantiles_ms, peak_memory_bytes
-from clarep_fast.distill.student import Student
-from clarep_fast.evaluate.fold import fold_batchnorm
-from clarep_fast.evaluate.robustness import EvaluateConfig
+from clarep_fast.pipeline.distill.student import Student
+from clarep_fast.pipeline.evaluate.fold import fold_batchnorm
+from clarep_fast.pipeline.evaluate.robustness import EvaluateConfig
 
 CASES = [{"batch": 250, "dtype": "float32"}]
 QUICK_CASES = CASES

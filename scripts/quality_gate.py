@@ -12,14 +12,13 @@ import os
 import sys
 from pathlib import Path
 
-import torch
 from torchvision.utils import save_image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from clarep_fast.data.default import DataConfig  # noqa: E402
-from clarep_fast.diffusion.quality import class_consistency, train_judge  # noqa: E402
-from clarep_fast.diffusion.teacher import load_teacher, num_classes_of  # noqa: E402
+from clarep_fast.pipeline.data.default import DataConfig  # noqa: E402
+from clarep_fast.pipeline.teacher.quality import class_consistency, train_judge  # noqa: E402
+from clarep_fast.pipeline.teacher.model import load_teacher, num_classes_of  # noqa: E402
 
 GATE = 0.90
 

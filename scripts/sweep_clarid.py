@@ -19,9 +19,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from clarep_fast.clarid import SearchConfig, load_bank, run_search  # noqa: E402
-from clarep_fast.data.default import DataConfig  # noqa: E402
-from clarep_fast.diffusion.quality import train_judge  # noqa: E402
+from clarep_fast.pipeline.clarid import SearchConfig, load_bank, run_search  # noqa: E402
+from clarep_fast.pipeline.data.default import DataConfig  # noqa: E402
+from clarep_fast.pipeline.teacher.quality import train_judge  # noqa: E402
 
 SETTINGS = [(600, 24, True), (600, 8, True), (600, 48, True), (600, 96, True), (500, 24, True), (500, 48, True), (700, 24, True), (600, 48, False)]
 

@@ -23,8 +23,8 @@ def test_wheel_carries_extension_and_kernels(tmp_path):
     names = zipfile.ZipFile(wheel).namelist()
     assert any(name.startswith("clarep_fast/_C") and name.endswith(".so") for name in names), names
     assert "clarep_fast/kernels/cka.py" in names
-    assert "clarep_fast/assets/teacher/config.json" in names
-    assert "clarep_fast/assets/teacher/diffusion_pytorch_model.safetensors" in names
+    assert "clarep_fast/pipeline/assets/teacher/config.json" in names
+    assert "clarep_fast/pipeline/assets/teacher/diffusion_pytorch_model.safetensors" in names
     assert not any(name.startswith("kernels/") for name in names), "a top-level `kernels` package leaked"
     target = tmp_path / "site"
     install = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(target), str(wheel)], capture_output=True, text=True, timeout=300)

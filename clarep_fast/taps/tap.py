@@ -10,8 +10,8 @@ Steps of one call:
      (e.g. "down_blocks.1.attentions.0") are captured with forward hooks registered once.
   2. Pool every tapped map to pool×pool, normalize per sample and layer if asked, cast, and pack
      with the fused ``feature_pool`` op: each map read once, one (B, Σ C_l·pool²) output.
-Packed order is the order of ``layers``. Under torch.func transforms (CLARID's JVPs/VJPs) the
-pooling runs through the pure-PyTorch reference, which supports forward-mode AD.
+Packed order is the order of ``layers``. ``fused=False`` pools with the pure-PyTorch reference
+instead: for torch.func forward-mode transforms (CLARID's JVPs), which custom ops do not support.
 """
 
 from __future__ import annotations
@@ -31,17 +31,11 @@ class TapOutput(NamedTuple):
     features: dict[str, Tensor]  # layer -> (B, C_l, pool, pool) view of `packed`
 
 
-def _under_functorch(tensors: Sequence[Tensor]) -> bool:
-    """True inside torch.func transforms (never while torch.compile traces: it cannot ask)."""
-    if torch.compiler.is_compiling():
-        return False
-    return any(torch._C._functorch.is_functorch_wrapped_tensor(t) for t in tensors)
-
-
 class FeatureTap(nn.Module):
     """Tap ``layers`` of ``model``; see the module docstring. ``layers`` are stage or module names
     (diffusers: "down_blocks.1", "mid_block", "up_blocks.0", "transformer_blocks.3", or any dotted
     submodule path) or, for timm models, the integer block indices of ``forward_intermediates``.
+    ``fused=False``: pool with the reference (under torch.func.jvp / jacfwd).
     """
 
     _active = False  # hooks record only while this tap's own forward runs
@@ -55,6 +49,7 @@ class FeatureTap(nn.Module):
         normalize: bool = False,
         stop_early: bool = True,
         out_dtype: torch.dtype | None = None,
+        fused: bool = True,
     ):
         super().__init__()
         layers = list(layers)
@@ -65,7 +60,7 @@ class FeatureTap(nn.Module):
         if not isinstance(pool, int) or pool < 1:
             raise ValueError(f"pool must be a positive int, got {pool!r}")
         self.model, self.layers, self.pool = model, layers, pool
-        self.normalize, self.stop_early, self.out_dtype = normalize, stop_early, out_dtype
+        self.normalize, self.stop_early, self.out_dtype, self.fused = normalize, stop_early, out_dtype, fused
         self._timm = all(isinstance(layer, int) for layer in layers)
         self._stages = None if self._timm else stages_for(model)
         self._captured: dict[str, Tensor] = {}
@@ -108,10 +103,10 @@ class FeatureTap(nn.Module):
         _check_batches(args, kwargs)
         maps = self._maps(*args, **kwargs)
         names = [str(layer) for layer in self.layers]
-        if _under_functorch(maps):
-            packed = feature_pool_reference(maps, self.pool, self.normalize, self.out_dtype)
-        else:
+        if self.fused:
             packed = feature_pool(maps, self.pool, normalize=self.normalize, out_dtype=self.out_dtype, names=names)
+        else:
+            packed = feature_pool_reference(maps, self.pool, self.normalize, self.out_dtype)
         views = split_packed(packed, [m.shape[1] for m in maps], self.pool)
         return TapOutput(packed, dict(zip(names, views)))
 
@@ -156,7 +151,7 @@ class FeatureTap(nn.Module):
         return self(stacked, times, labels).packed.unflatten(0, (conditions, batch))
 
     def extra_repr(self) -> str:
-        return f"layers={self.layers}, pool={self.pool}, normalize={self.normalize}, stop_early={self.stop_early}"
+        return f"layers={self.layers}, pool={self.pool}, normalize={self.normalize}, stop_early={self.stop_early}, fused={self.fused}"
 
 
 def _check_batches(args, kwargs) -> None:

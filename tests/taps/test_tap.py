@@ -115,7 +115,7 @@ def test_torch_func_jvp_and_vjp_through_early_exit():
     model = tiny_unet().double()
     x, t, c = _unet_inputs(2)
     x, v = x.double(), torch.randn(2, 3, 16, 16, dtype=torch.float64)
-    tap = FeatureTap(model, ["down_blocks.1"], pool=2)
+    tap = FeatureTap(model, ["down_blocks.1"], pool=2, fused=False)  # forward-mode AD: the reference pooling
 
     def features(latent):
         return tap(latent, t, c).packed

@@ -1,0 +1,205 @@
+"""The ``clarep-fast`` command line. Each command's flags come from its config dataclass
+(clarep_fast/pipeline/options.py); ``clarep-fast <command> --help`` lists them.
+
+    clarep-fast backends                 which backends are usable here, and why not
+    clarep-fast selfcheck [--quick]      every usable backend of every op in the op table against the
+                                         reference (forward and backward), then fused vs eager CKA time
+    clarep-fast train-teacher RUN_DIR    train (or resume) the class-conditional diffusion teacher on
+                                         the default dataset; RUN_DIR/teacher is the result
+    clarep-fast search BANK_DIR          CLARep search (CLARID) into a bank; resumes; torchrun splits it
+    clarep-fast distill RUN_DIR          CaDistill (or --baseline) student training; resumes; torchrun: DDP
+    clarep-fast evaluate STUDENT.pt      clean, adversarial and background-shift accuracy
+    clarep-fast demo RUN_DIR             the whole pipeline on the embedded default, with report.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Callable, NamedTuple
+
+import torch
+
+from clarep_fast.backends import BACKENDS, available_backends, unusable_reason
+from clarep_fast.ops import OPS
+from clarep_fast.ops.cka import cka
+from clarep_fast.ops.spec import check_against_reference
+from clarep_fast.pipeline.options import add_options, config_from_args
+from clarep_fast.reference import cka_reference
+
+
+def _backends(args) -> int:
+    for name, status in available_backends().items():
+        where = ", ".join(status.devices) if status.available else "unavailable"
+        note = f"  ({status.reason})" if status.reason else ""
+        print(f"  {name:7s} {where}{note}")
+    return 0
+
+
+def _median_seconds(fn, repeats: int, device: str) -> float:
+    fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        if device == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def _selfcheck(args) -> int:
+    print(f"clarep_fast self-check: torch {torch.__version__}, {torch.get_num_threads()} CPU threads")
+    _backends(args)
+    devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    failures = 0
+    print("\ncorrectness against the float64 reference, fp32 inputs (errors relative to the largest reference entry):")
+    for spec in OPS:
+        for device in devices:
+            for backend in BACKENDS:
+                if unusable_reason(backend, device):
+                    continue
+                result = check_against_reference(spec, backend, device)
+                failures += not result.ok
+                print(f"  {spec.name:13s} {device:4s} {backend:7s} value {result.value_error:.1e}  grad {result.grad_error:.1e}  {'ok' if result.ok else 'FAIL'}")
+    n, d = (256, 8192) if args.quick else (512, 32768)
+    print(f"\nspeed: CKA forward+backward of x, y: ({n}, {d}) fp32, median of 5 (one process, same inputs):")
+    for device in devices:
+        x = torch.randn(n, d, device=device, requires_grad=True)
+        y = torch.randn(n, d, device=device, requires_grad=True)
+        fused = _median_seconds(lambda: torch.autograd.grad(cka(x, y), (x, y)), 5, device)
+        eager = _median_seconds(lambda: torch.autograd.grad(cka_reference(x, y), (x, y)), 5, device)
+        print(f"  {device:4s} fused {fused * 1e3:8.1f} ms   eager {eager * 1e3:8.1f} ms   fused is {eager / fused:.2f}x eager")
+    print("\nfull comparison with torch.compile: python benchmarks/run.py [--quick]")
+    print("self-check " + ("passed" if failures == 0 else f"FAILED ({failures} backend(s))"))
+    return 1 if failures else 0
+
+
+def _train_teacher(args) -> int:
+    from clarep_fast.pipeline.teacher.train import TrainTeacherConfig, train_teacher
+
+    teacher_dir = train_teacher(config_from_args(TrainTeacherConfig, args), args.run_dir)
+    print(f"teacher saved to {teacher_dir}")
+    return 0
+
+
+def _search(args) -> int:
+    from clarep_fast.pipeline.clarid.search import SearchConfig, run_search
+    from clarep_fast.pipeline.distributed import is_main_process
+
+    bank = run_search(config_from_args(SearchConfig, args), args.bank_dir, device=args.device)
+    if is_main_process():
+        print(f"CLARep bank written to {bank} (summary.json, canonical.png, nmi.png)")
+    return 0
+
+
+def _distill(args) -> int:
+    from clarep_fast.pipeline.distill.train import DistillConfig, train_student
+    from clarep_fast.pipeline.distributed import is_main_process
+
+    path = train_student(config_from_args(DistillConfig, args), args.run_dir, device=args.device)
+    if is_main_process():
+        print(f"student saved to {path}")
+    return 0
+
+
+def _evaluate(args) -> int:
+    from clarep_fast.pipeline.data.default import DataConfig
+    from clarep_fast.pipeline.distill.train import load_student
+    from clarep_fast.pipeline.evaluate.robustness import EvaluateConfig, evaluate_student, markdown_table
+    from clarep_fast.pipeline.rundir import write_json, write_text
+
+    student = load_student(args.student)
+    resolution = int(torch.load(args.student, weights_only=True)["resolution"])
+    results = evaluate_student(student, DataConfig(resolution=resolution), config_from_args(EvaluateConfig, args))
+    out = Path(args.out) if args.out else Path(args.student).with_name("evaluation.json")
+    write_json(out, results)
+    table = markdown_table({Path(args.student).parent.name: results})
+    write_text(out.with_suffix(".md"), "Accuracy (%)\n\n" + table + "\n")
+    print(table)
+    print(f"written to {out} and {out.with_suffix('.md')}")
+    return 0
+
+
+def _demo(args) -> int:
+    from clarep_fast.pipeline.demo import DemoConfig, run_demo
+    from clarep_fast.pipeline.distill.train import DistillConfig
+
+    demo = config_from_args(DemoConfig, args)
+    report = run_demo(args.run_dir, seeds=demo.seeds, distill=DistillConfig(epochs=demo.epochs))
+    print(report.read_text())
+    print(f"report: {report}")
+    return 0
+
+
+def _config_class(module: str, name: str) -> Callable[[], type]:
+    """The config dataclass of a pipeline command, imported only when its parser is built."""
+
+    def load():
+        import importlib
+
+        return getattr(importlib.import_module(module), name)
+
+    return load
+
+
+class Command(NamedTuple):
+    help: str
+    run: Callable[[argparse.Namespace], int]
+    positional: tuple[tuple[str, str], ...] = ()  # (name, help)
+    config: Callable[[], type] | None = None  # its flags: one per config field
+    extra: tuple[tuple[str, dict], ...] = ()  # flags that are not config fields
+
+
+DEVICE = ("--device", {"default": None, "help": "default: cuda (the rank's GPU under torchrun) if available, else cpu"})
+
+COMMANDS = {
+    "backends": Command("list backends and why any is unavailable", _backends),
+    "selfcheck": Command("check every backend of every op against the reference and time fused vs eager", _selfcheck,
+                         extra=(("--quick", {"action": "store_true", "help": "smaller timing problem"}),)),
+    "train-teacher": Command("train or resume the diffusion teacher on the default dataset", _train_teacher,
+                             (("run_dir", "run folder: config.json, loss.csv, checkpoint.pt, samples_*.png, teacher/"),),
+                             _config_class("clarep_fast.pipeline.teacher.train", "TrainTeacherConfig")),
+    "search": Command("CLARep search into a bank (resumable; torchrun splits it)", _search,
+                      (("bank_dir", "bank folder: config.json, shards/, summary.json, canonical.png, nmi.png"),),
+                      _config_class("clarep_fast.pipeline.clarid.search", "SearchConfig"), (DEVICE,)),
+    "distill": Command("train a CaDistill (or baseline) student from a CLARep bank", _distill,
+                       (("run_dir", "run folder: config.json, metrics.csv/json, checkpoint.pt, student.pt"),),
+                       _config_class("clarep_fast.pipeline.distill.train", "DistillConfig"), (DEVICE,)),
+    "evaluate": Command("clean, adversarial and background-shift accuracy of a student", _evaluate,
+                        (("student", "student.pt from clarep-fast distill"),),
+                        _config_class("clarep_fast.pipeline.evaluate.robustness", "EvaluateConfig"),
+                        (("--out", {"default": None, "help": "JSON file (default: evaluation.json beside the student)"}),)),
+    "demo": Command("embedded teacher -> bank -> baseline + CaDistill students -> evaluation -> report.md", _demo,
+                    (("run_dir", "demo folder: bank/, one folder per student, evaluation.json, report.md"),),
+                    _config_class("clarep_fast.pipeline.demo", "DemoConfig")),
+}  # fmt: skip
+
+
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The parser; with ``command`` given, only that command's config is imported (fast --help)."""
+    parser = argparse.ArgumentParser(prog="clarep-fast", description="clarep_fast: fused kernels for CLAReps and CaDistill")
+    commands = parser.add_subparsers(dest="command", required=True)
+    for name, spec in COMMANDS.items():
+        sub = commands.add_parser(name, help=spec.help, description=spec.help)
+        for positional, text in spec.positional:
+            sub.add_argument(positional, help=text)
+        if spec.config is not None and name == command:
+            add_options(sub, spec.config())
+        for flag, keywords in spec.extra:
+            sub.add_argument(flag, **keywords)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    command = next((word for word in argv if word in COMMANDS), None)
+    args = build_parser(command).parse_args(argv)
+    return COMMANDS[args.command].run(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,208 @@
+"""CaDistill training (and the plain baseline) of a timm student on the full training set.
+
+One step (DESIGN.md §2), with a batch (x, y) of real training images and a batch (x~_0, c, F_T) from
+the CLARep bank (canonical samples, their classes, the teacher's cached canonical features):
+  loss = CE(student(x), y)
+       + λ_align · L_align   mean over layer pairs of 1 - cos(P_l(s_l(x~_0)), F_T,l)       (fused feature_align)
+       + λ_cano  · L_cano    CE over cos(P_L(s_L(x)), prototype_k) / τ, prototype_k the class-k mean of
+                             the bank's last-pair teacher features: real images pulled to their class's
+                             canonical prototype
+       + λ_dist  · L_dist    mean over pairs of 1 - CKA(s_l(x~_0), F_T,l)                  (fused cka_pairs)
+The teacher never runs: F_T comes from the bank. Real and canonical batches go through the student
+in separate forwards, so the real batch's BatchNorm statistics are its own; with every λ = 0 the
+canonical forward is skipped and the run is exactly the baseline (same data order, same seed).
+Under torchrun every rank takes its slice of each global batch and DDP averages the gradients.
+
+Run folder: config.json, metrics.csv / metrics.json (per epoch), checkpoint.pt (atomic, per epoch;
+rerun the command to resume), student.pt (the final student: weights + what rebuilds it).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from tqdm import tqdm
+
+from clarep_fast.pipeline.clarid.bank import load_bank
+from clarep_fast.pipeline.data.default import DataConfig, default_splits
+from clarep_fast.pipeline.distributed import barrier, default_device, rank_and_world
+from clarep_fast.pipeline.options import option
+from clarep_fast.pipeline.rundir import RunDir, as_json, save_torch
+from clarep_fast.pipeline.distill.student import DistillModel, Student, accuracy
+from clarep_fast.ops.cka import cka_pairs
+from clarep_fast.ops.feature_align import feature_align
+
+
+@dataclass(frozen=True)
+class DistillConfig:
+    bank: str = option("runs/default-bank", "CLARep bank folder (clarep-fast search)")
+    student: str = option("resnet18", "timm model name")
+    student_layers: tuple[int, ...] = option((2, 3, 4), "timm forward_intermediates indices, paired in order with the teacher layers")
+    teacher_layers: tuple[str, ...] | None = option(None, "the bank's feature layers to distill (default: all of them, in order)")
+    student_pool: int = option(1, "student features pooled to this size")
+    epochs: int = option(8, "training epochs (a rerun may raise it)")
+    batch_size: int = option(128, "real images per step")
+    bank_batch_size: int = option(64, "CLAReps per step")
+    learning_rate: float = option(0.05, "peak learning rate (SGD, one-cycle schedule)")
+    weight_decay: float = option(5e-4, "SGD weight decay")
+    lambda_align: float = option(1.0, "weight of L_align")
+    lambda_cano: float = option(0.5, "weight of L_cano")
+    lambda_dist: float = option(0.5, "weight of L_dist (1 - CKA)")
+    temperature: float = option(0.1, "temperature of L_cano")
+    baseline: bool = option(False, "cross-entropy only (same student, schedule and seed): every λ treated as 0, the bank never read")
+    seed: int = option(0, "seed of the initial weights and the data order")
+    data: DataConfig = option(default_factory=DataConfig)
+
+    @property
+    def lambdas(self) -> tuple[float, float, float]:
+        return (0.0, 0.0, 0.0) if self.baseline else (self.lambda_align, self.lambda_cano, self.lambda_dist)
+
+
+TERMS = ("ce", "align", "cano", "dist", "total")
+
+
+class BankBatches:
+    """The bank's canonical samples in [0, 1], classes, per-pair teacher features and class prototypes."""
+
+    def __init__(self, config: DistillConfig, num_classes: int, resolution: int, device):
+        bank = load_bank(config.bank)
+        layers = list(config.teacher_layers or bank.config["feature_layers"])
+        missing = [layer for layer in layers if layer not in bank.features]
+        if missing:
+            raise ValueError(f"teacher layers {missing} are not in the bank {config.bank} (it has {list(bank.features)})")
+        if len(layers) != len(config.student_layers):
+            raise ValueError(f"{len(config.student_layers)} student layers {list(config.student_layers)} but {len(layers)} teacher layers {layers}: they pair in order")
+        bank_classes = int(bank.classes.max()) + 1
+        if bank_classes > num_classes:
+            raise ValueError(f"the bank {config.bank} has class {bank_classes - 1} but the data has {num_classes} classes")
+        if bank.samples.shape[-1] != resolution:
+            raise ValueError(f"the bank's canonical samples are {bank.samples.shape[-1]}×{bank.samples.shape[-1]} but the data is {resolution}×{resolution}")
+        if len(bank.classes) < config.bank_batch_size:
+            raise ValueError(f"bank_batch_size {config.bank_batch_size} exceeds the bank's {len(bank.classes)} CLAReps")
+        self.layers = layers
+        self.images = ((bank.samples.clamp(-1, 1) + 1) / 2).to(device)
+        self.classes = bank.classes.to(device)
+        self.features = [bank.features[layer].float().to(device) for layer in layers]
+        last = self.features[-1]
+        self.prototypes = torch.stack([last[self.classes == k].mean(0) if (self.classes == k).any() else torch.zeros_like(last[0]) for k in range(num_classes)])
+        self.has_prototype = torch.stack([(self.classes == k).any() for k in range(num_classes)])
+
+    def widths(self) -> list[int]:
+        return [f.shape[1] for f in self.features]
+
+
+def _losses(model, images: Tensor, labels: Tensor, bank: BankBatches | None, bank_index: Tensor | None, config: DistillConfig) -> dict[str, Tensor]:
+    lambda_align, lambda_cano, lambda_dist = config.lambdas
+    logits, _, projected = model(images)
+    terms = {"ce": F.cross_entropy(logits, labels)}
+    zero = terms["ce"].new_zeros(())
+    terms.update(align=zero, cano=zero, dist=zero)
+    if bank is not None:
+        _, raw, projected_canonical = model(bank.images[bank_index])
+        teachers = [f[bank_index] for f in bank.features]
+        if lambda_align:
+            terms["align"] = feature_align(projected_canonical, teachers, kind="cosine")
+        if lambda_dist:
+            terms["dist"] = (1 - cka_pairs(raw, teachers)).mean()
+        if lambda_cano:
+            similarity = F.normalize(projected[-1], dim=1) @ F.normalize(bank.prototypes, dim=1).T  # (B, K)
+            similarity = similarity.masked_fill(~bank.has_prototype, -1.0)
+            terms["cano"] = F.cross_entropy(similarity / config.temperature, labels)
+    terms["total"] = terms["ce"] + lambda_align * terms["align"] + lambda_cano * terms["cano"] + lambda_dist * terms["dist"]
+    return terms
+
+
+def train_student(config: DistillConfig, run_dir: str | Path, *, device: str | None = None, progress: bool = True) -> Path:
+    """Train (or resume) in ``run_dir``; returns the path of student.pt."""
+    rank, world = rank_and_world()
+    if device is None:
+        device = default_device()
+    splits = default_splits(config.data)
+    train, test = splits["train"], splits["test"]
+    num_classes = int(train.labels.max()) + 1
+    if config.batch_size % world or config.bank_batch_size % world:
+        raise ValueError(f"batch_size {config.batch_size} and bank_batch_size {config.bank_batch_size} must divide by the {world} ranks")
+    bank = None if config.baseline or not any(config.lambdas) else BankBatches(config, num_classes, config.data.resolution, device)
+    resolved = as_json(config)
+    if bank is not None:  # a bank rebuilt in place with other features must not meet an old checkpoint
+        resolved["bank_layers"], resolved["bank_widths"], resolved["bank_count"] = bank.layers, bank.widths(), len(bank.classes)
+    run = RunDir(run_dir, command="distill", may_change=("epochs",))
+
+    torch.manual_seed(config.seed)  # the initial weights: the same for baseline and CaDistill
+    student = Student(config.student, num_classes, config.student_layers, config.student_pool).to(device)
+    student_widths = student.feature_widths(config.data.resolution)
+    if len(student_widths) != len(config.student_layers):
+        raise ValueError(f"student layers {list(config.student_layers)} gave {len(student_widths)} features")
+    teacher_widths = bank.widths() if bank is not None else [1] * len(student_widths)
+    model = DistillModel(student, student_widths, teacher_widths).to(device)
+    optimizer = torch.optim.SGD(model.parameters(), lr=config.learning_rate, momentum=0.9, nesterov=True, weight_decay=config.weight_decay)
+    steps_per_epoch = len(train.labels) // config.batch_size
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=config.learning_rate, total_steps=config.epochs * steps_per_epoch, pct_start=0.15)
+    run.claim(resolved, write=rank == 0)
+    start = 0
+    state = run.load_checkpoint(device)
+    if state is not None:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        schedule.load_state_dict(state["schedule"])
+        start = int(state["epoch"])
+    wrapped = model
+    if world > 1:
+        # projectors without a loss term (the baseline, or a λ set to 0) get no gradient: tell DDP
+        wrapped = torch.nn.parallel.DistributedDataParallel(model, find_unused_parameters=not all(config.lambdas))
+    images, labels = train.images.to(device), train.labels.to(device)
+    history = json.loads((run / "metrics.json").read_text())[:start] if (run / "metrics.json").exists() else []
+    model.train()
+    for epoch in range(start, config.epochs):
+        began = time.perf_counter()
+        generator = torch.Generator().manual_seed(config.seed * 1_000_003 + epoch)
+        bank_generator = torch.Generator().manual_seed(config.seed * 1_000_033 + epoch + 7)  # its own stream: baseline data order unchanged
+        order = torch.randperm(len(labels), generator=generator)
+        sums = dict.fromkeys(TERMS, 0.0)
+        bar = tqdm(range(steps_per_epoch), desc=f"{'baseline' if config.baseline else 'cadistill'} epoch {epoch + 1}/{config.epochs}", disable=not progress or rank != 0, mininterval=2)
+        for step in bar:
+            batch = order[step * config.batch_size : (step + 1) * config.batch_size][rank::world].to(device)
+            bank_index = None
+            if bank is not None:
+                bank_index = torch.randperm(len(bank.classes), generator=bank_generator)[: config.bank_batch_size][rank::world].to(device)
+            terms = _losses(wrapped, images[batch], labels[batch], bank, bank_index, config)
+            optimizer.zero_grad(set_to_none=True)
+            terms["total"].backward()
+            optimizer.step()
+            schedule.step()
+            for name in TERMS:
+                sums[name] += float(terms[name].detach())
+            bar.set_postfix(loss=f"{float(terms['total'].detach()):.3f}", refresh=False)
+        record = {"epoch": epoch + 1, **{name: sums[name] / steps_per_epoch for name in TERMS},
+                  "train_accuracy": accuracy(student, images[:1000], labels[:1000]),
+                  "test_accuracy": accuracy(student, test.images.to(device), test.labels.to(device)),
+                  "seconds": time.perf_counter() - began}  # fmt: skip
+        history.append(record)
+        if rank == 0:
+            run.write_json("metrics.json", history)
+            columns = ("epoch",) + TERMS + ("train_accuracy", "test_accuracy", "seconds")
+            lines = [",".join(columns)] + [",".join(f"{r[key]:.6g}" if isinstance(r[key], float) else str(r[key]) for key in columns) for r in history]
+            run.write_text("metrics.csv", "\n".join(lines) + "\n")
+            run.save_checkpoint({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(), "epoch": epoch + 1})
+    if rank == 0:
+        save_torch(run / "student.pt", {"student": student.state_dict(), "name": config.student, "layers": list(config.student_layers),
+                                        "pool": config.student_pool, "num_classes": num_classes, "resolution": config.data.resolution})  # fmt: skip
+    barrier(world)
+    return run / "student.pt"
+
+
+def load_student(path: str | Path, device: str = "cpu") -> Student:
+    """A trained student from student.pt (eval mode)."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path} does not exist; train a student with `clarep-fast distill RUN_DIR`")
+    state = torch.load(path, map_location=device, weights_only=True)
+    student = Student(state["name"], state["num_classes"], state["layers"], state["pool"])
+    student.load_state_dict(state["student"])
+    return student.to(device).eval()

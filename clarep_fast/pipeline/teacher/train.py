@@ -1,0 +1,119 @@
+"""Training the class-conditional teacher (DDPM ε-prediction with CFG label dropout and EMA).
+
+One step (Ho et al. 2020; Ho & Salimans 2022):
+  1. draw a batch (x_0, c) of training images in [-1, 1]; replace c by the null label with
+     probability label_dropout (this is what makes classifier-free guidance possible);
+  2. t ~ U{0..T-1}, ε ~ N(0, I), x_t = sqrt(ā_t) x_0 + sqrt(1 - ā_t) ε;
+  3. loss = ‖ε_θ(x_t, t, c) - ε‖², AdamW step; EMA of the weights (the EMA model is the teacher).
+Batches and noise come from a generator seeded by (seed, step), so a resumed run continues exactly.
+
+Run folder: config.json (resolved config), loss.csv, checkpoint.pt (atomic, every
+checkpoint_every steps; resume reads it), samples_<step>.png (CFG samples of the EMA model), and
+at the end teacher/ (the EMA model, diffusers save_pretrained with safetensors).
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from clarep_fast.pipeline.data.default import DataConfig, default_splits
+from clarep_fast.pipeline.teacher.ddim import NUM_TRAIN_TIMESTEPS, alphas_cumprod, ddim_sample
+from clarep_fast.pipeline.rundir import RunDir, atomic_write
+from clarep_fast.pipeline.options import option
+from clarep_fast.pipeline.teacher.model import TeacherConfig, build_teacher
+
+
+@dataclass(frozen=True)
+class TrainTeacherConfig:
+    steps: int = option(10000, "training steps in all (a rerun may raise or lower it)")
+    batch_size: int = option(128, "images per step")
+    learning_rate: float = option(2e-4, "AdamW learning rate")
+    label_dropout: float = option(0.1, "probability of the null label (what makes CFG possible)")
+    ema_decay: float = option(0.999, "decay of the weights' moving average (the EMA model is the teacher)")
+    checkpoint_every: int = option(500, "steps between checkpoints")
+    sample_every: int = option(1000, "steps between sample grids")
+    sample_guidance: float = option(3.0, "CFG scale of the sample grids")
+    seed: int = option(0, "seed of the initial weights, batches and noise")
+    device: str = option("cuda" if torch.cuda.is_available() else "cpu", "torch device")
+    data: DataConfig = option(DataConfig())
+    teacher: TeacherConfig = option(TeacherConfig(), shared=("resolution",))  # one --resolution: the teacher's is the data's
+
+
+def _sample_grid(model, config: TrainTeacherConfig, path: Path) -> None:
+    from torchvision.utils import save_image
+
+    classes = config.teacher.num_classes
+    generator = torch.Generator().manual_seed(1234)
+    labels = torch.arange(classes).repeat_interleave(8).to(config.device)  # 8 per class, one row each
+    noise = torch.randn(len(labels), 3, config.teacher.resolution, config.teacher.resolution, generator=generator).to(config.device)
+    images = ddim_sample(model, noise, labels, guidance=config.sample_guidance, steps=25)
+    atomic_write(path, lambda temporary: save_image((images.clamp(-1, 1) + 1) / 2, temporary, nrow=8))
+
+
+def train_teacher(config: TrainTeacherConfig, run_dir: str | Path, *, progress: bool = True) -> Path:
+    """Train (or resume) in ``run_dir``; returns the folder of the saved EMA teacher."""
+    run = RunDir(run_dir, command="train-teacher", may_change=("steps",))  # a run may be extended or cut short
+    device = torch.device(config.device)
+    train = default_splits(config.data)["train"]
+    images = (train.images * 2 - 1).to(device)  # (N, 3, R, R) in [-1, 1]
+    labels = train.labels.to(device)
+    if config.teacher.resolution != config.data.resolution:
+        raise ValueError(f"teacher resolution {config.teacher.resolution} != data resolution {config.data.resolution}")
+    run.claim(config)
+    torch.manual_seed(config.seed)  # the initial weights
+    model = build_teacher(config.teacher).to(device)
+    ema = copy.deepcopy(model).eval().requires_grad_(False)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=0.0)
+    schedule = alphas_cumprod().float().to(device)
+    null_label = config.teacher.num_classes
+
+    start = 0
+    state = run.load_checkpoint(device)
+    if state is not None:
+        model.load_state_dict(state["model"])
+        ema.load_state_dict(state["ema"])
+        optimizer.load_state_dict(state["optimizer"])
+        start = int(state["step"])
+    loss_log = open(run / "loss.csv", "a")
+    if start == 0:
+        loss_log.truncate(0)
+        loss_log.write("step,loss\n")
+
+    bar = tqdm(range(start, config.steps), initial=start, total=config.steps, desc="teacher", disable=not progress, mininterval=5)
+    model.train()
+    for step in bar:
+        generator = torch.Generator().manual_seed(config.seed * 1_000_003 + step)
+        index = torch.randint(0, len(images), (config.batch_size,), generator=generator).to(device)
+        x0, c = images[index], labels[index]
+        drop = (torch.rand(config.batch_size, generator=generator) < config.label_dropout).to(device)
+        c = torch.where(drop, torch.full_like(c, null_label), c)  # step 1
+        t = torch.randint(0, NUM_TRAIN_TIMESTEPS, (config.batch_size,), generator=generator).to(device)
+        noise = torch.randn(x0.shape, generator=generator).to(device)
+        alpha = schedule[t][:, None, None, None]
+        x_t = alpha.sqrt() * x0 + (1 - alpha).sqrt() * noise  # step 2
+        loss = F.mse_loss(model(x_t, t, class_labels=c).sample, noise)  # step 3
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        with torch.no_grad():
+            for average, current in zip(ema.parameters(), model.parameters()):
+                average.lerp_(current, 1 - config.ema_decay)
+        loss_log.write(f"{step + 1},{loss.item():.6f}\n")
+        bar.set_postfix(loss=f"{loss.item():.4f}", refresh=False)
+        done = step + 1
+        if done % config.checkpoint_every == 0 or done == config.steps:
+            loss_log.flush()
+            run.save_checkpoint({"model": model.state_dict(), "ema": ema.state_dict(), "optimizer": optimizer.state_dict(), "step": done})
+        if done % config.sample_every == 0 or done == config.steps:
+            _sample_grid(ema, config, run / f"samples_{done:06d}.png")
+    loss_log.close()
+
+    teacher_dir = run / "teacher"
+    ema.save_pretrained(teacher_dir, safe_serialization=True)
+    return teacher_dir

@@ -1,0 +1,147 @@
+"""CLARep search end to end on a tiny teacher: the bank, resume, torchrun ranks, plan, errors."""
+
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from clarep_fast.pipeline.clarid import SearchConfig, load_bank, run_search
+from clarep_fast.pipeline.clarid.bank import shard_path
+from clarep_fast.pipeline.clarid.search import plan
+from clarep_fast.pipeline.data.default import default_splits
+from tests.taps_models import tiny_unet
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def teacher_dir(tmp_path_factory):
+    path = tmp_path_factory.mktemp("teacher")
+    tiny_unet().save_pretrained(path, safe_serialization=True)
+    return path
+
+
+def small_config(teacher_dir, **changes) -> SearchConfig:
+    config = SearchConfig(
+        teacher=str(teacher_dir), t_e=500, k=3, layer="down_blocks.1", steps=4, count=6, shard_size=2,
+        feature_layers=("down_blocks.1", "mid_block"), oversample=4, tol=1e-2, max_iters=6, jacobian_batch=2,
+    )  # fmt: skip
+    return dataclasses.replace(config, **changes)
+
+
+def _cli(args, env_extra=None, torchrun=0):
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
+    env.update(env_extra or {})
+    prefix = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={torchrun}", "-m", "clarep_fast.pipeline.cli"] if torchrun else [sys.executable, "-m", "clarep_fast.pipeline.cli"]
+    result = subprocess.run(prefix + args, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+
+
+def _cli_args(teacher_dir, bank):
+    return ["search", str(bank), "--teacher", str(teacher_dir), "--t-e", "500", "-k", "3", "--layer", "down_blocks.1", "--steps", "4",
+            "--count", "6", "--shard-size", "2", "--feature-layers", "down_blocks.1", "mid_block", "--oversample", "4", "--tol", "1e-2",
+            "--max-iters", "6", "--jacobian-batch", "2"]  # fmt: skip
+
+
+def test_search_writes_a_complete_bank(teacher_dir, tmp_path):
+    bank_dir = run_search(small_config(teacher_dir), tmp_path / "bank", progress=False)
+    bank = load_bank(bank_dir)
+    assert bank.latents.shape == bank.start_latents.shape == bank.samples.shape == (6, 3, 16, 16)
+    assert bank.index.tolist() == list(range(6)) and bank.singular_values.shape == (6, 3)
+    assert (bank.singular_values[:, :-1] >= bank.singular_values[:, 1:]).all()
+    assert bank.features["down_blocks.1"].shape == (6, 32 * 4) and bank.features["mid_block"].shape == (6, 32 * 4)
+    assert bank.samples.abs().max() <= 1 and torch.isfinite(bank.latents).all()
+    # the projection removed something and the rescale kept each latent's norm
+    assert (bank.latents - bank.start_latents).flatten(1).norm(dim=1).min() > 0
+    torch.testing.assert_close(bank.latents.flatten(1).norm(dim=1), bank.start_latents.flatten(1).norm(dim=1), rtol=1e-5, atol=0)
+    for name in ("canonical.png", "nmi.png", "summary.json"):
+        assert (bank_dir / name).stat().st_size > 0
+    summary = json.loads((bank_dir / "summary.json").read_text())
+    assert set(summary["nmi"]) == {"down_blocks.1", "mid_block", "all layers"}
+    assert 0 <= summary["nmi"]["mid_block"]["canonical"] <= 1
+
+
+def test_resume_recomputes_only_missing_shards(teacher_dir, tmp_path):
+    config = small_config(teacher_dir)
+    bank_dir = run_search(config, tmp_path / "bank", progress=False)
+    before = load_bank(bank_dir)
+    kept = shard_path(bank_dir, 0).stat().st_mtime_ns
+    shard_path(bank_dir, 1).unlink()  # as if killed before shard 1 was renamed into place ...
+    shard_path(bank_dir, 1).with_name(".shard_00001.safetensors.999.tmp").write_bytes(b"half-written")  # ... mid-write
+    with pytest.raises(FileNotFoundError, match="1 of 3 shards missing"):
+        load_bank(bank_dir)
+    run_search(config, bank_dir, progress=False)
+    after = load_bank(bank_dir)
+    assert shard_path(bank_dir, 0).stat().st_mtime_ns == kept
+    for field in ("latents", "samples", "singular_values"):
+        assert torch.equal(getattr(before, field), getattr(after, field)), field
+
+
+def test_two_torchrun_ranks_give_the_same_bank_as_one_process(teacher_dir, tmp_path):
+    _cli(_cli_args(teacher_dir, tmp_path / "one"))
+    _cli(_cli_args(teacher_dir, tmp_path / "two"), torchrun=2)
+    one, two = load_bank(tmp_path / "one"), load_bank(tmp_path / "two")
+    for field in ("classes", "latents", "samples", "ordinary_samples", "singular_values"):
+        torch.testing.assert_close(getattr(two, field), getattr(one, field), rtol=1e-5, atol=1e-5, msg=field)
+    for layer in one.features:
+        torch.testing.assert_close(two.features[layer], one.features[layer], rtol=1e-5, atol=1e-5)
+
+
+def test_inversion_route_starts_from_real_images(teacher_dir, tmp_path):
+    bank = load_bank(run_search(small_config(teacher_dir, route="inversion", count=4), tmp_path / "bank", progress=False))
+    assert bank.latents.shape == (4, 3, 16, 16) and torch.isfinite(bank.samples).all()
+
+
+def test_plan_takes_ten_percent_of_each_class():
+    labels = default_splits()["train"].labels
+    classes, sources = plan(SearchConfig(), labels)
+    assert len(classes) == 400 and (sources == -1).all()
+    assert torch.equal(torch.bincount(classes), torch.bincount(labels) // 10)
+    classes, sources = plan(SearchConfig(route="inversion", count=50), labels)
+    assert len(classes) == 50 and torch.equal(labels[sources], classes) and len(sources.unique()) == 50
+
+
+@pytest.mark.parametrize(
+    "changes,match",
+    [
+        ({"k": 768}, r"k must be in \[1, 768\)"),
+        ({"t_e": 999}, r"t_e must be inside the schedule"),
+        ({"t_e": 0}, r"t_e must be inside the schedule"),
+        ({"layer": "down_blocks.9"}, r"layer: unknown layer 'down_blocks.9'"),
+        ({"feature_layers": ("mid", "mid_block")}, r"feature_layers: unknown layer 'mid'"),
+        ({"route": "forward"}, "route must be one of"),
+        ({"mode": "power"}, "mode must be one of"),
+    ],
+)
+def test_bad_hyper_parameters_raise_clear_errors(teacher_dir, tmp_path, changes, match):
+    with pytest.raises(ValueError, match=match):
+        run_search(small_config(teacher_dir, **changes), tmp_path / "bank", progress=False)
+
+
+def test_bank_made_with_another_config_or_teacher_is_refused(teacher_dir, tmp_path):
+    bank = run_search(small_config(teacher_dir, count=2), tmp_path / "bank", progress=False)
+    with pytest.raises(ValueError, match="differs in: k"):
+        run_search(small_config(teacher_dir, count=2, k=4), bank, progress=False)
+    other = tmp_path / "other_teacher"
+    model = tiny_unet()
+    with torch.no_grad():
+        next(model.parameters()).add_(1.0)
+    model.save_pretrained(other, safe_serialization=True)
+    with pytest.raises(ValueError, match="teacher_path, teacher_sha256"):
+        run_search(small_config(other, count=2), bank, progress=False)
+
+
+def test_teacher_with_another_class_count_is_refused(tmp_path):
+    tiny_unet(num_classes=4).save_pretrained(tmp_path / "teacher4", safe_serialization=True)
+    with pytest.raises(ValueError, match="knows 4 classes but the data has 10"):
+        run_search(small_config(tmp_path / "teacher4"), tmp_path / "bank", progress=False)
+
+
+def test_missing_bank_is_a_clear_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="is not a CLARep bank"):
+        load_bank(tmp_path / "nowhere")

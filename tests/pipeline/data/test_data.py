@@ -1,0 +1,111 @@
+"""Default dataset (digits on class-correlated backgrounds, test variants) and user-data loaders."""
+
+import pickle
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from clarep_fast.pipeline.data import DataConfig, default_splits, load_cifar10, load_image_folder
+from clarep_fast.pipeline.data.backgrounds import background_indices
+from clarep_fast.pipeline.data.default import split_indices
+from clarep_fast.pipeline.data.mnist import load_mnist5k
+
+
+@pytest.fixture(scope="module")
+def splits():
+    return default_splits(DataConfig(resolution=16, rho=0.8))
+
+
+def test_mnist5k_is_the_genuine_balanced_subset():
+    images, labels = load_mnist5k()
+    assert images.shape == (5000, 28, 28) and images.dtype == torch.uint8
+    assert torch.equal(labels.bincount(), torch.full((10,), 500))
+    assert images.float().mean() > 20  # real strokes, not blank
+
+
+def test_split_is_stratified_disjoint_and_deterministic():
+    _, labels = load_mnist5k()
+    train, test = split_indices(labels, 0.2, seed=3)
+    again_train, again_test = split_indices(labels, 0.2, seed=3)
+    assert torch.equal(train, again_train) and torch.equal(test, again_test)
+    assert len(set(train.tolist()) & set(test.tolist())) == 0 and len(train) + len(test) == 5000
+    assert torch.equal(labels[test].bincount(), torch.full((10,), 100))
+
+
+def test_splits_and_variants(splits):
+    assert splits["train"].images.shape == (4000, 3, 16, 16) and splits["test"].images.shape == (1000, 3, 16, 16)
+    for name, split in splits.items():
+        assert split.images.min() >= 0 and split.images.max() <= 1, name
+    train = splits["train"]
+    agreement = (train.backgrounds == train.labels).float().mean().item()
+    assert 0.78 < agreement < 0.86  # rho + (1 - rho)/10 = 0.82
+    swapped = splits["test_swapped"]
+    assert (swapped.backgrounds != swapped.labels).all()
+    plain = splits["test_only_foreground"]
+    assert (plain.backgrounds == -1).all()
+    outside = plain.masks.expand_as(plain.images) == 0
+    assert plain.images[outside].abs().max() == 0  # black where there is no digit
+    assert torch.equal(plain.masks, swapped.masks)  # same digits in every variant
+
+
+@pytest.mark.parametrize("rho,expected", [(1.0, 1.0), (0.0, 0.1)])
+def test_rho_sets_the_class_correlation(rho, expected):
+    labels = torch.randint(0, 10, (20000,))
+    agreement = (background_indices(labels, rho, torch.Generator().manual_seed(0)) == labels).float().mean().item()
+    assert abs(agreement - expected) < 0.01
+
+
+def test_bad_configs():
+    with pytest.raises(ValueError, match="rho must be in"):
+        default_splits(DataConfig(rho=1.5))
+    with pytest.raises(ValueError, match="resolution must be an int in"):
+        default_splits(DataConfig(resolution=3))
+    with pytest.raises(ValueError, match="test_fraction"):
+        default_splits(DataConfig(test_fraction=1.0))
+
+
+def _write_png(path, value):
+    Image.fromarray(np.full((10, 12, 3), value, dtype=np.uint8)).save(path)
+
+
+def test_image_folder(tmp_path):
+    for name, value in (("cat", 10), ("dog", 200)):
+        (tmp_path / name).mkdir()
+        _write_png(tmp_path / name / "a.png", value)
+        _write_png(tmp_path / name / "b.png", value)
+    images, labels, classes = load_image_folder(tmp_path, resolution=8)
+    assert images.shape == (4, 3, 8, 8) and classes == ["cat", "dog"] and labels.tolist() == [0, 0, 1, 1]
+    assert abs(images[2].mean().item() - 200 / 255) < 1e-3
+    with pytest.raises(ValueError, match="has 2 class folders but 3 classes were expected"):
+        load_image_folder(tmp_path, 8, num_classes=3)
+    (tmp_path / "dog" / "broken.png").write_bytes(b"not an image")
+    with pytest.raises(ValueError, match="cannot read image"):
+        load_image_folder(tmp_path, 8)
+
+
+def test_image_folder_bad_layouts(tmp_path):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        load_image_folder(tmp_path / "missing", 8)
+    with pytest.raises(ValueError, match="no class sub-folders"):
+        load_image_folder(tmp_path, 8)
+    (tmp_path / "empty_class").mkdir()
+    with pytest.raises(ValueError, match="holds no images"):
+        load_image_folder(tmp_path, 8)
+
+
+def test_cifar10_pickle_layout(tmp_path):
+    names = [b"airplane", b"automobile", b"bird", b"cat", b"deer", b"dog", b"frog", b"horse", b"ship", b"truck"]
+    with open(tmp_path / "batches.meta", "wb") as handle:
+        pickle.dump({b"label_names": names}, handle)
+    rng = np.random.default_rng(0)
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        with open(tmp_path / name, "wb") as handle:
+            pickle.dump({b"data": rng.integers(0, 256, (4, 3072), dtype=np.uint8), b"labels": [0, 3, 9, 1]}, handle)
+    images, labels, classes = load_cifar10(tmp_path, "train")
+    assert images.shape == (20, 3, 32, 32) and labels.shape == (20,) and classes[9] == "truck"
+    assert load_cifar10(tmp_path, "test")[0].shape == (4, 3, 32, 32)
+    (tmp_path / "data_batch_3").unlink()
+    with pytest.raises(FileNotFoundError, match="missing data_batch_3"):
+        load_cifar10(tmp_path, "train")

@@ -1,0 +1,126 @@
+"""CaDistill training on tiny models: losses, baseline equivalence, resume, torchrun, errors."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import clarep_fast.pipeline.distill.train as train_module
+from clarep_fast.pipeline.clarid import load_bank
+from clarep_fast.pipeline.distill.student import DistillModel, Student
+from clarep_fast.pipeline.distill.train import BankBatches, _losses, load_student, train_student
+from tests.distill.conftest import small_distill
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_cadistill_decreases_the_total_loss(tiny_bank, tmp_path):
+    bank_dir, _ = tiny_bank
+    train_student(small_distill(bank_dir, epochs=3), tmp_path / "run", progress=False)
+    history = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert [r["epoch"] for r in history] == [1, 2, 3]
+    assert history[-1]["total"] < history[0]["total"]
+    assert all(history[0][term] > 0 for term in ("align", "cano", "dist"))
+    assert (tmp_path / "run" / "metrics.csv").read_text().startswith("epoch,ce,align,cano,dist,total")
+    student = load_student(tmp_path / "run" / "student.pt")
+    assert student(torch.rand(2, 3, 16, 16)).shape == (2, 10)
+
+
+def test_baseline_equals_cadistill_with_every_lambda_zero(tiny_bank, tmp_path):
+    bank_dir, _ = tiny_bank
+    train_student(small_distill(bank_dir, baseline=True), tmp_path / "baseline", progress=False)
+    train_student(small_distill(bank_dir, lambda_align=0.0, lambda_cano=0.0, lambda_dist=0.0), tmp_path / "zero", progress=False)
+    train_student(small_distill(bank_dir), tmp_path / "cadistill", progress=False)
+    weights = {name: torch.load(tmp_path / name / "student.pt", weights_only=True)["student"] for name in ("baseline", "zero", "cadistill")}
+    assert all(torch.equal(weights["baseline"][key], weights["zero"][key]) for key in weights["baseline"])
+    assert any(not torch.equal(weights["baseline"][key], weights["cadistill"][key]) for key in weights["baseline"])
+
+
+def test_loss_terms_at_their_extremes(tiny_bank):
+    """Teacher features equal to the student's own: alignment 0, CKA 1 (dist 0)."""
+    bank_dir, _ = tiny_bank
+    config = small_distill(bank_dir, lambda_cano=0.0)  # the prototypes keep the bank's teacher width
+    bank = BankBatches(config, 10, 16, "cpu")
+    torch.manual_seed(0)
+    student = Student("test_resnet", 10, config.student_layers).eval()
+    widths = student.feature_widths(16)
+    model = DistillModel(student, widths, widths)
+    for projector in model.projectors:  # identity projectors
+        torch.nn.init.eye_(projector.weight), torch.nn.init.zeros_(projector.bias)
+    index = torch.arange(8)
+    with torch.no_grad():
+        _, raw = student.features(bank.images[index])
+    bank.features = [torch.zeros(len(bank.classes), f.shape[1]) for f in raw]
+    for feature, value in zip(bank.features, raw):
+        feature[index] = value
+    terms = _losses(model, bank.images[index], bank.classes[index], bank, index, config)
+    assert abs(float(terms["align"])) < 1e-5 and abs(float(terms["dist"])) < 1e-5
+
+
+def test_resume_after_a_kill_gives_the_uninterrupted_result(tiny_bank, tmp_path, monkeypatch):
+    bank_dir, _ = tiny_bank
+    config = small_distill(bank_dir, epochs=2)
+    train_student(config, tmp_path / "whole", progress=False)
+    saves = {"count": 0}
+    real_save = train_module.atomic_save
+
+    def save_then_die(obj, path):
+        real_save(obj, path)
+        saves["count"] += 1
+        if saves["count"] == 1:
+            raise KeyboardInterrupt("killed after the first checkpoint")
+
+    monkeypatch.setattr(train_module, "atomic_save", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        train_student(config, tmp_path / "killed", progress=False)
+    monkeypatch.setattr(train_module, "atomic_save", real_save)
+    assert not (tmp_path / "killed" / "student.pt").exists()
+    train_student(config, tmp_path / "killed", progress=False)
+    whole = torch.load(tmp_path / "whole" / "student.pt", weights_only=True)["student"]
+    resumed = torch.load(tmp_path / "killed" / "student.pt", weights_only=True)["student"]
+    assert all(torch.equal(whole[key], resumed[key]) for key in whole)
+    assert len(json.loads((tmp_path / "killed" / "metrics.json").read_text())) == 2
+
+
+@pytest.mark.parametrize("baseline", [False, True])
+def test_two_torchrun_processes_train_one_student(tiny_bank, tmp_path, baseline):
+    bank_dir, _ = tiny_bank
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "clarep_fast.pipeline.cli", "distill", str(tmp_path / "ddp"),
+               "--bank", str(bank_dir), "--student", "test_resnet", "--epochs", "1", "--batch-size", "256", "--bank-batch-size", "8"]  # fmt: skip
+    command += ["--baseline"] if baseline else []
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    history = json.loads((tmp_path / "ddp" / "metrics.json").read_text())
+    assert len(history) == 1 and history[0]["test_accuracy"] > 0.1
+
+
+def test_mismatches_and_missing_files_are_clear_errors(tiny_bank, tmp_path):
+    bank_dir, _ = tiny_bank
+    with pytest.raises(FileNotFoundError, match="is not a CLARep bank"):
+        train_student(small_distill(tmp_path / "nowhere"), tmp_path / "a", progress=False)
+    with pytest.raises(ValueError, match="3 student layers .* but 1 teacher layers"):
+        train_student(small_distill(bank_dir, teacher_layers=("mid_block",)), tmp_path / "b", progress=False)
+    with pytest.raises(ValueError, match=r"teacher layers \['up_blocks.0'\] are not in the bank"):
+        train_student(small_distill(bank_dir, teacher_layers=("up_blocks.0", "mid_block", "down_blocks.1")), tmp_path / "c", progress=False)
+    with pytest.raises(ValueError, match="canonical samples are 16×16 but the data is 20×20"):
+        train_student(small_distill(bank_dir, data=train_module.DataConfig(resolution=20)), tmp_path / "d", progress=False)
+    with pytest.raises(ValueError, match="unknown timm model"):
+        train_student(small_distill(bank_dir, student="no_such_net"), tmp_path / "e", progress=False)
+    with pytest.raises(FileNotFoundError, match="train a student"):
+        load_student(tmp_path / "missing.pt")
+    train_student(small_distill(bank_dir), tmp_path / "f", progress=False)
+    with pytest.raises(ValueError, match="different config"):
+        train_student(small_distill(bank_dir, lambda_align=2.0), tmp_path / "f", progress=False)
+    with pytest.raises(ValueError, match="different config or bank"):  # another feature width under the same bank path
+        train_student(small_distill(bank_dir, teacher_layers=("mid_block", "down_blocks.2", "down_blocks.1"), student_layers=(2, 3, 4)), tmp_path / "f", progress=False)
+
+
+def test_bank_with_more_classes_than_the_data_is_refused(tiny_bank):
+    bank_dir, _ = tiny_bank
+    with pytest.raises(ValueError, match="the data has 5 classes"):
+        BankBatches(small_distill(bank_dir), 5, 16, "cpu") if int(load_bank(bank_dir).classes.max()) >= 5 else pytest.fail("bank too small")

@@ -1,0 +1,58 @@
+"""Robustness evaluation: attacks behave at their known extremes; the evaluation and the demo report."""
+
+
+import pytest
+import torch
+import torchattacks
+from torch import nn
+
+from clarep_fast.pipeline.data.default import DataConfig, default_splits
+from clarep_fast.pipeline.evaluate.robustness import EvaluateConfig, adversarial_accuracy, evaluate_student, markdown_table
+
+
+def _tiny_model_and_data():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(3 * 16 * 16, 10)).eval()
+    images = default_splits()["test"].images[:64]
+    with torch.no_grad():
+        labels = model(images).argmax(1)  # the model is right on every image: clean accuracy 100%
+    return model, images, labels
+
+
+@pytest.mark.parametrize("epsilon,expected", [(0.0, 1.0), (1.0, 0.0)])
+def test_pgd_at_zero_and_huge_epsilon(epsilon, expected):
+    model, images, labels = _tiny_model_and_data()
+    attack = torchattacks.PGD(model, eps=epsilon, alpha=max(epsilon / 4, 1e-8), steps=20, random_start=False)
+    assert adversarial_accuracy(model, attack, images, labels, batch=32) == expected
+
+
+def test_evaluate_student_reports_every_measure():
+    model, _, _ = _tiny_model_and_data()
+    config = EvaluateConfig(pgd_steps=2, apgd_steps=2, cw_steps=2, attack_samples=16)
+    results = evaluate_student(model, DataConfig(), config)
+    assert list(results) == ["clean", "only_foreground", "mixed_random", "swapped", "pgd2", "apgd_ce", "cw_l2"]
+    assert all(0.0 <= value <= 1.0 for value in results.values())
+    assert results["pgd2"] <= results["clean"] + 0.1
+    table = markdown_table({"tiny": results})
+    assert table.splitlines()[0].startswith("| student | clean |") and "| tiny |" in table
+
+
+def test_demo_writes_the_report(tmp_path):
+    from clarep_fast.pipeline.clarid import SearchConfig
+    from clarep_fast.pipeline.demo import run_demo
+    from clarep_fast.pipeline.distill.train import DistillConfig
+    from tests.taps_models import tiny_unet
+
+    teacher = tmp_path / "teacher"
+    tiny_unet().save_pretrained(teacher, safe_serialization=True)
+    search = SearchConfig(teacher=str(teacher), t_e=500, k=3, layer="down_blocks.1", steps=4, count=20, shard_size=20, oversample=4,
+                          tol=1e-2, max_iters=3, jacobian_batch=20)  # fmt: skip
+    distill = DistillConfig(student="test_resnet", epochs=1, batch_size=256, bank_batch_size=8)
+    evaluate = EvaluateConfig(pgd_steps=2, apgd_steps=2, cw_steps=2, attack_samples=16)
+    report = run_demo(tmp_path / "demo", search=search, distill=distill, evaluate=evaluate, progress=False)
+    text = report.read_text()
+    assert "| baseline (CE only) |" in text and "| CaDistill |" in text and "CaDistill minus baseline" in text
+    for name in ("canonical.png", "nmi.png", "losses.png", "evaluation.json"):
+        assert (tmp_path / "demo" / name).stat().st_size > 0
+    again = run_demo(tmp_path / "demo", search=search, distill=distill, evaluate=evaluate, progress=False)  # everything resumes from disk
+    assert again.read_text().split("## Wall-clock")[0] == text.split("## Wall-clock")[0]

@@ -16,7 +16,7 @@ from clarep_fast.pipeline.clarid.search import plan
 from clarep_fast.pipeline.data.default import default_splits
 from tests.taps_models import tiny_unet
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 
 
 @pytest.fixture(scope="module")

@@ -9,13 +9,14 @@ from pathlib import Path
 import pytest
 import torch
 
-import clarep_fast.pipeline.distill.train as train_module
 from clarep_fast.pipeline.clarid import load_bank
+from clarep_fast.pipeline.data.default import DataConfig
 from clarep_fast.pipeline.distill.student import DistillModel, Student
 from clarep_fast.pipeline.distill.train import BankBatches, _losses, load_student, train_student
-from tests.distill.conftest import small_distill
+from clarep_fast.pipeline.rundir import RunDir
+from tests.pipeline.distill.conftest import small_distill
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 
 
 def test_cadistill_decreases_the_total_loss(tiny_bank, tmp_path):
@@ -66,18 +67,18 @@ def test_resume_after_a_kill_gives_the_uninterrupted_result(tiny_bank, tmp_path,
     config = small_distill(bank_dir, epochs=2)
     train_student(config, tmp_path / "whole", progress=False)
     saves = {"count": 0}
-    real_save = train_module.atomic_save
+    real_save = RunDir.save_checkpoint
 
-    def save_then_die(obj, path):
-        real_save(obj, path)
+    def save_then_die(run, state):
+        real_save(run, state)
         saves["count"] += 1
         if saves["count"] == 1:
             raise KeyboardInterrupt("killed after the first checkpoint")
 
-    monkeypatch.setattr(train_module, "atomic_save", save_then_die)
+    monkeypatch.setattr(RunDir, "save_checkpoint", save_then_die)
     with pytest.raises(KeyboardInterrupt):
         train_student(config, tmp_path / "killed", progress=False)
-    monkeypatch.setattr(train_module, "atomic_save", real_save)
+    monkeypatch.setattr(RunDir, "save_checkpoint", real_save)
     assert not (tmp_path / "killed" / "student.pt").exists()
     train_student(config, tmp_path / "killed", progress=False)
     whole = torch.load(tmp_path / "whole" / "student.pt", weights_only=True)["student"]
@@ -108,7 +109,7 @@ def test_mismatches_and_missing_files_are_clear_errors(tiny_bank, tmp_path):
     with pytest.raises(ValueError, match=r"teacher layers \['up_blocks.0'\] are not in the bank"):
         train_student(small_distill(bank_dir, teacher_layers=("up_blocks.0", "mid_block", "down_blocks.1")), tmp_path / "c", progress=False)
     with pytest.raises(ValueError, match="canonical samples are 16×16 but the data is 20×20"):
-        train_student(small_distill(bank_dir, data=train_module.DataConfig(resolution=20)), tmp_path / "d", progress=False)
+        train_student(small_distill(bank_dir, data=DataConfig(resolution=20)), tmp_path / "d", progress=False)
     with pytest.raises(ValueError, match="unknown timm model"):
         train_student(small_distill(bank_dir, student="no_such_net"), tmp_path / "e", progress=False)
     with pytest.raises(FileNotFoundError, match="train a student"):
@@ -116,7 +117,7 @@ def test_mismatches_and_missing_files_are_clear_errors(tiny_bank, tmp_path):
     train_student(small_distill(bank_dir), tmp_path / "f", progress=False)
     with pytest.raises(ValueError, match="different config"):
         train_student(small_distill(bank_dir, lambda_align=2.0), tmp_path / "f", progress=False)
-    with pytest.raises(ValueError, match="different config or bank"):  # another feature width under the same bank path
+    with pytest.raises(ValueError, match="different config \\(differs in: bank_layers"):  # another feature width under the same bank path
         train_student(small_distill(bank_dir, teacher_layers=("mid_block", "down_blocks.2", "down_blocks.1"), student_layers=(2, 3, 4)), tmp_path / "f", progress=False)
 
 

@@ -1,0 +1,59 @@
+"""Every op of the op table (clarep_fast.ops.OPS) at its example shape: fused vs eager vs torch.compile.
+
+The example inputs are tiny and odd-shaped, so these rows measure what a call costs beyond its
+arithmetic (dispatch, autograd, launches): the host overhead that decides small problems. A new op
+gets its row here without a line of benchmark code; its own module adds the realistic shapes.
+Forward + backward to every input that requires grad, fp32.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from benchmarks.common import gpu_quantiles_ms, peak_memory_bytes
+from clarep_fast.ops import OPS
+
+CASES = [{"op": spec.name, "dtype": "float32"} for spec in OPS]
+QUICK_CASES = CASES
+
+
+def case_id(case: dict) -> str:
+    return f"{case['op']}-example-{case['dtype']}"
+
+
+def _leaves(value) -> list:
+    if isinstance(value, torch.Tensor):
+        return [value] if value.requires_grad else []
+    if isinstance(value, (list, tuple)):
+        return [leaf for item in value for leaf in _leaves(item)]
+    return []
+
+
+@pytest.mark.parametrize("provider", ["fused", "eager", "compile"])
+def test_op_table(benchmark, case, provider, bench_device):
+    torch._dynamo.config.cache_size_limit = 64
+    spec = next(spec for spec in OPS if spec.name == case["op"])
+    dtype = getattr(torch, case["dtype"])
+    args, kwargs = spec.example(torch.device(bench_device), dtype, torch.Generator().manual_seed(0))
+    inputs = _leaves(args)
+    function = {"fused": spec.fused, "eager": spec.reference, "compile": torch.compile(spec.reference, dynamic=False)}[provider]
+
+    def step():
+        out = function(*args, **kwargs)
+        torch.autograd.grad(out.float().sum(), inputs)
+        if bench_device == "cuda":
+            torch.cuda.synchronize()
+
+    step()
+    peak = peak_memory_bytes(step, bench_device)
+    moved = sum(t.numel() * t.element_size() for t in inputs) * 3  # read forward, read again and write the gradient backward
+    shapes = " ".join("×".join(map(str, t.shape)) for t in inputs)
+    benchmark.extra_info.update(
+        op=f"{spec.name} (example)", provider=provider, mode="fwd+bwd", shape=shapes, dtype=case["dtype"],
+        peak_mb=None if peak is None else peak / 2**20, extra_mb=None if peak is None else peak / 2**20, min_mb_moved=moved / 2**20,
+    )  # fmt: skip
+    if bench_device == "cuda":
+        p50, p20, p80 = gpu_quantiles_ms(step)
+        benchmark.extra_info.update(p50_ms=p50, p20_ms=p20, p80_ms=p80)
+    benchmark.pedantic(step, rounds=50, iterations=1, warmup_rounds=3)

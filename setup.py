@@ -94,9 +94,13 @@ setup(
     package_data={"clarep_fast": ["pipeline/assets/teacher/*.json", "pipeline/assets/teacher/*.safetensors"]},
     ext_modules=ext_modules,
     cmdclass=cmdclass,
-    install_requires=["torch>=2.4", "numpy", "tqdm", "diffusers", "timm", "safetensors", "pillow"],
+    # The kernel library needs torch alone; the pipeline (CLARID, CaDistill, evaluation, the CLI's
+    # pipeline commands) is the [pipeline] extra. torchattacks pins an old `requests` it never imports:
+    # scripts/setup.sh installs it with --no-deps (requirements-nodeps.txt).
+    install_requires=["torch>=2.4", "numpy"],
     extras_require={
         "triton": ["triton"],
+        "pipeline": ["diffusers", "timm", "torchvision", "torchattacks", "matplotlib", "scipy", "safetensors", "pillow", "tqdm"],
         "test": ["pytest", "pytest-benchmark", "hypothesis"],
     },
     entry_points={"console_scripts": ["clarep-fast=clarep_fast.pipeline.cli:main"]},

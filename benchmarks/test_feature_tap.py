@@ -34,7 +34,7 @@ def case_id(case: dict) -> str:
 
 
 def small_unet() -> UNet2DModel:
-    """DESIGN.md §5's default teacher: channels 32/64/64, one attention level, 16×16 RGB, 11 labels."""
+    """docs/design.md's default teacher: channels 32/64/64, one attention level, 16×16 RGB, 11 labels."""
     torch.manual_seed(0)
     return UNet2DModel(
         sample_size=16, in_channels=3, out_channels=3, layers_per_block=2, block_out_channels=(32, 64, 64),

@@ -25,7 +25,8 @@ fi
 build_stamp=$( (cat setup.py pyproject.toml; find csrc -type f | sort | xargs cat; echo "${CLAREP_FAST_CUDA:-auto}") | sha256sum | cut -c1-16)
 if [ "$(cat .venv/.build-stamp 2>/dev/null)" != "$build_stamp" ] || ! ls clarep_fast/_C*.so > /dev/null 2>&1; then
   echo "setup: building clarep_fast._C (about a minute; two with CUDA)"
-  MAX_JOBS=${MAX_JOBS:-2} "$VENV_PY" -m pip install -q --no-deps --no-build-isolation -e .
+  # PYTHONWARNINGS: setuptools announces its editable-install strategy with a warning banner nobody can act on
+  PYTHONWARNINGS=ignore MAX_JOBS=${MAX_JOBS:-2} "$VENV_PY" -m pip install -q --no-deps --no-build-isolation -e .
   "$VENV_PY" -c "import clarep_fast._C" || { echo "setup: the extension did not build"; exit 1; }
   echo "$build_stamp" > .venv/.build-stamp
 fi

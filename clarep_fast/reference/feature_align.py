@@ -1,6 +1,6 @@
 """Feature alignment loss in plain PyTorch: oracle, eager baseline and fallback backend.
 
-CaDistill's L_align (DESIGN.md §2): for layer pairs l = 1..P, student features s_l (B, D_l) already
+CaDistill's L_align (docs/design.md): for layer pairs l = 1..P, student features s_l (B, D_l) already
 mapped to the teacher's width by the learned projector P_l, and the teacher's cached canonical
 features t_l (B, D_l), the per-sample loss averaged over pairs:
 

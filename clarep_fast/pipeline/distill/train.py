@@ -1,6 +1,6 @@
 """CaDistill training (and the plain baseline) of a timm student on the full training set.
 
-One step (DESIGN.md §2), with a batch (x, y) of real training images and a batch (x~_0, c, F_T) from
+One step (docs/design.md), with a batch (x, y) of real training images and a batch (x~_0, c, F_T) from
 the CLARep bank (canonical samples, their classes, the teacher's cached canonical features):
   loss = CE(student(x), y)
        + λ_align · L_align   mean over layer pairs of 1 - cos(P_l(s_l(x~_0)), F_T,l)       (fused feature_align)

@@ -68,7 +68,7 @@ def load_teacher(path: str | Path, *, num_classes: int | None = None, resolution
         from diffusers import DiTTransformer2DModel as model_class
     else:
         raise ValueError(f"{path}: teacher must be a UNet2DModel or DiTTransformer2DModel, found {kind!r}")
-    model = model_class.from_pretrained(path).eval()
+    model = model_class.from_pretrained(path, low_cpu_mem_usage=False).eval()  # plain loading: no advice to install accelerate
     known = num_classes_of(model)
     if num_classes is not None and known != num_classes:
         raise ValueError(f"teacher {path} knows {known} classes but the data has {num_classes}")

@@ -29,7 +29,7 @@ def test_wheel_carries_extension_and_kernels(tmp_path):
     target = tmp_path / "site"
     install = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(target), str(wheel)], capture_output=True, text=True, timeout=300)
     assert install.returncode == 0, install.stderr[-3000:]
-    probe = "import clarep_fast, clarep_fast._C, clarep_fast.kernels; print(clarep_fast.__file__)"
+    probe = "import clarep_fast, clarep_fast._C, clarep_fast.kernels, torch; torch.ops.clarep_fast_C.cka_stats.default; print(clarep_fast.__file__)"
     result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=tmp_path, env=dict(os.environ, PYTHONPATH=str(target)), timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     assert str(target) in result.stdout

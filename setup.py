@@ -1,7 +1,7 @@
 """Build clarep_fast and its compiled extension clarep_fast._C.
 
-  C++ CPU kernels (csrc/cpu, OpenMP, -O3, no debug info): always.
-  CUDA kernels (csrc/cuda): when a CUDA toolkit and a CUDA build of torch are found.
+  C++ CPU kernels (csrc/<op>/<op>.cpp and <op>_cpu.cpp, OpenMP, -O3, no debug info): always.
+  CUDA kernels (csrc/<op>/<op>_cuda.cu): when a CUDA toolkit and a CUDA build of torch are found.
 Environment:
   CLAREP_FAST_CUDA=auto|1|0   auto (default) builds CUDA when possible; 1 requires it; 0 skips it.
   TORCH_CUDA_ARCH_LIST        honoured; defaults to 9.0 (H100/H200) when no GPU is visible.

@@ -1,9 +1,9 @@
 """Backend registry: which implementation of a fused op runs, chosen per call.
 
 Backends:
-  cuda   -- CUDA kernels from csrc/cuda, in the compiled extension (CUDA tensors)
+  cuda   -- CUDA kernels from csrc/<op>/<op>_cuda.cu, in the compiled extension (CUDA tensors)
   triton -- Triton kernels from kernels/ (CUDA tensors; CPU tensors only with TRITON_INTERPRET=1)
-  cpu    -- C++/OpenMP kernels from csrc/cpu, in the compiled extension (CPU tensors)
+  cpu    -- C++/OpenMP kernels from csrc/<op>/<op>_cpu.cpp, in the compiled extension (CPU tensors)
   torch  -- the pure-PyTorch reference (any device)
 
 The request comes from, in order: the innermost ``use_backend(...)`` context, the environment

@@ -27,9 +27,9 @@ from torch import Tensor
 
 from clarep_fast.backends import Kernels, compiled_ops, resolve_backend
 from clarep_fast.dtypes import accumulation_dtype, require_float
-from clarep_fast.ops.gram import gram_backward, gram_into
+from clarep_fast.ops.gram import shifted_gram_backward, shifted_gram_into
 from clarep_fast.ops.spec import OpSpec, random_tensor
-from clarep_fast.reference.cka import DEGENERATE_RTOL, STATS_FIELDS, cka_grads_reference, cka_reference, cka_stats_reference
+from clarep_fast.reference.cka import DEGENERATE_RTOL, SPREAD_RTOL, STATS_FIELDS, cka_grads_reference, cka_reference, cka_stats_reference
 
 NUM_STATS = len(STATS_FIELDS)
 
@@ -63,10 +63,11 @@ KERNELS = Kernels(torch=(cka_stats_reference, cka_grads_reference), triton=_trit
 def cka_forward(xs: list[Tensor], ys: list[Tensor], unbiased: bool, backend: str) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """CKA of P pairs (xs[p]: (n, d_p), ys[p]: (n, e_p)) -> (cka (P,), stats (P,8), rowsums (P,2,n), grams (P,2,n,n))."""
     n, dtype = xs[0].shape[0], accumulation_dtype(*xs, *ys)
-    grams = torch.empty(len(xs), 2, n, n, dtype=dtype, device=xs[0].device)  # (P, 2, n, n)
+    grams = torch.empty(len(xs), 2, n, n, dtype=dtype, device=xs[0].device)  # (P, 2, n, n) shifted Grams K'
     for pair, (x, y) in enumerate(zip(xs, ys)):
-        gram_into(x, grams[pair, 0])
-        gram_into(y, grams[pair, 1])
+        shifted_gram_into(x, grams[pair, 0])
+        shifted_gram_into(y, grams[pair, 1])
+    _zero_if_without_spread(grams, xs, ys)
     stats, rowsums = KERNELS.on(backend)[0](grams, unbiased, DEGENERATE_RTOL)
     _raise_if_not_finite(stats)
     return stats[:, 0].clone(), stats, rowsums, grams
@@ -94,8 +95,8 @@ def cka_backward(
 ) -> tuple[list[Tensor], list[Tensor]]:
     """Input gradients of cka_forward; an input list that needs no gradient gets an empty list."""
     coefficients = KERNELS.on(backend)[1](grams, rowsums, stats, grad.to(grams.dtype).contiguous(), unbiased, DEGENERATE_RTOL)
-    dxs = [gram_backward(coefficients[p, 0], x) for p, x in enumerate(xs)] if need_x else []
-    dys = [gram_backward(coefficients[p, 1], y) for p, y in enumerate(ys)] if need_y else []
+    dxs = [shifted_gram_backward(coefficients[p, 0], x) for p, x in enumerate(xs)] if need_x else []
+    dys = [shifted_gram_backward(coefficients[p, 1], y) for p, y in enumerate(ys)] if need_y else []
     return dxs, dys
 
 
@@ -136,7 +137,8 @@ def cka(x: Tensor, y: Tensor, *, unbiased: bool = False) -> Tensor:
 
     unbiased=False: biased HSIC (Kornblith et al. 2019), in [0, 1].
     unbiased=True: unbiased HSIC (Song et al. 2012), needs n >= 4, can leave [0, 1] slightly.
-    A zero-variance input gives 0 with a zero gradient. Differentiable in both arguments.
+    An input without spread (std/|mean| below ~16 eps of the accumulation dtype) gives 0 with a zero
+    gradient; a large mean next to a real spread is exact. Differentiable in both arguments.
     """
     return cka_pairs([x], [y], unbiased=unbiased, _names=("x", "y"))[0]
 
@@ -181,6 +183,19 @@ def _validated(xs, ys, unbiased: bool, names: tuple[str, str]) -> tuple[list[Ten
         kind = "unbiased" if unbiased else "biased"
         raise ValueError(f"{names[0]} has n={n} samples; {kind} CKA needs n >= {minimum}")
     return flat[names[0]], flat[names[1]]
+
+
+def _zero_if_without_spread(grams: Tensor, xs: list[Tensor], ys: list[Tensor]) -> None:
+    """Zero the shifted Gram of every input whose spread the accumulation cannot resolve (the
+    degenerate rule of clarep_fast/reference/cka.py), so that every backend returns CKA = 0 with a
+    zero gradient for it. With K' = x'x'ᵀ (x' = x - 1 x[0]ᵀ): ‖x - 1 meanᵀ‖² = tr K' - 1ᵀK'1/n and
+    ‖x‖² is of the order of tr K' + n‖x[0]‖². No host sync: a multiply by the mask."""
+    n = grams.shape[-1]
+    first = torch.stack([torch.stack([x[0].to(grams.dtype).square().sum(), y[0].to(grams.dtype).square().sum()]) for x, y in zip(xs, ys)])  # (P, 2)
+    trace = grams.diagonal(dim1=-2, dim2=-1).sum(-1)  # (P, 2)
+    spread = trace - grams.sum((-2, -1)) / n
+    resolved = spread > SPREAD_RTOL[grams.dtype] * (trace + n * first)
+    grams.mul_(resolved[..., None, None])
 
 
 def _raise_if_not_finite(stats: Tensor) -> None:

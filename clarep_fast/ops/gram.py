@@ -1,7 +1,19 @@
 """The dense products around the fused n×n kernels, on the vendor GEMM (MKL/oneDNN, cuBLAS).
 
-Forward:  K = x xᵀ, accumulated and stored in fp32 (fp64 for fp64 input), read x once.
-Backward: dx = G x for a symmetric coefficient matrix G (n, n): one product per input.
+Forward:  K' = x' x'ᵀ with x' = x - 1 x[0]ᵀ (every sample minus the first one), accumulated and
+          stored in fp32 (fp64 for fp64 input).
+Backward: dx = G x' for a centered coefficient matrix G (n, n): one product per input.
+
+Why the shift: CKA only sees the centered Gram C(K) = HKH, and C(K') = C(K) exactly for any
+per-feature shift. Features with a large mean relative to their spread (post-ReLU features are
+the common case) make the uncentered Gram K huge next to C(K): forming C(K) from K then cancels
+(|mean|/std)² of the digits, and at |mean|/std ~ 1e2 in fp32 nothing is left. Subtracting the
+first sample brings every feature to the scale of its spread before anything is summed, exactly
+(a constant feature becomes exactly 0), with no pass over x to find a mean. The gradient needs the
+same shift: G is centered (G 1 = 0), so G x = G x' in exact arithmetic, but in rounding G x carries
+an error of order eps·|mean|/std relative to the result; G x' does not.
+The shifted copy is made one column chunk at a time (at most 8 MiB of fp32 on CPU, 64 MiB on
+CUDA), so no copy of the whole (n, d) input ever exists.
 
 The Gram is a symmetric rank-k update done by hand: split the rows into blocks, compute only the
 blocks on and above the diagonal, mirror the rest. With b blocks that is b(b+1)/2 of the b² block
@@ -10,8 +22,6 @@ for one full product; b = 4 and 8 were no faster, the smaller GEMMs run slower; 
 0.590 ms against 0.694 ms). Only from n = 128 on CPU (measured: 64 × 4096 full 210 µs, split
 240 µs; 128 × 16384 2.28 ms vs 2.13 ms) and n = 512 on CUDA: below that the products are
 overhead-bound and three of them plus a mirror copy cost more than the FLOPs they save.
-Low-precision input is upcast one column chunk at a time, so no fp32 copy of the whole (n, d) input
-ever exists.
 """
 
 from __future__ import annotations
@@ -22,7 +32,7 @@ import torch
 
 _ROW_BLOCKS = 2  # syrk blocking: 3 of 4 block products
 _SPLIT_MIN_ROWS = {"cpu": 128, "cuda": 512}  # below these one product beats three
-_UPCAST_CHUNK_ELEMENTS = 1 << 21  # at most 8 MiB of fp32 per upcast chunk
+_CHUNK_ELEMENTS = {"cpu": 1 << 21, "cuda": 1 << 24}  # at most 8 MiB (CPU) / 64 MiB (CUDA) of fp32 per shifted chunk
 
 
 def _syrk_into(x: torch.Tensor, out: torch.Tensor, accumulate: bool) -> None:
@@ -55,22 +65,33 @@ def _syrk_into(x: torch.Tensor, out: torch.Tensor, accumulate: bool) -> None:
                     mirror.copy_(product.T)
 
 
-def gram_into(x: torch.Tensor, out: torch.Tensor) -> None:
-    """out (n, n) <- x xᵀ for x (n, d), accumulated in out.dtype (fp32 or fp64)."""
-    if x.dtype == out.dtype:
-        _syrk_into(x, out, accumulate=False)
-    elif x.device.type == "cuda" and x.dtype in (torch.float16, torch.bfloat16) and out.dtype == torch.float32 and _mm_has_out_dtype(str(x.device)):
-        out.copy_(torch.mm(x, x.T, out_dtype=out.dtype))  # cuBLAS: low-precision operands, fp32 accumulation
-    else:
-        for start, part in _upcast_chunks(x, out.dtype):
-            _syrk_into(part, out, accumulate=start > 0)
+def shifted_gram_into(x: torch.Tensor, out: torch.Tensor) -> None:
+    """out (n, n) <- x' x'ᵀ, x' = x - 1 x[0]ᵀ, for x (n, d), accumulated in out.dtype (fp32 or fp64)."""
+    low_precision_gemm = x.device.type == "cuda" and x.dtype in (torch.float16, torch.bfloat16) and out.dtype == torch.float32 and _mm_has_out_dtype(str(x.device))
+    for start, chunk in _shifted_chunks(x, out.dtype):
+        if low_precision_gemm:  # cuBLAS: low-precision operands (the shifted chunk cast back), fp32 accumulation
+            operand = (chunk * _FP16_RANGE_SCALE).to(x.dtype) if x.dtype == torch.float16 else chunk.to(x.dtype)
+            product = torch.mm(operand, operand.T, out_dtype=out.dtype)
+            if x.dtype == torch.float16:
+                product.mul_(1.0 / _FP16_RANGE_SCALE**2)
+            if start == 0:
+                out.copy_(product)
+            else:
+                out.add_(product)
+        else:
+            _syrk_into(chunk, out, accumulate=start > 0)
 
 
-def _upcast_chunks(x: torch.Tensor, dtype: torch.dtype):
-    """(start, x[:, start:start+chunk] in dtype) over column chunks of at most 8 MiB of fp32."""
-    chunk = max(1, _UPCAST_CHUNK_ELEMENTS // max(x.shape[0], 1))
+_FP16_RANGE_SCALE = 0.5  # |x - x[0]| can reach twice fp16's largest value; halved (exactly) it fits
+
+
+def _shifted_chunks(x: torch.Tensor, dtype: torch.dtype):
+    """(start, (x[:, start:stop] - x[0, start:stop]) in dtype) over column chunks."""
+    limit = _CHUNK_ELEMENTS.get(x.device.type, _CHUNK_ELEMENTS["cpu"])
+    chunk = max(1, limit // max(x.shape[0], 1))
     for start in range(0, x.shape[1], chunk):
-        yield start, x[:, start : start + chunk].to(dtype)
+        part = x[:, start : start + chunk].to(dtype)
+        yield start, part - part[0]
 
 
 @functools.cache
@@ -84,20 +105,29 @@ def _mm_has_out_dtype(device: str) -> bool:
     return True
 
 
-def gram_backward(coefficients: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """dx = G x for G (n, n) in the accumulation dtype and x (n, d); returned in x.dtype.
+def shifted_gram_backward(coefficients: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """dx = G x' for G (n, n) in the accumulation dtype, x (n, d) and x' = x - 1 x[0]ᵀ; in x.dtype.
 
-    Low-precision x multiplies a low-precision copy of G (the GEMM accumulates in fp32). G's entries
-    scale like 1/‖C(K)‖ and underflow fp16 (smallest subnormal 6e-8), so for fp16 G is first scaled
-    by a power of two that brings its largest entry to 1 (exact), and the product scaled back by a
-    Python float, which elementwise kernels apply in fp32 (a 0-dim tensor would be cast to fp16 first
-    and flush to zero). That costs fp16 one host sync. bf16 has fp32's exponent range: no scaling.
+    On CUDA, low-precision x multiplies a low-precision copy of G (the GEMM accumulates in fp32).
+    G's entries scale like 1/‖C(K)‖ and underflow fp16 (smallest subnormal 6e-8), so for fp16 G is
+    first scaled by a power of two that brings its largest entry to 1 (exact), and the product
+    scaled back by a Python float, which elementwise kernels apply in fp32 (a 0-dim tensor would be
+    cast to fp16 first and flush to zero). That costs fp16 one host sync. bf16 has fp32's exponent
+    range: no scaling. Everywhere else the product runs in the accumulation dtype.
     """
-    if x.dtype == coefficients.dtype:
-        return coefficients @ x
-    if x.dtype != torch.float16:
-        return coefficients.to(x.dtype) @ x
-    peak = coefficients.abs().amax().clamp_min(torch.finfo(coefficients.dtype).tiny)
-    scale = torch.exp2(-torch.floor(torch.log2(peak)))  # 0-dim, power of two
-    product = (coefficients * scale).to(x.dtype) @ x
-    return product.mul_(1.0 / scale.item())  # exact power of two, applied in fp32, rounded once
+    grad = torch.empty_like(x)
+    low_precision_gemm = x.device.type == "cuda" and x.dtype in (torch.float16, torch.bfloat16)
+    if low_precision_gemm and x.dtype == torch.float16:
+        peak = coefficients.abs().amax().clamp_min(torch.finfo(coefficients.dtype).tiny)
+        scale = torch.exp2(-torch.floor(torch.log2(peak)))  # 0-dim, power of two
+        operator, unscale = (coefficients * scale).to(x.dtype), 1.0 / scale.item()  # exact power of two, applied in fp32
+    elif low_precision_gemm:
+        operator, unscale = coefficients.to(x.dtype), 1.0
+    else:
+        operator, unscale = coefficients, 1.0
+    for start, chunk in _shifted_chunks(x, coefficients.dtype):
+        product = operator @ chunk.to(operator.dtype)
+        if unscale != 1.0:
+            product = product.float().mul_(unscale)
+        grad[:, start : start + chunk.shape[1]] = product
+    return grad

@@ -15,11 +15,17 @@ Both HSICs are inner products of *centered* Grams, which is how everything here 
 Both C are orthogonal projections, so HSIC(K, L) ∝ <C(K), C(L)> = <K, C(L)>, and the constant
 factors cancel in CKA:  CKA = <C(K), C(L)> / sqrt(<C(K), C(K)> <C(L), C(L)>).
 
-Degenerate input (documented behaviour, identical on every backend): when an input has no variance
-across samples, <C(K), C(K)> is 0 up to rounding and CKA is 0/0. We return CKA = 0 with a zero
-gradient whenever  <C(K), C(K)> <= DEGENERATE_RTOL · tr(K)²  (likewise for L). tr(K) = ‖x‖²_F is the
-scale of the uncentered Gram; fp32 rounding of the centered Gram sits near 1e-14 of that, real data
-far above 1e-10.
+Degenerate input (documented behaviour, identical on every backend): an input without spread
+across samples makes CKA 0/0. We return CKA = 0 with a zero gradient when an input's spread is
+below what the accumulation precision resolves, relative to its size:
+
+    ‖x - 1 meanᵀ‖²  <=  SPREAD_RTOL[dtype] · ‖x‖²,     SPREAD_RTOL = (16 eps)²  (eps of the accumulation dtype)
+
+i.e. std/|mean| below about 16 eps (2e-6 in fp32, 4e-15 in fp64): a feature matrix whose samples
+agree to the last few bits. Features with a large mean and a real spread (post-ReLU features;
+|mean|/std = 1e4 is far from the line) are not degenerate and get their true CKA (the fused op
+shifts every input by its first sample before forming Grams: clarep_fast/ops/gram.py says why).
+A Gram whose centered norm is exactly 0 (DEGENERATE_RTOL, the kernels' own guard) gives 0 too.
 
 Computation is in float32 (float64 for float64 inputs), whatever the input dtype.
 
@@ -33,7 +39,8 @@ import torch
 
 from clarep_fast.dtypes import accumulation_dtype
 
-DEGENERATE_RTOL = 1e-10
+DEGENERATE_RTOL = 1e-10  # the n×n kernels' guard: <C(K), C(K)> <= this · tr(K)² only when C(K) is 0
+SPREAD_RTOL = {torch.float32: (16 * torch.finfo(torch.float32).eps) ** 2, torch.float64: (16 * torch.finfo(torch.float64).eps) ** 2}
 
 
 def center_gram(gram: torch.Tensor, unbiased: bool) -> torch.Tensor:
@@ -122,8 +129,8 @@ def cka_reference(x: torch.Tensor, y: torch.Tensor, *, unbiased: bool = False) -
     dtype = accumulation_dtype(x, y)
     x = x.reshape(x.shape[0], -1).to(dtype)  # (n, d1)
     y = y.reshape(y.shape[0], -1).to(dtype)  # (n, d2)
-    xc = x - x.mean(0, keepdim=True)
-    yc = y - y.mean(0, keepdim=True)
+    xc = _centered_or_zero(x)
+    yc = _centered_or_zero(y)
     kc = xc @ xc.T  # = H K H exactly, since the columns of xc sum to zero
     lc = yc @ yc.T
     if unbiased:
@@ -132,7 +139,14 @@ def cka_reference(x: torch.Tensor, y: torch.Tensor, *, unbiased: bool = False) -
     hkl = (kc * lc).sum()
     hkk = (kc * kc).sum()
     hll = (lc * lc).sum()
-    return _ratio(hkl, hkk, hll, x.pow(2).sum(), y.pow(2).sum())
+    return _ratio(hkl, hkk, hll, xc.pow(2).sum(), yc.pow(2).sum())
+
+
+def _centered_or_zero(x: torch.Tensor) -> torch.Tensor:
+    """x - 1 meanᵀ, or exactly 0 (so CKA is 0 with a zero gradient) for an input without spread."""
+    centered = x - x.mean(0, keepdim=True)
+    spread = centered.detach().pow(2).sum() > SPREAD_RTOL[x.dtype] * x.detach().pow(2).sum()
+    return centered * spread
 
 
 def _ratio(hkl, hkk, hll, trace_x, trace_y, rtol=DEGENERATE_RTOL):

@@ -1,4 +1,4 @@
-"""The dense products around the n×n kernels: blocked Gram (syrk) and the backward product."""
+"""The dense products around the n×n kernels: the shifted, blocked Gram (syrk) and the backward product."""
 
 import pytest
 import torch
@@ -7,17 +7,22 @@ from clarep_fast.ops import gram
 from tests.utils import assert_close
 
 
+def shifted(x: torch.Tensor) -> torch.Tensor:
+    x = x.double()
+    return x - x[0]
+
+
 @pytest.mark.parametrize("split", [True, False], ids=["blocked", "one-product"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16, torch.float16], ids=str)
 @pytest.mark.parametrize("n,d", [(41, 401), (1, 3), (7, 1), (131, 67)])
-def test_gram_into_matches_full_product(monkeypatch, n, d, dtype, split):
-    monkeypatch.setattr(gram, "_UPCAST_CHUNK_ELEMENTS", 64)  # force several upcast chunks
+def test_shifted_gram_matches_full_product(monkeypatch, n, d, dtype, split):
+    monkeypatch.setattr(gram, "_CHUNK_ELEMENTS", {"cpu": 64})  # force several chunks
     monkeypatch.setattr(gram, "_SPLIT_MIN_ROWS", {"cpu": 1 if split else n + 1})
-    x = torch.randn(n, d).to(dtype)
+    x = (torch.randn(n, d) + 3).to(dtype)
     accumulate = torch.float64 if dtype == torch.float64 else torch.float32
     out = torch.full((n, n), float("nan"), dtype=accumulate)  # poisoned: every entry must be written
-    gram.gram_into(x, out)
-    expected = x.double() @ x.double().T
+    gram.shifted_gram_into(x, out)
+    expected = shifted(x) @ shifted(x).T
     assert_close(out, expected, 1e-12 if dtype == torch.float64 else 1e-5, "gram")
     assert_close(out, out.T, 1e-12 if dtype == torch.float64 else 1e-6, "symmetry")
 
@@ -28,17 +33,27 @@ def test_small_n_is_one_product_and_large_n_is_blocked(monkeypatch):
     for n in (gram._SPLIT_MIN_ROWS["cpu"] - 1, gram._SPLIT_MIN_ROWS["cpu"]):
         calls.clear()
         x, out = torch.randn(n, 5), torch.empty(n, n)
-        gram.gram_into(x, out)
-        assert_close(out, x.double() @ x.double().T, 1e-5, "gram")
+        gram.shifted_gram_into(x, out)
+        assert_close(out, shifted(x) @ shifted(x).T, 1e-5, "gram")
         assert (len(calls) == 1) == (n < gram._SPLIT_MIN_ROWS["cpu"])
 
 
-@pytest.mark.parametrize("magnitude", [1e-9, 1e-7, 1e-3])
-def test_fp16_backward_product_is_as_good_as_rounding_the_exact_result(magnitude):
-    coefficients = torch.randn(64, 64, dtype=torch.float64) * magnitude
-    x = torch.randn(64, 300).half()
-    exact = coefficients @ x.double()
-    result = gram.gram_backward(coefficients.float(), x)
-    assert result.dtype == torch.float16
-    rounding_error = (exact.half().double() - exact).abs().max()
-    assert (result.double() - exact).abs().max() <= 2 * rounding_error + 1e-3 * exact.abs().max()
+def test_a_large_mean_costs_no_accuracy():
+    """|mean|/std = 1e4 in fp32: the shifted Gram keeps fp32 accuracy relative to the spread."""
+    spread = torch.randn(64, 300, dtype=torch.float64)
+    x = (1e4 + spread).float()
+    out = torch.empty(64, 64)
+    gram.shifted_gram_into(x, out)
+    exact = shifted(x) @ shifted(x).T  # of the fp32 input as stored
+    assert_close(out, exact, 1e-5, "gram")
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=str)
+def test_backward_product_is_as_good_as_rounding_the_exact_result(dtype):
+    coefficients = torch.randn(64, 64, dtype=torch.float64) * 1e-7
+    x = (torch.randn(64, 300) + 100).to(dtype)
+    exact = coefficients @ shifted(x)
+    result = gram.shifted_gram_backward(coefficients.float(), x)
+    assert result.dtype == dtype
+    rounding_error = (exact.to(dtype).double() - exact).abs().max()
+    assert (result.double() - exact).abs().max() <= 2 * rounding_error + 1e-5 * exact.abs().max()

@@ -1,0 +1,76 @@
+"""CKA of features with a large mean next to their spread, or at extreme scales: value and gradient
+against the float64 textbook reference on the same stored inputs, on every CPU backend and dtype.
+(Post-ReLU features have positive means: this is the common case, not an edge case.)"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from clarep_fast import cka, use_backend
+from clarep_fast.reference import cka_reference
+from tests.utils import usable_backends
+
+# (value, gradient) tolerance, relative to max(1, |value|) and to the largest gradient entry
+TOLERANCE = {torch.float64: (1e-10, 1e-8), torch.float32: (2e-5, 2e-4), torch.bfloat16: (2e-4, 3e-2), torch.float16: (2e-4, 4e-3)}
+OFFSETS = {torch.float64: (0, 10, 1e2, 1e4, 1e6), torch.float32: (0, 10, 1e2, 1e3, 1e4), torch.bfloat16: (0, 10, 1e2), torch.float16: (0, 10, 1e2)}
+CASES = [(dtype, offset) for dtype, offsets in OFFSETS.items() for offset in offsets]
+
+
+def features(n: int, d: int, e: int, offset: float, scale: float, dtype: torch.dtype, seed: int):
+    generator = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, d, generator=generator, dtype=torch.float64)
+    y = torch.randn(n, e, generator=generator, dtype=torch.float64) + x[:, :e]
+    return ((offset + x) * scale).to(dtype), ((offset + y) * scale).to(dtype)
+
+
+def check(x: torch.Tensor, y: torch.Tensor, backend: str, unbiased: bool) -> None:
+    x, y = x.clone().requires_grad_(True), y.clone().requires_grad_(True)
+    with use_backend(backend):
+        value = cka(x, y, unbiased=unbiased)
+    grad_x, grad_y = torch.autograd.grad(value, (x, y))
+    x64, y64 = (t.detach().double().requires_grad_(True) for t in (x, y))  # the stored inputs, exactly
+    expected = cka_reference(x64, y64, unbiased=unbiased)
+    expected_x, expected_y = torch.autograd.grad(expected, (x64, y64))
+    value_tolerance, grad_tolerance = TOLERANCE[x.dtype]
+    assert abs(value.item() - expected.item()) <= value_tolerance * max(1.0, abs(expected.item())), f"value {value.item()!r} vs {expected.item()!r}"
+    for name, got, want in (("x", grad_x, expected_x), ("y", grad_y, expected_y)):
+        error = (got.double() - want).abs().max().item() / want.abs().max().item()
+        assert error <= grad_tolerance, f"gradient of {name}: relative error {error:.3g}"
+
+
+@pytest.mark.parametrize("unbiased", [False, True], ids=["biased", "unbiased"])
+@pytest.mark.parametrize("dtype,offset", CASES, ids=[f"{d}-offset{o:g}" for d, o in CASES])
+@pytest.mark.parametrize("backend", usable_backends("cpu"))
+def test_a_large_mean_is_exact(backend, dtype, offset, unbiased):
+    x, y = features(48, 96, 40, offset, 1.0, dtype, seed=int(offset) % 97)
+    check(x, y, backend, unbiased)
+
+
+@pytest.mark.parametrize("scale", [1e-6, 1e-3, 1e3, 1e6])
+@pytest.mark.parametrize("backend", usable_backends("cpu"))
+def test_scale_does_not_matter(backend, scale):
+    x, y = features(33, 50, 20, 5.0, scale, torch.float32, seed=3)
+    check(x, y, backend, unbiased=False)
+
+
+def test_the_probe_case_in_float64():
+    """cka(1 + 0.005 x, 1 + 0.005 y) used to return 0.0000 (true 0.9465) with a zero gradient."""
+    x, y = features(64, 512, 512, 0.0, 1.0, torch.float64, seed=0)
+    assert cka(1 + 0.005 * x, 1 + 0.005 * y).item() == pytest.approx(cka_reference(x, y).item(), abs=1e-10)
+    assert cka_reference(x, y).item() > 0.5
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("backend", usable_backends("cpu"))
+def test_an_input_without_spread_gives_zero_and_a_zero_gradient(backend, dtype):
+    """Exactly constant features, and constant features plus a wiggle below the accumulation's resolution."""
+    y = torch.randn(20, 8, dtype=torch.float64).to(dtype)
+    eps = torch.finfo(torch.float32 if dtype != torch.float64 else torch.float64).eps
+    for x in (torch.full((20, 30), 3.0, dtype=dtype), (1e3 * (1 + eps * torch.randn(20, 30, dtype=torch.float64) / 4)).to(dtype)):
+        x.requires_grad_(True)
+        with use_backend(backend):
+            value = cka(x, y)
+        (grad,) = torch.autograd.grad(value, x)
+        assert value.item() == 0.0 and torch.count_nonzero(grad) == 0
+        assert cka_reference(x.detach(), y).item() == 0.0

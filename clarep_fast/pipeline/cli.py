@@ -110,11 +110,10 @@ def _evaluate(args) -> int:
     from clarep_fast.pipeline.data.default import DataConfig
     from clarep_fast.pipeline.distill.train import load_student
     from clarep_fast.pipeline.evaluate.robustness import EvaluateConfig, evaluate_student, markdown_table
-    from clarep_fast.pipeline.rundir import write_json, write_text
+    from clarep_fast.pipeline.files import write_json, write_text
 
     student = load_student(args.student)
-    resolution = int(torch.load(args.student, weights_only=True)["resolution"])
-    results = evaluate_student(student, DataConfig(resolution=resolution), config_from_args(EvaluateConfig, args))
+    results = evaluate_student(student, DataConfig(resolution=student.resolution), config_from_args(EvaluateConfig, args))
     out = Path(args.out) if args.out else Path(args.student).with_name("evaluation.json")
     write_json(out, results)
     table = markdown_table({Path(args.student).parent.name: results})

@@ -12,18 +12,18 @@ The report states the measured numbers whether or not CaDistill wins.
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
-import json
 import shutil
 import statistics
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from clarep_fast.pipeline.clarid.search import SearchConfig, run_search
 from clarep_fast.pipeline.distill.train import DistillConfig, load_student, train_student
 from clarep_fast.pipeline.evaluate.robustness import EvaluateConfig, evaluate_student
+from clarep_fast.pipeline.files import atomic_write, read_json, save_figure, write_text
 from clarep_fast.pipeline.options import option
-from clarep_fast.pipeline.rundir import RunDir, as_json, atomic_write, save_figure, write_text
+from clarep_fast.pipeline.rundir import RunDir, as_json
 
 
 @dataclass(frozen=True)
@@ -40,7 +40,7 @@ def _loss_curves(runs: dict[str, Path], path: Path) -> None:
 
     figure, (left, right) = plt.subplots(1, 2, figsize=(11, 3.6))
     for name, run in runs.items():
-        history = json.loads((run / "metrics.json").read_text())
+        history = read_json(run / "metrics.json", "a student's per-epoch metrics", "delete the student's folder and rerun the demo")
         epochs = [r["epoch"] for r in history]
         style = "--" if name.startswith("baseline") else "-"
         left.plot(epochs, [r["ce"] for r in history], style, label=f"{name}: CE")
@@ -72,7 +72,7 @@ def run_demo(run_dir: str | Path, *, seeds: int = 1, search: SearchConfig | None
     timings["CLARep search"] = time.perf_counter() - began
     runs, results = {}, {}
     evaluation_file = run_dir / "evaluation.json"
-    cached = json.loads(evaluation_file.read_text()) if evaluation_file.exists() else {}
+    cached = read_json(evaluation_file, "the demo's evaluations", "delete it and rerun the demo (the students are kept)") if evaluation_file.exists() else {}
     for seed in range(seeds):
         for baseline in (True, False):
             name = f"{'baseline' if baseline else 'cadistill'}-s{seed}"
@@ -91,7 +91,7 @@ def run_demo(run_dir: str | Path, *, seeds: int = 1, search: SearchConfig | None
     for picture in ("canonical.png", "nmi.png"):
         atomic_write(run / picture, lambda temporary: shutil.copyfile(bank_dir / picture, temporary))
     _loss_curves(runs, run_dir / "losses.png")
-    _write_report(run_dir, results, json.loads((bank_dir / "summary.json").read_text()), timings, search, distill, evaluate, seeds)
+    _write_report(run_dir, results, read_json(bank_dir / "summary.json", "the bank's summary", "delete it and rerun the demo (the shards are kept)"), timings, search, distill, evaluate, seeds)
     return run_dir / "report.md"
 
 

@@ -4,58 +4,23 @@ Every long command (train-teacher, search, distill, demo) works in a folder it c
 
     run = RunDir(path, command="distill", may_change=("epochs",))
     resumed = run.claim(config)            # config.json: written, or compared with the one there
-    state = run.load_checkpoint(device)    # None on a fresh run
+    state = run.load_checkpoint()          # None on a fresh run
     ...
     run.save_checkpoint({...})             # atomic: the old checkpoint or the new, never half of one
 
 ``claim`` refuses a folder whose config.json differs from the new config in any key outside
-``may_change`` and names the keys. Every write goes to a temporary file in the same folder that
-is then renamed over the target (os.replace is atomic on POSIX), so a kill at any moment leaves
-each file either complete or as it was.
+``may_change`` and names the keys. Every file goes through clarep_fast/pipeline/files.py: written
+atomically; checkpoints carry their format, version and a digest, and a damaged one is refused.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-import os
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Iterable
 
-import torch
-
-
-def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    """``write(temporary)`` into the target's folder, then rename it onto ``path``. The temporary
-    keeps the suffix, so writers that pick a format from it (PNG figures) work unchanged."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}")
-    try:
-        write(temporary)
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
-
-
-def write_text(path: Path, text: str) -> None:
-    atomic_write(path, lambda temporary: temporary.write_text(text))
-
-
-def write_json(path: Path, payload) -> None:
-    write_text(path, json.dumps(payload, indent=1))
-
-
-def save_torch(path: Path, obj) -> None:
-    atomic_write(path, lambda temporary: torch.save(obj, temporary))
-
-
-def save_figure(path: Path, figure) -> None:
-    """A matplotlib figure as PNG (the figure is closed afterwards)."""
-    import matplotlib.pyplot as plt
-
-    atomic_write(path, lambda temporary: figure.savefig(temporary, dpi=120, bbox_inches="tight"))
-    plt.close(figure)
+from clarep_fast.pipeline.files import DamagedFileError, load_checked, read_json, save_checked, save_figure, write_json, write_text
 
 
 def as_json(config) -> dict:
@@ -81,7 +46,12 @@ class RunDir:
 
     def existing_config(self) -> dict | None:
         file = self.path / self.CONFIG
-        return json.loads(file.read_text()) if file.exists() else None
+        if not file.exists():
+            return None
+        config = read_json(file, f"the {self.command} run's config", "restore it, or use a new folder")
+        if not isinstance(config, dict):
+            raise DamagedFileError(f"{file} is not a {self.command} config (a JSON object): restore it, or use a new folder")
+        return config
 
     def claim(self, config, *, write: bool = True) -> bool:
         """Compare ``config`` with the folder's config.json (if any) and write it (unless ``write`` is
@@ -109,9 +79,11 @@ class RunDir:
         save_figure(self.path / name, figure)
 
     def save_checkpoint(self, state: dict) -> None:
-        save_torch(self.path / self.CHECKPOINT, state)
+        save_checked(self.path / self.CHECKPOINT, f"{self.command}-checkpoint", state)
 
-    def load_checkpoint(self, map_location) -> dict | None:
-        """The last checkpoint (tensors only: weights_only=True), or None on a fresh run."""
+    def load_checkpoint(self) -> dict | None:
+        """The last checkpoint (tensors on the CPU), or None on a fresh run; a damaged one is refused."""
         file = self.path / self.CHECKPOINT
-        return torch.load(file, map_location=map_location, weights_only=True) if file.exists() else None
+        if not file.exists():
+            return None
+        return load_checked(file, f"{self.command}-checkpoint", remedy="delete it to restart this run from its beginning")

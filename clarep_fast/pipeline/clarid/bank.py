@@ -13,20 +13,22 @@
         features.<layer>  (n, C_l·s²)   the teacher's canonical features of the CLARep, f_l(x~, t_e, c)
         ordinary_features.<layer>       the same of x_{t_e}
 A shard is written to a temporary name and renamed: a file under shards/ is always complete, so a
-killed search resumes by skipping the shards that exist.
+killed search resumes by skipping the shards that exist (after checking them). Every shard carries
+its format, version and a digest of its tensors in the safetensors metadata, and config.json its
+``bank_format``: a damaged, foreign or outdated file is refused by name, never misread.
 """
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import NamedTuple
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors import safe_open
+from safetensors.torch import save_file
 from torch import Tensor
 
-from clarep_fast.pipeline.rundir import atomic_write
+from clarep_fast.pipeline.files import FORMAT_VERSION, DamagedFileError, atomic_write, check_shard, read_json, shard_metadata
 
 SHARDS = "shards"
 
@@ -36,9 +38,42 @@ def shard_path(bank: Path, shard: int) -> Path:
 
 
 def write_shard(bank: Path, shard: int, tensors: dict[str, Tensor]) -> None:
-    """Atomically write one shard (temporary file in the same folder, then rename)."""
+    """Atomically write one shard, with its format, version and digest in the safetensors metadata."""
     payload = {name: tensor.detach().cpu().contiguous() for name, tensor in tensors.items()}
-    atomic_write(shard_path(bank, shard), lambda temporary: save_file(payload, str(temporary)))
+    metadata = shard_metadata(payload)
+    atomic_write(shard_path(bank, shard), lambda temporary: save_file(payload, str(temporary), metadata=metadata))
+
+
+def read_shard(bank: Path, shard: int) -> dict[str, Tensor]:
+    """One shard's tensors; a truncated, garbled, foreign or outdated shard is refused by name."""
+    path = shard_path(bank, shard)
+    remedy = f"delete it and rerun `clarep-fast search {bank}` to recompute that shard"
+    try:
+        with safe_open(str(path), framework="pt") as opened:
+            metadata = opened.metadata()
+            tensors = {name: opened.get_tensor(name) for name in opened.keys()}
+    except FileNotFoundError:
+        raise
+    except Exception as error:  # SafetensorError and the OS errors of a damaged file
+        raise DamagedFileError(f"{path} cannot be read as a safetensors shard ({error}): {remedy}") from None
+    check_shard(path, metadata, tensors, remedy)
+    return tensors
+
+
+def read_bank_config(bank: Path) -> dict:
+    """config.json of a bank, refused unless it is a readable bank config of this format version."""
+    config_file = bank / "config.json"
+    if not config_file.exists():
+        raise FileNotFoundError(f"{bank} is not a CLARep bank (no config.json); create one with `clarep-fast search {bank}`")
+    remedy = "restore it, or make the bank anew with `clarep-fast search` into a new folder"
+    config = read_json(config_file, "a CLARep bank's config", remedy)
+    if not isinstance(config, dict) or config.get("bank_format") != FORMAT_VERSION:
+        found = config.get("bank_format") if isinstance(config, dict) else None
+        raise DamagedFileError(f"{config_file} is not a bank config of format version {FORMAT_VERSION} (found {found!r}; banks written before format versions have none): {remedy}")
+    missing = [key for key in ("shards", "feature_layers") if key not in config]
+    if missing:
+        raise DamagedFileError(f"{config_file} lacks {', '.join(missing)}: {remedy}")
+    return config
 
 
 class Bank(NamedTuple):
@@ -58,15 +93,12 @@ class Bank(NamedTuple):
 def load_bank(path: str | Path) -> Bank:
     """Read a complete bank; a missing config or shard is a clear error naming what to rerun."""
     bank = Path(path)
-    config_file = bank / "config.json"
-    if not config_file.exists():
-        raise FileNotFoundError(f"{bank} is not a CLARep bank (no config.json); create one with `clarep-fast search {bank}`")
-    config = json.loads(config_file.read_text())
+    config = read_bank_config(bank)
     shards = config["shards"]
     missing = [shard for shard in range(shards) if not shard_path(bank, shard).exists()]
     if missing:
         raise FileNotFoundError(f"bank {bank} is incomplete: {len(missing)} of {shards} shards missing (first: {missing[0]}); rerun `clarep-fast search {bank}` to finish it")
-    parts = [load_file(str(shard_path(bank, shard))) for shard in range(shards)]
+    parts = [read_shard(bank, shard) for shard in range(shards)]
     merged = {name: torch.cat([part[name] for part in parts]) for name in parts[0]}
     layers = config["feature_layers"]
     return Bank(

@@ -15,7 +15,7 @@ import torch
 
 from clarep_fast.pipeline.clarid.bank import load_bank
 from clarep_fast.pipeline.clarid.clustering import background_spread, feature_nmi
-from clarep_fast.pipeline.rundir import save_figure
+from clarep_fast.pipeline.files import save_figure
 
 PER_CLASS = 6
 

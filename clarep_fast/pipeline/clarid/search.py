@@ -27,10 +27,11 @@ import torch
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from clarep_fast.pipeline.clarid.bank import shard_path, write_shard
+from clarep_fast.pipeline.clarid.bank import read_shard, shard_path, write_shard
 from clarep_fast.pipeline.clarid.jacobian import MODES, topk_right_singular
 from clarep_fast.pipeline.data.default import DataConfig, default_splits
 from clarep_fast.pipeline.distributed import barrier, default_device, rank_and_world
+from clarep_fast.pipeline.files import FORMAT_VERSION
 from clarep_fast.pipeline.options import option
 from clarep_fast.pipeline.rundir import RunDir, as_json
 from clarep_fast.pipeline.teacher.ddim import NUM_TRAIN_TIMESTEPS, ddim_invert, ddim_move, time_grid
@@ -100,11 +101,12 @@ def load_search_teacher(config: SearchConfig) -> tuple[nn.Module, Path]:
 
 
 def teacher_fingerprint(path: Path) -> str:
-    """sha256 of the teacher's weights (or of its config when the weights are not safetensors)."""
-    weights = sorted(path.glob("*.safetensors")) or [path / "config.json"]
+    """sha256 over the teacher's config.json and weight files: a copy with another activation or
+    other weights is another teacher, and a bank never mixes shards of two."""
     digest = hashlib.sha256()
-    for file in weights:
-        digest.update(file.read_bytes())
+    for file in sorted([path / "config.json", *path.glob("*.safetensors"), *path.glob("*.bin")]):
+        if file.exists():
+            digest.update(file.name.encode() + b"\0" + file.read_bytes())
     return digest.hexdigest()
 
 
@@ -145,7 +147,7 @@ def resolved_config(config: SearchConfig, count: int, teacher_path: Path) -> dic
     resolved = dataclasses.asdict(config)
     resolved.update(count=count, shards=math.ceil(count / config.shard_size), steps_before=before, steps_after=after,
                     teacher_path="embedded" if config.teacher == "default" else str(teacher_path),
-                    teacher_sha256=teacher_fingerprint(teacher_path))  # fmt: skip
+                    teacher_sha256=teacher_fingerprint(teacher_path), bank_format=FORMAT_VERSION)  # fmt: skip
     return as_json(resolved)
 
 
@@ -216,6 +218,8 @@ def run_search(config: SearchConfig, bank_dir: str | Path, *, device: str | None
     shards = resolved["shards"]
     mine = [s for s in range(shards) if s % world == rank]
     todo = [s for s in mine if not shard_path(bank, s).exists()]
+    for shard in sorted(set(mine) - set(todo)):  # a shard found on disk counts as done only once it checks out
+        read_shard(bank, shard)
     sizes = {s: len(classes[s * config.shard_size : (s + 1) * config.shard_size]) for s in mine}
     done = sum(sizes[s] for s in mine if s not in todo)
     bar = tqdm(total=sum(sizes.values()), initial=done, desc=f"CLARID rank {rank}" if world > 1 else "CLARID", unit="CLARep", disable=not progress, position=rank)

@@ -19,6 +19,7 @@ rerun the command to resume), student.pt (the final student: weights + what rebu
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from dataclasses import dataclass
@@ -33,7 +34,8 @@ from clarep_fast.pipeline.clarid.bank import load_bank
 from clarep_fast.pipeline.data.default import DataConfig, default_splits
 from clarep_fast.pipeline.distributed import barrier, default_device, rank_and_world
 from clarep_fast.pipeline.options import option
-from clarep_fast.pipeline.rundir import RunDir, as_json, save_torch
+from clarep_fast.pipeline.files import load_checked, read_json, save_checked
+from clarep_fast.pipeline.rundir import RunDir, as_json
 from clarep_fast.pipeline.distill.student import DistillModel, Student, accuracy
 from clarep_fast.ops.cka import cka_pairs
 from clarep_fast.ops.feature_align import feature_align
@@ -86,6 +88,7 @@ class BankBatches:
         if len(bank.classes) < config.bank_batch_size:
             raise ValueError(f"bank_batch_size {config.bank_batch_size} exceeds the bank's {len(bank.classes)} CLAReps")
         self.layers = layers
+        self.config_sha256 = hashlib.sha256(json.dumps(bank.config, sort_keys=True).encode()).hexdigest()
         self.images = ((bank.samples.clamp(-1, 1) + 1) / 2).to(device)
         self.classes = bank.classes.to(device)
         self.features = [bank.features[layer].float().to(device) for layer in layers]
@@ -132,6 +135,7 @@ def train_student(config: DistillConfig, run_dir: str | Path, *, device: str | N
     resolved = as_json(config)
     if bank is not None:  # a bank rebuilt in place with other features must not meet an old checkpoint
         resolved["bank_layers"], resolved["bank_widths"], resolved["bank_count"] = bank.layers, bank.widths(), len(bank.classes)
+        resolved["bank_config_sha256"] = bank.config_sha256  # the bank's whole search config, teacher fingerprint included
     run = RunDir(run_dir, command="distill", may_change=("epochs",))
 
     torch.manual_seed(config.seed)  # the initial weights: the same for baseline and CaDistill
@@ -146,7 +150,7 @@ def train_student(config: DistillConfig, run_dir: str | Path, *, device: str | N
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=config.learning_rate, total_steps=config.epochs * steps_per_epoch, pct_start=0.15)
     run.claim(resolved, write=rank == 0)
     start = 0
-    state = run.load_checkpoint(device)
+    state = run.load_checkpoint()
     if state is not None:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
@@ -157,7 +161,7 @@ def train_student(config: DistillConfig, run_dir: str | Path, *, device: str | N
         # projectors without a loss term (the baseline, or a λ set to 0) get no gradient: tell DDP
         wrapped = torch.nn.parallel.DistributedDataParallel(model, find_unused_parameters=not all(config.lambdas))
     images, labels = train.images.to(device), train.labels.to(device)
-    history = json.loads((run / "metrics.json").read_text())[:start] if (run / "metrics.json").exists() else []
+    history = read_json(run / "metrics.json", "the per-epoch metrics", "delete it and rerun (training resumes from the checkpoint)")[:start] if (run / "metrics.json").exists() else []
     model.train()
     for epoch in range(start, config.epochs):
         began = time.perf_counter()
@@ -191,18 +195,19 @@ def train_student(config: DistillConfig, run_dir: str | Path, *, device: str | N
             run.write_text("metrics.csv", "\n".join(lines) + "\n")
             run.save_checkpoint({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(), "epoch": epoch + 1})
     if rank == 0:
-        save_torch(run / "student.pt", {"student": student.state_dict(), "name": config.student, "layers": list(config.student_layers),
-                                        "pool": config.student_pool, "num_classes": num_classes, "resolution": config.data.resolution})  # fmt: skip
+        save_checked(run / "student.pt", "student", {"student": student.state_dict(), "name": config.student, "layers": list(config.student_layers),
+                                                     "pool": config.student_pool, "num_classes": num_classes, "resolution": config.data.resolution})  # fmt: skip
     barrier(world)
     return run / "student.pt"
 
 
 def load_student(path: str | Path, device: str = "cpu") -> Student:
-    """A trained student from student.pt (eval mode)."""
+    """A trained student from student.pt (eval mode; ``student.resolution`` is the image side it was trained at)."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{path} does not exist; train a student with `clarep-fast distill RUN_DIR`")
-    state = torch.load(path, map_location=device, weights_only=True)
+    state = load_checked(path, "student", remedy="retrain it with `clarep-fast distill` (its run folder resumes from the last checkpoint)")
     student = Student(state["name"], state["num_classes"], state["layers"], state["pool"])
     student.load_state_dict(state["student"])
+    student.resolution = int(state["resolution"])
     return student.to(device).eval()

@@ -61,14 +61,21 @@ def load_teacher(path: str | Path, *, num_classes: int | None = None, resolution
     config_file = path / "config.json"
     if not config_file.exists():
         raise FileNotFoundError(f"{path} is not a diffusers model directory (no config.json)")
-    kind = json.loads(config_file.read_text()).get("_class_name")
+    try:
+        kind = json.loads(config_file.read_text()).get("_class_name")
+    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError) as error:
+        raise ValueError(f"{config_file} is not a readable diffusers config ({error}); restore the teacher folder") from None
     if kind == "UNet2DModel":
         from diffusers import UNet2DModel as model_class
     elif kind == "DiTTransformer2DModel":
         from diffusers import DiTTransformer2DModel as model_class
     else:
         raise ValueError(f"{path}: teacher must be a UNet2DModel or DiTTransformer2DModel, found {kind!r}")
-    model = model_class.from_pretrained(path, low_cpu_mem_usage=False).eval()  # plain loading: no advice to install accelerate
+    try:
+        model = model_class.from_pretrained(path, low_cpu_mem_usage=False).eval()  # plain loading: no advice to install accelerate
+    except (OSError, ValueError, RuntimeError, TypeError, KeyError) as error:  # a truncated or garbled weight file, a config that does not build
+        raise ValueError(f"teacher {path} cannot be loaded ({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}); "
+                         "the folder's config.json or weights are damaged or not a diffusers model") from None
     known = num_classes_of(model)
     if num_classes is not None and known != num_classes:
         raise ValueError(f"teacher {path} knows {known} classes but the data has {num_classes}")

@@ -24,7 +24,8 @@ from tqdm import tqdm
 
 from clarep_fast.pipeline.data.default import DataConfig, default_splits
 from clarep_fast.pipeline.teacher.ddim import NUM_TRAIN_TIMESTEPS, alphas_cumprod, ddim_sample
-from clarep_fast.pipeline.rundir import RunDir, atomic_write
+from clarep_fast.pipeline.files import atomic_write
+from clarep_fast.pipeline.rundir import RunDir
 from clarep_fast.pipeline.options import option
 from clarep_fast.pipeline.teacher.model import TeacherConfig, build_teacher
 
@@ -74,7 +75,7 @@ def train_teacher(config: TrainTeacherConfig, run_dir: str | Path, *, progress: 
     null_label = config.teacher.num_classes
 
     start = 0
-    state = run.load_checkpoint(device)
+    state = run.load_checkpoint()
     if state is not None:
         model.load_state_dict(state["model"])
         ema.load_state_dict(state["ema"])

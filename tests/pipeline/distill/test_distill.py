@@ -36,7 +36,7 @@ def test_baseline_equals_cadistill_with_every_lambda_zero(tiny_bank, tmp_path):
     train_student(small_distill(bank_dir, baseline=True), tmp_path / "baseline", progress=False)
     train_student(small_distill(bank_dir, lambda_align=0.0, lambda_cano=0.0, lambda_dist=0.0), tmp_path / "zero", progress=False)
     train_student(small_distill(bank_dir), tmp_path / "cadistill", progress=False)
-    weights = {name: torch.load(tmp_path / name / "student.pt", weights_only=True)["student"] for name in ("baseline", "zero", "cadistill")}
+    weights = {name: torch.load(tmp_path / name / "student.pt", weights_only=True)["payload"]["student"] for name in ("baseline", "zero", "cadistill")}
     assert all(torch.equal(weights["baseline"][key], weights["zero"][key]) for key in weights["baseline"])
     assert any(not torch.equal(weights["baseline"][key], weights["cadistill"][key]) for key in weights["baseline"])
 
@@ -81,8 +81,8 @@ def test_resume_after_a_kill_gives_the_uninterrupted_result(tiny_bank, tmp_path,
     monkeypatch.setattr(RunDir, "save_checkpoint", real_save)
     assert not (tmp_path / "killed" / "student.pt").exists()
     train_student(config, tmp_path / "killed", progress=False)
-    whole = torch.load(tmp_path / "whole" / "student.pt", weights_only=True)["student"]
-    resumed = torch.load(tmp_path / "killed" / "student.pt", weights_only=True)["student"]
+    whole = torch.load(tmp_path / "whole" / "student.pt", weights_only=True)["payload"]["student"]
+    resumed = torch.load(tmp_path / "killed" / "student.pt", weights_only=True)["payload"]["student"]
     assert all(torch.equal(whole[key], resumed[key]) for key in whole)
     assert len(json.loads((tmp_path / "killed" / "metrics.json").read_text())) == 2
 

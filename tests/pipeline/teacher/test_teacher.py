@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from clarep_fast.pipeline.data import DataConfig
+from clarep_fast.pipeline.rundir import RunDir
 from clarep_fast.pipeline.teacher.ddim import ddim_invert, ddim_sample, time_grid
 from clarep_fast.pipeline.teacher.model import TeacherConfig, build_teacher, guided_noise, load_teacher, noise_prediction, num_classes_of
 from clarep_fast.pipeline.teacher.train import TrainTeacherConfig, train_teacher
@@ -65,8 +66,7 @@ def test_ddim_inversion_then_sampling_reconstructs_better_with_more_steps():
 def test_checkpoint_kill_resume_continues_from_the_same_step(tmp_path):
     uninterrupted = train_teacher(TINY_RUN, tmp_path / "whole", progress=False)
     train_teacher(dataclasses.replace(TINY_RUN, steps=2), tmp_path / "killed", progress=False)  # "killed" after step 2
-    state = torch.load(tmp_path / "killed" / "checkpoint.pt", weights_only=True)
-    assert state["step"] == 2
+    assert RunDir(tmp_path / "killed", command="train-teacher").load_checkpoint()["step"] == 2
     resumed = train_teacher(TINY_RUN, tmp_path / "killed", progress=False)
     whole, again = load_teacher(uninterrupted), load_teacher(resumed)
     for (name, a), (_, b) in zip(whole.state_dict().items(), again.state_dict().items()):

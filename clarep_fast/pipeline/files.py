@@ -1,0 +1,137 @@
+"""Files of the pipeline: written atomically, and binary ones carry their format, version and digest.
+
+Every write goes to a temporary file in the same folder that is then renamed over the target
+(os.replace is atomic on POSIX), so a kill at any moment leaves each file complete or as it was.
+
+    save_checked(path, "student", payload)       # torch.save of {format, version, sha256, payload}
+    payload = load_checked(path, "student")       # refuses a foreign, outdated, truncated or garbled file
+
+Shards of a CLARep bank (safetensors) carry the same three fields in their metadata
+(``shard_metadata`` / ``check_shard``). The digest is a sha256 over every tensor's dtype, shape and
+bytes and every other value in the payload, in a fixed order: a file whose bytes were changed
+after it was written no longer matches it, whether or not the change breaks the container.
+Nothing is unpickled beyond what ``torch.load(weights_only=True)`` admits.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+
+FORMAT_VERSION = 1
+
+
+class DamagedFileError(ValueError):
+    """A file the pipeline wrote (or was pointed at) that it cannot trust; the message names the file and what to do."""
+
+
+def read_json(path: Path, what: str, remedy: str):
+    """A JSON file the pipeline wrote; a clear error naming it when it is not readable JSON."""
+    path = Path(path)
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise DamagedFileError(f"{path} ({what}) is not readable JSON ({error}): {remedy}") from None
+
+
+def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
+    """``write(temporary)`` into the target's folder, then rename it onto ``path``. The temporary
+    keeps the suffix, so writers that pick a format from it (PNG figures) work unchanged."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}")
+    try:
+        write(temporary)
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
+
+
+def write_text(path: Path, text: str) -> None:
+    atomic_write(path, lambda temporary: temporary.write_text(text))
+
+
+def write_json(path: Path, payload) -> None:
+    write_text(path, json.dumps(payload, indent=1))
+
+
+def save_torch(path: Path, obj) -> None:
+    atomic_write(path, lambda temporary: torch.save(obj, temporary))
+
+
+def save_figure(path: Path, figure) -> None:
+    """A matplotlib figure as PNG (the figure is closed afterwards)."""
+    import matplotlib.pyplot as plt
+
+    atomic_write(path, lambda temporary: figure.savefig(temporary, dpi=120, bbox_inches="tight"))
+    plt.close(figure)
+
+
+def content_digest(value) -> str:
+    digest = hashlib.sha256()
+    _feed(digest, value)
+    return digest.hexdigest()
+
+
+def _feed(digest, value) -> None:
+    if isinstance(value, torch.Tensor):
+        flat = value.detach().cpu().contiguous().reshape(-1)
+        digest.update(f"T{value.dtype}{tuple(value.shape)}".encode())
+        digest.update(flat.view(torch.uint8).numpy().tobytes() if flat.numel() else b"")
+    elif isinstance(value, dict):
+        digest.update(f"D{len(value)}".encode())
+        for key in sorted(value, key=repr):
+            digest.update(repr(key).encode())
+            _feed(digest, value[key])
+    elif isinstance(value, (list, tuple)):
+        digest.update(f"L{len(value)}".encode())
+        for item in value:
+            _feed(digest, item)
+    else:
+        digest.update(f"V{value!r}".encode())
+
+
+def save_checked(path: Path, kind: str, payload) -> None:
+    """Atomically write ``payload`` as a clarep_fast ``kind`` file with its version and digest."""
+    save_torch(path, {"format": f"clarep_fast.{kind}", "version": FORMAT_VERSION, "sha256": content_digest(payload), "payload": payload})
+
+
+def load_checked(path: Path, kind: str, *, remedy: str):
+    """The payload of a file written by ``save_checked`` (tensors on the CPU); a clear error otherwise.
+    ``remedy`` says what to do about a bad file (e.g. "delete it and rerun the command to redo that step")."""
+    path = Path(path)
+    try:
+        stored = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise
+    except Exception as error:  # truncated zip, garbled pickle, a foreign object: torch raises many kinds
+        raise DamagedFileError(f"{path} cannot be read as a clarep_fast {kind} file ({type(error).__name__}); it is damaged or not ours: {remedy}") from None
+    if not isinstance(stored, dict) or stored.get("format") != f"clarep_fast.{kind}":
+        found = stored.get("format") if isinstance(stored, dict) else type(stored).__name__
+        raise DamagedFileError(f"{path} is not a clarep_fast {kind} file (found {found!r}; files written before format versions have none): {remedy}")
+    if stored.get("version") != FORMAT_VERSION:
+        raise DamagedFileError(f"{path} was written in {kind} format version {stored.get('version')!r}; this clarep_fast reads version {FORMAT_VERSION}: {remedy}")
+    if content_digest(stored["payload"]) != stored.get("sha256"):
+        raise DamagedFileError(f"{path} is damaged: its content does not match the digest written with it: {remedy}")
+    return stored["payload"]
+
+
+def shard_metadata(tensors: dict[str, torch.Tensor]) -> dict[str, str]:
+    """safetensors metadata (str -> str) for a bank shard: format, version, digest of the tensors."""
+    return {"format": "clarep_fast.bank-shard", "version": str(FORMAT_VERSION), "sha256": content_digest(tensors)}
+
+
+def check_shard(path: Path, metadata: dict[str, str] | None, tensors: dict[str, torch.Tensor], remedy: str) -> None:
+    metadata = metadata or {}
+    if metadata.get("format") != "clarep_fast.bank-shard":
+        raise DamagedFileError(f"{path} is not a clarep_fast bank shard (no format in its metadata; banks written before format versions have none): {remedy}")
+    if metadata.get("version") != str(FORMAT_VERSION):
+        raise DamagedFileError(f"{path} was written in bank-shard format version {metadata.get('version')!r}; this clarep_fast reads version {FORMAT_VERSION}: {remedy}")
+    if content_digest(tensors) != metadata.get("sha256"):
+        raise DamagedFileError(f"{path} is damaged: its tensors do not match the digest written with them: {remedy}")

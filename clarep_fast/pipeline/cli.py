@@ -10,11 +10,17 @@
     clarep-fast distill RUN_DIR          CaDistill (or --baseline) student training; resumes; torchrun: DDP
     clarep-fast evaluate STUDENT.pt      clean, adversarial and background-shift accuracy
     clarep-fast demo RUN_DIR             the whole pipeline on the embedded default, with report.md
+
+Errors print one line and exit with 2 (bad input: a flag out of range, a missing or damaged file, a
+folder held by another run) or 1 (the system: out of space, ...); ``--debug`` shows the traceback.
+Ctrl-C and SIGTERM stop cleanly after the last finished write (exit 130 / 143): rerun the same
+command to resume.
 """
 
 from __future__ import annotations
 
 import argparse
+import signal
 import statistics
 import sys
 import time
@@ -28,6 +34,7 @@ from clarep_fast.ops import OPS
 from clarep_fast.ops.cka import cka
 from clarep_fast.ops.spec import check_against_reference
 from clarep_fast.pipeline.options import add_options, config_from_args
+from clarep_fast.pipeline.rundir import RunFolderBusy
 from clarep_fast.reference import cka_reference
 
 
@@ -178,10 +185,17 @@ COMMANDS = {
 }  # fmt: skip
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with a one-line error: what is wrong and where to look, not the whole usage."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (`{self.prog} --help` lists the options)\n")
+
+
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     """The parser; with ``command`` given, only that command's config is imported (fast --help)."""
-    parser = argparse.ArgumentParser(prog="clarep-fast", description="clarep_fast: fused kernels for CLAReps and CaDistill")
-    commands = parser.add_subparsers(dest="command", required=True)
+    parser = _Parser(prog="clarep-fast", description="clarep_fast: fused kernels for CLAReps and CaDistill")
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     for name, spec in COMMANDS.items():
         sub = commands.add_parser(name, help=spec.help, description=spec.help)
         for positional, text in spec.positional:
@@ -193,11 +207,56 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     return parser
 
 
+class Terminated(BaseException):
+    """SIGTERM (a scheduler's preemption), raised where the process is: writes in flight are abandoned whole."""
+
+
+def _terminate(signum, frame):
+    raise Terminated()
+
+
+def _check_device(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """--device cuda without a visible GPU is refused before any work starts."""
+    device = getattr(args, "device", None) or getattr(args, "option:--device", None)
+    if device is None:
+        return
+    try:
+        kind = torch.device(device).type
+    except RuntimeError:
+        parser.exit(2, f"clarep-fast {args.command}: error: argument --device: {device!r} is not a torch device (cpu, cuda, cuda:1, ...)\n")
+    if kind == "cuda" and not torch.cuda.is_available():
+        parser.exit(2, f"clarep-fast {args.command}: error: argument --device: {device!r} was asked for but no CUDA device is visible here; use --device cpu\n")
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
+    debug = "--debug" in argv
+    argv = [word for word in argv if word != "--debug"]
     command = next((word for word in argv if word in COMMANDS), None)
-    args = build_parser(command).parse_args(argv)
-    return COMMANDS[args.command].run(args)
+    parser = build_parser(command)
+    args = parser.parse_args(argv)
+    _check_device(parser, args)
+    previous = signal.signal(signal.SIGTERM, _terminate)
+    try:
+        return COMMANDS[args.command].run(args)
+    except KeyboardInterrupt:
+        print(f"clarep-fast {args.command}: interrupted; what was finished is saved: rerun the same command to resume", file=sys.stderr)
+        return 130
+    except Terminated:
+        print(f"clarep-fast {args.command}: terminated; what was finished is saved: rerun the same command to resume", file=sys.stderr)
+        return 143
+    except (ValueError, LookupError, FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError, RunFolderBusy) as error:
+        if debug:
+            raise
+        print(f"clarep-fast {args.command}: error: {error}", file=sys.stderr)
+        return 2
+    except OSError as error:
+        if debug:
+            raise
+        print(f"clarep-fast {args.command}: error: {error}", file=sys.stderr)
+        return 1
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

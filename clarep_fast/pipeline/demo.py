@@ -22,14 +22,17 @@ from clarep_fast.pipeline.clarid.search import SearchConfig, run_search
 from clarep_fast.pipeline.distill.train import DistillConfig, load_student, train_student
 from clarep_fast.pipeline.evaluate.robustness import EvaluateConfig, evaluate_student
 from clarep_fast.pipeline.files import atomic_write, read_json, save_figure, write_text
-from clarep_fast.pipeline.options import option
+from clarep_fast.pipeline.options import check_ranges, option
 from clarep_fast.pipeline.rundir import RunDir, as_json
 
 
 @dataclass(frozen=True)
 class DemoConfig:
-    seeds: int = option(1, "train the students with seeds 0..N-1 (mean ± std over seeds)")
-    epochs: int = option(DistillConfig().epochs, "student training epochs")
+    seeds: int = option(1, "train the students with seeds 0..N-1 (mean ± std over seeds)", low=1)
+    epochs: int = option(DistillConfig().epochs, "student training epochs", low=1)
+
+    def __post_init__(self):
+        check_ranges(self)
 
 
 def _loss_curves(runs: dict[str, Path], path: Path) -> None:

@@ -15,9 +15,11 @@ Nothing is unpickled beyond what ``torch.load(weights_only=True)`` admits.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
+import shutil
 from pathlib import Path
 from typing import Callable
 
@@ -42,13 +44,22 @@ def read_json(path: Path, what: str, remedy: str):
 
 def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
     """``write(temporary)`` into the target's folder, then rename it onto ``path``. The temporary
-    keeps the suffix, so writers that pick a format from it (PNG figures) work unchanged."""
+    keeps the suffix, so writers that pick a format from it (PNG figures) work unchanged. If the
+    write fails (a full disk, a kill) the target is untouched and the temporary is removed; a full
+    disk is reported with the file's name and how much was written before it filled."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}")
     try:
         write(temporary)
         os.replace(temporary, path)
+    except OSError as error:
+        if error.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        written = temporary.stat().st_size if temporary.exists() else 0
+        free = shutil.disk_usage(path.parent).free
+        raise OSError(error.errno, f"no space left to write {path}: {written:,} bytes were written before the disk filled and "
+                                   f"{free:,} bytes are free; nothing was replaced. Free some space and rerun the command") from None  # fmt: skip
     finally:
         temporary.unlink(missing_ok=True)
 

@@ -16,7 +16,10 @@ Rules (the whole of them):
   - a field holding another config dataclass contributes that class's flags without a prefix; a
     name already taken gets the prefix ``--<field>-`` (``--data-seed``), unless the parent field
     lists it in ``option(shared=...)``: then one flag sets both (the teacher's resolution is the
-    data's).
+    data's);
+  - ``option(low=, high=, low_open=, high_open=)`` bound a number (every element of a tuple): the
+    parser refuses a value outside with one line naming the flag and the range (exit code 2), and
+    ``check_ranges(config)`` (called by each config's ``__post_init__``) refuses it for API users.
 """
 
 from __future__ import annotations
@@ -26,13 +29,36 @@ import dataclasses
 import types
 import typing
 from dataclasses import MISSING, field
+from typing import NamedTuple
 
-HELP, FLAG, CHOICES, SHARED = "help", "flag", "choices", "shared"
+HELP, FLAG, CHOICES, SHARED, RANGE = "help", "flag", "choices", "shared", "range"
 
 
-def option(default=MISSING, help: str = "", *, flag: str | None = None, choices=None, shared: tuple[str, ...] = (), default_factory=MISSING):
-    """A config field with the help text (and optionally the flag and the choices) of its CLI option."""
-    metadata = {HELP: help, FLAG: flag, CHOICES: choices, SHARED: shared}
+class Range(NamedTuple):
+    low: float | None
+    high: float | None
+    low_open: bool
+    high_open: bool
+
+    def holds(self, value) -> bool:
+        if self.low is not None and (value <= self.low if self.low_open else value < self.low):
+            return False
+        return not (self.high is not None and (value >= self.high if self.high_open else value > self.high))
+
+    def describe(self, integer: bool) -> str:
+        kind = "an int " if integer else ""
+        if self.low is not None and self.high is not None:
+            return f"{kind}in {'(' if self.low_open else '['}{self.low:g}, {self.high:g}{')' if self.high_open else ']'}"
+        if self.low is not None:
+            return f"{kind}{'>' if self.low_open else '>='} {self.low:g}"
+        return f"{kind}{'<' if self.high_open else '<='} {self.high:g}"
+
+
+def option(default=MISSING, help: str = "", *, flag: str | None = None, choices=None, shared: tuple[str, ...] = (), default_factory=MISSING,
+           low: float | None = None, high: float | None = None, low_open: bool = False, high_open: bool = False):  # fmt: skip
+    """A config field with the help text (and optionally the flag, the choices, the range) of its CLI option."""
+    bounds = Range(low, high, low_open, high_open) if low is not None or high is not None else None
+    metadata = {HELP: help, FLAG: flag, CHOICES: choices, SHARED: shared, RANGE: bounds}
     if default_factory is not MISSING:
         return field(default_factory=default_factory, metadata=metadata)
     return field(default=default, metadata=metadata)
@@ -90,9 +116,39 @@ def add_options(parser: argparse.ArgumentParser, config_class, *, defaults=None)
                 parser.add_argument(flag, dest=dest, action="store_true", help=help_text)
             continue
         element, nargs = _value_type(kind)
+        bounds = spec.metadata.get(RANGE)
+        if bounds is not None:
+            help_text = f"{help_text}; {bounds.describe(element is int)}" if help_text else bounds.describe(element is int)
         shown = f"{help_text} (default: {_show(default)})" if help_text else f"default: {_show(default)}"
         metavar = None if spec.metadata.get(CHOICES) else spec.name.upper()
-        parser.add_argument(flag, dest=dest, type=element, nargs=nargs, default=default, choices=spec.metadata.get(CHOICES), metavar=metavar, help=shown)
+        parser.add_argument(flag, dest=dest, type=_parser_type(element, bounds), nargs=nargs, default=default, choices=spec.metadata.get(CHOICES), metavar=metavar, help=shown)
+
+
+def _parser_type(element, bounds: Range | None):
+    """argparse's type= for a field: the element type, checked against the field's range."""
+    if bounds is None:
+        return element
+
+    def parse(text: str):
+        value = element(text)
+        if not bounds.holds(value):
+            raise argparse.ArgumentTypeError(f"must be {bounds.describe(element is int)}, got {text}")
+        return value
+
+    parse.__name__ = element.__name__  # argparse names the type in its "invalid int value" message
+    return parse
+
+
+def check_ranges(config) -> None:
+    """Raise ValueError naming the first field of ``config`` outside its declared range."""
+    for spec in dataclasses.fields(config):
+        bounds = spec.metadata.get(RANGE)
+        value = getattr(config, spec.name)
+        if bounds is None or value is None:
+            continue
+        for item in value if isinstance(value, (tuple, list)) else (value,):
+            if isinstance(item, bool) or not isinstance(item, (int, float)) or not bounds.holds(item):
+                raise ValueError(f"{spec.name} must be {bounds.describe(isinstance(item, int))}, got {value!r}")
 
 
 def _show(value) -> str:

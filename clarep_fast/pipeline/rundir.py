@@ -8,19 +8,31 @@ Every long command (train-teacher, search, distill, demo) works in a folder it c
     ...
     run.save_checkpoint({...})             # atomic: the old checkpoint or the new, never half of one
 
-``claim`` refuses a folder whose config.json differs from the new config in any key outside
-``may_change`` and names the keys. Every file goes through clarep_fast/pipeline/files.py: written
+``claim`` first takes the folder's lock (an OS file lock on ``.lock``, held until the process ends,
+so a killed run leaves no stale lock): a second process on the same folder is refused at once with
+the holder's pid (torchrun ranks other than 0 do not lock: rank 0 holds it for the job). It then
+refuses a folder whose config.json differs from the new config in any key outside ``may_change``
+and names the keys. Every file goes through clarep_fast/pipeline/files.py: written
 atomically; checkpoints carry their format, version and a digest, and a damaged one is refused.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import fcntl
 import json
+import os
 from pathlib import Path
 from typing import Iterable
 
 from clarep_fast.pipeline.files import DamagedFileError, load_checked, read_json, save_checked, save_figure, write_json, write_text
+
+
+class RunFolderBusy(RuntimeError):
+    """Another process holds the run folder's lock."""
+
+
+_HELD_LOCKS: dict[str, object] = {}  # folder -> open lock file of this process
 
 
 def as_json(config) -> dict:
@@ -54,8 +66,11 @@ class RunDir:
         return config
 
     def claim(self, config, *, write: bool = True) -> bool:
-        """Compare ``config`` with the folder's config.json (if any) and write it (unless ``write`` is
-        False: torchrun ranks other than 0). Returns True when the folder held a run of this config."""
+        """Lock the folder, compare ``config`` with its config.json (if any) and write it (unless ``write``
+        is False: torchrun ranks other than 0, which neither lock nor write). Returns True when the
+        folder held a run of this config."""
+        if write:
+            self.lock()
         new = as_json(config)
         old = self.existing_config()
         if old is not None:
@@ -68,6 +83,26 @@ class RunDir:
         if write:
             write_json(self.path / self.CONFIG, new)
         return old is not None
+
+    def lock(self) -> None:
+        """Hold ``.lock`` in the folder for the rest of this process; refuse if another process holds it."""
+        key = str(self.path.resolve())
+        if key in _HELD_LOCKS:
+            return
+        self.path.mkdir(parents=True, exist_ok=True)
+        handle = open(self.path / ".lock", "a+")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "unknown"
+            handle.close()
+            raise RunFolderBusy(f"{self.path} is in use by another clarep-fast process (pid {holder}); wait for it to finish, or stop it and rerun") from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"{os.getpid()}\n")
+        handle.flush()
+        _HELD_LOCKS[key] = handle  # kept open: the OS releases the lock when this process ends, however it ends
 
     def write_json(self, name: str, payload) -> None:
         write_json(self.path / name, payload)

@@ -32,7 +32,7 @@ from clarep_fast.pipeline.clarid.jacobian import MODES, topk_right_singular
 from clarep_fast.pipeline.data.default import DataConfig, default_splits
 from clarep_fast.pipeline.distributed import barrier, default_device, rank_and_world
 from clarep_fast.pipeline.files import FORMAT_VERSION
-from clarep_fast.pipeline.options import option
+from clarep_fast.pipeline.options import check_ranges, option
 from clarep_fast.pipeline.rundir import RunDir, as_json
 from clarep_fast.pipeline.teacher.ddim import NUM_TRAIN_TIMESTEPS, ddim_invert, ddim_move, time_grid
 from clarep_fast.pipeline.teacher.model import DEFAULT_TEACHER, load_teacher, num_classes_of
@@ -47,24 +47,27 @@ class SearchConfig:
     teacher: str = option("default", "'default' (the embedded teacher) or a diffusers model folder")
     route: str = option("generative", "where x_{t_e} comes from: CFG sampling from noise, or DDIM inversion of real images", choices=ROUTES)
     t_e: int = option(600, "time of the projection, in [1, 998]", flag="--t-e")
-    k: int = option(96, "directions projected out (docs/runs/clarid/sweep.md: the background spread falls with k, digits stay)", flag="-k")
+    k: int = option(96, "directions projected out (docs/runs/clarid/sweep.md: the background spread falls with k, digits stay)", flag="-k", low=1)
     layer: str = option("mid_block", "teacher feature whose Jacobian is searched")
-    pool: int = option(2, "that feature pooled to pool×pool")
-    guidance: float = option(3.0, "CFG scale of every DDIM move")
+    pool: int = option(2, "that feature pooled to pool×pool", low=1)
+    guidance: float = option(3.0, "CFG scale of every DDIM move", low=0)
     rescale: bool = option(True, "restore x_{t_e}'s norm after the projection")
-    steps: int = option(30, "DDIM steps of a full T -> 0 trajectory, split at t_e")
-    count: int | None = option(None, "CLAReps in all (default: --fraction of the training set)")
-    fraction: float = option(0.1, "CLAReps per class as a share of its training images")
+    steps: int = option(30, "DDIM steps of a full T -> 0 trajectory, split at t_e", low=2)
+    count: int | None = option(None, "CLAReps in all (default: --fraction of the training set)", low=1)
+    fraction: float = option(0.1, "CLAReps per class as a share of its training images", low=0, high=1, low_open=True)
     feature_layers: tuple[str, ...] = option(("down_blocks.1", "down_blocks.2", "mid_block"), "layers of the cached canonical features")
-    feature_pool: int = option(2, "cached features pooled to feature_pool×feature_pool")
+    feature_pool: int = option(2, "cached features pooled to feature_pool×feature_pool", low=1)
     mode: str = option("auto", "top-k method (auto: exact for narrow features; vjp: VJP-only)", choices=MODES)
-    oversample: int = option(20, "extra probe vectors of the subspace iteration")
-    tol: float = option(3e-3, "stop when successive top-k subspaces are this close (radians)")
-    max_iters: int = option(50, "subspace iterations at most")
-    shard_size: int = option(40, "CLAReps per bank shard (the unit of resume and of torchrun's split)")
-    jacobian_batch: int = option(20, "images per batched Jacobian call")
+    oversample: int = option(20, "extra probe vectors of the subspace iteration", low=0)
+    tol: float = option(3e-3, "stop when successive top-k subspaces are this close (radians)", low=0, low_open=True)
+    max_iters: int = option(50, "subspace iterations at most", low=1)
+    shard_size: int = option(40, "CLAReps per bank shard (the unit of resume and of torchrun's split)", low=1)
+    jacobian_batch: int = option(20, "images per batched Jacobian call", low=1)
     seed: int = option(0, "seed of the plan and of every shard's noise")
     data: DataConfig = option(default_factory=DataConfig)
+
+    def __post_init__(self):
+        check_ranges(self)
 
 
 def split_steps(config: SearchConfig) -> tuple[int, int]:

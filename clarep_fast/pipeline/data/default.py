@@ -17,15 +17,18 @@ import torch.nn.functional as F
 
 from clarep_fast.pipeline.data.backgrounds import PALETTE, PLAIN_BLACK, VARIANTS, background_indices, composite, swapped_indices
 from clarep_fast.pipeline.data.mnist import NUM_CLASSES, load_mnist5k
-from clarep_fast.pipeline.options import option
+from clarep_fast.pipeline.options import check_ranges, option
 
 
 @dataclass(frozen=True)
 class DataConfig:
-    resolution: int = option(16, "image side in pixels")
-    rho: float = option(0.8, "class correlation of the default dataset's backgrounds")
-    test_fraction: float = option(0.2, "share of every class held out for test")
+    resolution: int = option(16, "image side in pixels", low=8, high=64)
+    rho: float = option(0.8, "class correlation of the default dataset's backgrounds", low=0, high=1)
+    test_fraction: float = option(0.2, "share of every class held out for test", low=0, high=1, low_open=True, high_open=True)
     seed: int = option(0, "seed of the train/test split")
+
+    def __post_init__(self):
+        check_ranges(self)
 
 
 class LabeledImages(NamedTuple):

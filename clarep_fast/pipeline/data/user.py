@@ -55,12 +55,10 @@ def load_cifar10(root: str | Path, split: str = "train") -> tuple[torch.Tensor, 
     missing = [name for name in names[split] + ["batches.meta"] if not (root / name).exists()]
     if missing:
         raise FileNotFoundError(f"{root} is not a CIFAR-10 python directory: missing {', '.join(missing)}")
-    with open(root / "batches.meta", "rb") as handle:
-        classes = [name.decode() if isinstance(name, bytes) else name for name in pickle.load(handle, encoding="bytes")[b"label_names"]]
+    classes = [name.decode() if isinstance(name, bytes) else name for name in _read_cifar_pickle(root / "batches.meta")[b"label_names"]]
     arrays, labels = [], []
     for name in names[split]:
-        with open(root / name, "rb") as handle:
-            batch = pickle.load(handle, encoding="bytes")
+        batch = _read_cifar_pickle(root / name)
         data, batch_labels = batch[b"data"], batch[b"labels"]
         if data.shape[1] != 3 * 32 * 32 or len(batch_labels) != data.shape[0]:
             raise ValueError(f"{root / name}: expected rows of 3072 pixels with one label each, got {data.shape} and {len(batch_labels)} labels")
@@ -71,3 +69,28 @@ def load_cifar10(root: str | Path, split: str = "train") -> tuple[torch.Tensor, 
         raise ValueError(f"{root}: labels outside 0..{len(classes) - 1}")
     images = torch.from_numpy(np.concatenate(arrays)).view(-1, 3, 32, 32).float() / 255.0
     return images, labels, classes
+
+
+class _CifarUnpickler(pickle.Unpickler):
+    """Admits only what the CIFAR-10 python format holds (dicts, lists, bytes, ints and numpy arrays):
+    a pickle naming any other callable (os.system, ...) is refused before anything runs."""
+
+    ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"), ("numpy", "ndarray"), ("numpy", "dtype"),
+               ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"), ("numpy.core.numeric", "_frombuffer"),
+               ("numpy._core.numeric", "_frombuffer"), ("_codecs", "encode")}  # fmt: skip
+
+    def find_class(self, module: str, name: str):
+        if (module, name) not in self.ALLOWED:
+            raise pickle.UnpicklingError(f"refused to load {module}.{name}")
+        return super().find_class(module, name)
+
+
+def _read_cifar_pickle(path: Path) -> dict:
+    try:
+        with open(path, "rb") as handle:
+            content = _CifarUnpickler(handle, encoding="bytes").load()
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError) as error:
+        raise ValueError(f"{path} is not a CIFAR-10 python file ({error}); such files hold only dicts, lists, bytes and numpy arrays") from None
+    if not isinstance(content, dict):
+        raise ValueError(f"{path} is not a CIFAR-10 python file (it holds a {type(content).__name__}, not a dict)")
+    return content

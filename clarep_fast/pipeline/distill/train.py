@@ -33,7 +33,7 @@ from tqdm import tqdm
 from clarep_fast.pipeline.clarid.bank import load_bank
 from clarep_fast.pipeline.data.default import DataConfig, default_splits
 from clarep_fast.pipeline.distributed import barrier, default_device, rank_and_world
-from clarep_fast.pipeline.options import option
+from clarep_fast.pipeline.options import check_ranges, option
 from clarep_fast.pipeline.files import load_checked, read_json, save_checked
 from clarep_fast.pipeline.rundir import RunDir, as_json
 from clarep_fast.pipeline.distill.student import DistillModel, Student, accuracy
@@ -47,19 +47,22 @@ class DistillConfig:
     student: str = option("resnet18", "timm model name")
     student_layers: tuple[int, ...] = option((2, 3, 4), "timm forward_intermediates indices, paired in order with the teacher layers")
     teacher_layers: tuple[str, ...] | None = option(None, "the bank's feature layers to distill (default: all of them, in order)")
-    student_pool: int = option(1, "student features pooled to this size")
-    epochs: int = option(8, "training epochs (a rerun may raise it)")
-    batch_size: int = option(128, "real images per step")
-    bank_batch_size: int = option(64, "CLAReps per step")
-    learning_rate: float = option(0.05, "peak learning rate (SGD, one-cycle schedule)")
-    weight_decay: float = option(5e-4, "SGD weight decay")
-    lambda_align: float = option(1.0, "weight of L_align")
-    lambda_cano: float = option(0.5, "weight of L_cano")
-    lambda_dist: float = option(0.5, "weight of L_dist (1 - CKA)")
-    temperature: float = option(0.1, "temperature of L_cano")
+    student_pool: int = option(1, "student features pooled to this size", low=1)
+    epochs: int = option(8, "training epochs (the learning-rate schedule spans them)", low=1)
+    batch_size: int = option(128, "real images per step", low=1)
+    bank_batch_size: int = option(64, "CLAReps per step", low=1)
+    learning_rate: float = option(0.05, "peak learning rate (SGD, one-cycle schedule)", low=0, low_open=True)
+    weight_decay: float = option(5e-4, "SGD weight decay", low=0)
+    lambda_align: float = option(1.0, "weight of L_align", low=0)
+    lambda_cano: float = option(0.5, "weight of L_cano", low=0)
+    lambda_dist: float = option(0.5, "weight of L_dist (1 - CKA)", low=0)
+    temperature: float = option(0.1, "temperature of L_cano", low=0, low_open=True)
     baseline: bool = option(False, "cross-entropy only (same student, schedule and seed): every λ treated as 0, the bank never read")
     seed: int = option(0, "seed of the initial weights and the data order")
     data: DataConfig = option(default_factory=DataConfig)
+
+    def __post_init__(self):
+        check_ranges(self)
 
     @property
     def lambdas(self) -> tuple[float, float, float]:
@@ -136,7 +139,7 @@ def train_student(config: DistillConfig, run_dir: str | Path, *, device: str | N
     if bank is not None:  # a bank rebuilt in place with other features must not meet an old checkpoint
         resolved["bank_layers"], resolved["bank_widths"], resolved["bank_count"] = bank.layers, bank.widths(), len(bank.classes)
         resolved["bank_config_sha256"] = bank.config_sha256  # the bank's whole search config, teacher fingerprint included
-    run = RunDir(run_dir, command="distill", may_change=("epochs",))
+    run = RunDir(run_dir, command="distill")  # epochs too: the one-cycle schedule spans them all, a longer run is another run
 
     torch.manual_seed(config.seed)  # the initial weights: the same for baseline and CaDistill
     student = Student(config.student, num_classes, config.student_layers, config.student_pool).to(device)

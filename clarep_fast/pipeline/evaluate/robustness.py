@@ -18,22 +18,25 @@ from tqdm import tqdm
 from clarep_fast.pipeline.data.default import DataConfig, default_splits
 from clarep_fast.pipeline.distill.student import accuracy
 from clarep_fast.pipeline.evaluate.fold import fold_batchnorm
-from clarep_fast.pipeline.options import option
+from clarep_fast.pipeline.options import check_ranges, option
 
 VARIANTS = ("test", "test_only_foreground", "test_mixed_random", "test_swapped")
 
 
 @dataclass(frozen=True)
 class EvaluateConfig:
-    epsilon: float = option(8 / 255, "L∞ budget of PGD and APGD")
-    pgd_steps: int = option(20, "PGD steps")
-    pgd_step_size: float = option(2 / 255, "PGD step size")
-    apgd_steps: int = option(50, "APGD-CE steps")
-    cw_steps: int = option(30, "CW-L2 steps")
-    attack_samples: int = option(500, "test images attacked (all of them for clean and background accuracy)")
+    epsilon: float = option(8 / 255, "L∞ budget of PGD and APGD", low=0)
+    pgd_steps: int = option(20, "PGD steps", low=1)
+    pgd_step_size: float = option(2 / 255, "PGD step size", low=0, low_open=True)
+    apgd_steps: int = option(50, "APGD-CE steps", low=1)
+    cw_steps: int = option(30, "CW-L2 steps", low=1)
+    attack_samples: int = option(500, "test images attacked (all of them for clean and background accuracy)", low=1)
     autoattack: bool = option(False, "also run AutoAttack (slow)")
-    batch: int = option(250, "images per forward")
+    batch: int = option(250, "images per forward", low=1)
     seed: int = option(0, "seed of the attacks' random starts and the attacked subset")
+
+    def __post_init__(self):
+        check_ranges(self)
 
 
 @torch.no_grad()

@@ -15,17 +15,20 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from clarep_fast.pipeline.options import option
+from clarep_fast.pipeline.options import check_ranges, option
 
 
 @dataclass(frozen=True)
 class TeacherConfig:
-    resolution: int = option(16, "image side in pixels")
-    num_classes: int = option(10, "classes (the null label of CFG is one more)")
-    channels: tuple[int, ...] = option((32, 64, 64), "UNet block widths, one per resolution level")
-    layers_per_block: int = option(1, "ResNet layers per UNet block")
-    attention_level: int = option(1, "which resolution level gets self-attention")
-    norm_groups: int = option(8, "GroupNorm groups")
+    resolution: int = option(16, "image side in pixels", low=1)
+    num_classes: int = option(10, "classes (the null label of CFG is one more)", low=2)
+    channels: tuple[int, ...] = option((32, 64, 64), "UNet block widths, one per resolution level", low=1)
+    layers_per_block: int = option(1, "ResNet layers per UNet block", low=1)
+    attention_level: int = option(1, "which resolution level gets self-attention", low=0)
+    norm_groups: int = option(8, "GroupNorm groups", low=1)
+
+    def __post_init__(self):
+        check_ranges(self)
 
 
 def build_teacher(config: TeacherConfig = TeacherConfig()) -> nn.Module:

@@ -7,8 +7,8 @@ One step (Ho et al. 2020; Ho & Salimans 2022):
   3. loss = ‖ε_θ(x_t, t, c) - ε‖², AdamW step; EMA of the weights (the EMA model is the teacher).
 Batches and noise come from a generator seeded by (seed, step), so a resumed run continues exactly.
 
-Run folder: config.json (resolved config), loss.csv, checkpoint.pt (atomic, every
-checkpoint_every steps; resume reads it), samples_<step>.png (CFG samples of the EMA model), and
+Run folder: config.json (resolved config), loss.csv (cut back to the checkpoint's step on resume),
+checkpoint.pt (atomic, every checkpoint_every steps; resume reads it), samples_<step>.png (CFG samples of the EMA model), and
 at the end teacher/ (the EMA model, diffusers save_pretrained with safetensors).
 """
 
@@ -24,26 +24,29 @@ from tqdm import tqdm
 
 from clarep_fast.pipeline.data.default import DataConfig, default_splits
 from clarep_fast.pipeline.teacher.ddim import NUM_TRAIN_TIMESTEPS, alphas_cumprod, ddim_sample
-from clarep_fast.pipeline.files import atomic_write
+from clarep_fast.pipeline.files import atomic_write, write_text
 from clarep_fast.pipeline.rundir import RunDir
-from clarep_fast.pipeline.options import option
+from clarep_fast.pipeline.options import check_ranges, option
 from clarep_fast.pipeline.teacher.model import TeacherConfig, build_teacher
 
 
 @dataclass(frozen=True)
 class TrainTeacherConfig:
-    steps: int = option(10000, "training steps in all (a rerun may raise or lower it)")
-    batch_size: int = option(128, "images per step")
-    learning_rate: float = option(2e-4, "AdamW learning rate")
-    label_dropout: float = option(0.1, "probability of the null label (what makes CFG possible)")
-    ema_decay: float = option(0.999, "decay of the weights' moving average (the EMA model is the teacher)")
-    checkpoint_every: int = option(500, "steps between checkpoints")
-    sample_every: int = option(1000, "steps between sample grids")
-    sample_guidance: float = option(3.0, "CFG scale of the sample grids")
+    steps: int = option(10000, "training steps in all (a rerun may raise or lower it)", low=1)
+    batch_size: int = option(128, "images per step", low=1)
+    learning_rate: float = option(2e-4, "AdamW learning rate", low=0, low_open=True)
+    label_dropout: float = option(0.1, "probability of the null label (what makes CFG possible)", low=0, high=1, high_open=True)
+    ema_decay: float = option(0.999, "decay of the weights' moving average (the EMA model is the teacher)", low=0, high=1, high_open=True)
+    checkpoint_every: int = option(500, "steps between checkpoints", low=1)
+    sample_every: int = option(1000, "steps between sample grids", low=1)
+    sample_guidance: float = option(3.0, "CFG scale of the sample grids", low=0)
     seed: int = option(0, "seed of the initial weights, batches and noise")
     device: str = option("cuda" if torch.cuda.is_available() else "cpu", "torch device")
     data: DataConfig = option(DataConfig())
     teacher: TeacherConfig = option(TeacherConfig(), shared=("resolution",))  # one --resolution: the teacher's is the data's
+
+    def __post_init__(self):
+        check_ranges(self)
 
 
 def _sample_grid(model, config: TrainTeacherConfig, path: Path) -> None:
@@ -55,6 +58,18 @@ def _sample_grid(model, config: TrainTeacherConfig, path: Path) -> None:
     noise = torch.randn(len(labels), 3, config.teacher.resolution, config.teacher.resolution, generator=generator).to(config.device)
     images = ddim_sample(model, noise, labels, guidance=config.sample_guidance, steps=25)
     atomic_write(path, lambda temporary: save_image((images.clamp(-1, 1) + 1) / 2, temporary, nrow=8))
+
+
+def _keep_logged_steps(log: Path, last: int) -> None:
+    """Rewrite loss.csv with its header and the steps up to ``last`` (the checkpoint's): a killed run
+    logged steps past its checkpoint, and a line it was writing may be cut short."""
+    kept = ["step,loss"]
+    if last > 0 and log.exists():
+        for line in log.read_text().splitlines()[1:]:
+            fields = line.split(",")
+            if len(fields) == 2 and fields[0].isdigit() and int(fields[0]) <= last and fields[1]:
+                kept.append(line)
+    write_text(log, "\n".join(kept) + "\n")
 
 
 def train_teacher(config: TrainTeacherConfig, run_dir: str | Path, *, progress: bool = True) -> Path:
@@ -81,10 +96,8 @@ def train_teacher(config: TrainTeacherConfig, run_dir: str | Path, *, progress: 
         ema.load_state_dict(state["ema"])
         optimizer.load_state_dict(state["optimizer"])
         start = int(state["step"])
+    _keep_logged_steps(run / "loss.csv", start)  # steps after the checkpoint are trained (and logged) again
     loss_log = open(run / "loss.csv", "a")
-    if start == 0:
-        loss_log.truncate(0)
-        loss_log.write("step,loss\n")
 
     bar = tqdm(range(start, config.steps), initial=start, total=config.steps, desc="teacher", disable=not progress, mininterval=5)
     model.train()
@@ -108,11 +121,11 @@ def train_teacher(config: TrainTeacherConfig, run_dir: str | Path, *, progress: 
         loss_log.write(f"{step + 1},{loss.item():.6f}\n")
         bar.set_postfix(loss=f"{loss.item():.4f}", refresh=False)
         done = step + 1
+        if done % config.sample_every == 0 or done == config.steps:  # before the checkpoint: a kill between them redraws it
+            _sample_grid(ema, config, run / f"samples_{done:06d}.png")
         if done % config.checkpoint_every == 0 or done == config.steps:
             loss_log.flush()
             run.save_checkpoint({"model": model.state_dict(), "ema": ema.state_dict(), "optimizer": optimizer.state_dict(), "step": done})
-        if done % config.sample_every == 0 or done == config.steps:
-            _sample_grid(ema, config, run / f"samples_{done:06d}.png")
     loss_log.close()
 
     teacher_dir = run / "teacher"

@@ -1,6 +1,7 @@
 """Default dataset (digits on class-correlated backgrounds, test variants) and user-data loaders."""
 
 import pickle
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -109,3 +110,31 @@ def test_cifar10_pickle_layout(tmp_path):
     (tmp_path / "data_batch_3").unlink()
     with pytest.raises(FileNotFoundError, match="missing data_batch_3"):
         load_cifar10(tmp_path, "train")
+
+
+class _RunsCode:
+    """A pickle that would call a function on load (here one that leaves a file behind)."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+@pytest.mark.parametrize("protocol", [2, pickle.HIGHEST_PROTOCOL])
+def test_cifar10_reader_runs_no_code_from_the_data(tmp_path, protocol):
+    names = [f"class{i}".encode() for i in range(10)]
+    rng = np.random.default_rng(0)
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        with open(tmp_path / name, "wb") as handle:
+            pickle.dump({b"data": rng.integers(0, 256, (2, 3072), dtype=np.uint8), b"labels": [0, 1]}, handle, protocol=protocol)
+    marker = tmp_path / "code-ran"
+    with open(tmp_path / "batches.meta", "wb") as handle:
+        pickle.dump({b"label_names": names, b"extra": _RunsCode(marker)}, handle, protocol=protocol)
+    with pytest.raises(ValueError, match="batches.meta is not a CIFAR-10 python file .*refused to load"):
+        load_cifar10(tmp_path, "train")
+    assert not marker.exists()
+    with open(tmp_path / "batches.meta", "wb") as handle:  # the genuine layout still loads, under either protocol
+        pickle.dump({b"label_names": names}, handle, protocol=protocol)
+    assert load_cifar10(tmp_path, "train")[0].shape == (10, 3, 32, 32)

@@ -97,7 +97,7 @@ def train_teacher(config: TrainTeacherConfig, run_dir: str | Path, *, progress: 
         optimizer.load_state_dict(state["optimizer"])
         start = int(state["step"])
     _keep_logged_steps(run / "loss.csv", start)  # steps after the checkpoint are trained (and logged) again
-    loss_log = open(run / "loss.csv", "a")
+    loss_log = open(run / "loss.csv", "a", buffering=1)  # line-buffered: `tail -f` shows progress, a kill keeps every finished line
 
     bar = tqdm(range(start, config.steps), initial=start, total=config.steps, desc="teacher", disable=not progress, mininterval=5)
     model.train()

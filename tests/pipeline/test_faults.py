@@ -1,0 +1,262 @@
+"""Faults a long command meets on a real machine: SIGKILL at any moment, SIGTERM, a second process on
+the same folder, damaged files, a full disk, bad flags. Every case runs the CLI as a user would
+(subprocesses for kills and locks) and checks what the user sees and what is left on disk."""
+
+from __future__ import annotations
+
+import errno
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from clarep_fast.pipeline.files import DamagedFileError, load_checked, save_checked
+from clarep_fast.pipeline.rundir import RunDir, RunFolderBusy
+from tests.taps_models import tiny_unet
+
+ROOT = Path(__file__).resolve().parents[2]
+ENV = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
+CLI = [sys.executable, "-m", "clarep_fast.pipeline.cli"]
+KILLS = 3  # random moments per command
+
+
+def teacher_args(run: Path) -> list[str]:
+    return ["train-teacher", str(run), "--steps", "24", "--batch-size", "8", "--checkpoint-every", "3", "--sample-every", "8",
+            "--resolution", "8", "--channels", "8", "16", "--norm-groups", "4", "--device", "cpu"]  # fmt: skip
+
+
+def search_args(teacher: Path, bank: Path) -> list[str]:
+    return ["search", str(bank), "--teacher", str(teacher), "--t-e", "500", "-k", "3", "--layer", "down_blocks.1", "--steps", "4",
+            "--count", "8", "--shard-size", "2", "--feature-layers", "down_blocks.1", "mid_block", "--oversample", "4", "--tol", "1e-2",
+            "--max-iters", "6", "--jacobian-batch", "2", "--device", "cpu"]  # fmt: skip
+
+
+def distill_args(bank: Path, run: Path) -> list[str]:
+    return ["distill", str(run), "--bank", str(bank), "--student", "test_resnet", "--epochs", "3", "--batch-size", "512",
+            "--bank-batch-size", "8", "--teacher-layers", "down_blocks.1", "mid_block", "--student-layers", "2", "3", "--device", "cpu"]  # fmt: skip
+
+
+def run_cli(args: list[str], expect: int = 0) -> subprocess.CompletedProcess:
+    result = subprocess.run(CLI + args, env=ENV, capture_output=True, text=True, timeout=600)
+    assert result.returncode == expect, f"exit {result.returncode}\n{result.stdout[-2000:]}\n{result.stderr[-3000:]}"
+    return result
+
+
+def start_and_stop(args: list[str], started: Path, delay: float, how: int = signal.SIGKILL) -> subprocess.CompletedProcess:
+    """Start the command, wait until it has begun work (``started`` exists), then send ``how`` after ``delay`` seconds."""
+    process = subprocess.Popen(CLI + args, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not started.exists() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    time.sleep(delay)
+    if process.poll() is None:
+        process.send_signal(how)
+    out, error = process.communicate(timeout=120)
+    return subprocess.CompletedProcess(process.args, process.returncode, out, error)
+
+
+def killed_then_resumed(args: list[str], started: Path, work_seconds: float, seed: int) -> None:
+    """KILLS SIGKILLs at seeded random moments of the work (each restart resumes), then a clean finish."""
+    rng = random.Random(seed)
+    for _ in range(KILLS):
+        start_and_stop(args, started, rng.uniform(0.0, work_seconds))
+    run_cli(args)
+
+
+def timed_work(args: list[str], started: Path) -> float:
+    """Run uninterrupted; seconds from the start of the work to the end."""
+    process = subprocess.Popen(CLI + args, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    while not started.exists() and process.poll() is None:
+        time.sleep(0.02)
+    began = time.monotonic()
+    _, error = process.communicate(timeout=600)
+    assert process.returncode == 0, error[-3000:]
+    return time.monotonic() - began
+
+
+def same_tensors(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+
+
+@pytest.fixture(scope="module")
+def teacher_dir(tmp_path_factory):
+    path = tmp_path_factory.mktemp("teacher")
+    tiny_unet().save_pretrained(path, safe_serialization=True)
+    return path
+
+
+@pytest.fixture(scope="module")
+def bank_dir(teacher_dir, tmp_path_factory):
+    bank = tmp_path_factory.mktemp("bank") / "bank"
+    run_cli(search_args(teacher_dir, bank))
+    return bank
+
+
+# ----------------------------------------------------------------------------- kill anywhere, lose nothing
+
+
+def test_train_teacher_survives_kills(tmp_path):
+    whole, killed = tmp_path / "whole", tmp_path / "killed"
+    work = timed_work(teacher_args(whole), whole / "config.json")
+    killed_then_resumed(teacher_args(killed), killed / "config.json", work, seed=1)
+    same_tensors(load_file(str(whole / "teacher" / "diffusion_pytorch_model.safetensors")), load_file(str(killed / "teacher" / "diffusion_pytorch_model.safetensors")))
+    assert (whole / "loss.csv").read_text() == (killed / "loss.csv").read_text()
+    assert sorted(p.name for p in whole.glob("samples_*.png")) == sorted(p.name for p in killed.glob("samples_*.png")) == ["samples_000008.png", "samples_000016.png", "samples_000024.png"]
+    assert not list(killed.rglob(".*.tmp*")), "a temporary file was left behind"
+
+
+def test_search_survives_kills(teacher_dir, bank_dir, tmp_path):
+    killed = tmp_path / "bank"
+    work = timed_work(search_args(teacher_dir, tmp_path / "timing"), tmp_path / "timing" / "config.json")
+    killed_then_resumed(search_args(teacher_dir, killed), killed / "config.json", work, seed=2)
+    for shard in sorted((bank_dir / "shards").glob("*.safetensors")):
+        same_tensors(load_file(str(shard)), load_file(str(killed / "shards" / shard.name)))
+    assert sorted(p.name for p in (killed / "shards").iterdir()) == sorted(p.name for p in (bank_dir / "shards").iterdir())
+
+
+def test_distill_survives_kills(bank_dir, tmp_path):
+    whole, killed = tmp_path / "whole", tmp_path / "killed"
+    work = timed_work(distill_args(bank_dir, whole), whole / "config.json")
+    killed_then_resumed(distill_args(bank_dir, killed), killed / "config.json", work, seed=3)
+    same_tensors(load_checked(whole / "student.pt", "student", remedy="")["student"], load_checked(killed / "student.pt", "student", remedy="")["student"])
+    strip = lambda text: [line.rsplit(",", 1)[0] for line in text.splitlines()]  # noqa: E731  (the last column is seconds)
+    assert strip((whole / "metrics.csv").read_text()) == strip((killed / "metrics.csv").read_text())
+
+
+def test_sigterm_stops_cleanly_and_the_rerun_finishes(tmp_path):
+    run = tmp_path / "run"
+    process = start_and_stop(teacher_args(run), run / "config.json", 0.5, signal.SIGTERM)
+    if process.returncode == 0:
+        pytest.skip("the run finished before SIGTERM arrived")
+    assert process.returncode == 143, process.stderr[-2000:]
+    assert "terminated; what was finished is saved" in process.stderr and "Traceback" not in process.stderr
+    run_cli(teacher_args(run))
+    assert (run / "teacher" / "diffusion_pytorch_model.safetensors").exists()
+
+
+# ----------------------------------------------------------------------------- one writer per folder
+
+
+def test_a_second_process_on_the_folder_is_refused_and_a_dead_holder_frees_it(tmp_path):
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time\nfrom clarep_fast.pipeline.rundir import RunDir\n"
+                               f"RunDir({str(tmp_path)!r}, command='distill').claim({{'a': 1}})\nprint('held', flush=True)\ntime.sleep(60)"],
+                              env=ENV, stdout=subprocess.PIPE, text=True)  # fmt: skip
+    assert holder.stdout.readline().strip() == "held"
+    with pytest.raises(RunFolderBusy, match=rf"in use by another clarep-fast process \(pid {holder.pid}\)"):
+        RunDir(tmp_path, command="search").claim({"a": 1})
+    result = run_cli(teacher_args(tmp_path), expect=2)
+    assert f"pid {holder.pid}" in result.stderr and "Traceback" not in result.stderr
+    holder.kill()
+    holder.wait()
+    RunDir(tmp_path, command="distill").claim({"a": 1})  # the lock died with its holder
+
+
+# ----------------------------------------------------------------------------- damaged and foreign files
+
+
+def damage(path: Path, how: str) -> None:
+    data = bytearray(path.read_bytes())
+    if how == "truncate":
+        path.write_bytes(bytes(data[: len(data) // 2]))
+    else:  # overwrite 4 KB in the middle (or all of a small file) with noise
+        start = max(0, len(data) // 2 - 2048)
+        data[start : start + 4096] = random.Random(0).randbytes(len(data[start : start + 4096]))
+        path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("how", ["truncate", "garble"])
+def test_a_damaged_shard_is_named_and_refused(bank_dir, tmp_path, how):
+    import shutil
+
+    bank = tmp_path / "bank"
+    shutil.copytree(bank_dir, bank)
+    (bank / ".lock").unlink(missing_ok=True)
+    damage(bank / "shards" / "shard_00001.safetensors", how)
+    result = run_cli(["distill", str(tmp_path / "run"), "--bank", str(bank), "--student", "test_resnet", "--epochs", "1"], expect=2)
+    assert "shard_00001.safetensors" in result.stderr and "delete it and rerun" in result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("how", ["truncate", "garble"])
+def test_a_damaged_checkpoint_or_student_is_named_and_refused(tmp_path, how):
+    state = {"model": {"weight": torch.randn(64, 64), "bias": torch.zeros(64)}, "epoch": 2}
+    for name, kind in (("checkpoint.pt", "distill-checkpoint"), ("student.pt", "student")):
+        save_checked(tmp_path / name, kind, state)
+        assert load_checked(tmp_path / name, kind, remedy="r")["epoch"] == 2
+        damage(tmp_path / name, how)
+        with pytest.raises(DamagedFileError, match=name):
+            load_checked(tmp_path / name, kind, remedy="r")
+    result = run_cli(["evaluate", str(tmp_path / "student.pt")], expect=2)
+    assert "student.pt" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_foreign_and_outdated_files_are_refused(tmp_path):
+    torch.save({"student": {}, "name": "resnet18"}, tmp_path / "old.pt")  # a student.pt of the format before versions
+    with pytest.raises(DamagedFileError, match="is not a clarep_fast student file"):
+        load_checked(tmp_path / "old.pt", "student", remedy="r")
+    save_checked(tmp_path / "other.pt", "teacher-checkpoint", {"step": 1})
+    with pytest.raises(DamagedFileError, match="not a clarep_fast distill-checkpoint file"):
+        load_checked(tmp_path / "other.pt", "distill-checkpoint", remedy="r")
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "config.json").write_text("{ not json")
+    result = run_cli(teacher_args(tmp_path / "run"), expect=2)
+    assert "config.json" in result.stderr and "not readable JSON" in result.stderr
+
+
+def test_a_full_disk_names_the_file_and_replaces_nothing(tmp_path, monkeypatch):
+    run = RunDir(tmp_path, command="distill")
+    run.save_checkpoint({"epoch": 1})
+    real_save = torch.save
+
+    def save_until_full(obj, path, *args, **kwargs):
+        Path(path).write_bytes(b"x" * 1000)
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", save_until_full)
+    with pytest.raises(OSError, match=r"no space left to write .*checkpoint.pt: 1,000 bytes were written"):
+        run.save_checkpoint({"epoch": 2})
+    monkeypatch.setattr(torch, "save", real_save)
+    assert run.load_checkpoint()["epoch"] == 1
+    assert [p.name for p in tmp_path.iterdir() if p.name != ".lock"] == ["checkpoint.pt"]
+
+
+# ----------------------------------------------------------------------------- flags checked before work
+
+
+@pytest.mark.parametrize(
+    "args,flag",
+    [
+        (["train-teacher", "{run}", "--steps", "-5"], "--steps"),
+        (["train-teacher", "{run}", "--checkpoint-every", "0"], "--checkpoint-every"),
+        (["train-teacher", "{run}", "--device", "cuda"] if not torch.cuda.is_available() else ["train-teacher", "{run}", "--device", "nope"], "--device"),
+        (["search", "{run}", "--pool", "0"], "--pool"),
+        (["search", "{run}", "--fraction", "1.5"], "--fraction"),
+        (["search", "{run}", "--mode", "power"], "--mode"),
+        (["distill", "{run}", "--batch-size", "0"], "--batch-size"),
+        (["distill", "{run}", "--temperature", "0"], "--temperature"),
+        (["evaluate", "{run}/student.pt", "--attack-samples", "-3"], "--attack-samples"),
+        (["demo", "{run}", "--seeds", "0"], "--seeds"),
+    ],
+)
+def test_bad_flags_are_one_line_exit_2_and_leave_no_folder(tmp_path, args, flag):
+    run = tmp_path / "run"
+    result = run_cli([a.replace("{run}", str(run)) for a in args], expect=2)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and flag in lines[0], result.stderr
+    assert not run.exists()
+
+
+@pytest.mark.parametrize("changes,what", [(["-k", "768"], "k must be in"), (["--t-e", "999"], "t_e must be inside"), (["--layer", "up_blocks.9"], "unknown layer")])
+def test_values_the_teacher_cannot_take_leave_no_folder(teacher_dir, tmp_path, changes, what):
+    bank = tmp_path / "bank"
+    result = run_cli(search_args(teacher_dir, bank) + changes, expect=2)
+    assert what in result.stderr and "Traceback" not in result.stderr
+    assert not bank.exists()

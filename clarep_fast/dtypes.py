@@ -24,3 +24,13 @@ def require_float(name: str, value) -> None:
         raise TypeError(f"{name} must be a torch.Tensor, got {type(value).__name__}")
     if value.dtype not in FLOAT_DTYPES:
         raise TypeError(f"{name} must be float16, bfloat16, float32 or float64, got {value.dtype}")
+
+
+def non_finite_reason(tensor: Tensor, accumulate: torch.dtype) -> str:
+    """Why sums over ``tensor`` came out NaN/Inf (asked only on that error path): NaN/Inf entries, or
+    finite entries too large for squares in the accumulation dtype."""
+    if not bool(torch.isfinite(tensor).all()):
+        return "holds NaN or Inf"
+    largest = float(tensor.detach().abs().max())
+    return (f"holds values up to {largest:.3g}, too large for sums of squares in {str(accumulate).removeprefix('torch.')} "
+            f"(squares overflow above ~{torch.finfo(accumulate).max ** 0.5:.2g}); scale it down")

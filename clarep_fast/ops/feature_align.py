@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 
 from clarep_fast.backends import Kernels, compiled_ops, resolve_backend
-from clarep_fast.dtypes import accumulation_dtype, require_float
+from clarep_fast.dtypes import accumulation_dtype, non_finite_reason, require_float
 from clarep_fast.ops.spec import OpSpec, random_tensor
 from clarep_fast.reference.feature_align import (
     ALIGN_EPS, KINDS, REDUCTIONS, feature_align_backward_reference, feature_align_forward_reference, feature_align_reference,
@@ -52,7 +52,7 @@ def feature_align_stats(students: list[Tensor], teachers: list[Tensor], backend:
     """(B, D_l) pairs -> (P, B, 4) row statistics [s·t, s·s, t·t, ‖s - t‖²]."""
     forward = KERNELS.on(backend)[0]
     stats = torch.stack([forward(s.contiguous(), t.contiguous()) for s, t in zip(students, teachers)])
-    _raise_if_not_finite(stats)  # inside the op: torch.compile sees one opaque call, no data-dependent branch
+    _raise_if_not_finite(stats, students, teachers)  # inside the op: torch.compile sees one opaque call, no data-dependent branch
     return stats
 
 
@@ -153,13 +153,15 @@ def _validated(students, teachers, kind, reduction) -> tuple[list[Tensor], list[
     return flat_s, flat_t
 
 
-def _raise_if_not_finite(stats: Tensor) -> None:
-    """NaN/Inf in a student shows up in its s·s, in a teacher in its t·t (both non-negative sums)."""
+def _raise_if_not_finite(stats: Tensor, students: list[Tensor], teachers: list[Tensor]) -> None:
+    """NaN/Inf in a student shows up in its s·s, in a teacher in its t·t (both non-negative sums);
+    so does a finite row whose squares overflow the accumulation dtype: the message tells which."""
     bad = ~torch.isfinite(stats[..., 1:3])  # (P, B, 2)
     if not bool(bad.any()):
         return
     pair, sample, side = (int(i) for i in bad.nonzero()[0])
-    raise ValueError(f"feature_align: {'students' if side == 0 else 'teachers'}[{pair}] holds NaN or Inf (sample {sample})")
+    name, rows = ("students", students) if side == 0 else ("teachers", teachers)
+    raise ValueError(f"feature_align: {name}[{pair}] {non_finite_reason(rows[pair][sample], stats.dtype)} (sample {sample})")
 
 
 # ----------------------------------------------------------------------------- op table row

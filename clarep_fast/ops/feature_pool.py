@@ -143,7 +143,7 @@ def feature_pool(
     per sample, cast, and pack: -> (B, Σ_l C_l·size²). ``names`` label the maps in error messages.
     Differentiable in every map. ``split_packed`` gives the per-layer views back.
     """
-    maps = _validated(maps, size, out_dtype, names)
+    maps = validated_maps(maps, size, out_dtype, names)
     out_dtype = out_dtype or maps[0].dtype
     return feature_pool_forward(maps, size, normalize, out_dtype, resolve_backend(maps[0].device))[0]
 
@@ -160,7 +160,8 @@ def split_packed(packed: Tensor, channels: Sequence[int], size: int) -> list[Ten
     return views
 
 
-def _validated(maps, size, out_dtype, names) -> list[Tensor]:
+def validated_maps(maps, size, out_dtype=None, names=None) -> list[Tensor]:
+    """The maps as a list, or a clear error naming the bad one (shape, dtype, device, batch, a pool size above the map)."""
     if isinstance(maps, Tensor):
         raise TypeError("maps must be a sequence of (B, C, H, W) tensors, not a single tensor")
     maps = list(maps)

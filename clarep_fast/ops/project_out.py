@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 
 from clarep_fast.backends import Kernels, compiled_ops, resolve_backend
-from clarep_fast.dtypes import accumulation_dtype, require_float
+from clarep_fast.dtypes import accumulation_dtype, non_finite_reason, require_float
 from clarep_fast.ops.spec import OpSpec, random_tensor
 from clarep_fast.reference.project_out import RESCALE_RTOL, project_out_backward_reference, project_out_forward_reference, project_out_reference
 
@@ -46,7 +46,7 @@ KERNELS = Kernels(torch=(project_out_forward_reference, project_out_backward_ref
 def project_out_forward(x: Tensor, vectors: Tensor, rescale: bool, backend: str) -> tuple[Tensor, Tensor, Tensor]:
     """x (B, N), vectors (B, N, K) -> (out (B, N), coeffs (B, K), stats (B, 4))."""
     out, coeffs, stats = KERNELS.on(backend)[0](x.contiguous(), vectors, rescale, RESCALE_RTOL)  # V: any strides
-    _raise_if_not_finite(stats)
+    _raise_if_not_finite(stats, x, vectors)
     return out, coeffs, stats
 
 
@@ -119,14 +119,15 @@ def _validate(x, vectors) -> None:
         raise ValueError(f"vectors is on {vectors.device} but x is on {x.device}")
 
 
-def _raise_if_not_finite(stats: Tensor) -> None:
-    """NaN/Inf in x shows up in ‖x‖ (stats[:, 1]); in vectors (with x finite) in ‖y‖ (stats[:, 2])."""
+def _raise_if_not_finite(stats: Tensor, x: Tensor, vectors: Tensor) -> None:
+    """NaN/Inf in x shows up in ‖x‖ (stats[:, 1]); in vectors (with x finite) in ‖y‖ (stats[:, 2]).
+    So does a finite x whose squares overflow the accumulation dtype: the message tells which."""
     bad = ~torch.isfinite(stats[:, 1:3])
     if not bool(bad.any()):
         return
     sample = int(bad.any(1).nonzero()[0])
-    culprit = "x" if bool(bad[sample, 0]) else "vectors"
-    raise ValueError(f"project_out: {culprit} of sample {sample} holds NaN or Inf")
+    culprit, tensor = ("x", x[sample]) if bool(bad[sample, 0]) else ("vectors", vectors[sample])
+    raise ValueError(f"project_out: {culprit} of sample {sample} {non_finite_reason(tensor, stats.dtype)}")
 
 
 # ----------------------------------------------------------------------------- op table row

@@ -21,7 +21,7 @@ from typing import NamedTuple, Sequence
 import torch
 from torch import Tensor, nn
 
-from clarep_fast.ops.feature_pool import feature_pool, split_packed
+from clarep_fast.ops.feature_pool import feature_pool, split_packed, validated_maps
 from clarep_fast.reference.feature_pool import feature_pool_reference
 from clarep_fast.taps.stages import as_map, stages_for
 
@@ -105,8 +105,8 @@ class FeatureTap(nn.Module):
         names = [str(layer) for layer in self.layers]
         if self.fused:
             packed = feature_pool(maps, self.pool, normalize=self.normalize, out_dtype=self.out_dtype, names=names)
-        else:
-            packed = feature_pool_reference(maps, self.pool, self.normalize, self.out_dtype)
+        else:  # the same checks as the fused op (adaptive pooling alone would upsample a map smaller than pool)
+            packed = feature_pool_reference(validated_maps(maps, self.pool, self.out_dtype, names), self.pool, self.normalize, self.out_dtype)
         views = split_packed(packed, [m.shape[1] for m in maps], self.pool)
         return TapOutput(packed, dict(zip(names, views)))
 

@@ -254,7 +254,8 @@ def test_bad_flags_are_one_line_exit_2_and_leave_no_folder(tmp_path, args, flag)
     assert not run.exists()
 
 
-@pytest.mark.parametrize("changes,what", [(["-k", "768"], "k must be in"), (["--t-e", "999"], "t_e must be inside"), (["--layer", "up_blocks.9"], "unknown layer")])
+@pytest.mark.parametrize("changes,what", [(["-k", "768"], "k must be in"), (["--t-e", "999"], "t_e must be inside"), (["--layer", "up_blocks.9"], "unknown layer"),
+                                          (["--pool", "100"], "pool size 100 is larger")])
 def test_values_the_teacher_cannot_take_leave_no_folder(teacher_dir, tmp_path, changes, what):
     bank = tmp_path / "bank"
     result = run_cli(search_args(teacher_dir, bank) + changes, expect=2)

@@ -142,6 +142,14 @@ def validate(config: SearchConfig, teacher: nn.Module) -> tuple[FeatureTap, Feat
             taps.append(FeatureTap(teacher, layers, pool=pool, fused=fused))
         except ValueError as error:
             raise ValueError(f"{name}: {error}") from None
+    device = next(teacher.parameters()).device
+    probe = (torch.zeros(1, channels, size, size, device=device), torch.tensor([config.t_e], device=device), torch.zeros(1, dtype=torch.long, device=device))
+    for name, tap in zip(("pool", "feature_pool"), taps):  # one tiny forward: a pool size the maps cannot take fails here, before any file
+        try:
+            with torch.no_grad():
+                tap(*probe)
+        except ValueError as error:
+            raise ValueError(f"{name}: {error}") from None
     return taps[0], taps[1]
 
 

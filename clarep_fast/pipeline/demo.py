@@ -98,6 +98,11 @@ def run_demo(run_dir: str | Path, *, seeds: int = 1, search: SearchConfig | None
     return run_dir / "report.md"
 
 
+def _number(value) -> str:
+    """A measure for the report; None where the bank was too small to measure it."""
+    return "n/a (too few CLAReps per class)" if value is None else f"{value:.3f}"
+
+
 def _write_report(run_dir, results, bank_summary, timings, search, distill, evaluate, seeds) -> None:
     measures = list(next(iter(results.values())))
     groups = {"baseline (CE only)": [r for n, r in results.items() if n.startswith("baseline")],
@@ -130,8 +135,8 @@ PGD-{evaluate.pgd_steps} and APGD-CE (L∞ ε = {evaluate.epsilon * 255:.0f}/255
 ![canonical samples](canonical.png)
 
 NMI of k-means on teacher features (ordinary → canonical samples): """ + ", ".join(
-        f"{layer} {v['ordinary']:.3f} → {v['canonical']:.3f}" for layer, v in nmi.items()
-    ) + f""". Within-class background-color spread: {spread['ordinary']:.3f} → {spread['canonical']:.3f}.
+        f"{layer} {_number(v['ordinary'])} → {_number(v['canonical'])}" for layer, v in nmi.items()
+    ) + f""". Within-class background-color spread: {_number(spread['ordinary'])} → {_number(spread['canonical'])}.
 
 ![NMI](nmi.png)
 

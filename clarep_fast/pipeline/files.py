@@ -42,6 +42,15 @@ def read_json(path: Path, what: str, remedy: str):
         raise DamagedFileError(f"{path} ({what}) is not readable JSON ({error}): {remedy}") from None
 
 
+def _current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _current_umask()
+
+
 def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
     """``write(temporary)`` into the target's folder, then rename it onto ``path``. The temporary
     keeps the suffix, so writers that pick a format from it (PNG figures) work unchanged. If the
@@ -52,6 +61,7 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
     temporary = path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}")
     try:
         write(temporary)
+        os.chmod(temporary, 0o666 & ~_UMASK)  # what open() would have given it: some writers make their files 0600
         os.replace(temporary, path)
     except OSError as error:
         if error.errno not in (errno.ENOSPC, errno.EDQUOT):

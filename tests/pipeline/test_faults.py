@@ -261,3 +261,38 @@ def test_values_the_teacher_cannot_take_leave_no_folder(teacher_dir, tmp_path, c
     result = run_cli(search_args(teacher_dir, bank) + changes, expect=2)
     assert what in result.stderr and "Traceback" not in result.stderr
     assert not bank.exists()
+
+
+DEMO = """
+import sys
+from clarep_fast.pipeline.clarid.search import SearchConfig
+from clarep_fast.pipeline.demo import run_demo
+from clarep_fast.pipeline.distill.train import DistillConfig
+from clarep_fast.pipeline.evaluate.robustness import EvaluateConfig
+
+search = SearchConfig(teacher=sys.argv[2], t_e=500, k=3, layer="down_blocks.1", steps=4, count=8, shard_size=2,
+                      feature_layers=("down_blocks.1", "mid_block"), oversample=4, tol=1e-2, max_iters=6, jacobian_batch=2)
+distill = DistillConfig(student="test_resnet", epochs=1, batch_size=512, bank_batch_size=8, student_layers=(2, 3))
+evaluate = EvaluateConfig(pgd_steps=2, apgd_steps=2, cw_steps=2, attack_samples=8)
+run_demo(sys.argv[1], seeds=1, search=search, distill=distill, evaluate=evaluate, progress=False)
+"""
+
+
+def test_demo_survives_kills(teacher_dir, tmp_path):
+    """The demo's stages are the commands above; this checks the demo's own files across kills."""
+    args = lambda run: [sys.executable, "-c", DEMO, str(run), str(teacher_dir)]  # noqa: E731
+    whole, killed = tmp_path / "whole", tmp_path / "killed"
+    began = time.monotonic()
+    subprocess.run(args(whole), env=ENV, check=True, capture_output=True, timeout=600)
+    work = time.monotonic() - began
+    rng = random.Random(4)
+    for _ in range(2):
+        process = subprocess.Popen(args(killed), env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(rng.uniform(0.3, 1.0) * work)
+        process.kill()
+        process.wait()
+    subprocess.run(args(killed), env=ENV, check=True, capture_output=True, timeout=600)
+    assert (whole / "evaluation.json").read_text() == (killed / "evaluation.json").read_text()
+    for name in ("baseline-s0", "cadistill-s0"):
+        same_tensors(load_checked(whole / name / "student.pt", "student", remedy="")["student"], load_checked(killed / name / "student.pt", "student", remedy="")["student"])
+    assert (killed / "report.md").exists() and not list(killed.rglob(".*.tmp*"))

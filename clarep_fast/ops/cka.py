@@ -60,24 +60,25 @@ KERNELS = Kernels(torch=(cka_stats_reference, cka_grads_reference), triton=_trit
 
 
 @torch.library.custom_op("clarep_fast::cka_forward", mutates_args=())
-def cka_forward(xs: list[Tensor], ys: list[Tensor], unbiased: bool, backend: str) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """CKA of P pairs (xs[p]: (n, d_p), ys[p]: (n, e_p)) -> (cka (P,), stats (P,8), rowsums (P,2,n), grams (P,2,n,n))."""
+def cka_forward(xs: list[Tensor], ys: list[Tensor], unbiased: bool, backend: str) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """CKA of P pairs (xs[p]: (n, d_p), ys[p]: (n, e_p)) -> (cka (P,), stats (P,8), rowsums (P,2,n), grams (P,2,n,n), scales (P,2))."""
     n, dtype = xs[0].shape[0], accumulation_dtype(*xs, *ys)
     grams = torch.empty(len(xs), 2, n, n, dtype=dtype, device=xs[0].device)  # (P, 2, n, n) shifted Grams K'
     for pair, (x, y) in enumerate(zip(xs, ys)):
         shifted_gram_into(x, grams[pair, 0])
         shifted_gram_into(y, grams[pair, 1])
-    _zero_if_without_spread(grams, xs, ys)
+    scales = _normalize_scale(grams)
+    _zero_if_without_spread(grams, scales, xs, ys)
     stats, rowsums = KERNELS.on(backend)[0](grams, unbiased, DEGENERATE_RTOL)
     _raise_if_not_finite(stats)
-    return stats[:, 0].clone(), stats, rowsums, grams
+    return stats[:, 0].clone(), stats, rowsums, grams, scales
 
 
 @cka_forward.register_fake
 def _(xs, ys, unbiased, backend):
     pairs, n, dtype = len(xs), xs[0].shape[0], accumulation_dtype(*xs, *ys)
     new = xs[0].new_empty
-    return new(pairs, dtype=dtype), new(pairs, NUM_STATS, dtype=dtype), new(pairs, 2, n, dtype=dtype), new(pairs, 2, n, n, dtype=dtype)
+    return new(pairs, dtype=dtype), new(pairs, NUM_STATS, dtype=dtype), new(pairs, 2, n, dtype=dtype), new(pairs, 2, n, n, dtype=dtype), new(pairs, 2, dtype=dtype)
 
 
 @torch.library.custom_op("clarep_fast::cka_backward", mutates_args=())
@@ -86,6 +87,7 @@ def cka_backward(
     stats: Tensor,
     rowsums: Tensor,
     grams: Tensor,
+    scales: Tensor,
     xs: list[Tensor],
     ys: list[Tensor],
     unbiased: bool,
@@ -95,29 +97,30 @@ def cka_backward(
 ) -> tuple[list[Tensor], list[Tensor]]:
     """Input gradients of cka_forward; an input list that needs no gradient gets an empty list."""
     coefficients = KERNELS.on(backend)[1](grams, rowsums, stats, grad.to(grams.dtype).contiguous(), unbiased, DEGENERATE_RTOL)
+    coefficients = coefficients * scales[:, :, None, None]  # the Grams were scaled by s: dCKA/dK = s · dCKA/d(sK)
     dxs = [shifted_gram_backward(coefficients[p, 0], x) for p, x in enumerate(xs)] if need_x else []
     dys = [shifted_gram_backward(coefficients[p, 1], y) for p, y in enumerate(ys)] if need_y else []
     return dxs, dys
 
 
 @cka_backward.register_fake
-def _(grad, stats, rowsums, grams, xs, ys, unbiased, need_x, need_y, backend):
+def _(grad, stats, rowsums, grams, scales, xs, ys, unbiased, need_x, need_y, backend):
     return ([torch.empty_like(x) for x in xs] if need_x else []), ([torch.empty_like(y) for y in ys] if need_y else [])
 
 
 def _setup_context(ctx, inputs, output):
     xs, ys, unbiased, backend = inputs
-    _, stats, rowsums, grams = output
-    ctx.mark_non_differentiable(stats, rowsums, grams)
-    ctx.save_for_backward(stats, rowsums, grams, *xs, *ys)
+    _, stats, rowsums, grams, scales = output
+    ctx.mark_non_differentiable(stats, rowsums, grams, scales)
+    ctx.save_for_backward(stats, rowsums, grams, scales, *xs, *ys)
     ctx.pairs, ctx.unbiased, ctx.backend = len(xs), unbiased, backend
 
 
 def _backward(ctx, grad_cka, *unused_grads):
-    stats, rowsums, grams, *inputs = ctx.saved_tensors
+    stats, rowsums, grams, scales, *inputs = ctx.saved_tensors
     xs, ys = inputs[: ctx.pairs], inputs[ctx.pairs :]
     need_x, need_y = any(_flatten(ctx.needs_input_grad[0])), any(_flatten(ctx.needs_input_grad[1]))
-    dxs, dys = cka_backward(grad_cka, stats, rowsums, grams, xs, ys, ctx.unbiased, need_x, need_y, ctx.backend)
+    dxs, dys = cka_backward(grad_cka, stats, rowsums, grams, scales, xs, ys, ctx.unbiased, need_x, need_y, ctx.backend)
     nothing = [None] * ctx.pairs  # a tensor-list input takes a list of per-tensor gradients
     return (dxs if need_x else nothing), (dys if need_y else nothing), None, None
 
@@ -185,17 +188,32 @@ def _validated(xs, ys, unbiased: bool, names: tuple[str, str]) -> tuple[list[Ten
     return flat[names[0]], flat[names[1]]
 
 
-def _zero_if_without_spread(grams: Tensor, xs: list[Tensor], ys: list[Tensor]) -> None:
+def _zero_if_without_spread(grams: Tensor, scales: Tensor, xs: list[Tensor], ys: list[Tensor]) -> None:
     """Zero the shifted Gram of every input whose spread the accumulation cannot resolve (the
     degenerate rule of clarep_fast/reference/cka.py), so that every backend returns CKA = 0 with a
     zero gradient for it. With K' = x'x'ᵀ (x' = x - 1 x[0]ᵀ): ‖x - 1 meanᵀ‖² = tr K' - 1ᵀK'1/n and
-    ‖x‖² is of the order of tr K' + n‖x[0]‖². No host sync: a multiply by the mask."""
+    ‖x‖² is of the order of tr K' + n‖x[0]‖² (all taken on the scaled Grams, s K', and s‖x[0]‖²: no
+    overflow). No host sync: a multiply by the mask."""
     n = grams.shape[-1]
-    first = torch.stack([torch.stack([x[0].to(grams.dtype).square().sum(), y[0].to(grams.dtype).square().sum()]) for x, y in zip(xs, ys)])  # (P, 2)
+    first = torch.stack([torch.stack([x[0].double().square().sum(), y[0].double().square().sum()]) for x, y in zip(xs, ys)]) * scales.double()  # (P, 2), fp64: no overflow
     trace = grams.diagonal(dim1=-2, dim2=-1).sum(-1)  # (P, 2)
     spread = trace - grams.sum((-2, -1)) / n
-    resolved = spread > SPREAD_RTOL[grams.dtype] * (trace + n * first)
+    resolved = ~(spread.double() <= SPREAD_RTOL[grams.dtype] * (trace.double() + n * first))  # NaN (an overflow) stays in, to be reported
     grams.mul_(resolved[..., None, None])
+
+
+def _normalize_scale(grams: Tensor) -> Tensor:
+    """Scale each Gram in place by a power of two s that brings its trace into [1, 2): CKA does not
+    change, and the n×n kernels' sums of squared entries neither underflow (features of size 1e-12
+    give Gram entries near 1e-23 and squares below fp32's smallest number) nor overflow. (Features
+    below ~1e-19 in fp32 make the Gram itself subnormal: approximate, not zero.) Returns s (P, 2)
+    for the backward. No host sync."""
+    trace = grams.diagonal(dim1=-2, dim2=-1).sum(-1)  # (P, 2)
+    usable = torch.isfinite(trace) & (trace > 0)
+    exponent = -torch.floor(torch.log2(torch.where(usable, trace, torch.ones_like(trace)))).clamp(-126, 126)  # s stays a finite fp32 number
+    scales = torch.where(usable, torch.exp2(exponent), torch.ones_like(trace))
+    grams.mul_(scales[..., None, None])
+    return scales
 
 
 def _raise_if_not_finite(stats: Tensor) -> None:

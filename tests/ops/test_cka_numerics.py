@@ -47,9 +47,10 @@ def test_a_large_mean_is_exact(backend, dtype, offset, unbiased):
     check(x, y, backend, unbiased)
 
 
-@pytest.mark.parametrize("scale", [1e-6, 1e-3, 1e3, 1e6])
+@pytest.mark.parametrize("scale", [1e-15, 1e-12, 1e-6, 1e-3, 1e3, 1e6, 1e12, 1e16])
 @pytest.mark.parametrize("backend", usable_backends("cpu"))
 def test_scale_does_not_matter(backend, scale):
+    """fp32 features from 1e-15 to 1e16: the Grams are scaled to a unit trace before any sum of squares."""
     x, y = features(33, 50, 20, 5.0, scale, torch.float32, seed=3)
     check(x, y, backend, unbiased=False)
 
@@ -74,3 +75,10 @@ def test_an_input_without_spread_gives_zero_and_a_zero_gradient(backend, dtype):
         (grad,) = torch.autograd.grad(value, x)
         assert value.item() == 0.0 and torch.count_nonzero(grad) == 0
         assert cka_reference(x.detach(), y).item() == 0.0
+
+
+@pytest.mark.parametrize("backend", usable_backends("cpu"))
+def test_a_gram_that_overflows_is_an_error_not_a_number(backend):
+    x, y = features(32, 64, 64, 0.0, 1e18, torch.float32, seed=5)  # Gram entries near 1e38: the trace overflows fp32
+    with use_backend(backend), pytest.raises(ValueError, match="Gram overflowed"):
+        cka(x, y)

@@ -4,7 +4,7 @@ Every write goes to a temporary file in the same folder that is then renamed ove
 (os.replace is atomic on POSIX), so a kill at any moment leaves each file complete or as it was.
 
     save_checked(path, "student", payload)       # torch.save of {format, version, sha256, payload}
-    payload = load_checked(path, "student")       # refuses a foreign, outdated, truncated or garbled file
+    payload = load_checked(path, "student", remedy="retrain it")   # refuses a foreign, outdated, truncated or garbled file
 
 Shards of a CLARep bank (safetensors) carry the same three fields in their metadata
 (``shard_metadata`` / ``check_shard``). The digest is a sha256 over every tensor's dtype, shape and

@@ -1,8 +1,8 @@
-"""Run folders: the one owner of config write/compare, atomic writes and checkpoint save/resume.
+"""Run folders: the one owner of the folder lock, config write/compare and checkpoint save/resume.
 
 Every long command (train-teacher, search, distill, demo) works in a folder it can be rerun on:
 
-    run = RunDir(path, command="distill", may_change=("epochs",))
+    run = RunDir(path, command="train-teacher", may_change=("steps",))
     resumed = run.claim(config)            # config.json: written, or compared with the one there
     state = run.load_checkpoint()          # None on a fresh run
     ...
@@ -25,7 +25,7 @@ import os
 from pathlib import Path
 from typing import Iterable
 
-from clarep_fast.pipeline.files import DamagedFileError, load_checked, read_json, save_checked, save_figure, write_json, write_text
+from clarep_fast.pipeline.files import DamagedFileError, load_checked, read_json, save_checked, write_json, write_text
 
 
 class RunFolderBusy(RuntimeError):
@@ -109,9 +109,6 @@ class RunDir:
 
     def write_text(self, name: str, text: str) -> None:
         write_text(self.path / name, text)
-
-    def save_figure(self, name: str, figure) -> None:
-        save_figure(self.path / name, figure)
 
     def save_checkpoint(self, state: dict) -> None:
         save_checked(self.path / self.CHECKPOINT, f"{self.command}-checkpoint", state)

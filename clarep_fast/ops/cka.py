@@ -60,25 +60,25 @@ KERNELS = Kernels(torch=(cka_stats_reference, cka_grads_reference), triton=_trit
 
 
 @torch.library.custom_op("clarep_fast::cka_forward", mutates_args=())
-def cka_forward(xs: list[Tensor], ys: list[Tensor], unbiased: bool, backend: str) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """CKA of P pairs (xs[p]: (n, d_p), ys[p]: (n, e_p)) -> (cka (P,), stats (P,8), rowsums (P,2,n), grams (P,2,n,n), scales (P,2))."""
+def cka_forward(xs: list[Tensor], ys: list[Tensor], unbiased: bool, backend: str) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """CKA of P pairs (xs[p]: (n, d_p), ys[p]: (n, e_p)) -> (cka (P,), stats (P,8), rowsums (P,2,n), grams (P,2,n,n),
+    scales (P,2), shifted (P,2): whether each input was shifted chunk by chunk, ops/gram.py)."""
     n, dtype = xs[0].shape[0], accumulation_dtype(*xs, *ys)
     grams = torch.empty(len(xs), 2, n, n, dtype=dtype, device=xs[0].device)  # (P, 2, n, n) shifted Grams K'
-    for pair, (x, y) in enumerate(zip(xs, ys)):
-        shifted_gram_into(x, grams[pair, 0])
-        shifted_gram_into(y, grams[pair, 1])
+    shifted = torch.tensor([[shifted_gram_into(x, grams[pair, 0]), shifted_gram_into(y, grams[pair, 1])] for pair, (x, y) in enumerate(zip(xs, ys))])
     scales = _normalize_scale(grams)
     _zero_if_without_spread(grams, scales, xs, ys)
     stats, rowsums = KERNELS.on(backend)[0](grams, unbiased, DEGENERATE_RTOL)
     _raise_if_not_finite(stats)
-    return stats[:, 0].clone(), stats, rowsums, grams, scales
+    return stats[:, 0].clone(), stats, rowsums, grams, scales, shifted
 
 
 @cka_forward.register_fake
 def _(xs, ys, unbiased, backend):
     pairs, n, dtype = len(xs), xs[0].shape[0], accumulation_dtype(*xs, *ys)
     new = xs[0].new_empty
-    return new(pairs, dtype=dtype), new(pairs, NUM_STATS, dtype=dtype), new(pairs, 2, n, dtype=dtype), new(pairs, 2, n, n, dtype=dtype), new(pairs, 2, dtype=dtype)
+    return (new(pairs, dtype=dtype), new(pairs, NUM_STATS, dtype=dtype), new(pairs, 2, n, dtype=dtype), new(pairs, 2, n, n, dtype=dtype),
+            new(pairs, 2, dtype=dtype), torch.empty(pairs, 2, dtype=torch.bool))  # fmt: skip
 
 
 @torch.library.custom_op("clarep_fast::cka_backward", mutates_args=())
@@ -88,6 +88,7 @@ def cka_backward(
     rowsums: Tensor,
     grams: Tensor,
     scales: Tensor,
+    shifted: Tensor,
     xs: list[Tensor],
     ys: list[Tensor],
     unbiased: bool,
@@ -98,29 +99,30 @@ def cka_backward(
     """Input gradients of cka_forward; an input list that needs no gradient gets an empty list."""
     coefficients = KERNELS.on(backend)[1](grams, rowsums, stats, grad.to(grams.dtype).contiguous(), unbiased, DEGENERATE_RTOL)
     coefficients = coefficients * scales[:, :, None, None]  # the Grams were scaled by s: dCKA/dK = s · dCKA/d(sK)
-    dxs = [shifted_gram_backward(coefficients[p, 0], x) for p, x in enumerate(xs)] if need_x else []
-    dys = [shifted_gram_backward(coefficients[p, 1], y) for p, y in enumerate(ys)] if need_y else []
+    flags = shifted.tolist()  # a CPU tensor: no sync
+    dxs = [shifted_gram_backward(coefficients[p, 0], x, flags[p][0]) for p, x in enumerate(xs)] if need_x else []
+    dys = [shifted_gram_backward(coefficients[p, 1], y, flags[p][1]) for p, y in enumerate(ys)] if need_y else []
     return dxs, dys
 
 
 @cka_backward.register_fake
-def _(grad, stats, rowsums, grams, scales, xs, ys, unbiased, need_x, need_y, backend):
+def _(grad, stats, rowsums, grams, scales, shifted, xs, ys, unbiased, need_x, need_y, backend):
     return ([torch.empty_like(x) for x in xs] if need_x else []), ([torch.empty_like(y) for y in ys] if need_y else [])
 
 
 def _setup_context(ctx, inputs, output):
     xs, ys, unbiased, backend = inputs
-    _, stats, rowsums, grams, scales = output
-    ctx.mark_non_differentiable(stats, rowsums, grams, scales)
-    ctx.save_for_backward(stats, rowsums, grams, scales, *xs, *ys)
+    _, stats, rowsums, grams, scales, shifted = output
+    ctx.mark_non_differentiable(stats, rowsums, grams, scales, shifted)
+    ctx.save_for_backward(stats, rowsums, grams, scales, shifted, *xs, *ys)
     ctx.pairs, ctx.unbiased, ctx.backend = len(xs), unbiased, backend
 
 
 def _backward(ctx, grad_cka, *unused_grads):
-    stats, rowsums, grams, scales, *inputs = ctx.saved_tensors
+    stats, rowsums, grams, scales, shifted, *inputs = ctx.saved_tensors
     xs, ys = inputs[: ctx.pairs], inputs[ctx.pairs :]
     need_x, need_y = any(_flatten(ctx.needs_input_grad[0])), any(_flatten(ctx.needs_input_grad[1]))
-    dxs, dys = cka_backward(grad_cka, stats, rowsums, grams, scales, xs, ys, ctx.unbiased, need_x, need_y, ctx.backend)
+    dxs, dys = cka_backward(grad_cka, stats, rowsums, grams, scales, shifted, xs, ys, ctx.unbiased, need_x, need_y, ctx.backend)
     nothing = [None] * ctx.pairs  # a tensor-list input takes a list of per-tensor gradients
     return (dxs if need_x else nothing), (dys if need_y else nothing), None, None
 

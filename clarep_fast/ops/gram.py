@@ -65,8 +65,25 @@ def _syrk_into(x: torch.Tensor, out: torch.Tensor, accumulate: bool) -> None:
                     mirror.copy_(product.T)
 
 
-def shifted_gram_into(x: torch.Tensor, out: torch.Tensor) -> None:
-    """out (n, n) <- x' x'ᵀ, x' = x - 1 x[0]ᵀ, for x (n, d), accumulated in out.dtype (fp32 or fp64)."""
+def shifted_gram_into(x: torch.Tensor, out: torch.Tensor) -> bool:
+    """out (n, n) <- x' x'ᵀ, x' = x - 1 x[0]ᵀ, for x (n, d), accumulated in out.dtype (fp32 or fp64).
+
+    Returns whether x was shifted chunk by chunk (True) or K' was taken from the plain Gram (False:
+    the backward may then multiply x itself). On CPU, for fp32/fp64 input, the plain Gram K = x xᵀ
+    comes first (no copy of x) and, when the spread is a fair share of the size
+    (tr C(K) / tr K >= ALGEBRAIC_SHIFT_MIN_SHARE, i.e. |mean|/std up to about 4, post-ReLU features
+    included), K' = K - k1ᵀ - 1kᵀ + k_0 11ᵀ with k = K[:, 0] = x x[0] loses at most a few ulps to
+    the cancellation; otherwise the shifted chunks are formed (and the plain Gram was one wasted
+    product). Deciding needs the share on the host: free on CPU, a sync on CUDA, which always shifts.
+    """
+    if x.device.type == "cpu" and x.dtype == out.dtype:
+        _syrk_into(x, out, accumulate=False)
+        trace = out.diagonal().sum()
+        share = float((trace - out.sum() / x.shape[0]) / trace)  # NaN (NaN input, all zeros) takes the shifted path
+        if share >= ALGEBRAIC_SHIFT_MIN_SHARE:
+            k = out[:, 0].clone()
+            out.sub_(k[:, None]).sub_(k[None, :]).add_(k[0])
+            return False
     low_precision_gemm = x.device.type == "cuda" and x.dtype in (torch.float16, torch.bfloat16) and out.dtype == torch.float32 and _mm_has_out_dtype(str(x.device))
     for start, chunk in _shifted_chunks(x, out.dtype):
         if low_precision_gemm:  # cuBLAS: low-precision operands (the shifted chunk cast back), fp32 accumulation
@@ -80,8 +97,10 @@ def shifted_gram_into(x: torch.Tensor, out: torch.Tensor) -> None:
                 out.add_(product)
         else:
             _syrk_into(chunk, out, accumulate=start > 0)
+    return True
 
 
+ALGEBRAIC_SHIFT_MIN_SHARE = 1 / 16  # tr C(K) / tr K = std² / (std² + mean²): |mean|/std <= sqrt(15)
 _FP16_RANGE_SCALE = 0.5  # |x - x[0]| can reach twice fp16's largest value; halved (exactly) it fits
 
 
@@ -105,8 +124,10 @@ def _mm_has_out_dtype(device: str) -> bool:
     return True
 
 
-def shifted_gram_backward(coefficients: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+def shifted_gram_backward(coefficients: torch.Tensor, x: torch.Tensor, shifted: bool = True) -> torch.Tensor:
     """dx = G x' for G (n, n) in the accumulation dtype, x (n, d) and x' = x - 1 x[0]ᵀ; in x.dtype.
+    With ``shifted`` False (the forward took K' from the plain Gram: the spread is a fair share of
+    the size) dx = G x, no copy of x: G is centered (G 1 = 0), so G x = G x' up to a few ulps.
 
     On CUDA, low-precision x multiplies a low-precision copy of G (the GEMM accumulates in fp32).
     G's entries scale like 1/‖C(K)‖ and underflow fp16 (smallest subnormal 6e-8), so for fp16 G is
@@ -115,6 +136,8 @@ def shifted_gram_backward(coefficients: torch.Tensor, x: torch.Tensor) -> torch.
     cast to fp16 first and flush to zero). That costs fp16 one host sync. bf16 has fp32's exponent
     range: no scaling. Everywhere else the product runs in the accumulation dtype.
     """
+    if not shifted and x.dtype == coefficients.dtype:
+        return coefficients @ x
     grad = torch.empty_like(x)
     low_precision_gemm = x.device.type == "cuda" and x.dtype in (torch.float16, torch.bfloat16)
     if low_precision_gemm and x.dtype == torch.float16:

@@ -57,3 +57,15 @@ def test_backward_product_is_as_good_as_rounding_the_exact_result(dtype):
     assert result.dtype == dtype
     rounding_error = (exact.to(dtype).double() - exact).abs().max()
     assert (result.double() - exact).abs().max() <= 2 * rounding_error + 1e-5 * exact.abs().max()
+
+
+@pytest.mark.parametrize("offset,expect_shifted", [(0.0, False), (1.0, False), (10.0, True), (1e4, True)])
+def test_cpu_takes_the_plain_gram_only_when_the_spread_is_a_fair_share(offset, expect_shifted):
+    x = torch.randn(40, 300) + offset
+    out = torch.empty(40, 40)
+    assert gram.shifted_gram_into(x, out) is expect_shifted
+    assert_close(out, shifted(x) @ shifted(x).T, 1e-5, "gram")
+    coefficients = torch.randn(40, 40, dtype=torch.float64)
+    coefficients = coefficients - coefficients.mean(0) - coefficients.mean(1, keepdim=True) + coefficients.mean()  # centered, as the kernels' G
+    result = gram.shifted_gram_backward(coefficients.float(), x, expect_shifted)
+    assert_close(result, coefficients @ shifted(x), 1e-5, "backward")

@@ -296,3 +296,17 @@ def test_demo_survives_kills(teacher_dir, tmp_path):
     for name in ("baseline-s0", "cadistill-s0"):
         same_tensors(load_checked(whole / name / "student.pt", "student", remedy="")["student"], load_checked(killed / name / "student.pt", "student", remedy="")["student"])
     assert (killed / "report.md").exists() and not list(killed.rglob(".*.tmp*"))
+
+
+@pytest.mark.parametrize("damaged", ["config.json", "diffusion_pytorch_model.safetensors"])
+def test_a_damaged_teacher_folder_is_named(teacher_dir, tmp_path, damaged):
+    import shutil
+
+    teacher = tmp_path / "teacher"
+    shutil.copytree(teacher_dir, teacher)
+    damage(teacher / damaged, "truncate")
+    bank = tmp_path / "bank"
+    result = run_cli(search_args(teacher, bank), expect=2)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and str(teacher) in lines[0] and "Traceback" not in result.stderr, result.stderr
+    assert not bank.exists()

@@ -10,7 +10,8 @@ Every long command (train-teacher, search, distill, demo) works in a folder it c
 
 ``claim`` first takes the folder's lock (an OS file lock on ``.lock``, held until the process ends,
 so a killed run leaves no stale lock): a second process on the same folder is refused at once with
-the holder's pid (torchrun ranks other than 0 do not lock: rank 0 holds it for the job). It then
+the holder's pid (torchrun ranks other than 0 do not lock: rank 0 holds it for the job). It removes
+the temporaries a SIGKILLed writer left behind, then
 refuses a folder whose config.json differs from the new config in any key outside ``may_change``
 and names the keys. Every file goes through clarep_fast/pipeline/files.py: written
 atomically; checkpoints carry their format, version and a digest, and a damaged one is refused.
@@ -22,6 +23,7 @@ import dataclasses
 import fcntl
 import json
 import os
+import re
 from pathlib import Path
 from typing import Iterable
 
@@ -33,6 +35,24 @@ class RunFolderBusy(RuntimeError):
 
 
 _HELD_LOCKS: dict[str, object] = {}  # folder -> open lock file of this process
+
+
+_TEMPORARY = re.compile(r"^\..+\.(\d+)\.tmp")  # files.atomic_write's temporaries: .<stem>.<pid>.tmp<suffix>
+
+
+def remove_stale_temporaries(folder: Path) -> None:
+    """Delete the temporaries a killed writer left in ``folder`` (SIGKILL skips its clean-up): those
+    whose writer's pid is gone. Called by the lock holder, the only writer of the folder."""
+    for file in folder.rglob(".*.tmp*"):
+        match = _TEMPORARY.match(file.name)
+        if match is None or not file.is_file():
+            continue
+        try:
+            os.kill(int(match.group(1)), 0)
+        except ProcessLookupError:
+            file.unlink(missing_ok=True)
+        except PermissionError:  # alive, someone else's
+            pass
 
 
 def as_json(config) -> dict:
@@ -71,6 +91,7 @@ class RunDir:
         folder held a run of this config."""
         if write:
             self.lock()
+            remove_stale_temporaries(self.path)
         new = as_json(config)
         old = self.existing_config()
         if old is not None:

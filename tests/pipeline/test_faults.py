@@ -310,3 +310,15 @@ def test_a_damaged_teacher_folder_is_named(teacher_dir, tmp_path, damaged):
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and str(teacher) in lines[0] and "Traceback" not in result.stderr, result.stderr
     assert not bank.exists()
+
+
+def test_temporaries_of_a_killed_writer_are_removed_on_the_next_claim(tmp_path):
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    stale = tmp_path / "shards" / f".shard_00003.{dead.pid}.tmp.safetensors"
+    live = tmp_path / f".checkpoint.{os.getpid()}.tmp.pt"  # this process is alive: not stale
+    stale.parent.mkdir()
+    stale.write_bytes(b"half")
+    live.write_bytes(b"being written")
+    RunDir(tmp_path, command="search").claim({"a": 1})
+    assert not stale.exists() and live.exists()

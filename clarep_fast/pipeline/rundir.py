@@ -4,7 +4,7 @@ Every long command (train-teacher, search, distill, demo) works in a folder it c
 
     run = RunDir(path, command="train-teacher", may_change=("steps",))
     resumed = run.claim(config)            # config.json: written, or compared with the one there
-    state = run.load_checkpoint()          # None on a fresh run
+    start = run.restore({"model": model, "optimizer": optimizer}, counter="step")   # 0 on a fresh run
     ...
     run.save_checkpoint({...})             # atomic: the old checkpoint or the new, never half of one
 
@@ -133,6 +133,16 @@ class RunDir:
 
     def save_checkpoint(self, state: dict) -> None:
         save_checked(self.path / self.CHECKPOINT, f"{self.command}-checkpoint", state)
+
+    def restore(self, parts: dict, counter: str) -> int:
+        """Load each part's ``state_dict`` (model, optimizer, schedule, ...) from the last checkpoint,
+        saved under the same names; return the checkpoint's ``counter`` (step or epoch), 0 on a fresh run."""
+        state = self.load_checkpoint()
+        if state is None:
+            return 0
+        for name, part in parts.items():
+            part.load_state_dict(state[name])
+        return int(state[counter])
 
     def load_checkpoint(self) -> dict | None:
         """The last checkpoint (tensors on the CPU), or None on a fresh run; a damaged one is refused."""

@@ -152,13 +152,7 @@ def train_student(config: DistillConfig, run_dir: str | Path, *, device: str | N
     steps_per_epoch = len(train.labels) // config.batch_size
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=config.learning_rate, total_steps=config.epochs * steps_per_epoch, pct_start=0.15)
     run.claim(resolved, write=rank == 0)
-    start = 0
-    state = run.load_checkpoint()
-    if state is not None:
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        schedule.load_state_dict(state["schedule"])
-        start = int(state["epoch"])
+    start = run.restore({"model": model, "optimizer": optimizer, "schedule": schedule}, counter="epoch")
     wrapped = model
     if world > 1:
         # projectors without a loss term (the baseline, or a λ set to 0) get no gradient: tell DDP

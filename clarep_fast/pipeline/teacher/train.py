@@ -89,13 +89,7 @@ def train_teacher(config: TrainTeacherConfig, run_dir: str | Path, *, progress: 
     schedule = alphas_cumprod().float().to(device)
     null_label = config.teacher.num_classes
 
-    start = 0
-    state = run.load_checkpoint()
-    if state is not None:
-        model.load_state_dict(state["model"])
-        ema.load_state_dict(state["ema"])
-        optimizer.load_state_dict(state["optimizer"])
-        start = int(state["step"])
+    start = run.restore({"model": model, "ema": ema, "optimizer": optimizer}, counter="step")
     _keep_logged_steps(run / "loss.csv", start)  # steps after the checkpoint are trained (and logged) again
     loss_log = open(run / "loss.csv", "a", buffering=1)  # line-buffered: `tail -f` shows progress, a kill keeps every finished line
 

@@ -19,7 +19,7 @@ def tiny_dit(num_classes: int = 10) -> DiTTransformer2DModel:
     torch.manual_seed(0)
     return DiTTransformer2DModel(
         num_attention_heads=2, attention_head_dim=8, in_channels=4, num_layers=3, sample_size=8, patch_size=2,
-        num_embeds_ada_norm=num_classes + 1, norm_num_groups=8,
+        num_embeds_ada_norm=num_classes, norm_num_groups=8,  # K classes; diffusers adds the null row K
     ).eval()  # fmt: skip
 
 

@@ -1,7 +1,9 @@
 """The class-conditional teacher: a diffusers UNet2DModel (or DiTTransformer2DModel) with a null label.
 
-Convention: a model with ``num_class_embeds = K + 1`` (UNet) or ``num_embeds_ada_norm = K + 1``
-(DiT) knows K classes; label K is the null label of classifier-free guidance (CFG):
+Convention: a UNet2DModel with ``num_class_embeds = K + 1`` knows K classes and label K is the
+null label of classifier-free guidance (CFG). A DiTTransformer2DModel with ``num_embeds_ada_norm = K``
+knows K classes too: diffusers gives its label embedding K + 1 rows when it was built with class
+dropout, and its own label dropout uses index K, so K is its null label as well:
 
     eps_w(x, t, c) = eps(x, t, null) + w · (eps(x, t, c) - eps(x, t, null))      (w = 1: conditional)
 """
@@ -47,12 +49,19 @@ def build_teacher(config: TeacherConfig = TeacherConfig()) -> nn.Module:
 
 
 def num_classes_of(model: nn.Module) -> int:
-    """K for a model that embeds K classes plus the null label."""
-    config = model.config
-    embeds = config.get("num_class_embeds") if type(model).__name__ == "UNet2DModel" else config.get("num_embeds_ada_norm")
-    if not embeds or embeds < 2:
-        raise ValueError(f"{type(model).__name__} is not class-conditional with a null label (class embeddings: {embeds})")
-    return int(embeds) - 1
+    """K for a model that embeds K classes plus the null label (label K); see the module docstring."""
+    name = type(model).__name__
+    if name == "UNet2DModel":
+        embeds = model.config.get("num_class_embeds")
+        if not embeds or embeds < 2:
+            raise ValueError(f"UNet2DModel is not class-conditional with a null label (num_class_embeds: {embeds})")
+        return int(embeds) - 1
+    labels = next((module for module in model.modules() if type(module).__name__ == "LabelEmbedding"), None)
+    if labels is None:
+        raise ValueError(f"{name} is not class-conditional (no label embedding)")
+    if labels.embedding_table.num_embeddings != labels.num_classes + 1:
+        raise ValueError(f"{name} embeds {labels.num_classes} classes but no null label (it was built without class dropout), so CFG cannot run")
+    return int(labels.num_classes)
 
 
 def load_teacher(path: str | Path, *, num_classes: int | None = None, resolution: int | None = None, channels: int = 3) -> nn.Module:

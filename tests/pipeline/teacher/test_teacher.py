@@ -106,3 +106,32 @@ def test_bad_time_arguments():
         time_grid(999, -1, 0)
     with pytest.raises(ValueError, match="end .* must be below start"):
         ddim_sample(_tiny(), torch.randn(1, 3, 8, 8), torch.tensor([0]), start=100, end=200)
+
+
+@pytest.mark.parametrize("classes", [1, 10, 1000])
+def test_dit_null_label_is_diffusers_own(classes):
+    """DiT with num_embeds_ada_norm = K knows K classes; diffusers' label dropout maps a dropped label to K
+    (the extra row of its embedding table), which must be the null label CFG uses here."""
+    from diffusers import DiTTransformer2DModel
+
+    dit = DiTTransformer2DModel(num_attention_heads=2, attention_head_dim=8, in_channels=4, num_layers=1, sample_size=8, patch_size=2,
+                                num_embeds_ada_norm=classes, norm_num_groups=8)  # fmt: skip
+    embedding = dit.transformer_blocks[0].norm1.emb.class_embedder
+    dropped = embedding.token_drop(torch.tensor([0, classes - 1]), force_drop_ids=torch.ones(2))
+    assert num_classes_of(dit) == classes and dropped.tolist() == [classes, classes]
+    assert embedding.embedding_table.num_embeddings == classes + 1
+    seen = []
+    dit.transformer_blocks[0].norm1.emb.class_embedder.register_forward_hook(lambda module, args, out: seen.append(args[0].clone()))
+    guided_noise(dit, torch.randn(2, 4, 8, 8), torch.tensor([5, 5]), torch.tensor([0, classes - 1]), guidance=2.0)
+    assert seen[0].tolist() == [0, classes - 1, classes, classes]  # conditional labels, then the null label K for both
+
+
+def test_a_dit_without_a_null_label_is_refused():
+    from diffusers.models.embeddings import LabelEmbedding
+
+    dit = tiny_dit()
+    dit.transformer_blocks[0].norm1.emb.class_embedder = LabelEmbedding(10, 16, dropout_prob=0.0)  # no CFG row
+    for block in dit.transformer_blocks:
+        block.norm1.emb.class_embedder = dit.transformer_blocks[0].norm1.emb.class_embedder
+    with pytest.raises(ValueError, match="no null label"):
+        num_classes_of(dit)

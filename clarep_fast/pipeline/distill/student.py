@@ -26,6 +26,10 @@ class Student(nn.Module):
             raise ValueError(f"unknown timm model {name!r}: {error}") from None
         if not hasattr(self.model, "forward_intermediates"):
             raise ValueError(f"timm model {name!r} has no forward_intermediates; pick a model that has (resnet18, convnext, vit ...)")
+        stages = len(getattr(self.model, "feature_info", []))
+        bad = [layer for layer in layers if isinstance(layer, bool) or not isinstance(layer, int) or (stages and not -stages <= layer < stages)]
+        if bad or not layers:
+            raise ValueError(f"student_layers {list(layers)}: timm model {name!r} has feature stages 0..{stages - 1} (forward_intermediates indices; negative ones count from the end); got {bad or 'none'}")
         self.name, self.layers, self.pool = name, list(layers), pool
         self.register_buffer("mean", torch.tensor([0.5, 0.5, 0.5]).view(1, 3, 1, 1))
         self.register_buffer("std", torch.tensor([0.5, 0.5, 0.5]).view(1, 3, 1, 1))

@@ -125,3 +125,11 @@ def test_bank_with_more_classes_than_the_data_is_refused(tiny_bank):
     bank_dir, _ = tiny_bank
     with pytest.raises(ValueError, match="the data has 5 classes"):
         BankBatches(small_distill(bank_dir), 5, 16, "cpu") if int(load_bank(bank_dir).classes.max()) >= 5 else pytest.fail("bank too small")
+
+
+def test_student_layers_are_checked_against_the_model():
+    with pytest.raises(ValueError, match=r"student_layers \[2, 9\]: timm model 'test_resnet' has feature stages 0..4 .*got \[9\]"):
+        Student("test_resnet", 10, [2, 9])
+    with pytest.raises(ValueError, match="student_layers"):
+        Student("test_resnet", 10, [])
+    assert Student("test_resnet", 10, [-1, 2]).layers == [-1, 2]

@@ -13,6 +13,7 @@ import torch
 
 from benchmarks.common import gpu_quantiles_ms, peak_memory_bytes
 from clarep_fast.ops import OPS
+from clarep_fast.ops.spec import grad_leaves
 
 CASES = [{"op": spec.name, "dtype": "float32"} for spec in OPS]
 QUICK_CASES = CASES
@@ -22,21 +23,13 @@ def case_id(case: dict) -> str:
     return f"{case['op']}-example-{case['dtype']}"
 
 
-def _leaves(value) -> list:
-    if isinstance(value, torch.Tensor):
-        return [value] if value.requires_grad else []
-    if isinstance(value, (list, tuple)):
-        return [leaf for item in value for leaf in _leaves(item)]
-    return []
-
-
 @pytest.mark.parametrize("provider", ["fused", "eager", "compile"])
 def test_op_table(benchmark, case, provider, bench_device):
     torch._dynamo.config.cache_size_limit = 64
     spec = next(spec for spec in OPS if spec.name == case["op"])
     dtype = getattr(torch, case["dtype"])
     args, kwargs = spec.example(torch.device(bench_device), dtype, torch.Generator().manual_seed(0))
-    inputs = _leaves(args)
+    inputs = grad_leaves(args)
     function = {"fused": spec.fused, "eager": spec.reference, "compile": torch.compile(spec.reference, dynamic=False)}[provider]
 
     def step():

@@ -66,8 +66,7 @@ def cka_forward(xs: list[Tensor], ys: list[Tensor], unbiased: bool, backend: str
     n, dtype = xs[0].shape[0], accumulation_dtype(*xs, *ys)
     grams = torch.empty(len(xs), 2, n, n, dtype=dtype, device=xs[0].device)  # (P, 2, n, n) shifted Grams K'
     shifted = torch.tensor([[shifted_gram_into(x, grams[pair, 0]), shifted_gram_into(y, grams[pair, 1])] for pair, (x, y) in enumerate(zip(xs, ys))])
-    scales = _normalize_scale(grams)
-    _zero_if_without_spread(grams, scales, xs, ys)
+    scales = _condition_grams(grams, xs, ys)
     stats, rowsums = KERNELS.on(backend)[0](grams, unbiased, DEGENERATE_RTOL)
     _raise_if_not_finite(stats)
     return stats[:, 0].clone(), stats, rowsums, grams, scales, shifted
@@ -190,31 +189,28 @@ def _validated(xs, ys, unbiased: bool, names: tuple[str, str]) -> tuple[list[Ten
     return flat[names[0]], flat[names[1]]
 
 
-def _zero_if_without_spread(grams: Tensor, scales: Tensor, xs: list[Tensor], ys: list[Tensor]) -> None:
-    """Zero the shifted Gram of every input whose spread the accumulation cannot resolve (the
-    degenerate rule of clarep_fast/reference/cka.py), so that every backend returns CKA = 0 with a
-    zero gradient for it. With K' = x'x'ᵀ (x' = x - 1 x[0]ᵀ): ‖x - 1 meanᵀ‖² = tr K' - 1ᵀK'1/n and
-    ‖x‖² is of the order of tr K' + n‖x[0]‖² (all taken on the scaled Grams, s K', and s‖x[0]‖²: no
-    overflow). No host sync: a multiply by the mask."""
+def _condition_grams(grams: Tensor, xs: list[Tensor], ys: list[Tensor]) -> Tensor:
+    """One pass over the (P, 2, n, n) shifted Grams before the n×n kernels; returns the scales s (P, 2).
+
+    1. Scale each Gram by a power of two s that brings its trace into [1, 2): CKA does not change,
+       and the kernels' sums of squared entries neither underflow (features of size 1e-12 give Gram
+       entries near 1e-23 and squares below fp32's smallest number) nor overflow. (Features below
+       ~1e-19 in fp32 make the Gram itself subnormal: approximate, not zero.) The backward needs s.
+    2. Zero the Gram of every input whose spread the accumulation cannot resolve (the degenerate
+       rule of clarep_fast/reference/cka.py), so that every backend returns CKA = 0 with a zero
+       gradient for it. With K' = x'x'ᵀ (x' = x - 1 x[0]ᵀ): ‖x - 1 meanᵀ‖² = tr K' - 1ᵀK'1/n, and
+       ‖x‖² is of the order of tr K' + n‖x[0]‖²; these sums are taken in fp64 (no overflow).
+    Both are one multiply by s·mask; no host sync. A NaN (an overflowed Gram) stays, to be reported.
+    """
     n = grams.shape[-1]
-    first = torch.stack([torch.stack([x[0].double().square().sum(), y[0].double().square().sum()]) for x, y in zip(xs, ys)]) * scales.double()  # (P, 2), fp64: no overflow
-    trace = grams.diagonal(dim1=-2, dim2=-1).sum(-1)  # (P, 2)
-    spread = trace - grams.sum((-2, -1)) / n
-    resolved = ~(spread.double() <= SPREAD_RTOL[grams.dtype] * (trace.double() + n * first))  # NaN (an overflow) stays in, to be reported
-    grams.mul_(resolved[..., None, None])
-
-
-def _normalize_scale(grams: Tensor) -> Tensor:
-    """Scale each Gram in place by a power of two s that brings its trace into [1, 2): CKA does not
-    change, and the n×n kernels' sums of squared entries neither underflow (features of size 1e-12
-    give Gram entries near 1e-23 and squares below fp32's smallest number) nor overflow. (Features
-    below ~1e-19 in fp32 make the Gram itself subnormal: approximate, not zero.) Returns s (P, 2)
-    for the backward. No host sync."""
-    trace = grams.diagonal(dim1=-2, dim2=-1).sum(-1)  # (P, 2)
+    first = torch.stack([torch.stack([x[0].double().square().sum(), y[0].double().square().sum()]) for x, y in zip(xs, ys)])  # (P, 2)
+    trace = grams.diagonal(dim1=-2, dim2=-1).sum(-1, dtype=torch.float64)  # (P, 2)
+    spread = trace - grams.sum((-2, -1), dtype=torch.float64) / n
+    resolved = ~(spread <= SPREAD_RTOL[grams.dtype] * (trace + n * first))
     usable = torch.isfinite(trace) & (trace > 0)
     exponent = -torch.floor(torch.log2(torch.where(usable, trace, torch.ones_like(trace)))).clamp(-126, 126)  # s stays a finite fp32 number
-    scales = torch.where(usable, torch.exp2(exponent), torch.ones_like(trace))
-    grams.mul_(scales[..., None, None])
+    scales = torch.where(usable, torch.exp2(exponent), torch.ones_like(trace)).to(grams.dtype)
+    grams.mul_((scales * resolved)[..., None, None])
     return scales
 
 

@@ -52,11 +52,12 @@ def _map_tensors(value, fn):
     return value
 
 
-def _leaves(value) -> list[Tensor]:
+def grad_leaves(value) -> list[Tensor]:
+    """The tensors that require grad in a (nested list/tuple of) call argument(s), in order."""
     if isinstance(value, Tensor):
         return [value] if value.requires_grad else []
     if isinstance(value, (list, tuple)):
-        return [leaf for item in value for leaf in _leaves(item)]
+        return [leaf for item in value for leaf in grad_leaves(item)]
     return []
 
 
@@ -73,12 +74,12 @@ def check_against_reference(spec: OpSpec, backend: str, device="cpu", dtype: tor
     with use_backend(backend):
         out = spec.fused(*args, **kwargs)
     weights = torch.randn(out.shape, generator=generator, dtype=torch.float64).to(out.device)
-    inputs = _leaves(args)
+    inputs = grad_leaves(args)
     grads = torch.autograd.grad((out.double() * weights).sum(), inputs) if inputs else ()
 
     args64 = _map_tensors(args, lambda t: t.detach().double().requires_grad_(t.requires_grad) if t.is_floating_point() else t)
     expected = spec.reference(*args64, **kwargs)
-    inputs64 = _leaves(args64)
+    inputs64 = grad_leaves(args64)
     expected_grads = torch.autograd.grad((expected.double() * weights).sum(), inputs64) if inputs64 else ()
 
     value_error = _relative(out, expected, 1.0)

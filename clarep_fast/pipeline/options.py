@@ -166,17 +166,10 @@ def config_from_args(config_class, args: argparse.Namespace, **overrides):
     values = {}
     for path, flag, spec, kind in _flags(config_class):
         value = getattr(args, "option:" + flag)
-        if typing.get_origin(_strip_optional(kind)) is tuple and value is not None:
+        if _value_type(kind)[1] == "+" and value is not None:
             value = tuple(value)
         values[path] = value
     return _build(config_class, values, "", overrides)
-
-
-def _strip_optional(kind):
-    if typing.get_origin(kind) in (typing.Union, types.UnionType):
-        (inner,) = [arg for arg in typing.get_args(kind) if arg is not type(None)]
-        return inner
-    return kind
 
 
 def _build(config_class, values: dict, prefix: str, overrides: dict):

@@ -33,8 +33,8 @@ from benchmarks.common import device_name, git_sha, timed, versions  # noqa: E40
 from benchmarks.park_loop import park_power_loop  # noqa: E402
 from clarep_fast.pipeline.clarid.jacobian import principal_angle, topk_right_singular  # noqa: E402
 from clarep_fast.pipeline.clarid.search import SearchConfig, split_steps  # noqa: E402
-from clarep_fast.pipeline.teacher.ddim import NUM_TRAIN_TIMESTEPS, ddim_move, time_grid  # noqa: E402
-from clarep_fast.pipeline.teacher.model import load_default_teacher  # noqa: E402
+from clarep_fast.pipeline.teacher.ddim import ddim_move, time_grid  # noqa: E402
+from clarep_fast.pipeline.teacher.load import load_teacher  # noqa: E402
 from clarep_fast.taps import FeatureTap  # noqa: E402
 
 ACCURACY = 0.01  # radians
@@ -43,12 +43,13 @@ ACCURACY = 0.01  # radians
 def search_problem(config: SearchConfig, images: int, device: str, generator: torch.Generator):
     """The search's Jacobian problem on the default teacher: (features(z, t, c) -> (B, D), latents
     x_{t_e} from the generative route, their times, their classes (image i has class i mod 10))."""
-    teacher = load_default_teacher().to(device).requires_grad_(False)
+    teacher = load_teacher("default").to(device).requires_grad_(False)
+    last = teacher.schedule.num_train_timesteps - 1
     labels = (torch.arange(images) % 10).to(device)
     noise = torch.randn(images, 3, 16, 16, generator=generator).to(device)
-    start = ddim_move(teacher, noise, labels, time_grid(NUM_TRAIN_TIMESTEPS - 1, config.t_e, split_steps(config)[0]), config.guidance, clip=True)
+    start = ddim_move(teacher, noise, labels, time_grid(last, config.t_e, split_steps(config, last + 1)[0], last + 1), config.guidance, clip=True)
     times = torch.full((images,), config.t_e, device=device)
-    tap = FeatureTap(teacher, [config.layer], pool=config.pool, fused=False)
+    tap = FeatureTap(teacher.denoiser, [config.layer], pool=config.pool, fused=False)
 
     def features(z, t, c):
         return tap(z, t, c).packed

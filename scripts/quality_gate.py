@@ -16,9 +16,8 @@ from torchvision.utils import save_image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from clarep_fast.pipeline.data.default import DataConfig  # noqa: E402
 from clarep_fast.pipeline.teacher.quality import class_consistency, train_judge  # noqa: E402
-from clarep_fast.pipeline.teacher.model import load_teacher, num_classes_of  # noqa: E402
+from clarep_fast.pipeline.teacher.load import load_teacher  # noqa: E402
 
 GATE = 0.90
 
@@ -32,11 +31,9 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=None, help="default: the teacher folder's parent")
     args = parser.parse_args()
     teacher = load_teacher(args.teacher)
-    resolution = teacher.config.sample_size
-    classes = num_classes_of(teacher)
-    judge, judge_accuracy = train_judge(DataConfig(resolution=resolution))
-    score, per_class, samples = class_consistency(teacher, judge, num_classes=classes, resolution=resolution,
-                                                  per_class=args.per_class, guidance=args.guidance, steps=args.steps)  # fmt: skip
+    classes = teacher.num_classes
+    judge, judge_accuracy = train_judge(teacher.resolution)
+    score, per_class, samples = class_consistency(teacher, judge, per_class=args.per_class, guidance=args.guidance, steps=args.steps)
     out = args.out or args.teacher.parent
     out.mkdir(parents=True, exist_ok=True)
     grid = samples.view(classes, args.per_class, *samples.shape[1:])[:, :10].reshape(-1, *samples.shape[1:])

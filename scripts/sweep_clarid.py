@@ -20,7 +20,6 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from clarep_fast.pipeline.clarid import SearchConfig, load_bank, run_search  # noqa: E402
-from clarep_fast.pipeline.data.default import DataConfig  # noqa: E402
 from clarep_fast.pipeline.teacher.quality import train_judge  # noqa: E402
 
 SETTINGS = [(600, 24, True), (600, 8, True), (600, 48, True), (600, 96, True), (500, 24, True), (500, 48, True), (700, 24, True), (600, 48, False)]
@@ -31,7 +30,7 @@ def main() -> int:
     parser.add_argument("--count", type=int, default=60)
     parser.add_argument("--out", type=Path, default=Path("docs/clarid"))
     args = parser.parse_args()
-    judge, judge_accuracy = train_judge(DataConfig())
+    judge, judge_accuracy = train_judge()
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for t_e, k, rescale in SETTINGS:

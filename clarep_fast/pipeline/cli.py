@@ -4,12 +4,12 @@
     clarep-fast backends                 which backends are usable here, and why not
     clarep-fast selfcheck [--quick]      every usable backend of every op in the op table against the
                                          reference (forward and backward), then fused vs eager CKA time
-    clarep-fast train-teacher RUN_DIR    train (or resume) the class-conditional diffusion teacher on
-                                         the default dataset; RUN_DIR/teacher is the result
+    clarep-fast train-teacher RUN_DIR    train (or resume) a class-conditional pixel diffusion teacher
+                                         on a dataset (--data); RUN_DIR/teacher is the result
     clarep-fast search BANK_DIR          CLARep search (CLARID) into a bank; resumes; torchrun splits it
     clarep-fast distill RUN_DIR          CaDistill (or --baseline) student training; resumes; torchrun: DDP
     clarep-fast evaluate STUDENT.pt      clean, adversarial and background-shift accuracy
-    clarep-fast demo RUN_DIR             the whole pipeline on the embedded default, with report.md
+    clarep-fast demo RUN_DIR             the whole pipeline (default: the embedded teacher and data), with report.md
 
 Errors print one line and exit with 2 (bad input: a flag out of range, a missing or damaged file, a
 folder held by another run) or 1 (the system: out of space, ...); ``--debug`` shows the traceback.
@@ -114,17 +114,29 @@ def _distill(args) -> int:
 
 
 def _evaluate(args) -> int:
-    from clarep_fast.pipeline.data.default import DataConfig
+    import dataclasses
+
+    from clarep_fast.pipeline.data.source import dataset_classes
     from clarep_fast.pipeline.distill.train import load_student
+    from clarep_fast.pipeline.evaluate.corruptions import CORRUPTIONS
     from clarep_fast.pipeline.evaluate.robustness import EvaluateConfig, evaluate_student, markdown_table
     from clarep_fast.pipeline.files import write_json, write_text
 
+    config = config_from_args(EvaluateConfig, args)
     student = load_student(args.student)
-    results = evaluate_student(student, DataConfig(resolution=student.resolution), config_from_args(EvaluateConfig, args))
+    data = student.data if args.data is None else dataclasses.replace(student.data, dataset=args.data)
+    data = dataclasses.replace(data, workers=args.workers)
+    if dataset_classes(data) != student.classes:
+        raise ValueError(f"--data {data.dataset} has classes {dataset_classes(data)[:5]}... but the student was trained on {student.classes[:5]}...")
+    results = evaluate_student(student, data, config, resolution=student.resolution)
     out = Path(args.out) if args.out else Path(args.student).with_name("evaluation.json")
     write_json(out, results)
-    table = markdown_table({Path(args.student).parent.name: results})
-    write_text(out.with_suffix(".md"), "Accuracy (%)\n\n" + table + "\n")
+    name = Path(args.student).parent.name
+    table = markdown_table({name: results})
+    text = f"Accuracy (%) on the test split of --data {data.dataset}\n\n{table}\n"
+    if config.corruption_samples:
+        text += "\nPer corruption (mean over severities 1-5)\n\n" + markdown_table({name: results}, [f"corruption/{c}" for c in CORRUPTIONS]) + "\n"
+    write_text(out.with_suffix(".md"), text)
     print(table)
     print(f"written to {out} and {out.with_suffix('.md')}")
     return 0
@@ -134,8 +146,13 @@ def _demo(args) -> int:
     from clarep_fast.pipeline.demo import DemoConfig, run_demo
     from clarep_fast.pipeline.distill.train import DistillConfig
 
+    import dataclasses
+
+    from clarep_fast.pipeline.clarid.search import SearchConfig
+
     demo = config_from_args(DemoConfig, args)
-    report = run_demo(args.run_dir, seeds=demo.seeds, distill=DistillConfig(epochs=demo.epochs))
+    search = dataclasses.replace(SearchConfig(), teacher=demo.teacher, data=demo.data)
+    report = run_demo(args.run_dir, seeds=demo.seeds, search=search, distill=DistillConfig(epochs=demo.epochs, student=demo.student))
     print(report.read_text())
     print(f"report: {report}")
     return 0
@@ -166,7 +183,7 @@ COMMANDS = {
     "backends": Command("list backends and why any is unavailable", _backends),
     "selfcheck": Command("check every backend of every op against the reference and time fused vs eager", _selfcheck,
                          extra=(("--quick", {"action": "store_true", "help": "smaller timing problem"}),)),
-    "train-teacher": Command("train or resume the diffusion teacher on the default dataset", _train_teacher,
+    "train-teacher": Command("train or resume a pixel diffusion teacher (UNet2DModel) on a dataset", _train_teacher,
                              (("run_dir", "run folder: config.json, loss.csv, checkpoint.pt, samples_*.png, teacher/"),),
                              _config_class("clarep_fast.pipeline.teacher.train", "TrainTeacherConfig")),
     "search": Command("CLARep search into a bank (resumable; torchrun splits it)", _search,
@@ -178,7 +195,9 @@ COMMANDS = {
     "evaluate": Command("clean, adversarial and background-shift accuracy of a student", _evaluate,
                         (("student", "student.pt from clarep-fast distill"),),
                         _config_class("clarep_fast.pipeline.evaluate.robustness", "EvaluateConfig"),
-                        (("--out", {"default": None, "help": "JSON file (default: evaluation.json beside the student)"}),)),
+                        (("--out", {"default": None, "help": "JSON file (default: evaluation.json beside the student)"}),
+                         ("--data", {"default": None, "help": "dataset whose test split is used (default: the one the student was trained on)"}),
+                         ("--workers", {"default": 0, "type": int, "help": "DataLoader workers decoding folder images"}))),
     "demo": Command("embedded teacher -> bank -> baseline + CaDistill students -> evaluation -> report.md", _demo,
                     (("run_dir", "demo folder: bank/, one folder per student, evaluation.json, report.md"),),
                     _config_class("clarep_fast.pipeline.demo", "DemoConfig")),

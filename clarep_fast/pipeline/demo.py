@@ -1,6 +1,8 @@
-"""The one-command demo: embedded teacher → CLARep bank → baseline and CaDistill students → evaluation → report.
+"""The one-command demo: teacher → CLARep bank → baseline and CaDistill students → evaluation → report.
 
-    clarep-fast demo RUN_DIR [--seeds N]
+    clarep-fast demo RUN_DIR [--seeds N] [--teacher FOLDER --data SPEC]
+
+The embedded teacher and the default dataset unless --teacher and --data say otherwise.
 
 RUN_DIR/bank (the CLARep search, 10% of the training set), RUN_DIR/baseline-s<seed> and
 RUN_DIR/cadistill-s<seed> (the same student, schedule and seed; cross-entropy only vs CaDistill),
@@ -19,8 +21,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from clarep_fast.pipeline.clarid.search import SearchConfig, run_search
+from clarep_fast.pipeline.data.source import DataConfig
 from clarep_fast.pipeline.distill.train import DistillConfig, load_student, train_student
-from clarep_fast.pipeline.evaluate.robustness import EvaluateConfig, evaluate_student
+from clarep_fast.pipeline.evaluate.corruptions import CORRUPTIONS
+from clarep_fast.pipeline.evaluate.robustness import EvaluateConfig, evaluate_student, headline
 from clarep_fast.pipeline.files import atomic_write, read_json, save_figure, write_text
 from clarep_fast.pipeline.options import check_ranges, option
 from clarep_fast.pipeline.rundir import RunDir, as_json
@@ -30,6 +34,9 @@ from clarep_fast.pipeline.rundir import RunDir, as_json
 class DemoConfig:
     seeds: int = option(1, "train the students with seeds 0..N-1 (mean ± std over seeds)", low=1)
     epochs: int = option(DistillConfig().epochs, "student training epochs", low=1)
+    student: str = option(DistillConfig().student, "timm model name of the students")
+    teacher: str = option("default", "'default' (the embedded teacher), a diffusers model folder or a pipeline folder")
+    data: DataConfig = option(default_factory=DataConfig)
 
     def __post_init__(self):
         check_ranges(self)
@@ -50,9 +57,9 @@ def _loss_curves(runs: dict[str, Path], path: Path) -> None:
         if not name.startswith("baseline"):
             for term in ("align", "cano", "dist"):
                 left.plot(epochs, [r[term] for r in history], style, label=f"{name}: {term}")
-        right.plot(epochs, [100 * r["test_accuracy"] for r in history], style, label=name)
+        right.plot(epochs, [100 * r["val_accuracy"] for r in history], style, label=name)
     left.set_xlabel("epoch"), left.set_ylabel("loss (epoch mean)"), left.legend(fontsize=7)
-    right.set_xlabel("epoch"), right.set_ylabel("clean test accuracy (%)"), right.legend(fontsize=7)
+    right.set_xlabel("epoch"), right.set_ylabel("validation accuracy (%)"), right.legend(fontsize=7)
     save_figure(path, figure)
 
 
@@ -86,7 +93,8 @@ def run_demo(run_dir: str | Path, *, seeds: int = 1, search: SearchConfig | None
             runs[name] = run_dir / name
             stage = time.perf_counter()
             if name not in cached:
-                cached[name] = evaluate_student(load_student(student_file), search.data, evaluate)
+                student = load_student(student_file)
+                cached[name] = evaluate_student(student, search.data, evaluate, resolution=student.resolution)
                 run.write_json("evaluation.json", cached)
             results[name] = cached[name]
             timings[f"evaluate {name}"] = time.perf_counter() - stage
@@ -104,7 +112,7 @@ def _number(value) -> str:
 
 
 def _write_report(run_dir, results, bank_summary, timings, search, distill, evaluate, seeds) -> None:
-    measures = list(next(iter(results.values())))
+    measures = headline(next(iter(results.values())))
     groups = {"baseline (CE only)": [r for n, r in results.items() if n.startswith("baseline")],
               "CaDistill": [r for n, r in results.items() if n.startswith("cadistill")]}  # fmt: skip
     lines = ["| student | " + " | ".join(measures) + " |", "|---|" + "---|" * len(measures)]
@@ -114,10 +122,22 @@ def _write_report(run_dir, results, bank_summary, timings, search, distill, eval
     spread = bank_summary["background_spread"]
     delta = {m: statistics.mean(r[m] for r in groups["CaDistill"]) - statistics.mean(r[m] for r in groups["baseline (CE only)"]) for m in measures}
     verdict = ", ".join(f"{m} {100 * d:+.1f} points" for m, d in delta.items())
+    teacher = "Embedded teacher (`clarep_fast/pipeline/assets/teacher`)" if search.teacher == "default" else f"Teacher `{search.teacher}`"
+    if search.data.kind == "default":
+        data = f"the default background dataset (MNIST digits on class-correlated backgrounds, rho = {search.data.rho})"
+    else:
+        data = f"`--data {search.data.dataset}`"
+    corruption_lines = ""
+    if evaluate.corruption_samples:
+        columns = [f"corruption/{c}" for c in CORRUPTIONS]
+        corruption_lines = "\n".join(
+            ["| student | " + " | ".join(c.removeprefix("corruption/") for c in columns) + " |", "|---|" + "---|" * len(columns)]
+            + [f"| {name} | " + " | ".join(_mean_std([r[c] for r in group]) for c in columns) + " |" for name, group in groups.items()]
+        )
+        corruption_lines = f"\n\nPer corruption (accuracy, %, mean over severities 1–5, {evaluate.corruption_samples} test images):\n\n" + corruption_lines
     text = f"""# clarep_fast demo report
 
-Embedded teacher (`clarep_fast/pipeline/assets/teacher`) on the default background dataset (16×16 MNIST
-digits on class-correlated backgrounds, rho = {search.data.rho}). {bank_summary['count']} CLAReps (t_e = {search.t_e},
+{teacher} on {data}. {bank_summary['count']} CLAReps (t_e = {search.t_e},
 k = {search.k}, layer {search.layer}), student `{distill.student}` ({distill.epochs} epochs, batch {distill.batch_size}),
 λ_align = {distill.lambda_align}, λ_cano = {distill.lambda_cano}, λ_dist = {distill.lambda_dist}; {seeds} seed(s){' (mean ± std)' if seeds > 1 else ''}.
 
@@ -128,7 +148,9 @@ k = {search.k}, layer {search.layer}), student `{distill.student}` ({distill.epo
 Columns: clean test accuracy; clean accuracy with the background removed (only_foreground), drawn
 at random (mixed_random) and swapped to another class's color (swapped); robust accuracy under
 PGD-{evaluate.pgd_steps} and APGD-CE (L∞ ε = {evaluate.epsilon * 255:.0f}/255) and CW-L2 (c = 1, {evaluate.cw_steps} steps) on
-{evaluate.attack_samples} test images. CaDistill minus baseline: {verdict}.
+{evaluate.attack_samples} test images; corruption_mean: mean accuracy over 15 common corruptions × severities 1–5.
+All on the test split; each student is the last epoch's (validation accuracy is logged, nothing is picked).
+CaDistill minus baseline: {verdict}.{corruption_lines}
 
 ## The CLARep bank
 

@@ -26,7 +26,7 @@ from typing import Callable
 import torch
 
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 
 
 class DamagedFileError(ValueError):

@@ -140,10 +140,13 @@ def _parser_type(element, bounds: Range | None):
 
 
 def check_ranges(config) -> None:
-    """Raise ValueError naming the first field of ``config`` outside its declared range."""
+    """Raise ValueError naming the first field of ``config`` outside its declared range or choices."""
     for spec in dataclasses.fields(config):
         bounds = spec.metadata.get(RANGE)
         value = getattr(config, spec.name)
+        choices = spec.metadata.get(CHOICES)
+        if choices is not None and value not in choices:
+            raise ValueError(f"{spec.name} must be one of {tuple(choices)}, got {value!r}")
         if bounds is None or value is None:
             continue
         for item in value if isinstance(value, (tuple, list)) else (value,):

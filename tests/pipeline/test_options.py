@@ -9,7 +9,7 @@ import pytest
 
 from clarep_fast.pipeline.cli import COMMANDS, build_parser
 from clarep_fast.pipeline.clarid.search import SearchConfig
-from clarep_fast.pipeline.data.default import DataConfig
+from clarep_fast.pipeline.data import DataConfig
 from clarep_fast.pipeline.distill.train import DistillConfig
 from clarep_fast.pipeline.options import add_options, config_from_args, option
 from clarep_fast.pipeline.teacher.train import TrainTeacherConfig

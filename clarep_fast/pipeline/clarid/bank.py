@@ -4,10 +4,12 @@
     bank/shards/shard_00000.safetensors ...
         index             (n,)  global item numbers (the plan's order)
         classes           (n,)  class of each CLARep
-        latents           (n, C, R, R)  the CLAReps: x~ = (I - V Vᵀ) x_{t_e} (rescaled if configured)
-        start_latents     (n, C, R, R)  x_{t_e} before projection
-        samples           (n, C, R, R)  canonical samples: DDIM with CFG from x~ at t_e to 0, in [-1, 1]
-        ordinary_samples  (n, C, R, R)  the same from x_{t_e} (no projection), for comparison
+        latents           (n, C, r, r)  the CLAReps: x~ = (I - V Vᵀ) x_{t_e} (rescaled if configured); VAE
+                                        latents for a latent teacher, images' noisy versions for a pixel one
+        start_latents     (n, C, r, r)  x_{t_e} before projection
+        samples           (n, 3, R, R)  canonical samples: DDIM with CFG from x~ at t_e to 0 (decoded by the
+                                        VAE for a latent teacher), images in [0, 1] at the data resolution
+        ordinary_samples  (n, 3, R, R)  the same from x_{t_e} (no projection), for comparison
         singular_values   (n, k)        top-k singular values of the feature Jacobian
         iterations        (n,)          subspace iterations each image ran
         features.<layer>  (n, C_l·s²)   the teacher's canonical features of the CLARep, f_l(x~, t_e, c)

@@ -18,6 +18,7 @@ from clarep_fast.pipeline.clarid.clustering import background_spread, feature_nm
 from clarep_fast.pipeline.files import save_figure
 
 PER_CLASS = 6
+MAX_CLASSES = 12  # rows of canonical.png: the first classes of a large label set
 
 
 def class_picture(samples: torch.Tensor, ordinary: torch.Tensor, classes: torch.Tensor, path: Path) -> None:
@@ -27,7 +28,7 @@ def class_picture(samples: torch.Tensor, ordinary: torch.Tensor, classes: torch.
     import matplotlib.pyplot as plt
     from torchvision.utils import make_grid
 
-    labels = classes.unique().tolist()
+    labels = classes.unique().tolist()[:MAX_CLASSES]
     rows = []
     for label in labels:
         members = (classes == label).nonzero().flatten()[:PER_CLASS]
@@ -35,7 +36,7 @@ def class_picture(samples: torch.Tensor, ordinary: torch.Tensor, classes: torch.
         left = torch.cat([ordinary[members], torch.ones(pad, *ordinary.shape[1:])])
         right = torch.cat([samples[members], torch.ones(pad, *samples.shape[1:])])
         rows.append(torch.cat([left, torch.ones(1, *samples.shape[1:]), right]))  # a white gap between halves
-    grid = make_grid((torch.cat(rows).clamp(-1, 1) + 1) / 2, nrow=2 * PER_CLASS + 1, padding=1, pad_value=1.0)
+    grid = make_grid(torch.cat(rows).clamp(0, 1), nrow=2 * PER_CLASS + 1, padding=1, pad_value=1.0)
     figure, axis = plt.subplots(figsize=(8, 0.65 * len(labels) + 0.6))
     axis.imshow(grid.permute(1, 2, 0).numpy(), interpolation="nearest")
     axis.set_xticks([grid.shape[2] * 0.25, grid.shape[2] * 0.75], ["ordinary CFG samples", "canonical samples (CLAReps)"])

@@ -7,8 +7,14 @@ For every planned item (a class c, and for the inversion route a real training i
      feature at ``layer`` pooled to pool×pool (randomized subspace iteration, clarid/jacobian.py;
      the tap stops after ``layer``);
   3. the CLARep x~ = (I - V_k V_kᵀ) x_{t_e}, rescaled to the old norm if ``rescale`` (fused project_out);
-  4. its canonical sample: DDIM with CFG from x~ at t_e to 0; the ordinary sample from x_{t_e} alike;
+  4. its canonical sample: DDIM with CFG from x~ at t_e to 0, decoded by the VAE for a latent
+     teacher (the bank holds images in [0, 1] at the data resolution); the ordinary sample from x_{t_e} alike;
   5. canonical features: the teacher's features at ``feature_layers`` of (x~, t_e, c), computed once.
+For a latent teacher x_{t_e} is a VAE latent, the Jacobian is taken w.r.t. it, and the inversion
+route encodes the real image first. The teacher's network may run in bfloat16/float16 (--dtype);
+the DDIM updates, the projection and the subspace iteration's QR and Rayleigh–Ritz stay in
+float32/float64 (clarid/jacobian.py). A Jacobian batch that runs out of GPU memory is halved and
+retried (from the same random state) instead of failing.
 The plan (which classes, which images, which noise) depends only on the config, and each shard's
 randomness only on (seed, shard number): a resumed run, or one split over torchrun ranks (shard s
 goes to rank s mod world size), writes the same bank as one uninterrupted run.
@@ -17,36 +23,37 @@ goes to rank s mod world size), writes the same bank as one uninterrupted run.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 from tqdm import tqdm
 
 from clarep_fast.pipeline.clarid.bank import read_shard, shard_path, write_shard
 from clarep_fast.pipeline.clarid.jacobian import MODES, topk_right_singular
-from clarep_fast.pipeline.data.default import DataConfig, default_splits
+from clarep_fast.pipeline.data.source import DataConfig, load_splits, resolve
 from clarep_fast.pipeline.distributed import barrier, default_device, rank_and_world
 from clarep_fast.pipeline.files import FORMAT_VERSION
 from clarep_fast.pipeline.options import check_ranges, option
 from clarep_fast.pipeline.rundir import RunDir, as_json
-from clarep_fast.pipeline.teacher.ddim import NUM_TRAIN_TIMESTEPS, ddim_invert, ddim_move, time_grid
-from clarep_fast.pipeline.teacher.model import DEFAULT_TEACHER, load_teacher, num_classes_of
+from clarep_fast.pipeline.teacher.ddim import ddim_invert, ddim_move, time_grid
+from clarep_fast.pipeline.teacher.load import check_fits, load_teacher, teacher_fingerprint
+from clarep_fast.pipeline.teacher.model import Teacher
 from clarep_fast.ops.project_out import project_out
 from clarep_fast.taps import FeatureTap
 
 ROUTES = ("generative", "inversion")
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 @dataclass(frozen=True)
 class SearchConfig:
-    teacher: str = option("default", "'default' (the embedded teacher) or a diffusers model folder")
+    teacher: str = option("default", "'default' (the embedded teacher), a diffusers model folder or a pipeline folder (model_index.json)")
     route: str = option("generative", "where x_{t_e} comes from: CFG sampling from noise, or DDIM inversion of real images", choices=ROUTES)
-    t_e: int = option(600, "time of the projection, in [1, 998]", flag="--t-e")
+    t_e: int = option(600, "time of the projection, in [1, T-2] of the teacher's schedule", flag="--t-e")
     k: int = option(96, "directions projected out (docs/runs/clarid/sweep.md: the background spread falls with k, digits stay)", flag="-k", low=1)
     layer: str = option("mid_block", "teacher feature whose Jacobian is searched")
     pool: int = option(2, "that feature pooled to pool×pool", low=1)
@@ -62,7 +69,8 @@ class SearchConfig:
     tol: float = option(3e-3, "stop when successive top-k subspaces are this close (radians)", low=0, low_open=True)
     max_iters: int = option(50, "subspace iterations at most", low=1)
     shard_size: int = option(40, "CLAReps per bank shard (the unit of resume and of torchrun's split)", low=1)
-    jacobian_batch: int = option(20, "images per batched Jacobian call", low=1)
+    jacobian_batch: int = option(20, "images per batched Jacobian call (halved on a GPU out-of-memory error)", low=1)
+    dtype: str = option("float32", "the teacher network's precision (bfloat16/float16: for GPUs)", choices=tuple(DTYPES))
     seed: int = option(0, "seed of the plan and of every shard's noise")
     data: DataConfig = option(default_factory=DataConfig)
 
@@ -70,9 +78,9 @@ class SearchConfig:
         check_ranges(self)
 
 
-def split_steps(config: SearchConfig) -> tuple[int, int]:
+def split_steps(config: SearchConfig, num_train_timesteps: int = 1000) -> tuple[int, int]:
     """DDIM steps before t_e (T -> t_e) and after it (t_e -> 0), proportional to the time covered."""
-    before = max(1, round(config.steps * (NUM_TRAIN_TIMESTEPS - 1 - config.t_e) / NUM_TRAIN_TIMESTEPS))
+    before = max(1, round(config.steps * (num_train_timesteps - 1 - config.t_e) / num_train_timesteps))
     return before, max(1, config.steps - before)
 
 
@@ -98,52 +106,27 @@ def plan(config: SearchConfig, train_labels: Tensor) -> tuple[Tensor, Tensor]:
     return torch.cat(classes)[order], torch.cat(sources)[order]
 
 
-def load_search_teacher(config: SearchConfig) -> tuple[nn.Module, Path]:
-    path = DEFAULT_TEACHER if config.teacher == "default" else Path(config.teacher)
-    return load_teacher(path, resolution=config.data.resolution), path
-
-
-def teacher_fingerprint(path: Path) -> str:
-    """sha256 over the teacher's config.json and weight files: a copy with another activation or
-    other weights is another teacher, and a bank never mixes shards of two."""
-    digest = hashlib.sha256()
-    for file in sorted([path / "config.json", *path.glob("*.safetensors"), *path.glob("*.bin")]):
-        if file.exists():
-            digest.update(file.name.encode() + b"\0" + file.read_bytes())
-    return digest.hexdigest()
-
-
-def validate(config: SearchConfig, teacher: nn.Module) -> tuple[FeatureTap, FeatureTap]:
+def validate(config: SearchConfig, teacher: Teacher) -> tuple[FeatureTap, FeatureTap]:
     """Clear errors for hyper-parameters the teacher or the schedule cannot take; the two taps
     (search layer, cached feature layers), built once per run: a tap on a nested module registers
     a forward hook, so building one per shard would pile hooks up."""
-    if config.route not in ROUTES:
-        raise ValueError(f"route must be one of {ROUTES}, got {config.route!r}")
-    if not 1 <= config.t_e <= NUM_TRAIN_TIMESTEPS - 2:
-        raise ValueError(f"t_e must be inside the schedule, in [1, {NUM_TRAIN_TIMESTEPS - 2}], got {config.t_e}")
-    channels, size = teacher.config.in_channels, teacher.config.sample_size
+    last = teacher.schedule.num_train_timesteps - 1
+    if not 1 <= config.t_e <= last - 1:
+        raise ValueError(f"t_e must be inside the teacher's schedule, in [1, {last - 1}], got {config.t_e}")
+    channels, size, _ = teacher.latent_shape
     latent = channels * size * size
     if not 1 <= config.k < latent:
-        raise ValueError(f"k must be in [1, {latent}) (the latent has {channels}×{size}×{size} = {latent} entries), got {config.k}")
-    if config.mode not in MODES:
-        raise ValueError(f"mode must be one of {MODES}, got {config.mode!r}")
-    if config.steps < 2:
-        raise ValueError(f"steps must be >= 2 (some before t_e, some after), got {config.steps}")
-    if config.count is not None and config.count < 1:
-        raise ValueError(f"count must be >= 1, got {config.count}")
-    if not 0 < config.fraction <= 1:
-        raise ValueError(f"fraction must be in (0, 1], got {config.fraction}")
-    if config.shard_size < 1 or config.jacobian_batch < 1:
-        raise ValueError("shard_size and jacobian_batch must be >= 1")
+        what = "VAE latent" if teacher.is_latent else "latent"
+        raise ValueError(f"k must be in [1, {latent}) (the {what} has {channels}×{size}×{size} = {latent} entries), got {config.k}")
     taps = []
     # the search tap runs under torch.func.jvp: it pools with the reference (custom ops have no forward-mode AD)
     for name, layers, pool, fused in (("layer", [config.layer], config.pool, False), ("feature_layers", list(config.feature_layers), config.feature_pool, True)):
         try:
-            taps.append(FeatureTap(teacher, layers, pool=pool, fused=fused))
+            taps.append(FeatureTap(teacher.denoiser, layers, pool=pool, fused=fused))
         except ValueError as error:
             raise ValueError(f"{name}: {error}") from None
-    device = next(teacher.parameters()).device
-    probe = (torch.zeros(1, channels, size, size, device=device), torch.tensor([config.t_e], device=device), torch.zeros(1, dtype=torch.long, device=device))
+    device = teacher.device
+    probe = (torch.zeros(1, channels, size, size, device=device, dtype=teacher.dtype), torch.tensor([config.t_e], device=device), torch.zeros(1, dtype=torch.long, device=device))
     for name, tap in zip(("pool", "feature_pool"), taps):  # one tiny forward: a pool size the maps cannot take fails here, before any file
         try:
             with torch.no_grad():
@@ -153,60 +136,92 @@ def validate(config: SearchConfig, teacher: nn.Module) -> tuple[FeatureTap, Feat
     return taps[0], taps[1]
 
 
-def resolved_config(config: SearchConfig, count: int, teacher_path: Path) -> dict:
-    before, after = split_steps(config)
+def resolved_config(config: SearchConfig, count: int, teacher: Teacher, resolution: int, classes: list[str]) -> dict:
+    before, after = split_steps(config, teacher.schedule.num_train_timesteps)
     resolved = dataclasses.asdict(config)
     resolved.update(count=count, shards=math.ceil(count / config.shard_size), steps_before=before, steps_after=after,
-                    teacher_path="embedded" if config.teacher == "default" else str(teacher_path),
-                    teacher_sha256=teacher_fingerprint(teacher_path), bank_format=FORMAT_VERSION)  # fmt: skip
+                    resolution=resolution, classes=classes, latent_shape=list(teacher.latent_shape), latent_teacher=teacher.is_latent,
+                    schedule=teacher.schedule.describe(), teacher_sha256=teacher_fingerprint(config.teacher), bank_format=FORMAT_VERSION)  # fmt: skip
     return as_json(resolved)
 
 
-def search_shard(
-    teacher: nn.Module, taps: tuple[FeatureTap, FeatureTap], config: SearchConfig, classes: Tensor, sources: Tensor, images: Tensor, shard: int
-) -> dict[str, Tensor]:
+def search_directions(features, start: Tensor, times: Tensor, labels: Tensor, config: SearchConfig, generator: torch.Generator):
+    """Step 2 over the shard in Jacobian batches of at most ``jacobian_batch`` images. A batch that
+    runs out of GPU memory is halved and retried from the same generator state."""
+    batch, first = config.jacobian_batch, 0
+    vectors, values, iterations = [], [], []
+    while first < len(start):
+        part = slice(first, first + batch)
+        state = generator.get_state()
+        try:
+            found = topk_right_singular(
+                features, start[part], config.k, conditions=(times[part], labels[part]), oversample=config.oversample,
+                max_iters=config.max_iters, tol=config.tol, mode=config.mode, generator=generator,
+            )  # fmt: skip
+        except torch.OutOfMemoryError:
+            if batch == 1:
+                raise MemoryError("one image's Jacobian products do not fit in GPU memory: lower --oversample or -k, or use --dtype bfloat16") from None
+            generator.set_state(state)
+            batch = max(1, batch // 2)
+            torch.cuda.empty_cache()
+            tqdm.write(f"CLARID: out of GPU memory; Jacobian batch lowered to {batch}")
+            continue
+        vectors.append(found.vectors)
+        values.append(found.values)
+        iterations.append(found.iterations)
+        first += batch
+    return torch.cat(vectors), torch.cat(values), torch.cat(iterations)
+
+
+def search_shard(teacher: Teacher, taps: tuple[FeatureTap, FeatureTap], config: SearchConfig, classes: Tensor, sources: Tensor, train, shard: int) -> dict[str, Tensor]:
     """Steps 1–5 of the module docstring for one shard's items; the shard's tensors."""
-    device = next(teacher.parameters()).device
+    device = teacher.device
     generator = torch.Generator().manual_seed(config.seed * 1_000_003 + shard)
-    before, after = split_steps(config)
+    steps_total = teacher.schedule.num_train_timesteps
+    before, after = split_steps(config, steps_total)
     labels = classes.to(device)
     count = len(labels)
+    clip = not teacher.is_latent  # x̂_0 lies in [-1, 1] for pixels only
     if config.route == "generative":  # step 1
-        noise = torch.randn(count, *images.shape[1:], generator=generator).to(device)
-        start = ddim_move(teacher, noise, labels, time_grid(NUM_TRAIN_TIMESTEPS - 1, config.t_e, before), config.guidance, clip=True)
+        noise = torch.randn(count, *teacher.latent_shape, generator=generator).to(device)
+        start = ddim_move(teacher, noise, labels, time_grid(steps_total - 1, config.t_e, before, steps_total), config.guidance, clip=clip)
     else:
-        start = ddim_invert(teacher, (images[sources] * 2 - 1).to(device), labels, end=config.t_e, steps=before)
+        clean = teacher.encode((train.take(sources, config.data.workers) * 2 - 1).to(device))
+        start = ddim_invert(teacher, clean, labels, end=config.t_e, steps=before)
     times = torch.full((count,), config.t_e, device=device, dtype=torch.long)
     search_tap, feature_tap = taps
 
     def features(z: Tensor, t: Tensor, c: Tensor) -> Tensor:
-        return search_tap(z, t, c).packed
+        return search_tap(z.to(teacher.dtype), t, c).packed.float()
 
-    vectors, values, iterations = [], [], []
-    for first in range(0, count, config.jacobian_batch):  # step 2
-        part = slice(first, first + config.jacobian_batch)
-        found = topk_right_singular(
-            features, start[part], config.k, conditions=(times[part], labels[part]), oversample=config.oversample,
-            max_iters=config.max_iters, tol=config.tol, mode=config.mode, generator=generator,
-        )  # fmt: skip
-        vectors.append(found.vectors)
-        values.append(found.values)
-        iterations.append(found.iterations)
-    latents = project_out(start, torch.cat(vectors), rescale=config.rescale)  # step 3
-    grid = time_grid(config.t_e, -1, after)
-    samples = ddim_move(teacher, latents, labels, grid, config.guidance, clip=True)  # step 4
-    ordinary = ddim_move(teacher, start, labels, grid, config.guidance, clip=True)
+    vectors, values, iterations = search_directions(features, start, times, labels, config, generator)  # step 2
+    latents = project_out(start, vectors, rescale=config.rescale)  # step 3
+    grid = time_grid(config.t_e, -1, after, steps_total)
+    samples = teacher.decode(ddim_move(teacher, latents, labels, grid, config.guidance, clip=clip))  # step 4
+    ordinary = teacher.decode(ddim_move(teacher, start, labels, grid, config.guidance, clip=clip))
     with torch.no_grad():  # step 5
-        canonical_features = feature_tap(latents, times, labels).features
-        ordinary_features = feature_tap(start, times, labels).features
+        canonical_features = feature_tap(latents.to(teacher.dtype), times, labels).features
+        ordinary_features = feature_tap(start.to(teacher.dtype), times, labels).features
     tensors = {
-        "classes": classes, "latents": latents, "start_latents": start, "samples": samples, "ordinary_samples": ordinary,
-        "singular_values": torch.cat(values), "iterations": torch.cat(iterations),
+        "classes": classes, "latents": latents, "start_latents": start, "samples": (samples + 1) / 2, "ordinary_samples": (ordinary + 1) / 2,
+        "singular_values": values, "iterations": iterations,
     }  # fmt: skip
     for layer in config.feature_layers:
-        tensors[f"features.{layer}"] = canonical_features[layer].flatten(1)
-        tensors[f"ordinary_features.{layer}"] = ordinary_features[layer].flatten(1)
+        tensors[f"features.{layer}"] = canonical_features[layer].flatten(1).float()
+        tensors[f"ordinary_features.{layer}"] = ordinary_features[layer].flatten(1).float()
     return tensors
+
+
+def prepare(config: SearchConfig, device: str) -> tuple[Teacher, tuple[FeatureTap, FeatureTap], object, int]:
+    """The teacher on ``device`` in --dtype, its taps, the training split and the image side, all
+    checked against each other before any file is written."""
+    teacher = load_teacher(config.teacher).to(device=device, dtype=DTYPES[config.dtype]).requires_grad_(False)
+    resolution = resolve(config.data, teacher.resolution)
+    check_fits(teacher, resolution=resolution, where=f"teacher {config.teacher}")
+    taps = validate(config, teacher)
+    train = load_splits(config.data, resolution)["train"]
+    check_fits(teacher, classes=len(train.classes), where=f"teacher {config.teacher}")
+    return teacher, taps, train, resolution
 
 
 def run_search(config: SearchConfig, bank_dir: str | Path, *, device: str | None = None, progress: bool = True) -> Path:
@@ -215,14 +230,9 @@ def run_search(config: SearchConfig, bank_dir: str | Path, *, device: str | None
     rank, world = rank_and_world()
     if device is None:
         device = default_device()
-    teacher, teacher_path = load_search_teacher(config)
-    teacher = teacher.to(device).requires_grad_(False)
-    taps = validate(config, teacher)
-    train = default_splits(config.data)["train"]
-    if num_classes_of(teacher) != int(train.labels.max()) + 1:
-        raise ValueError(f"teacher {teacher_path} knows {num_classes_of(teacher)} classes but the data has {int(train.labels.max()) + 1}")
+    teacher, taps, train, resolution = prepare(config, device)
     classes, sources = plan(config, train.labels)
-    resolved = resolved_config(config, len(classes), teacher_path)
+    resolved = resolved_config(config, len(classes), teacher, resolution, train.classes)
     RunDir(bank, command="search").claim(resolved, write=rank == 0)
     barrier(world)
 
@@ -237,7 +247,7 @@ def run_search(config: SearchConfig, bank_dir: str | Path, *, device: str | None
     started = time.perf_counter()
     for shard in todo:
         part = slice(shard * config.shard_size, (shard + 1) * config.shard_size)
-        tensors = search_shard(teacher, taps, config, classes[part], sources[part], train.images, shard)
+        tensors = search_shard(teacher, taps, config, classes[part], sources[part], train, shard)
         tensors["index"] = torch.arange(shards * config.shard_size)[part][: sizes[shard]]
         write_shard(bank, shard, tensors)
         bar.update(sizes[shard])
@@ -249,7 +259,7 @@ def run_search(config: SearchConfig, bank_dir: str | Path, *, device: str | None
 
         summary = write_bank_figures(bank)
         summary["search_seconds_rank0"] = round(seconds, 2)
-        summary["clareps_computed_rank0"] = sum(sizes[s] for s in todo)
+        summary["clareps_computed_this_run_rank0"] = sum(sizes[s] for s in todo)
         RunDir(bank, command="search").write_json("summary.json", summary)
     barrier(world)
     return bank

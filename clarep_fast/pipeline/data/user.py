@@ -2,7 +2,7 @@
 
 Image folder: root/<class name>/<image files>, one folder per class (sorted names -> labels 0..K-1).
 CIFAR-10 python: root/data_batch_1..5, root/test_batch, root/batches.meta (the official tarball,
-extracted). Both return LabeledImages-like (images (N, 3, R, R) float in [0, 1], labels (N,)).
+extracted). Images are float RGB in [0, 1], (N, 3, R, R).
 """
 
 from __future__ import annotations
@@ -12,38 +12,37 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp"}
+from clarep_fast.pipeline.data.images import IMAGE_SUFFIXES, decode_image
 
 
-def load_image_folder(root: str | Path, resolution: int, num_classes: int | None = None) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
-    """(images (N, 3, R, R) in [0, 1], labels (N,), class names) from root/<class>/<image>."""
-    from PIL import Image, UnidentifiedImageError
-
+def list_image_folder(root: str | Path, classes: list[str] | None = None) -> tuple[list[Path], torch.Tensor, list[str]]:
+    """(image files, labels (N,), class names) of root/<class>/<image>; labels follow the sorted
+    class names (or ``classes``, when given: a test folder must hold the train folder's classes)."""
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"image folder {root} does not exist or is not a directory")
-    classes = sorted(p.name for p in root.iterdir() if p.is_dir())
-    if not classes:
+    found = sorted(p.name for p in root.iterdir() if p.is_dir())
+    if not found:
         raise ValueError(f"{root} has no class sub-folders; expected root/<class name>/<images>")
+    if classes is not None and found != classes:
+        raise ValueError(f"{root} has class folders {found} but the training data has {classes}")
+    files, labels = [], []
+    for label, name in enumerate(found):
+        members = sorted(p for p in (root / name).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        if not members:
+            raise ValueError(f"class folder {root / name} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
+        files += members
+        labels += [label] * len(members)
+    return files, torch.tensor(labels), found
+
+
+def load_image_folder(root: str | Path, resolution: int, num_classes: int | None = None) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+    """Decode a whole root/<class>/<image> tree into memory: (images (N, 3, R, R) in [0, 1], labels, class names)."""
+    files, labels, classes = list_image_folder(root)
     if num_classes is not None and len(classes) != num_classes:
         raise ValueError(f"{root} has {len(classes)} class folders but {num_classes} classes were expected")
-    images, labels = [], []
-    for label, name in enumerate(classes):
-        files = sorted(p for p in (root / name).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-        if not files:
-            raise ValueError(f"class folder {root / name} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
-        for file in files:
-            try:
-                with Image.open(file) as image:
-                    array = np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0
-            except (UnidentifiedImageError, OSError) as error:
-                raise ValueError(f"cannot read image {file}: {error}") from error
-            tensor = torch.from_numpy(array).permute(2, 0, 1)[None]
-            images.append(F.interpolate(tensor, size=(resolution, resolution), mode="bilinear", antialias=True, align_corners=False)[0])
-            labels.append(label)
-    return torch.stack(images).clamp(0, 1), torch.tensor(labels), classes
+    return torch.stack([decode_image(file, resolution) for file in files]), labels, classes
 
 
 def load_cifar10(root: str | Path, split: str = "train") -> tuple[torch.Tensor, torch.Tensor, list[str]]:
@@ -55,7 +54,7 @@ def load_cifar10(root: str | Path, split: str = "train") -> tuple[torch.Tensor, 
     missing = [name for name in names[split] + ["batches.meta"] if not (root / name).exists()]
     if missing:
         raise FileNotFoundError(f"{root} is not a CIFAR-10 python directory: missing {', '.join(missing)}")
-    classes = [name.decode() if isinstance(name, bytes) else name for name in _read_cifar_pickle(root / "batches.meta")[b"label_names"]]
+    classes = cifar10_classes(root)
     arrays, labels = [], []
     for name in names[split]:
         batch = _read_cifar_pickle(root / name)
@@ -69,6 +68,17 @@ def load_cifar10(root: str | Path, split: str = "train") -> tuple[torch.Tensor, 
         raise ValueError(f"{root}: labels outside 0..{len(classes) - 1}")
     images = torch.from_numpy(np.concatenate(arrays)).view(-1, 3, 32, 32).float() / 255.0
     return images, labels, classes
+
+
+def cifar10_classes(root: str | Path) -> list[str]:
+    """The class names in a CIFAR-10 python directory's batches.meta."""
+    meta = Path(root) / "batches.meta"
+    if not meta.exists():
+        raise FileNotFoundError(f"{root} is not a CIFAR-10 python directory: missing batches.meta")
+    names = _read_cifar_pickle(meta).get(b"label_names")
+    if not isinstance(names, list) or not names:
+        raise ValueError(f"{meta} holds no label_names list")
+    return [name.decode() if isinstance(name, bytes) else str(name) for name in names]
 
 
 class _CifarUnpickler(pickle.Unpickler):

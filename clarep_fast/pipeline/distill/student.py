@@ -13,6 +13,7 @@ import torch
 from torch import Tensor, nn
 
 from clarep_fast.ops.feature_pool import feature_pool
+from clarep_fast.pipeline.data.images import ImageSet
 
 
 class Student(nn.Module):
@@ -68,10 +69,14 @@ class DistillModel(nn.Module):
         return logits, features, [projector(f) for projector, f in zip(self.projectors, features)]
 
 
-def accuracy(model: nn.Module, images: Tensor, labels: Tensor, batch: int = 500) -> float:
-    """Top-1 accuracy in eval mode, in batches; the model's train/eval mode is restored."""
+@torch.no_grad()
+def accuracy(model: nn.Module, data: ImageSet, batch: int = 500, workers: int = 0) -> float:
+    """Top-1 accuracy over an image set, in eval mode, in batches; the model's train/eval mode is restored."""
     was_training = model.training
     model.eval()
-    correct = sum(int((model(images[i : i + batch]).argmax(1) == labels[i : i + batch]).sum()) for i in range(0, len(labels), batch))
+    device = next(model.parameters()).device
+    correct = 0
+    for images, labels in data.sequential(batch, workers):
+        correct += int((model(images.to(device)).argmax(1) == labels.to(device)).sum())
     model.train(was_training)
-    return correct / len(labels)
+    return correct / len(data)

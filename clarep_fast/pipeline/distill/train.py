@@ -13,8 +13,13 @@ in separate forwards, so the real batch's BatchNorm statistics are its own; with
 canonical forward is skipped and the run is exactly the baseline (same data order, same seed).
 Under torchrun every rank takes its slice of each global batch and DDP averages the gradients.
 
+The data order comes from a generator seeded by (seed, epoch); folder data streams through
+DataLoader workers. Each epoch is scored on the validation split (never on test); the student kept
+is the last epoch's (nothing is picked).
+
 Run folder: config.json, metrics.csv / metrics.json (per epoch), checkpoint.pt (atomic, per epoch;
-rerun the command to resume), student.pt (the final student: weights + what rebuilds it).
+rerun the command to resume), student.pt (the final student: weights + what rebuilds it, the data
+spec included, so `clarep-fast evaluate` finds its test split).
 """
 
 from __future__ import annotations
@@ -30,8 +35,8 @@ import torch.nn.functional as F
 from torch import Tensor
 from tqdm import tqdm
 
-from clarep_fast.pipeline.clarid.bank import load_bank
-from clarep_fast.pipeline.data.default import DataConfig, default_splits
+from clarep_fast.pipeline.clarid.bank import load_bank, read_bank_config
+from clarep_fast.pipeline.data.source import DataConfig, load_splits, resolve
 from clarep_fast.pipeline.distributed import barrier, default_device, rank_and_world
 from clarep_fast.pipeline.options import check_ranges, option
 from clarep_fast.pipeline.files import load_checked, read_json, save_checked
@@ -75,8 +80,11 @@ TERMS = ("ce", "align", "cano", "dist", "total")
 class BankBatches:
     """The bank's canonical samples in [0, 1], classes, per-pair teacher features and class prototypes."""
 
-    def __init__(self, config: DistillConfig, num_classes: int, resolution: int, device):
+    def __init__(self, config: DistillConfig, classes: list[str], resolution: int, device):
         bank = load_bank(config.bank)
+        num_classes = len(classes)
+        if bank.config.get("classes") not in (None, classes):
+            raise ValueError(f"the bank {config.bank} was searched on classes {bank.config['classes'][:5]}... but the data has {classes[:5]}...")
         layers = list(config.teacher_layers or bank.config["feature_layers"])
         missing = [layer for layer in layers if layer not in bank.features]
         if missing:
@@ -92,7 +100,7 @@ class BankBatches:
             raise ValueError(f"bank_batch_size {config.bank_batch_size} exceeds the bank's {len(bank.classes)} CLAReps")
         self.layers = layers
         self.config_sha256 = hashlib.sha256(json.dumps(bank.config, sort_keys=True).encode()).hexdigest()
-        self.images = ((bank.samples.clamp(-1, 1) + 1) / 2).to(device)
+        self.images = bank.samples.clamp(0, 1).to(device)
         self.classes = bank.classes.to(device)
         self.features = [bank.features[layer].float().to(device) for layer in layers]
         last = self.features[-1]
@@ -129,13 +137,18 @@ def train_student(config: DistillConfig, run_dir: str | Path, *, device: str | N
     rank, world = rank_and_world()
     if device is None:
         device = default_device()
-    splits = default_splits(config.data)
-    train, test = splits["train"], splits["test"]
-    num_classes = int(train.labels.max()) + 1
+    uses_bank = not config.baseline and any(config.lambdas)
+    bank_resolution = read_bank_config(Path(config.bank)).get("resolution") if uses_bank else None
+    resolution = resolve(config.data, bank_resolution, source=f"the bank {config.bank}")
+    splits = load_splits(config.data, resolution)
+    train, val = splits["train"], splits["val"]
+    num_classes = len(train.classes)
     if config.batch_size % world or config.bank_batch_size % world:
         raise ValueError(f"batch_size {config.batch_size} and bank_batch_size {config.bank_batch_size} must divide by the {world} ranks")
-    bank = None if config.baseline or not any(config.lambdas) else BankBatches(config, num_classes, config.data.resolution, device)
-    resolved = as_json(config)
+    if len(train) < config.batch_size:
+        raise ValueError(f"batch_size {config.batch_size} exceeds the {len(train)} training images")
+    bank = BankBatches(config, train.classes, resolution, device) if uses_bank else None
+    resolved = {**as_json(config), "resolution": resolution, "classes": train.classes}
     if bank is not None:  # a bank rebuilt in place with other features must not meet an old checkpoint
         resolved["bank_layers"], resolved["bank_widths"], resolved["bank_count"] = bank.layers, bank.widths(), len(bank.classes)
         resolved["bank_config_sha256"] = bank.config_sha256  # the bank's whole search config, teacher fingerprint included
@@ -143,13 +156,13 @@ def train_student(config: DistillConfig, run_dir: str | Path, *, device: str | N
 
     torch.manual_seed(config.seed)  # the initial weights: the same for baseline and CaDistill
     student = Student(config.student, num_classes, config.student_layers, config.student_pool).to(device)
-    student_widths = student.feature_widths(config.data.resolution)
+    student_widths = student.feature_widths(resolution)
     if len(student_widths) != len(config.student_layers):
         raise ValueError(f"student layers {list(config.student_layers)} gave {len(student_widths)} features")
     teacher_widths = bank.widths() if bank is not None else [1] * len(student_widths)
     model = DistillModel(student, student_widths, teacher_widths).to(device)
     optimizer = torch.optim.SGD(model.parameters(), lr=config.learning_rate, momentum=0.9, nesterov=True, weight_decay=config.weight_decay)
-    steps_per_epoch = len(train.labels) // config.batch_size
+    steps_per_epoch = len(train) // config.batch_size
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=config.learning_rate, total_steps=config.epochs * steps_per_epoch, pct_start=0.15)
     run.claim(resolved, write=rank == 0)
     start = run.restore({"model": model, "optimizer": optimizer, "schedule": schedule}, counter="epoch")
@@ -157,22 +170,21 @@ def train_student(config: DistillConfig, run_dir: str | Path, *, device: str | N
     if world > 1:
         # projectors without a loss term (the baseline, or a λ set to 0) get no gradient: tell DDP
         wrapped = torch.nn.parallel.DistributedDataParallel(model, find_unused_parameters=not all(config.lambdas))
-    images, labels = train.images.to(device), train.labels.to(device)
     history = read_json(run / "metrics.json", "the per-epoch metrics", "delete it and rerun (training resumes from the checkpoint)")[:start] if (run / "metrics.json").exists() else []
     model.train()
     for epoch in range(start, config.epochs):
         began = time.perf_counter()
         generator = torch.Generator().manual_seed(config.seed * 1_000_003 + epoch)
         bank_generator = torch.Generator().manual_seed(config.seed * 1_000_033 + epoch + 7)  # its own stream: baseline data order unchanged
-        order = torch.randperm(len(labels), generator=generator)
+        order = torch.randperm(len(train), generator=generator)
         sums = dict.fromkeys(TERMS, 0.0)
         bar = tqdm(range(steps_per_epoch), desc=f"{'baseline' if config.baseline else 'cadistill'} epoch {epoch + 1}/{config.epochs}", disable=not progress or rank != 0, mininterval=2)
-        for step in bar:
-            batch = order[step * config.batch_size : (step + 1) * config.batch_size][rank::world].to(device)
+        steps = [order[step * config.batch_size : (step + 1) * config.batch_size][rank::world] for step in range(steps_per_epoch)]
+        for step, (images, labels) in zip(bar, train.batches(steps, config.data.workers)):
             bank_index = None
             if bank is not None:
                 bank_index = torch.randperm(len(bank.classes), generator=bank_generator)[: config.bank_batch_size][rank::world].to(device)
-            terms = _losses(wrapped, images[batch], labels[batch], bank, bank_index, config)
+            terms = _losses(wrapped, images.to(device), labels.to(device), bank, bank_index, config)
             optimizer.zero_grad(set_to_none=True)
             terms["total"].backward()
             optimizer.step()
@@ -181,19 +193,20 @@ def train_student(config: DistillConfig, run_dir: str | Path, *, device: str | N
                 sums[name] += float(terms[name].detach())
             bar.set_postfix(loss=f"{float(terms['total'].detach()):.3f}", refresh=False)
         record = {"epoch": epoch + 1, **{name: sums[name] / steps_per_epoch for name in TERMS},
-                  "train_accuracy": accuracy(student, images[:1000], labels[:1000]),
-                  "test_accuracy": accuracy(student, test.images.to(device), test.labels.to(device)),
+                  "train_accuracy": accuracy(student, train.subset(torch.arange(min(1000, len(train)))), workers=config.data.workers),
+                  "val_accuracy": accuracy(student, val, workers=config.data.workers),
                   "seconds": time.perf_counter() - began}  # fmt: skip
         history.append(record)
         if rank == 0:
             run.write_json("metrics.json", history)
-            columns = ("epoch",) + TERMS + ("train_accuracy", "test_accuracy", "seconds")
+            columns = ("epoch",) + TERMS + ("train_accuracy", "val_accuracy", "seconds")
             lines = [",".join(columns)] + [",".join(f"{r[key]:.6g}" if isinstance(r[key], float) else str(r[key]) for key in columns) for r in history]
             run.write_text("metrics.csv", "\n".join(lines) + "\n")
             run.save_checkpoint({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(), "epoch": epoch + 1})
     if rank == 0:
         save_checked(run / "student.pt", "student", {"student": student.state_dict(), "name": config.student, "layers": list(config.student_layers),
-                                                     "pool": config.student_pool, "num_classes": num_classes, "resolution": config.data.resolution})  # fmt: skip
+                                                     "pool": config.student_pool, "num_classes": num_classes, "resolution": resolution,
+                                                     "classes": train.classes, "data": as_json(config.data)})  # fmt: skip
     barrier(world)
     return run / "student.pt"
 
@@ -207,4 +220,5 @@ def load_student(path: str | Path, device: str = "cpu") -> Student:
     student = Student(state["name"], state["num_classes"], state["layers"], state["pool"])
     student.load_state_dict(state["student"])
     student.resolution = int(state["resolution"])
+    student.classes, student.data = list(state["classes"]), DataConfig(**state["data"])
     return student.to(device).eval()

@@ -3,8 +3,11 @@
 Attacks (torchattacks, on images in [0, 1]; the student normalizes its inputs itself and is in eval
 mode): PGD-20 (L∞ ε = 8/255, step 2/255, random start), APGD-CE (L∞ 8/255), CW-L2 (c = 1; the
 accuracy on its outputs), and AutoAttack (standard, L∞ 8/255) only when asked: it is slow.
-Background reliance: clean accuracy on the default dataset's test variants (only_foreground,
-mixed_random, swapped) beside the in-distribution test accuracy.
+Distribution shift: accuracy under common corruptions (evaluate/corruptions.py) at severities 1–5
+on ``corruption_samples`` test images, per corruption and as the mean over corruptions and
+severities; for the default dataset also the clean accuracy on its background test variants
+(only_foreground, mixed_random, swapped) beside the in-distribution test accuracy.
+Every figure is on the test split (the student was trained and monitored on train and validation).
 """
 
 from __future__ import annotations
@@ -15,12 +18,14 @@ import torch
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from clarep_fast.pipeline.data.default import DataConfig, default_splits
+from clarep_fast.pipeline.data.images import TensorImages
+from clarep_fast.pipeline.data.source import DataConfig, load_splits
 from clarep_fast.pipeline.distill.student import accuracy
+from clarep_fast.pipeline.evaluate.corruptions import CORRUPTIONS, SEVERITIES, corrupt
 from clarep_fast.pipeline.evaluate.fold import fold_batchnorm
 from clarep_fast.pipeline.options import check_ranges, option
 
-VARIANTS = ("test", "test_only_foreground", "test_mixed_random", "test_swapped")
+VARIANTS = ("test_only_foreground", "test_mixed_random", "test_swapped")  # the default dataset's background variants
 
 
 @dataclass(frozen=True)
@@ -32,6 +37,7 @@ class EvaluateConfig:
     cw_steps: int = option(30, "CW-L2 steps", low=1)
     attack_samples: int = option(500, "test images attacked (all of them for clean and background accuracy)", low=1)
     autoattack: bool = option(False, "also run AutoAttack (slow)")
+    corruption_samples: int = option(500, "test images under each corruption and severity (0: no corruption evaluation)", low=0)
     batch: int = option(250, "images per forward", low=1)
     seed: int = option(0, "seed of the attacks' random starts and the attacked subset")
 
@@ -62,31 +68,57 @@ def adversarial_accuracy(model: nn.Module, attack, images: Tensor, labels: Tenso
     return correct / len(labels)
 
 
-def evaluate_student(model: nn.Module, data: DataConfig, config: EvaluateConfig = EvaluateConfig()) -> dict[str, float]:
-    """{"clean", each variant, each attack} accuracies of ``model`` (images in [0, 1] -> logits).
+def evaluate_student(model: nn.Module, data: DataConfig, config: EvaluateConfig = EvaluateConfig(), *, resolution: int) -> dict[str, float]:
+    """Accuracies of ``model`` (images in [0, 1] -> logits) on the test split of ``data``:
+    "clean", each background variant (default dataset), each attack, "corruption_mean", and per
+    corruption "corruption/<name>" and per severity "corruption_severity/<s>" (means over the rest).
 
     Runs on a BatchNorm-folded frozen copy of the model (fold.py): the same function, fewer passes.
     """
     model = fold_batchnorm(model)
     device = next(model.parameters()).device
-    splits = default_splits(data)
-    results = {}
-    for variant in VARIANTS:
-        split = splits[variant]
-        results["clean" if variant == "test" else variant.removeprefix("test_")] = accuracy(model, split.images.to(device), split.labels.to(device), config.batch)
+    splits = load_splits(data, resolution)
     test = splits["test"]
+    results = {"clean": accuracy(model, test, config.batch, data.workers)}
+    for variant in VARIANTS:
+        if variant in splits:
+            results[variant.removeprefix("test_")] = accuracy(model, splits[variant], config.batch)
     generator = torch.Generator().manual_seed(config.seed)
-    chosen = torch.randperm(len(test.labels), generator=generator)[: config.attack_samples]
-    images, labels = test.images[chosen].to(device), test.labels[chosen].to(device)
+    order = torch.randperm(len(test), generator=generator)
+    chosen = order[: config.attack_samples]
+    images, labels = test.take(chosen, data.workers).to(device), test.labels[chosen].to(device)
     torch.manual_seed(config.seed)  # PGD's random start
-    for name, attack in attacks(model, config, int(test.labels.max()) + 1).items():
+    for name, attack in attacks(model, config, len(test.classes)).items():
         results[name] = adversarial_accuracy(model, attack, images, labels, config.batch, name)
+    if config.corruption_samples:
+        chosen = order[: config.corruption_samples]
+        results.update(corruption_accuracy(model, TensorImages(test.take(chosen, data.workers), test.labels[chosen], test.classes), config))
     return results
 
 
-def markdown_table(rows: dict[str, dict[str, float]]) -> str:
+def corruption_accuracy(model: nn.Module, test: TensorImages, config: EvaluateConfig) -> dict[str, float]:
+    """Accuracy under every corruption and severity; means per corruption, per severity and overall."""
+    table = {}
+    for name in tqdm(CORRUPTIONS, desc="corruptions", leave=False):
+        for severity in SEVERITIES:
+            shifted = TensorImages(corrupt(test.images, name, severity, config.seed), test.labels, test.classes)
+            table[name, severity] = accuracy(model, shifted, config.batch)
+    results = {"corruption_mean": sum(table.values()) / len(table)}
+    for name in CORRUPTIONS:
+        results[f"corruption/{name}"] = sum(table[name, s] for s in SEVERITIES) / len(SEVERITIES)
+    for severity in SEVERITIES:
+        results[f"corruption_severity/{severity}"] = sum(table[n, severity] for n in CORRUPTIONS) / len(CORRUPTIONS)
+    return results
+
+
+def headline(results: dict[str, float]) -> list[str]:
+    """The measures of the main table: all but the per-corruption and per-severity detail."""
+    return [name for name in results if "/" not in name]
+
+
+def markdown_table(rows: dict[str, dict[str, float]], measures: list[str] | None = None) -> str:
     """One row per student (name -> results), one column per measure, accuracies in percent."""
-    measures = list(next(iter(rows.values())))
+    measures = measures or headline(next(iter(rows.values())))
     lines = ["| student | " + " | ".join(measures) + " |", "|---|" + "---|" * len(measures)]
     for name, results in rows.items():
         lines.append(f"| {name} | " + " | ".join(f"{100 * results[m]:.1f}" if isinstance(results[m], float) else str(results[m]) for m in measures) + " |")

@@ -10,20 +10,19 @@ dropout, and its own label dropout uses index K, so K is its null label as well:
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 from torch import Tensor, nn
 
 from clarep_fast.pipeline.options import check_ranges, option
+from clarep_fast.pipeline.teacher.schedule import NoiseSchedule
 
 
 @dataclass(frozen=True)
 class TeacherConfig:
-    resolution: int = option(16, "image side in pixels", low=1)
-    num_classes: int = option(10, "classes (the null label of CFG is one more)", low=2)
+    resolution: int | None = option(None, "image side in pixels (default: the data's)", low=1)
+    num_classes: int | None = option(None, "classes (default: the data's; the null label of CFG is one more)", low=2)
     channels: tuple[int, ...] = option((32, 64, 64), "UNet block widths, one per resolution level", low=1)
     layers_per_block: int = option(1, "ResNet layers per UNet block", low=1)
     attention_level: int = option(1, "which resolution level gets self-attention", low=0)
@@ -36,6 +35,8 @@ class TeacherConfig:
 def build_teacher(config: TeacherConfig = TeacherConfig()) -> nn.Module:
     from diffusers import UNet2DModel
 
+    if config.resolution is None or config.num_classes is None:
+        raise ValueError(f"build_teacher needs the resolution and the class count (the data's), got {config.resolution} and {config.num_classes}")
     levels = len(config.channels)
     if not 0 <= config.attention_level < levels:
         raise ValueError(f"attention_level must be in [0, {levels}), got {config.attention_level}")
@@ -64,66 +65,97 @@ def num_classes_of(model: nn.Module) -> int:
     return int(labels.num_classes)
 
 
-def load_teacher(path: str | Path, *, num_classes: int | None = None, resolution: int | None = None, channels: int = 3) -> nn.Module:
-    """A local diffusers UNet2DModel or DiTTransformer2DModel directory (save_pretrained layout).
-
-    Checks it against the data: class count, resolution and image channels must match.
-    """
-    path = Path(path)
-    config_file = path / "config.json"
-    if not config_file.exists():
-        raise FileNotFoundError(f"{path} is not a diffusers model directory (no config.json)")
-    try:
-        kind = json.loads(config_file.read_text()).get("_class_name")
-    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError) as error:
-        raise ValueError(f"{config_file} is not a readable diffusers config ({error}); restore the teacher folder") from None
-    if kind == "UNet2DModel":
-        from diffusers import UNet2DModel as model_class
-    elif kind == "DiTTransformer2DModel":
-        from diffusers import DiTTransformer2DModel as model_class
-    else:
-        raise ValueError(f"{path}: teacher must be a UNet2DModel or DiTTransformer2DModel, found {kind!r}")
-    try:
-        model = model_class.from_pretrained(path, low_cpu_mem_usage=False).eval()  # plain loading: no advice to install accelerate
-    except (OSError, ValueError, RuntimeError, TypeError, KeyError) as error:  # a truncated or garbled weight file, a config that does not build
-        raise ValueError(f"teacher {path} cannot be loaded ({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}); "
-                         "the folder's config.json or weights are damaged or not a diffusers model") from None
-    known = num_classes_of(model)
-    if num_classes is not None and known != num_classes:
-        raise ValueError(f"teacher {path} knows {known} classes but the data has {num_classes}")
-    size = model.config.get("sample_size")
-    if resolution is not None and size is not None and size != resolution:
-        raise ValueError(f"teacher {path} works at {size}×{size} but the data is {resolution}×{resolution}")
-    in_channels = model.config.get("in_channels")
-    if in_channels != channels:
-        raise ValueError(f"teacher {path} takes {in_channels} image channels but the data has {channels}")
-    return model
-
-
-DEFAULT_TEACHER = Path(__file__).resolve().parent.parent / "assets" / "teacher"
-
-
-def load_default_teacher() -> nn.Module:
-    """The embedded default teacher: trained by this project on the default background dataset
-    (16×16 RGB, 10 classes) with `clarep-fast train-teacher`; see docs/teacher.md for the run."""
-    if not (DEFAULT_TEACHER / "config.json").exists():
-        raise FileNotFoundError(f"the embedded teacher is missing from {DEFAULT_TEACHER}; reinstall clarep_fast")
-    return load_teacher(DEFAULT_TEACHER, num_classes=10, resolution=16)
-
-
 def noise_prediction(model: nn.Module, x: Tensor, t: Tensor, labels: Tensor) -> Tensor:
-    """eps(x, t, c) for a UNet or a DiT (a DiT that learns sigma returns 2C channels: keep eps)."""
+    """The raw network output at (x, t, c) for a UNet or a DiT (a DiT that learns sigma returns 2C channels: keep the first C)."""
     if type(model).__name__ == "DiTTransformer2DModel":
         output = model(x, timestep=t, class_labels=labels).sample
         return output[:, : x.shape[1]]
     return model(x, t, class_labels=labels).sample
 
 
+class Teacher(nn.Module):
+    """A class-conditional denoiser, its noise schedule, and for a latent teacher its VAE.
+
+    Pixel teacher: the diffusion runs on images in [-1, 1]. Latent teacher: it runs on VAE latents
+    z = scaling_factor · E(x) (the posterior mean: deterministic), and images are D(z / scaling_factor).
+    The network may run in bfloat16/float16 (``dtype``); every DDIM update and the returned ε stay
+    in float32.
+    """
+
+    def __init__(self, denoiser: nn.Module, schedule: NoiseSchedule | None = None, vae: nn.Module | None = None):
+        super().__init__()
+        self.denoiser, self.vae = denoiser, vae
+        self.schedule = schedule or NoiseSchedule.default()
+        self.num_classes = num_classes_of(denoiser)
+        config = denoiser.config
+        self.latent_shape = (int(config.in_channels), int(config.sample_size), int(config.sample_size))
+        if vae is not None:
+            if vae.config.latent_channels != self.latent_shape[0]:
+                raise ValueError(f"the VAE makes {vae.config.latent_channels}-channel latents but the denoiser takes {self.latent_shape[0]} channels")
+            if vae.config.in_channels != 3:
+                raise ValueError(f"the VAE encodes {vae.config.in_channels}-channel images; the pipeline needs RGB (3)")
+            self.scaling_factor = float(vae.config.get("scaling_factor", 1.0))
+            self.resolution = self.latent_shape[1] * 2 ** (len(vae.config.block_out_channels) - 1)
+        else:
+            if self.latent_shape[0] != 3:
+                raise ValueError(f"a pixel teacher must take RGB images (3 channels), this one takes {self.latent_shape[0]}; a latent teacher needs its vae/")
+            self.resolution = self.latent_shape[1]
+
+    @property
+    def is_latent(self) -> bool:
+        return self.vae is not None
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.denoiser.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.denoiser.parameters()).dtype
+
+    def output(self, x: Tensor, t: Tensor, labels: Tensor) -> Tensor:
+        """The network's raw output in float32, the network run in its own dtype."""
+        return noise_prediction(self.denoiser, x.to(self.dtype), t, labels).float()
+
+    def epsilon(self, x: Tensor, t: int, labels: Tensor, guidance: float = 1.0) -> Tensor:
+        """CFG noise prediction ε_w(x_t, t, c) (float32); guidance 1 is the conditional prediction (one forward)."""
+        times = torch.full((x.shape[0],), t, device=x.device, dtype=torch.long)
+        if guidance == 1.0:
+            raw = self.output(x, times, labels)
+        else:
+            null = torch.full_like(labels, self.num_classes)
+            both = self.output(torch.cat([x, x]), torch.cat([times, times]), torch.cat([labels, null]))  # (2B, C, H, W)
+            conditional, unconditional = both.chunk(2)
+            raw = unconditional + guidance * (conditional - unconditional)
+        return self.schedule.to_epsilon(raw, x.float(), t)
+
+    @torch.no_grad()
+    def encode(self, images: Tensor) -> Tensor:
+        """Images in [-1, 1] -> the diffusion's space (latents for a latent teacher), float32."""
+        if self.vae is None:
+            return images.float()
+        vae_dtype = next(self.vae.parameters()).dtype
+        return self.vae.encode(images.to(vae_dtype)).latent_dist.mean.float() * self.scaling_factor
+
+    @torch.no_grad()
+    def decode(self, latents: Tensor) -> Tensor:
+        """The diffusion's space -> images in [-1, 1] (clamped), float32."""
+        if self.vae is None:
+            return latents.float().clamp(-1, 1)
+        vae_dtype = next(self.vae.parameters()).dtype
+        return self.vae.decode((latents / self.scaling_factor).to(vae_dtype)).sample.float().clamp(-1, 1)
+
+
+def as_teacher(model: nn.Module) -> Teacher:
+    """A Teacher as is; a bare denoiser gets the default schedule and no VAE."""
+    return model if isinstance(model, Teacher) else Teacher(model)
+
+
 def guided_noise(model: nn.Module, x: Tensor, t: Tensor, labels: Tensor, guidance: float) -> Tensor:
-    """CFG noise prediction; guidance 1 is exactly the conditional prediction (one forward)."""
+    """CFG ε of a bare ε-prediction denoiser at per-sample times ``t``; guidance 1 is one forward."""
     if guidance == 1.0:
         return noise_prediction(model, x, t, labels)
     null = torch.full_like(labels, num_classes_of(model))
-    both = noise_prediction(model, torch.cat([x, x]), torch.cat([t, t]), torch.cat([labels, null]))  # (2B, C, H, W)
+    both = noise_prediction(model, torch.cat([x, x]), torch.cat([t, t]), torch.cat([labels, null]))
     conditional, unconditional = both.chunk(2)
     return unconditional + guidance * (conditional - unconditional)

@@ -9,15 +9,14 @@ accuracy on the real test split is reported beside the score:
 
 from __future__ import annotations
 
-import dataclasses
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from clarep_fast.pipeline.data.default import DataConfig, default_splits
+from clarep_fast.pipeline.data.default import default_splits
 from clarep_fast.pipeline.teacher.ddim import ddim_sample
+from clarep_fast.pipeline.teacher.model import Teacher
 
 
 def _block(inputs: int, outputs: int, stride: int) -> nn.Sequential:
@@ -39,10 +38,10 @@ class Judge(nn.Module):
         return self.head(self.features(images * 2 - 1))
 
 
-def train_judge(data: DataConfig, epochs: int = 20, seed: int = 0, progress: bool = True) -> tuple[Judge, dict[str, float]]:
-    """Judge trained on the training digits with class-independent backgrounds; its test accuracies."""
+def train_judge(resolution: int = 16, epochs: int = 20, seed: int = 0, progress: bool = True) -> tuple[Judge, dict[str, float]]:
+    """Judge trained on the default dataset's training digits with class-independent backgrounds; its test accuracies."""
     torch.manual_seed(seed)
-    splits = default_splits(dataclasses.replace(data, rho=0.0))
+    splits = default_splits(resolution, rho=0.0)
     train = splits["train"]
     judge = Judge()
     batches = -(-len(train.labels) // 128)
@@ -71,17 +70,18 @@ def train_judge(data: DataConfig, epochs: int = 20, seed: int = 0, progress: boo
 
 
 @torch.no_grad()
-def class_consistency(teacher: nn.Module, judge: Judge, *, num_classes: int, resolution: int, per_class: int = 50,
+def class_consistency(teacher: Teacher, judge: Judge, *, per_class: int = 50,
                       guidance: float = 3.0, steps: int = 50, seed: int = 0, batch: int = 100) -> tuple[float, torch.Tensor, torch.Tensor]:  # fmt: skip
     """(overall consistency, per-class consistency (K,), samples (K·per_class, 3, R, R) in [0, 1])."""
+    num_classes = teacher.num_classes
     labels = torch.arange(num_classes).repeat_interleave(per_class)
     generator = torch.Generator().manual_seed(seed)
-    noise = torch.randn(len(labels), 3, resolution, resolution, generator=generator)
-    device = next(teacher.parameters()).device
+    noise = torch.randn(len(labels), *teacher.latent_shape, generator=generator)
+    device = teacher.device
     samples = []
     for chunk_noise, chunk_labels in tqdm(list(zip(noise.split(batch), labels.split(batch))), desc="sampling"):
         images = ddim_sample(teacher, chunk_noise.to(device), chunk_labels.to(device), guidance=guidance, steps=steps)
-        samples.append(((images.clamp(-1, 1) + 1) / 2).cpu())
+        samples.append(((teacher.decode(images) + 1) / 2).cpu())
     samples = torch.cat(samples)
     correct = (judge(samples).argmax(1) == labels).float()
     return correct.mean().item(), correct.view(num_classes, per_class).mean(1), samples

@@ -15,6 +15,7 @@ at the end teacher/ (the EMA model, diffusers save_pretrained with safetensors).
 from __future__ import annotations
 
 import copy
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,10 +23,11 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from clarep_fast.pipeline.data.default import DataConfig, default_splits
-from clarep_fast.pipeline.teacher.ddim import NUM_TRAIN_TIMESTEPS, alphas_cumprod, ddim_sample
+from clarep_fast.pipeline.data.source import DataConfig, load_splits, resolve
+from clarep_fast.pipeline.teacher.ddim import ddim_sample
+from clarep_fast.pipeline.teacher.schedule import NoiseSchedule
 from clarep_fast.pipeline.files import atomic_write, write_text
-from clarep_fast.pipeline.rundir import RunDir
+from clarep_fast.pipeline.rundir import RunDir, as_json
 from clarep_fast.pipeline.options import check_ranges, option
 from clarep_fast.pipeline.teacher.model import TeacherConfig, build_teacher
 
@@ -52,9 +54,9 @@ class TrainTeacherConfig:
 def _sample_grid(model, config: TrainTeacherConfig, path: Path) -> None:
     from torchvision.utils import save_image
 
-    classes = config.teacher.num_classes
+    classes = min(config.teacher.num_classes, 16)  # one row per class, the first 16 classes
     generator = torch.Generator().manual_seed(1234)
-    labels = torch.arange(classes).repeat_interleave(8).to(config.device)  # 8 per class, one row each
+    labels = torch.arange(classes).repeat_interleave(8).to(config.device)
     noise = torch.randn(len(labels), 3, config.teacher.resolution, config.teacher.resolution, generator=generator).to(config.device)
     images = ddim_sample(model, noise, labels, guidance=config.sample_guidance, steps=25)
     atomic_write(path, lambda temporary: save_image((images.clamp(-1, 1) + 1) / 2, temporary, nrow=8))
@@ -72,21 +74,33 @@ def _keep_logged_steps(log: Path, last: int) -> None:
     write_text(log, "\n".join(kept) + "\n")
 
 
+def _step_generator(config: TrainTeacherConfig, step: int) -> torch.Generator:
+    return torch.Generator().manual_seed(config.seed * 1_000_003 + step)
+
+
+def _step_indices(config: TrainTeacherConfig, start: int, count: int):
+    """The training images of every step from ``start`` on: the first draw of the step's generator
+    (computed ahead of the step, so DataLoader workers can decode while the model trains)."""
+    for step in range(start, config.steps):
+        yield torch.randint(0, count, (config.batch_size,), generator=_step_generator(config, step))
+
+
 def train_teacher(config: TrainTeacherConfig, run_dir: str | Path, *, progress: bool = True) -> Path:
     """Train (or resume) in ``run_dir``; returns the folder of the saved EMA teacher."""
     run = RunDir(run_dir, command="train-teacher", may_change=("steps",))  # a run may be extended or cut short
     device = torch.device(config.device)
-    train = default_splits(config.data)["train"]
-    images = (train.images * 2 - 1).to(device)  # (N, 3, R, R) in [-1, 1]
-    labels = train.labels.to(device)
-    if config.teacher.resolution != config.data.resolution:
-        raise ValueError(f"teacher resolution {config.teacher.resolution} != data resolution {config.data.resolution}")
-    run.claim(config)
+    resolution = resolve(config.data)
+    train = load_splits(config.data, resolution)["train"]
+    classes = len(train.classes)
+    if config.teacher.num_classes not in (None, classes):
+        raise ValueError(f"--num-classes {config.teacher.num_classes} but the data has {classes} classes")
+    config = dataclasses.replace(config, teacher=dataclasses.replace(config.teacher, resolution=resolution, num_classes=classes))
+    run.claim({**as_json(config), "classes": train.classes})
     torch.manual_seed(config.seed)  # the initial weights
     model = build_teacher(config.teacher).to(device)
     ema = copy.deepcopy(model).eval().requires_grad_(False)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=0.0)
-    schedule = alphas_cumprod().float().to(device)
+    schedule = NoiseSchedule.default().alphas_cumprod.float().to(device)
     null_label = config.teacher.num_classes
 
     start = run.restore({"model": model, "ema": ema, "optimizer": optimizer}, counter="step")
@@ -95,13 +109,14 @@ def train_teacher(config: TrainTeacherConfig, run_dir: str | Path, *, progress: 
 
     bar = tqdm(range(start, config.steps), initial=start, total=config.steps, desc="teacher", disable=not progress, mininterval=5)
     model.train()
-    for step in bar:
-        generator = torch.Generator().manual_seed(config.seed * 1_000_003 + step)
-        index = torch.randint(0, len(images), (config.batch_size,), generator=generator).to(device)
-        x0, c = images[index], labels[index]
+    batches = train.batches(_step_indices(config, start, len(train)), config.data.workers)
+    for step, (x0, c) in zip(bar, batches):
+        generator = _step_generator(config, step)
+        torch.randint(0, len(train), (config.batch_size,), generator=generator)  # the batch's draw (_step_indices): the rest follows it
+        x0, c = (x0 * 2 - 1).to(device), c.to(device)  # images in [-1, 1]
         drop = (torch.rand(config.batch_size, generator=generator) < config.label_dropout).to(device)
         c = torch.where(drop, torch.full_like(c, null_label), c)  # step 1
-        t = torch.randint(0, NUM_TRAIN_TIMESTEPS, (config.batch_size,), generator=generator).to(device)
+        t = torch.randint(0, len(schedule), (config.batch_size,), generator=generator).to(device)
         noise = torch.randn(x0.shape, generator=generator).to(device)
         alpha = schedule[t][:, None, None, None]
         x_t = alpha.sqrt() * x0 + (1 - alpha).sqrt() * noise  # step 2

@@ -8,15 +8,16 @@ import pytest
 import torch
 from PIL import Image
 
-from clarep_fast.pipeline.data import DataConfig, default_splits, load_cifar10, load_image_folder
+from clarep_fast.pipeline.data import load_cifar10, load_image_folder
 from clarep_fast.pipeline.data.backgrounds import background_indices
-from clarep_fast.pipeline.data.default import split_indices
+from clarep_fast.pipeline.data.default import default_splits
+from clarep_fast.pipeline.data.images import stratified_split
 from clarep_fast.pipeline.data.mnist import load_mnist5k
 
 
 @pytest.fixture(scope="module")
 def splits():
-    return default_splits(DataConfig(resolution=16, rho=0.8))
+    return default_splits(resolution=16, rho=0.8)
 
 
 def test_mnist5k_is_the_genuine_balanced_subset():
@@ -28,15 +29,16 @@ def test_mnist5k_is_the_genuine_balanced_subset():
 
 def test_split_is_stratified_disjoint_and_deterministic():
     _, labels = load_mnist5k()
-    train, test = split_indices(labels, 0.2, seed=3)
-    again_train, again_test = split_indices(labels, 0.2, seed=3)
+    train, test = stratified_split(labels, 0.2, seed=3)
+    again_train, again_test = stratified_split(labels, 0.2, seed=3)
     assert torch.equal(train, again_train) and torch.equal(test, again_test)
     assert len(set(train.tolist()) & set(test.tolist())) == 0 and len(train) + len(test) == 5000
     assert torch.equal(labels[test].bincount(), torch.full((10,), 100))
 
 
 def test_splits_and_variants(splits):
-    assert splits["train"].images.shape == (4000, 3, 16, 16) and splits["test"].images.shape == (1000, 3, 16, 16)
+    assert splits["train"].images.shape == (3600, 3, 16, 16) and splits["test"].images.shape == (1000, 3, 16, 16)
+    assert splits["val"].images.shape == (400, 3, 16, 16) and torch.equal(splits["val"].labels.bincount(), torch.full((10,), 40))
     for name, split in splits.items():
         assert split.images.min() >= 0 and split.images.max() <= 1, name
     train = splits["train"]
@@ -60,11 +62,11 @@ def test_rho_sets_the_class_correlation(rho, expected):
 
 def test_bad_configs():
     with pytest.raises(ValueError, match="rho must be in"):
-        default_splits(DataConfig(rho=1.5))
+        default_splits(rho=1.5)
     with pytest.raises(ValueError, match="resolution must be an int in"):
-        default_splits(DataConfig(resolution=3))
-    with pytest.raises(ValueError, match="test_fraction"):
-        default_splits(DataConfig(test_fraction=1.0))
+        default_splits(resolution=3)
+    with pytest.raises(ValueError, match="held-out fraction must be in"):
+        default_splits(test_fraction=1.0)
 
 
 def _write_png(path, value):

@@ -6,7 +6,9 @@ import torch
 import torchattacks
 from torch import nn
 
-from clarep_fast.pipeline.data.default import DataConfig, default_splits
+from clarep_fast.pipeline.data import DataConfig
+from clarep_fast.pipeline.data.default import default_splits
+from clarep_fast.pipeline.evaluate.corruptions import CORRUPTIONS, SEVERITIES, corrupt
 from clarep_fast.pipeline.evaluate.robustness import EvaluateConfig, adversarial_accuracy, evaluate_student, markdown_table
 
 
@@ -28,9 +30,13 @@ def test_pgd_at_zero_and_huge_epsilon(epsilon, expected):
 
 def test_evaluate_student_reports_every_measure():
     model, _, _ = _tiny_model_and_data()
-    config = EvaluateConfig(pgd_steps=2, apgd_steps=2, cw_steps=2, attack_samples=16)
-    results = evaluate_student(model, DataConfig(), config)
-    assert list(results) == ["clean", "only_foreground", "mixed_random", "swapped", "pgd2", "apgd_ce", "cw_l2"]
+    config = EvaluateConfig(pgd_steps=2, apgd_steps=2, cw_steps=2, attack_samples=16, corruption_samples=8)
+    results = evaluate_student(model, DataConfig(), config, resolution=16)
+    headline = ["clean", "only_foreground", "mixed_random", "swapped", "pgd2", "apgd_ce", "cw_l2", "corruption_mean"]
+    assert [name for name in results if "/" not in name] == headline
+    assert len([name for name in results if name.startswith("corruption/")]) == len(CORRUPTIONS)
+    means = [results[f"corruption_severity/{s}"] for s in SEVERITIES]
+    assert abs(sum(means) / len(means) - results["corruption_mean"]) < 1e-9
     assert all(0.0 <= value <= 1.0 for value in results.values())
     assert results["pgd2"] <= results["clean"] + 0.1
     table = markdown_table({"tiny": results})
@@ -56,3 +62,19 @@ def test_demo_writes_the_report(tmp_path):
         assert (tmp_path / "demo" / name).stat().st_size > 0
     again = run_demo(tmp_path / "demo", search=search, distill=distill, evaluate=evaluate, progress=False)  # everything resumes from disk
     assert again.read_text().split("## Wall-clock")[0] == text.split("## Wall-clock")[0]
+
+
+@pytest.mark.parametrize("side", [16, 32])
+def test_corruptions_keep_the_image_box_get_worse_with_severity_and_are_seeded(side):
+    images = torch.rand(6, 3, side, side)
+    for name in CORRUPTIONS:
+        mild, harsh = corrupt(images, name, 1, seed=0), corrupt(images, name, 5, seed=0)
+        assert mild.shape == images.shape and mild.min() >= 0 and mild.max() <= 1, name
+        assert torch.equal(mild, corrupt(images, name, 1, seed=0)), name  # seeded: the same draw twice
+        if name not in ("brightness", "saturate", "pixelate", "jpeg_compression"):  # not monotone in the L2 change on noise images
+            assert (harsh - images).norm() >= (mild - images).norm() * 0.9, name
+    for name in ("fog", "spatter"):
+        with pytest.raises(ValueError, match="are left out"):
+            corrupt(images, name, 1)
+    with pytest.raises(ValueError, match="severity must be one of"):
+        corrupt(images, "contrast", 6)

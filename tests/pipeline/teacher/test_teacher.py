@@ -8,11 +8,12 @@ import torch
 from clarep_fast.pipeline.data import DataConfig
 from clarep_fast.pipeline.rundir import RunDir
 from clarep_fast.pipeline.teacher.ddim import ddim_invert, ddim_sample, time_grid
-from clarep_fast.pipeline.teacher.model import TeacherConfig, build_teacher, guided_noise, load_teacher, noise_prediction, num_classes_of
+from clarep_fast.pipeline.teacher.load import check_fits, load_teacher
+from clarep_fast.pipeline.teacher.model import TeacherConfig, build_teacher, guided_noise, noise_prediction, num_classes_of
 from clarep_fast.pipeline.teacher.train import TrainTeacherConfig, train_teacher
 from tests.taps_models import tiny_dit
 
-TINY = TeacherConfig(resolution=8, channels=(8, 16), layers_per_block=1, attention_level=1, norm_groups=4)
+TINY = TeacherConfig(resolution=8, num_classes=10, channels=(8, 16), layers_per_block=1, attention_level=1, norm_groups=4)
 TINY_RUN = TrainTeacherConfig(steps=4, batch_size=8, checkpoint_every=2, sample_every=4, data=DataConfig(resolution=8), teacher=TINY)
 
 
@@ -85,17 +86,19 @@ def test_changed_config_in_an_existing_run_is_refused(tmp_path):
 
 def test_load_teacher_checks_the_model_against_the_data(tmp_path):
     _tiny().save_pretrained(tmp_path / "unet")
-    model = load_teacher(tmp_path / "unet", num_classes=10, resolution=8)
-    assert num_classes_of(model) == 10
+    teacher = load_teacher(tmp_path / "unet")
+    assert teacher.num_classes == 10 and teacher.resolution == 8
+    check_fits(teacher, classes=10, resolution=8)
     with pytest.raises(ValueError, match="knows 10 classes but the data has 100"):
-        load_teacher(tmp_path / "unet", num_classes=100)
-    with pytest.raises(ValueError, match="works at 8×8 but the data is 32×32"):
-        load_teacher(tmp_path / "unet", resolution=32)
-    with pytest.raises(FileNotFoundError, match="not a diffusers model directory"):
+        check_fits(teacher, classes=100)
+    with pytest.raises(ValueError, match="works at 8×8, the data is 32×32"):
+        check_fits(teacher, resolution=32)
+    with pytest.raises(FileNotFoundError, match="neither a diffusers model folder"):
         load_teacher(tmp_path / "nothing")
     tiny_dit().save_pretrained(tmp_path / "dit")
-    dit = load_teacher(tmp_path / "dit", num_classes=10, channels=4)
-    eps = noise_prediction(dit, torch.randn(2, 4, 8, 8), torch.tensor([3, 4]), torch.tensor([1, 10]))
+    with pytest.raises(ValueError, match="pixel teacher must take RGB images .* 4; a latent teacher needs its vae/"):
+        load_teacher(tmp_path / "dit")  # a 4-channel DiT without a VAE
+    eps = noise_prediction(tiny_dit(), torch.randn(2, 4, 8, 8), torch.tensor([3, 4]), torch.tensor([1, 10]))
     assert eps.shape == (2, 4, 8, 8)
 
 

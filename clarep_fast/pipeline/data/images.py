@@ -1,0 +1,128 @@
+"""Labeled image sets, held in memory or streamed from files, and the stratified split they share.
+
+Every set yields images as float RGB in [0, 1], shape (3, R, R), with an int label. Consumers ask
+for batches by index (``batches``) or for a few images (``take``): an in-memory set slices its
+tensor; a file-backed set decodes in DataLoader workers, so a dataset larger than memory streams.
+The caller chooses the indices (from a seeded generator), so the order of the data does not depend
+on how many workers decode it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterable, Iterator
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp"}
+
+
+class ImageSet(Dataset):
+    """labels (N,) int64 and class names are always in memory; images come from ``__getitem__``."""
+
+    labels: Tensor
+    classes: list[str]
+    resolution: int
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def subset(self, indices: Tensor) -> "ImageSet":
+        raise NotImplementedError
+
+    def batches(self, index_batches: Iterable[Tensor], workers: int = 0) -> Iterator[tuple[Tensor, Tensor]]:
+        """(images (b, 3, R, R), labels (b,)) for each index batch, in order."""
+        raise NotImplementedError
+
+    def take(self, indices: Tensor, workers: int = 0) -> Tensor:
+        """The images at ``indices`` (n, 3, R, R)."""
+        parts = [images for images, _ in self.batches(indices.split(256), workers)]
+        return torch.cat(parts) if parts else torch.empty(0, 3, self.resolution, self.resolution)
+
+    def sequential(self, batch: int, workers: int = 0) -> Iterator[tuple[Tensor, Tensor]]:
+        """The whole set in order, ``batch`` images at a time."""
+        return self.batches(torch.arange(len(self)).split(batch), workers)
+
+
+class TensorImages(ImageSet):
+    """A set held in memory (the default dataset, CIFAR-10); ``extras`` are per-image tensors
+    that travel with each subset (the default dataset's digit masks and background indices)."""
+
+    def __init__(self, images: Tensor, labels: Tensor, classes: list[str], **extras: Tensor):
+        if images.dim() != 4 or images.shape[1] != 3 or images.shape[2] != images.shape[3] or len(images) != len(labels):
+            raise ValueError(f"images must be (N, 3, R, R) with one label each, got {tuple(images.shape)} and {len(labels)} labels")
+        self.images, self.labels, self.classes, self.extras = images, labels, list(classes), extras
+        self.resolution = images.shape[-1]
+
+    def __getitem__(self, index: int) -> tuple[Tensor, int]:
+        return self.images[index], int(self.labels[index])
+
+    def __getattr__(self, name: str) -> Tensor:
+        extras = self.__dict__.get("extras", {})
+        if name in extras:
+            return extras[name]
+        raise AttributeError(name)
+
+    def subset(self, indices: Tensor) -> "TensorImages":
+        return TensorImages(self.images[indices], self.labels[indices], self.classes, **{k: v[indices] for k, v in self.extras.items()})
+
+    def batches(self, index_batches, workers: int = 0):
+        for index in index_batches:
+            yield self.images[index], self.labels[index]
+
+
+def decode_image(path: Path, resolution: int) -> Tensor:
+    """One image file as (3, R, R) float in [0, 1] (RGB, antialiased bilinear resize)."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as image:
+            array = np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0
+    except (UnidentifiedImageError, OSError) as error:
+        raise ValueError(f"cannot read image {path}: {error}") from None
+    tensor = torch.from_numpy(array).permute(2, 0, 1)[None]
+    if tensor.shape[-2:] != (resolution, resolution):
+        tensor = F.interpolate(tensor, size=(resolution, resolution), mode="bilinear", antialias=True, align_corners=False)
+    return tensor[0].clamp(0, 1)
+
+
+class FolderImages(ImageSet):
+    """A set of image files decoded on demand (in DataLoader workers when asked for)."""
+
+    def __init__(self, files: list[Path], labels: Tensor, classes: list[str], resolution: int):
+        self.files, self.labels, self.classes, self.resolution = list(files), labels, list(classes), resolution
+
+    def __getitem__(self, index: int) -> tuple[Tensor, int]:
+        return decode_image(self.files[index], self.resolution), int(self.labels[index])
+
+    def subset(self, indices: Tensor) -> "FolderImages":
+        return FolderImages([self.files[i] for i in indices.tolist()], self.labels[indices], self.classes, self.resolution)
+
+    def batches(self, index_batches, workers: int = 0):
+        batch_lists = [index.tolist() for index in index_batches]
+        loader = DataLoader(self, batch_sampler=batch_lists, num_workers=workers)
+        for images, labels in loader:
+            yield images, labels
+
+
+def stratified_split(labels: Tensor, fraction: float, seed: int) -> tuple[Tensor, Tensor]:
+    """(kept, held out) sorted indices: round(fraction · n_c) of every class c held out, chosen by a
+    generator seeded with ``seed`` (the same seed gives the same split). A class with at least two
+    members keeps one and holds out one at least, so every split sees every class."""
+    if not 0.0 < fraction < 1.0:
+        raise ValueError(f"the held-out fraction must be in (0, 1), got {fraction}")
+    generator = torch.Generator().manual_seed(seed)
+    kept, held = [], []
+    for label in labels.unique().tolist():
+        members = (labels == label).nonzero().flatten()
+        members = members[torch.randperm(len(members), generator=generator)]
+        cut = int(round(len(members) * fraction))
+        if len(members) >= 2:
+            cut = min(max(cut, 1), len(members) - 1)
+        held.append(members[:cut])
+        kept.append(members[cut:])
+    return torch.cat(kept).sort().values, torch.cat(held).sort().values

@@ -1,0 +1,97 @@
+"""Loading a teacher from disk: the embedded default, a diffusers model folder, or a pipeline folder.
+
+    default                   clarep_fast/pipeline/assets/teacher (a UNet2DModel; the DDPM linear schedule)
+    model folder              config.json (+ weights) of a UNet2DModel or DiTTransformer2DModel (save_pretrained)
+    pipeline folder           model_index.json with unet/ or transformer/, optionally vae/ (AutoencoderKL:
+                              a latent teacher) and scheduler/ (its noise schedule and prediction type)
+A model folder has no scheduler: it gets the DDPM linear schedule with ε-prediction, unless a
+scheduler_config.json sits beside its config.json. Every file is read locally (no Hub access).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+from torch import nn
+
+from clarep_fast.pipeline.teacher.model import Teacher
+from clarep_fast.pipeline.teacher.schedule import NoiseSchedule
+
+DEFAULT_TEACHER = Path(__file__).resolve().parent.parent / "assets" / "teacher"
+DENOISERS = ("UNet2DModel", "DiTTransformer2DModel")
+
+
+def teacher_folder(spec: str) -> Path:
+    """The folder a --teacher value names ('default': the embedded teacher)."""
+    return DEFAULT_TEACHER if spec == "default" else Path(spec).expanduser()
+
+
+def load_teacher(spec: str | Path) -> Teacher:
+    """The teacher a --teacher value names; a missing, damaged or foreign folder is refused by name."""
+    path = teacher_folder(str(spec))
+    if (path / "model_index.json").exists():
+        return _load_pipeline(path)
+    if not (path / "config.json").exists():
+        if spec == "default":
+            raise FileNotFoundError(f"the embedded teacher is missing from {path}; reinstall clarep_fast")
+        raise FileNotFoundError(f"teacher {path} is neither a diffusers model folder (config.json) nor a pipeline folder (model_index.json)")
+    schedule_file = path / "scheduler_config.json"
+    schedule = NoiseSchedule.from_scheduler_config(schedule_file) if schedule_file.exists() else NoiseSchedule.default()
+    return Teacher(load_model(path, DENOISERS), schedule)
+
+
+def _load_pipeline(path: Path) -> Teacher:
+    index = _read_config(path / "model_index.json", "a diffusers pipeline index")
+    parts = [name for name in ("unet", "transformer") if name in index and (path / name / "config.json").exists()]
+    if len(parts) != 1:
+        raise ValueError(f"pipeline {path} must hold exactly one denoiser folder, unet/ or transformer/ (found {parts or 'none'})")
+    denoiser = load_model(path / parts[0], DENOISERS)
+    vae = load_model(path / "vae", ("AutoencoderKL",)) if (path / "vae" / "config.json").exists() else None
+    schedule_file = path / "scheduler" / "scheduler_config.json"
+    schedule = NoiseSchedule.from_scheduler_config(schedule_file) if schedule_file.exists() else NoiseSchedule.default()
+    return Teacher(denoiser, schedule, vae)
+
+
+def _read_config(path: Path, what: str) -> dict:
+    try:
+        content = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ValueError(f"{path} is not readable as {what} ({error}); restore the teacher folder") from None
+    if not isinstance(content, dict):
+        raise ValueError(f"{path} is not {what} (a JSON object)")
+    return content
+
+
+def load_model(path: Path, kinds: tuple[str, ...]) -> nn.Module:
+    """A diffusers model folder whose class is one of ``kinds``, in eval mode."""
+    import diffusers
+
+    kind = _read_config(path / "config.json", "a diffusers model config").get("_class_name")
+    if kind not in kinds:
+        raise ValueError(f"{path}: expected a {' or '.join(kinds)}, found {kind!r}")
+    try:
+        return getattr(diffusers, kind).from_pretrained(path, low_cpu_mem_usage=False).eval()  # plain loading: no advice to install accelerate
+    except (OSError, ValueError, RuntimeError, TypeError, KeyError) as error:  # a truncated or garbled weight file, a config that does not build
+        first = str(error).splitlines()[0] if str(error) else ""
+        raise ValueError(f"{path} cannot be loaded ({type(error).__name__}: {first}); the folder's config.json or weights are damaged or not a diffusers model") from None
+
+
+def check_fits(teacher: Teacher, *, classes: int | None = None, resolution: int | None = None, where: str = "the teacher") -> None:
+    """A teacher whose class count or image size does not fit the data is refused, naming both."""
+    if classes is not None and teacher.num_classes != classes:
+        raise ValueError(f"{where} knows {teacher.num_classes} classes but the data has {classes}")
+    if resolution is not None and teacher.resolution != resolution:
+        kind = f"its VAE decodes {teacher.resolution}×{teacher.resolution}" if teacher.is_latent else f"it works at {teacher.resolution}×{teacher.resolution}"
+        raise ValueError(f"{where} does not fit the data: {kind}, the data is {resolution}×{resolution} (--resolution)")
+
+
+def teacher_fingerprint(spec: str | Path) -> str:
+    """sha256 over every config and weight file of the teacher folder (sub-folders included): a copy
+    with another activation, schedule or weights is another teacher, and a bank never mixes two."""
+    path = teacher_folder(str(spec))
+    digest = hashlib.sha256()
+    for file in sorted(p for suffix in ("*.json", "*.safetensors", "*.bin") for p in path.rglob(suffix)):
+        digest.update(str(file.relative_to(path)).encode() + b"\0" + file.read_bytes())
+    return digest.hexdigest()

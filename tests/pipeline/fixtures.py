@@ -1,0 +1,89 @@
+"""Tiny user data and teachers written to disk the way a user would have them (no downloads):
+an image folder of generated shapes, the CIFAR-10 python layout, a pixel UNet2DModel pipeline and
+a latent DiT pipeline (DiTTransformer2DModel + AutoencoderKL + DDIMScheduler)."""
+
+from __future__ import annotations
+
+import json
+import pickle
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+SHAPES = ("disc", "square", "stripes")
+
+
+def shape_image(kind: str, side: int, rng: np.random.Generator) -> np.ndarray:
+    """An RGB uint8 image of one shape class on a random dark background, jittered in place and color."""
+    yy, xx = np.mgrid[:side, :side] / side
+    cy, cx = rng.uniform(0.35, 0.65, 2)
+    if kind == "disc":
+        mask = (yy - cy) ** 2 + (xx - cx) ** 2 < 0.08
+    elif kind == "square":
+        mask = (abs(yy - cy) < 0.25) & (abs(xx - cx) < 0.25)
+    else:
+        mask = ((xx * 6 + rng.uniform()) % 1) < 0.5
+    background = rng.uniform(0, 0.3, 3)
+    color = rng.uniform(0.6, 1.0, 3)
+    image = np.where(mask[..., None], color, background) + rng.normal(0, 0.03, (side, side, 3))
+    return (np.clip(image, 0, 1) * 255).astype(np.uint8)
+
+
+def write_image_folder(root: Path, per_class: int = 12, side: int = 20, split: bool = True, seed: int = 0) -> Path:
+    """root/train/<shape>/*.png and root/test/<shape>/*.png (or root/<shape>/*.png when not split)."""
+    rng = np.random.default_rng(seed)
+    for part, count in ((("train", per_class), ("test", max(2, per_class // 3))) if split else (("", per_class),)):
+        for kind in SHAPES:
+            folder = root / part / kind
+            folder.mkdir(parents=True, exist_ok=True)
+            for i in range(count):
+                Image.fromarray(shape_image(kind, side, rng)).save(folder / f"{i:04d}.png")
+    return root
+
+
+def write_cifar10_layout(root: Path, per_batch: int = 20, seed: int = 0) -> Path:
+    """The CIFAR-10 python layout (data_batch_1..5, test_batch, batches.meta) holding shape images of 10 classes."""
+    rng = np.random.default_rng(seed)
+    root.mkdir(parents=True, exist_ok=True)
+    names = [f"shape{i}".encode() for i in range(10)]
+    with open(root / "batches.meta", "wb") as handle:
+        pickle.dump({b"label_names": names}, handle)
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        labels = [i % 10 for i in range(per_batch)]
+        rows = [shape_image(SHAPES[label % 3], 32, rng).transpose(2, 0, 1).reshape(-1) for label in labels]
+        with open(root / name, "wb") as handle:
+            pickle.dump({b"data": np.stack(rows), b"labels": labels}, handle)
+    return root
+
+
+def write_pixel_pipeline(root: Path, classes: int, side: int, beta_schedule: str = "linear", prediction_type: str = "epsilon") -> Path:
+    """A diffusers pipeline folder: unet/ (a small class-conditional UNet2DModel) and scheduler/."""
+    from diffusers import DDIMScheduler, UNet2DModel
+
+    torch.manual_seed(0)
+    unet = UNet2DModel(sample_size=side, in_channels=3, out_channels=3, layers_per_block=1, block_out_channels=(16, 32),
+                       down_block_types=("DownBlock2D", "AttnDownBlock2D"), up_block_types=("AttnUpBlock2D", "UpBlock2D"),
+                       num_class_embeds=classes + 1, norm_num_groups=8)  # fmt: skip
+    unet.save_pretrained(root / "unet", safe_serialization=True)
+    DDIMScheduler(beta_schedule=beta_schedule, prediction_type=prediction_type).save_pretrained(root / "scheduler")
+    (root / "model_index.json").write_text(json.dumps({"_class_name": "DDIMPipeline", "unet": ["diffusers", "UNet2DModel"],
+                                                       "scheduler": ["diffusers", "DDIMScheduler"]}))  # fmt: skip
+    return root
+
+
+def write_latent_pipeline(root: Path, classes: int, beta_schedule: str = "scaled_linear") -> Path:
+    """A DiT pipeline folder: transformer/ (DiT on 4×4×4 latents), vae/ (AutoencoderKL: 16×16 RGB <-> 4×4×4), scheduler/."""
+    from diffusers import AutoencoderKL, DDIMScheduler, DiTTransformer2DModel
+
+    torch.manual_seed(0)
+    DiTTransformer2DModel(num_attention_heads=2, attention_head_dim=8, in_channels=4, out_channels=8, num_layers=2, sample_size=4,
+                          patch_size=2, num_embeds_ada_norm=classes, norm_num_groups=8).save_pretrained(root / "transformer")  # fmt: skip
+    AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(8, 16, 16), layers_per_block=1, norm_num_groups=8,
+                  down_block_types=("DownEncoderBlock2D",) * 3, up_block_types=("UpDecoderBlock2D",) * 3,
+                  scaling_factor=0.5).save_pretrained(root / "vae")  # fmt: skip
+    DDIMScheduler(beta_schedule=beta_schedule, beta_start=0.00085, beta_end=0.012).save_pretrained(root / "scheduler")
+    (root / "model_index.json").write_text(json.dumps({"_class_name": "DiTPipeline", "transformer": ["diffusers", "DiTTransformer2DModel"],
+                                                       "vae": ["diffusers", "AutoencoderKL"], "scheduler": ["diffusers", "DDIMScheduler"]}))  # fmt: skip
+    return root

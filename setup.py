@@ -96,11 +96,13 @@ setup(
     cmdclass=cmdclass,
     # The kernel library needs torch alone; the pipeline (CLARID, CaDistill, evaluation, the CLI's
     # pipeline commands) is the [pipeline] extra. torchattacks pins an old `requests` it never imports:
-    # scripts/setup.sh installs it with --no-deps (requirements-nodeps.txt).
+    # scripts/setup.sh installs it with --no-deps (requirements-nodeps.txt), and imagecorruptions too (it
+    # asks for the GUI OpenCV; the extra lists the headless one).
     install_requires=["torch>=2.4", "numpy"],
     extras_require={
         "triton": ["triton"],
-        "pipeline": ["diffusers", "timm", "torchvision", "torchattacks", "matplotlib", "scipy", "safetensors", "pillow", "tqdm"],
+        "pipeline": ["diffusers", "timm", "torchvision", "torchattacks", "matplotlib", "scipy", "safetensors", "pillow", "tqdm",
+                     "scikit-image", "opencv-python-headless", "setuptools<81"],
         "test": ["pytest", "pytest-benchmark", "hypothesis"],
     },
     entry_points={"console_scripts": ["clarep-fast=clarep_fast.pipeline.cli:main"]},

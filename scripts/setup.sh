@@ -16,7 +16,8 @@ VENV_PY=.venv/bin/python
 requirements_stamp=$(cat requirements.txt requirements-nodeps.txt | sha256sum | cut -c1-16)
 if [ "$(cat .venv/.requirements-stamp 2>/dev/null)" != "$requirements_stamp" ]; then
   echo "setup: installing dependencies (a few minutes the first time)"
-  "$VENV_PY" -m pip install -q --upgrade pip setuptools wheel
+  # setuptools < 81: imagecorruptions (the corruption benchmark) imports pkg_resources, which 81 removed
+  "$VENV_PY" -m pip install -q --upgrade pip "setuptools<81" wheel
   "$VENV_PY" -m pip install -q -r requirements.txt
   "$VENV_PY" -m pip install -q --no-deps -r requirements-nodeps.txt
   echo "$requirements_stamp" > .venv/.requirements-stamp

@@ -71,7 +71,7 @@ def _mean_std(values: list[float]) -> str:
 def run_demo(run_dir: str | Path, *, seeds: int = 1, search: SearchConfig | None = None, distill: DistillConfig | None = None,
              evaluate: EvaluateConfig | None = None, progress: bool = True) -> Path:  # fmt: skip
     run_dir = Path(run_dir)
-    run = RunDir(run_dir, command="demo", may_change=("seeds",))  # more seeds add students; nothing else may change
+    run = RunDir(run_dir, command="demo", may_change=("seeds", "search.data.workers", "distill.data.workers"))  # more seeds add students; nothing else may change
     search = search or SearchConfig()
     distill = distill or DistillConfig()
     evaluate = evaluate or EvaluateConfig()

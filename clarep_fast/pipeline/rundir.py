@@ -95,7 +95,8 @@ class RunDir:
         new = as_json(config)
         old = self.existing_config()
         if old is not None:
-            changed = sorted(key for key in set(old) | set(new) if key not in self.may_change and old.get(key) != new.get(key))
+            old_flat, new_flat = _flatten(old), _flatten(new)
+            changed = sorted(key for key in set(old_flat) | set(new_flat) if key not in self.may_change and old_flat.get(key) != new_flat.get(key))
             if changed:
                 raise ValueError(
                     f"{self.path} holds a {self.command} run made with a different config (differs in: {', '.join(changed)}); "
@@ -150,3 +151,15 @@ class RunDir:
         if not file.exists():
             return None
         return load_checked(file, f"{self.command}-checkpoint", remedy="delete it to restart this run from its beginning")
+
+
+def _flatten(config: dict, prefix: str = "") -> dict:
+    """Nested config sections as dotted keys ("data.seed"), so a change is named exactly and
+    ``may_change`` can name a nested key."""
+    flat = {}
+    for key, value in config.items():
+        if isinstance(value, dict) and value:
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat

@@ -87,3 +87,22 @@ def write_latent_pipeline(root: Path, classes: int, beta_schedule: str = "scaled
     (root / "model_index.json").write_text(json.dumps({"_class_name": "DiTPipeline", "transformer": ["diffusers", "DiTTransformer2DModel"],
                                                        "vae": ["diffusers", "AutoencoderKL"], "scheduler": ["diffusers", "DDIMScheduler"]}))  # fmt: skip
     return root
+
+
+def main(argv: list[str] | None = None) -> None:
+    """python -m tests.pipeline.fixtures DIR: the four examples the README's own-model commands run on."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("out", type=Path)
+    out = parser.parse_args(argv).out
+    write_image_folder(out / "shapes", per_class=40, side=16)
+    write_cifar10_layout(out / "cifar10", per_batch=60)
+    write_pixel_pipeline(out / "unet-pipeline", classes=10, side=32)
+    write_latent_pipeline(out / "dit-pipeline", classes=len(SHAPES))
+    print(f"wrote {out}/shapes (folder data, 3 classes, 16×16), {out}/cifar10 (CIFAR-10 layout), "
+          f"{out}/unet-pipeline (pixel UNet, 10 classes, 32×32) and {out}/dit-pipeline (latent DiT + VAE, 3 classes, 16×16)")
+
+
+if __name__ == "__main__":
+    main()

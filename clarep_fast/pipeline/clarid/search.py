@@ -34,7 +34,7 @@ from tqdm import tqdm
 
 from clarep_fast.pipeline.clarid.bank import read_shard, shard_path, write_shard
 from clarep_fast.pipeline.clarid.jacobian import MODES, topk_right_singular
-from clarep_fast.pipeline.data.source import DataConfig, load_splits, resolve
+from clarep_fast.pipeline.data.source import DataConfig, dataset_classes, load_splits, resolve
 from clarep_fast.pipeline.distributed import barrier, default_device, rank_and_world
 from clarep_fast.pipeline.files import FORMAT_VERSION
 from clarep_fast.pipeline.options import check_ranges, option
@@ -217,11 +217,9 @@ def prepare(config: SearchConfig, device: str) -> tuple[Teacher, tuple[FeatureTa
     checked against each other before any file is written."""
     teacher = load_teacher(config.teacher).to(device=device, dtype=DTYPES[config.dtype]).requires_grad_(False)
     resolution = resolve(config.data, teacher.resolution)
-    check_fits(teacher, resolution=resolution, where=f"teacher {config.teacher}")
+    check_fits(teacher, classes=len(dataset_classes(config.data)), resolution=resolution, where=f"teacher {config.teacher}")
     taps = validate(config, teacher)
-    train = load_splits(config.data, resolution)["train"]
-    check_fits(teacher, classes=len(train.classes), where=f"teacher {config.teacher}")
-    return teacher, taps, train, resolution
+    return teacher, taps, load_splits(config.data, resolution)["train"], resolution
 
 
 def run_search(config: SearchConfig, bank_dir: str | Path, *, device: str | None = None, progress: bool = True) -> Path:
@@ -233,7 +231,7 @@ def run_search(config: SearchConfig, bank_dir: str | Path, *, device: str | None
     teacher, taps, train, resolution = prepare(config, device)
     classes, sources = plan(config, train.labels)
     resolved = resolved_config(config, len(classes), teacher, resolution, train.classes)
-    RunDir(bank, command="search").claim(resolved, write=rank == 0)
+    RunDir(bank, command="search", may_change=("data.workers",)).claim(resolved, write=rank == 0)  # workers change speed, not results
     barrier(world)
 
     shards = resolved["shards"]

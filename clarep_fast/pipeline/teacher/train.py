@@ -87,7 +87,7 @@ def _step_indices(config: TrainTeacherConfig, start: int, count: int):
 
 def train_teacher(config: TrainTeacherConfig, run_dir: str | Path, *, progress: bool = True) -> Path:
     """Train (or resume) in ``run_dir``; returns the folder of the saved EMA teacher."""
-    run = RunDir(run_dir, command="train-teacher", may_change=("steps",))  # a run may be extended or cut short
+    run = RunDir(run_dir, command="train-teacher", may_change=("steps", "data.workers"))  # a run may be extended or cut short
     device = torch.device(config.device)
     resolution = resolve(config.data)
     train = load_splits(config.data, resolution)["train"]

@@ -138,3 +138,18 @@ def test_a_dit_without_a_null_label_is_refused():
         block.norm1.emb.class_embedder = dit.transformer_blocks[0].norm1.emb.class_embedder
     with pytest.raises(ValueError, match="no null label"):
         num_classes_of(dit)
+
+
+def test_training_streams_a_folder_dataset_through_workers(tmp_path):
+    """train-teacher on an image folder (decoded in 2 DataLoader workers) gives the run it gives in-process."""
+    from tests.pipeline.fixtures import write_image_folder
+
+    root = write_image_folder(tmp_path / "shapes", per_class=6, side=12)
+    config = dataclasses.replace(TINY_RUN, steps=2, checkpoint_every=2, sample_every=2, data=DataConfig(dataset=f"folder:{root}", resolution=8),
+                                 teacher=dataclasses.replace(TINY, num_classes=None))  # fmt: skip
+    inline = load_teacher(train_teacher(config, tmp_path / "inline", progress=False))
+    parallel = load_teacher(train_teacher(dataclasses.replace(config, data=dataclasses.replace(config.data, workers=2)), tmp_path / "parallel", progress=False))
+    assert inline.num_classes == 3 and inline.resolution == 8
+    for (name, a), (_, b) in zip(inline.state_dict().items(), parallel.state_dict().items()):
+        torch.testing.assert_close(a, b, rtol=0, atol=0, msg=name)
+    assert RunDir(tmp_path / "inline", command="train-teacher").path.joinpath("config.json").read_text().count("stripes") == 1

@@ -1,0 +1,115 @@
+"""Own teacher and data end to end through the CLI: a latent DiT pipeline (DiT + AutoencoderKL +
+DDIMScheduler) on an image folder, and a pixel UNet pipeline on CIFAR-10-layout data; and the
+schedule and prediction type the pipeline folder's scheduler sets."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from clarep_fast.pipeline.clarid import load_bank
+from clarep_fast.pipeline.teacher.ddim import ddim_sample
+from clarep_fast.pipeline.teacher.load import load_teacher
+from clarep_fast.pipeline.teacher.schedule import NoiseSchedule
+from tests.pipeline.fixtures import SHAPES, write_cifar10_layout, write_image_folder, write_latent_pipeline, write_pixel_pipeline
+
+ROOT = Path(__file__).resolve().parents[2]
+FAST_SEARCH = ["-k", "3", "--steps", "4", "--count", "6", "--shard-size", "3", "--oversample", "3", "--tol", "1e-2", "--max-iters", "3", "--jacobian-batch", "3"]
+FAST_DISTILL = ["--student", "test_resnet", "--epochs", "1", "--batch-size", "8", "--bank-batch-size", "4"]
+FAST_EVALUATE = ["--pgd-steps", "1", "--apgd-steps", "1", "--cw-steps", "1", "--attack-samples", "4", "--corruption-samples", "2"]
+
+
+def _cli(*args) -> str:
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
+    result = subprocess.run([sys.executable, "-m", "clarep_fast.pipeline.cli", *map(str, args)], env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return result.stdout
+
+
+def test_latent_dit_pipeline_on_an_image_folder(tmp_path):
+    teacher = write_latent_pipeline(tmp_path / "dit", classes=len(SHAPES))
+    data = f"folder:{write_image_folder(tmp_path / 'shapes', per_class=10, side=24)}"
+    bank = tmp_path / "bank"
+    _cli("search", bank, "--teacher", teacher, "--data", data, "--route", "inversion", "--layer", "transformer_blocks.0",
+         "--feature-layers", "transformer_blocks.0", "transformer_blocks.1", "--pool", "1", "--feature-pool", "1", *FAST_SEARCH)  # fmt: skip
+    loaded = load_bank(bank)
+    assert loaded.latents.shape == (6, 4, 4, 4)  # CLAReps live in the VAE latent
+    assert loaded.samples.shape == (6, 3, 16, 16)  # resolution from the VAE: 4 · 2² (the folder's 24×24 images are resized)
+    assert loaded.samples.min() >= 0 and loaded.samples.max() <= 1 and loaded.ordinary_samples.max() <= 1
+    config = json.loads((bank / "config.json").read_text())
+    assert config["latent_teacher"] and config["classes"] == sorted(SHAPES) and config["resolution"] == 16
+    assert config["schedule"]["alpha_bar_last"] == pytest.approx(float(NoiseSchedule.from_scheduler_config(teacher / "scheduler" / "scheduler_config.json").alphas_cumprod[-1]))
+    run = tmp_path / "student"
+    _cli("distill", run, "--bank", bank, "--data", data, "--student-layers", "3", "4", *FAST_DISTILL)
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert "val_accuracy" in metrics[0] and "test_accuracy" not in metrics[0]
+    out = _cli("evaluate", run / "student.pt", *FAST_EVALUATE)
+    results = json.loads((run / "evaluation.json").read_text())
+    assert {"clean", "pgd1", "corruption_mean"} <= set(results) and "swapped" not in results  # background variants: default data only
+    assert "test split of --data folder:" in (run / "evaluation.md").read_text() and "| student |" in out
+
+
+def test_pixel_unet_pipeline_on_cifar10_layout(tmp_path):
+    teacher = write_pixel_pipeline(tmp_path / "unet", classes=10, side=32, prediction_type="v_prediction")
+    data = f"cifar10:{write_cifar10_layout(tmp_path / 'cifar', per_batch=10)}"
+    bank = tmp_path / "bank"
+    _cli("search", bank, "--teacher", teacher, "--data", data, "--layer", "down_blocks.1", "--feature-layers", "down_blocks.1", "mid_block", *FAST_SEARCH)
+    loaded = load_bank(bank)
+    assert loaded.samples.shape == loaded.latents.shape == (6, 3, 32, 32) and 0 <= loaded.samples.min() and loaded.samples.max() <= 1
+    assert json.loads((bank / "config.json").read_text())["schedule"]["prediction_type"] == "v_prediction"
+    run = tmp_path / "student"
+    _cli("distill", run, "--bank", bank, "--data", data, "--student-layers", "3", "4", *FAST_DISTILL)
+    _cli("evaluate", run / "student.pt", *FAST_EVALUATE)
+    assert json.loads((run / "evaluation.json").read_text())["clean"] >= 0
+
+
+def test_a_teacher_that_does_not_fit_the_data_is_refused_naming_both(tmp_path):
+    teacher = write_latent_pipeline(tmp_path / "dit", classes=5)
+    data = f"folder:{write_image_folder(tmp_path / 'shapes', per_class=4)}"
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    for extra, message in ((["--data", data], "knows 5 classes but the data has 3"),
+                           (["--data", data, "--resolution", "32"], "--resolution 32 but the teacher makes 16×16")):  # fmt: skip
+        result = subprocess.run([sys.executable, "-m", "clarep_fast.pipeline.cli", "search", str(tmp_path / "bank"), "--teacher", str(teacher), *extra],
+                                env=env, capture_output=True, text=True, timeout=300)  # fmt: skip
+        assert result.returncode == 2 and message in result.stderr, result.stderr
+        assert not (tmp_path / "bank").exists()  # refused before any file
+
+
+@pytest.mark.parametrize("prediction_type", ["v_prediction", "sample"])
+def test_prediction_types_give_back_the_noise(prediction_type):
+    schedule = NoiseSchedule.default()
+    schedule.prediction_type = prediction_type
+    x0, eps = torch.randn(3, 3, 4, 4, dtype=torch.float64), torch.randn(3, 3, 4, 4, dtype=torch.float64)
+    for t in (0, 400, 999):
+        a = schedule.alpha_bar(t)
+        x_t = a**0.5 * x0 + (1 - a) ** 0.5 * eps
+        output = a**0.5 * eps - (1 - a) ** 0.5 * x0 if prediction_type == "v_prediction" else x0
+        torch.testing.assert_close(schedule.to_epsilon(output, x_t, t), eps)
+
+
+def test_the_scheduler_is_read_and_changes_the_result(tmp_path):
+    from diffusers import DDIMScheduler
+
+    linear = load_teacher(write_pixel_pipeline(tmp_path / "a", classes=4, side=16, beta_schedule="linear"))
+    cosine = load_teacher(write_pixel_pipeline(tmp_path / "b", classes=4, side=16, beta_schedule="squaredcos_cap_v2"))
+    expected = DDIMScheduler(beta_schedule="squaredcos_cap_v2").alphas_cumprod.double()
+    torch.testing.assert_close(cosine.schedule.alphas_cumprod, expected)
+    assert not torch.allclose(linear.schedule.alphas_cumprod, cosine.schedule.alphas_cumprod)
+    noise, labels = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(0)), torch.tensor([0, 3])
+    first, second = ddim_sample(linear, noise, labels, steps=3), ddim_sample(cosine, noise, labels, steps=3)
+    assert (first - second).abs().max() > 1e-3  # same weights, another schedule: another sample
+
+
+def test_latent_teacher_encodes_and_decodes_through_its_vae(tmp_path):
+    teacher = load_teacher(write_latent_pipeline(tmp_path / "dit", classes=3))
+    assert teacher.is_latent and teacher.latent_shape == (4, 4, 4) and teacher.resolution == 16 and teacher.num_classes == 3
+    images = torch.rand(2, 3, 16, 16) * 2 - 1
+    latents = teacher.encode(images)
+    vae = teacher.vae
+    torch.testing.assert_close(latents, vae.encode(images).latent_dist.mean * vae.config.scaling_factor)
+    decoded = teacher.decode(latents)
+    assert decoded.shape == (2, 3, 16, 16) and decoded.abs().max() <= 1

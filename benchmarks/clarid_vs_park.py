@@ -113,7 +113,7 @@ def main() -> None:
         park_angles.append(oracle["angle"])
         print(f"park image {image}: {counts['iterations']} iterations, {seconds - oracle['seconds']:.1f} s, angle {oracle['angle']:.4f}", flush=True)
     rows.append({
-        "method": "park et al. power loop (per image, per direction)", "images": args.park_images,
+        "method": "park et al. power loop (per image, JVPs/VJPs batched in chunks of 32)", "images": args.park_images,
         "seconds_per_clarep": statistics.mean(park_seconds),
         "iterations": statistics.mean(c["iterations"] for c in park_counts),
         "calls_per_clarep": statistics.mean(c["calls"] for c in park_counts),

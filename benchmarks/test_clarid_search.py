@@ -5,7 +5,7 @@ form with iteration and product counts): latents x_{t_e} of the generative route
 mid_block pooled 2×2 (D = 256 of N = 768), top k = 8 right singular vectors of J = df/dx.
 Providers, time per CLARep (the table's "eager" column holds the Park et al. loop):
   fused  clarid.topk_right_singular as the search runs it (mode auto, oversampling 20, batches of 20)
-  eager  the Park et al. power loop (benchmarks/park_loop.py): per image, per direction
+  eager  the Park et al. power loop (benchmarks/park_loop.py): per image, directions batched in chunks
 Both must reach 0.01 rad (largest principal angle to the exact subspace; the accuracy check is
 outside the timing) or the benchmark fails: a speed-up at unequal accuracy means nothing. There is no
 torch.compile column: the search runs the teacher under torch.func transforms, and the Park loop is

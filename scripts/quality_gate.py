@@ -17,6 +17,7 @@ from torchvision.utils import save_image
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from clarep_fast.pipeline.teacher.quality import class_consistency, train_judge  # noqa: E402
+from clarep_fast.pipeline.evaluate.statistics import wilson_interval  # noqa: E402
 from clarep_fast.pipeline.teacher.load import load_teacher  # noqa: E402
 
 GATE = 0.90
@@ -40,7 +41,8 @@ def main() -> int:
     save_image(grid, out / "samples_per_class.png", nrow=10)
     result = {
         "teacher": str(args.teacher), "guidance": args.guidance, "ddim_steps": args.steps, "samples": len(samples),
-        "class_consistency": score, "per_class": [round(v, 3) for v in per_class.tolist()],
+        "class_consistency": score, "class_consistency_wilson95": [round(v, 4) for v in wilson_interval(round(score * len(samples)), len(samples))],
+        "per_class": [round(v, 3) for v in per_class.tolist()],
         "judge_accuracy": judge_accuracy, "gate": GATE, "passed": score >= GATE,
     }  # fmt: skip
     temporary = out / ".quality.json.tmp"

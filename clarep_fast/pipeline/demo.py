@@ -1,13 +1,17 @@
-"""The one-command demo: teacher → CLARep bank → baseline and CaDistill students → evaluation → report.
+"""The one-command demo: teacher → CLARep bank → students → evaluation → report, with a control.
 
     clarep-fast demo RUN_DIR [--seeds N] [--teacher FOLDER --data SPEC]
 
 The embedded teacher and the default dataset unless --teacher and --data say otherwise.
-
-RUN_DIR/bank (the CLARep search, 10% of the training set), RUN_DIR/baseline-s<seed> and
-RUN_DIR/cadistill-s<seed> (the same student, schedule and seed; cross-entropy only vs CaDistill),
-RUN_DIR/evaluation.json, RUN_DIR/losses.png, RUN_DIR/canonical.png and RUN_DIR/report.md.
-Every stage resumes from its files: rerunning the command after a kill continues where it stopped.
+RUN_DIR/bank (the CLARep search, 10% of the training set); per seed s three students with the same
+architecture, schedule, initial weights and data order:
+    baseline-s<s>    cross-entropy only
+    ordinary-s<s>    the CaDistill loss on the bank's ordinary CFG samples (no projection): the
+                     control that isolates CLARID from "distilling any CFG samples of the teacher"
+    cadistill-s<s>   the CaDistill loss on the canonical samples (CLAReps)
+RUN_DIR/evaluation.json, losses.png, canonical.png, nmi.png and report.md: every measure as mean
+± 95% interval over seeds, and CaDistill minus each control paired per seed, with whether the
+interval excludes 0. Every stage resumes from its files: rerunning after a kill continues.
 The report states the measured numbers whether or not CaDistill wins.
 """
 
@@ -15,7 +19,6 @@ from __future__ import annotations
 
 import dataclasses
 import shutil
-import statistics
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +28,7 @@ from clarep_fast.pipeline.data.source import DataConfig
 from clarep_fast.pipeline.distill.train import DistillConfig, load_student, train_student
 from clarep_fast.pipeline.evaluate.corruptions import CORRUPTIONS
 from clarep_fast.pipeline.evaluate.robustness import EvaluateConfig, evaluate_student, headline
+from clarep_fast.pipeline.evaluate.statistics import paired_difference, t_interval
 from clarep_fast.pipeline.files import atomic_write, read_json, save_figure, write_text
 from clarep_fast.pipeline.options import check_ranges, option
 from clarep_fast.pipeline.rundir import RunDir, as_json
@@ -32,7 +36,7 @@ from clarep_fast.pipeline.rundir import RunDir, as_json
 
 @dataclass(frozen=True)
 class DemoConfig:
-    seeds: int = option(1, "train the students with seeds 0..N-1 (mean ± std over seeds)", low=1)
+    seeds: int = option(1, "train the students with seeds 0..N-1 (mean and 95 percent interval over seeds; 5 or more for significance)", low=1)
     epochs: int = option(DistillConfig().epochs, "student training epochs", low=1)
     student: str = option(DistillConfig().student, "timm model name of the students")
     teacher: str = option("default", "'default' (the embedded teacher), a diffusers model folder or a pipeline folder")
@@ -52,7 +56,7 @@ def _loss_curves(runs: dict[str, Path], path: Path) -> None:
     for name, run in runs.items():
         history = read_json(run / "metrics.json", "a student's per-epoch metrics", "delete the student's folder and rerun the demo")
         epochs = [r["epoch"] for r in history]
-        style = "--" if name.startswith("baseline") else "-"
+        style = {"baseline": "--", "ordinary": ":"}.get(name.rsplit("-s", 1)[0], "-")
         left.plot(epochs, [r["ce"] for r in history], style, label=f"{name}: CE")
         if not name.startswith("baseline"):
             for term in ("align", "cano", "dist"):
@@ -63,9 +67,8 @@ def _loss_curves(runs: dict[str, Path], path: Path) -> None:
     save_figure(path, figure)
 
 
-def _mean_std(values: list[float]) -> str:
-    mean = 100 * statistics.mean(values)
-    return f"{mean:.1f}" if len(values) == 1 else f"{mean:.1f} ± {100 * statistics.stdev(values):.1f}"
+STUDENTS = (("baseline", {"baseline": True}), ("ordinary", {"bank_samples": "ordinary"}), ("cadistill", {"bank_samples": "canonical"}))
+GROUPS = {"baseline": "baseline (CE only)", "ordinary": "control: CaDistill on ordinary samples", "cadistill": "CaDistill (CLAReps)"}
 
 
 def run_demo(run_dir: str | Path, *, seeds: int = 1, search: SearchConfig | None = None, distill: DistillConfig | None = None,
@@ -84,10 +87,10 @@ def run_demo(run_dir: str | Path, *, seeds: int = 1, search: SearchConfig | None
     evaluation_file = run_dir / "evaluation.json"
     cached = read_json(evaluation_file, "the demo's evaluations", "delete it and rerun the demo (the students are kept)") if evaluation_file.exists() else {}
     for seed in range(seeds):
-        for baseline in (True, False):
-            name = f"{'baseline' if baseline else 'cadistill'}-s{seed}"
+        for kind, changes in STUDENTS:
+            name = f"{kind}-s{seed}"
             stage = time.perf_counter()
-            config = dataclasses.replace(distill, bank=str(bank_dir), baseline=baseline, seed=seed, data=search.data)
+            config = dataclasses.replace(distill, bank=str(bank_dir), seed=seed, data=search.data, **changes)
             student_file = train_student(config, run_dir / name, progress=progress)
             timings[f"train {name}"] = time.perf_counter() - stage
             runs[name] = run_dir / name
@@ -101,8 +104,11 @@ def run_demo(run_dir: str | Path, *, seeds: int = 1, search: SearchConfig | None
     timings["total"] = time.perf_counter() - began
     for picture in ("canonical.png", "nmi.png"):
         atomic_write(run / picture, lambda temporary: shutil.copyfile(bank_dir / picture, temporary))
-    _loss_curves(runs, run_dir / "losses.png")
-    _write_report(run_dir, results, read_json(bank_dir / "summary.json", "the bank's summary", "delete it and rerun the demo (the shards are kept)"), timings, search, distill, evaluate, seeds)
+    _loss_curves({name: path for name, path in runs.items() if name.endswith("-s0")}, run_dir / "losses.png")  # seed 0: one curve per student kind
+    summary = read_json(bank_dir / "summary.json", "the bank's summary", "delete it and rerun the demo (the shards are kept)")
+    _write_report(run_dir, results, summary, timings, search, distill, evaluate, seeds)
+    for stage, seconds in timings.items():
+        print(f"{stage}: {seconds:.0f} s")
     return run_dir / "report.md"
 
 
@@ -111,54 +117,91 @@ def _number(value) -> str:
     return "n/a (too few CLAReps per class)" if value is None else f"{value:.3f}"
 
 
+def _by_kind(results: dict[str, dict[str, float]], kind: str, measure: str) -> list[float]:
+    """One value per seed, in seed order, for the students of one kind."""
+    names = sorted((n for n in results if n.rsplit("-s", 1)[0] == kind), key=lambda n: int(n.rsplit("-s", 1)[1]))
+    return [results[n][measure] for n in names]
+
+
+def _table(results, measures: list[str], scale: float = 100.0) -> str:
+    lines = ["| student | " + " | ".join(m.split("/")[-1] for m in measures) + " |", "|---|" + "---|" * len(measures)]
+    for kind, title in GROUPS.items():
+        lines.append(f"| {title} | " + " | ".join(t_interval(_by_kind(results, kind, m)).describe(scale) for m in measures) + " |")
+    return "\n".join(lines)
+
+
+def _differences(results, measures: list[str]) -> tuple[str, list[str]]:
+    """The table of CaDistill minus each control (paired per seed), and the sentences that say what is significant."""
+    lines = ["| CaDistill (CLAReps) minus | " + " | ".join(measures) + " |", "|---|" + "---|" * len(measures)]
+    words = []
+    for control in ("baseline", "ordinary"):
+        cells, significant = [], []
+        for measure in measures:
+            difference = paired_difference(_by_kind(results, "cadistill", measure), _by_kind(results, control, measure))
+            cells.append(difference.describe() + (" *" if difference.significant else ""))
+            if difference.significant:
+                significant.append(f"{measure} ({difference.describe()} points)")
+        lines.append(f"| {GROUPS[control]} | " + " | ".join(cells) + " |")
+        if significant:
+            words.append(f"Against the {GROUPS[control]}, the differences whose 95% interval excludes 0: {', '.join(significant)}; the others are not significant.")
+        else:
+            words.append(f"Against the {GROUPS[control]}, no difference is significant (every 95% interval contains 0).")
+    return "\n".join(lines), words
+
+
 def _write_report(run_dir, results, bank_summary, timings, search, distill, evaluate, seeds) -> None:
-    measures = headline(next(iter(results.values())))
-    groups = {"baseline (CE only)": [r for n, r in results.items() if n.startswith("baseline")],
-              "CaDistill": [r for n, r in results.items() if n.startswith("cadistill")]}  # fmt: skip
-    lines = ["| student | " + " | ".join(measures) + " |", "|---|" + "---|" * len(measures)]
-    for name, group in groups.items():
-        lines.append(f"| {name} | " + " | ".join(_mean_std([r[m] for r in group]) for m in measures) + " |")
-    nmi = bank_summary["nmi"]
-    spread = bank_summary["background_spread"]
-    delta = {m: statistics.mean(r[m] for r in groups["CaDistill"]) - statistics.mean(r[m] for r in groups["baseline (CE only)"]) for m in measures}
-    verdict = ", ".join(f"{m} {100 * d:+.1f} points" for m, d in delta.items())
+    first = next(iter(results.values()))
+    measures = headline(first)
+    distortions = [m for m in first if m.startswith("distortion/")]
+    difference_table, verdicts = _differences(results, measures)
+    if seeds == 1:
+        verdicts = ["One seed cannot show significance: the differences above are single draws (rerun with `--seeds 5` for intervals)."]
     teacher = "Embedded teacher (`clarep_fast/pipeline/assets/teacher`)" if search.teacher == "default" else f"Teacher `{search.teacher}`"
-    if search.data.kind == "default":
-        data = f"the default background dataset (MNIST digits on class-correlated backgrounds, rho = {search.data.rho})"
-    else:
-        data = f"`--data {search.data.dataset}`"
+    data = (f"the default background dataset (MNIST digits on class-correlated backgrounds, rho = {search.data.rho})"
+            if search.data.kind == "default" else f"`--data {search.data.dataset}`")  # fmt: skip
+    attacked = "the whole test split" if evaluate.attack_samples is None else f"{evaluate.attack_samples} test images"
     corruption_lines = ""
     if evaluate.corruption_samples:
         columns = [f"corruption/{c}" for c in CORRUPTIONS]
-        corruption_lines = "\n".join(
-            ["| student | " + " | ".join(c.removeprefix("corruption/") for c in columns) + " |", "|---|" + "---|" * len(columns)]
-            + [f"| {name} | " + " | ".join(_mean_std([r[c] for r in group]) for c in columns) + " |" for name, group in groups.items()]
-        )
-        corruption_lines = f"\n\nPer corruption (accuracy, %, mean over severities 1–5, {evaluate.corruption_samples} test images):\n\n" + corruption_lines
+        corruption_lines = (f"\n\nPer corruption (accuracy, %, mean over severities 1–5, {evaluate.corruption_samples} test images):\n\n" + _table(results, columns))
+    nmi = bank_summary["nmi"]
+    spread = bank_summary["background_spread"]
+    interval_words = "mean ± 95% interval over seeds (Student's t)" if seeds > 1 else "one seed, no interval"
     text = f"""# clarep_fast demo report
 
-{teacher} on {data}. {bank_summary['count']} CLAReps (t_e = {search.t_e},
-k = {search.k}, layer {search.layer}), student `{distill.student}` ({distill.epochs} epochs, batch {distill.batch_size}),
-λ_align = {distill.lambda_align}, λ_cano = {distill.lambda_cano}, λ_dist = {distill.lambda_dist}; {seeds} seed(s){' (mean ± std)' if seeds > 1 else ''}.
+{teacher} on {data}. {bank_summary['count']} CLAReps (t_e = {search.t_e}, k = {search.k}, {search.directions} directions,
+layer {search.layer}), student `{distill.student}` ({distill.epochs} epochs, batch {distill.batch_size}),
+λ_align = {distill.lambda_align}, λ_cano = {distill.lambda_cano}, λ_dist = {distill.lambda_dist}; {seeds} seed(s): {interval_words}.
+Per seed, three students with the same initial weights and data order: cross-entropy only; the
+CaDistill loss on the bank's ordinary CFG samples (the control: no projection); CaDistill on the
+canonical samples.
 
-## Baseline vs CaDistill (accuracy, %)
+## Accuracy (%), test split
 
-{chr(10).join(lines)}
+{_table(results, measures)}
 
-Columns: clean test accuracy; clean accuracy with the background removed (only_foreground), drawn
-at random (mixed_random) and swapped to another class's color (swapped); robust accuracy under
-PGD-{evaluate.pgd_steps} and APGD-CE (L∞ ε = {evaluate.epsilon * 255:.0f}/255) and CW-L2 (c = 1, {evaluate.cw_steps} steps) on
-{evaluate.attack_samples} test images; corruption_mean: mean accuracy over 15 common corruptions × severities 1–5.
-All on the test split; each student is the last epoch's (validation accuracy is logged, nothing is picked).
-CaDistill minus baseline: {verdict}.{corruption_lines}
+Columns: clean test accuracy; {'for the default data, clean accuracy with the background removed (only_foreground), drawn at random (mixed_random) and swapped to another class (swapped); ' if 'swapped' in measures else ''}robust accuracy under
+PGD-{evaluate.pgd_steps} and APGD-CE (L∞ ε = {evaluate.epsilon * 255:.0f}/255) and APGD-L2 (ε₂ = 0.5·sqrt(d/3072)) on {attacked};
+corruption_mean: mean over 15 common corruptions × severities 1–5. Each student is the last
+epoch's (validation accuracy is logged, nothing is picked). CW-L2 median distortion (L2 norm of the
+perturbation it needed, on {attacked}; larger is more robust):
+
+{_table(results, distortions, scale=1.0).replace('| cw_l2_median |', '| CW-L2 median L2 distortion |')}
+
+## CaDistill minus the controls (points, paired per seed; * = the 95% interval excludes 0)
+
+{difference_table}
+
+{' '.join(verdicts)}{corruption_lines}
 
 ## The CLARep bank
 
 ![canonical samples](canonical.png)
 
-NMI of k-means on teacher features (ordinary → canonical samples): """ + ", ".join(
-        f"{layer} {_number(v['ordinary'])} → {_number(v['canonical'])}" for layer, v in nmi.items()
-    ) + f""". Within-class background-color spread: {_number(spread['ordinary'])} → {_number(spread['canonical'])}.
+NMI of k-means against the class, ordinary → canonical samples. On {bank_summary.get('nmi_features', 'teacher features')}: """ + ", ".join(
+        f"{layer} {_number(v['ordinary'])} → {_number(v['canonical'])}" for layer, v in nmi.items() if not layer.startswith("pixels")
+    ) + f""". On the samples' raw pixels (an independent feature): {_number(nmi['pixels (independent)']['ordinary'])} → {_number(nmi['pixels (independent)']['canonical'])}.
+Within-class background-color spread (pixels): {_number(spread['ordinary'])} → {_number(spread['canonical'])}.
 
 ![NMI](nmi.png)
 

@@ -10,10 +10,11 @@
         samples           (n, 3, R, R)  canonical samples: DDIM with CFG from x~ at t_e to 0 (decoded by the
                                         VAE for a latent teacher), images in [0, 1] at the data resolution
         ordinary_samples  (n, 3, R, R)  the same from x_{t_e} (no projection), for comparison
-        singular_values   (n, k)        top-k singular values of the feature Jacobian
+        singular_values   (n, k)        top-k singular values of the feature Jacobian (0: random directions)
         iterations        (n,)          subspace iterations each image ran
-        features.<layer>  (n, C_l·s²)   the teacher's canonical features of the CLARep, f_l(x~, t_e, c)
-        ordinary_features.<layer>       the same of x_{t_e}
+        features.<layer>  (n, C_l·s²)   the teacher's canonical features: of the canonical sample re-noised
+                                        to t_f, null label (config feature_from / feature_time / feature_label)
+        ordinary_features.<layer>       the same of the ordinary sample (same noise draw)
 A shard is written to a temporary name and renamed: a file under shards/ is always complete, so a
 killed search resumes by skipping the shards that exist (after checking them). Every shard carries
 its format, version and a digest of its tensors in the safetensors metadata, and config.json its

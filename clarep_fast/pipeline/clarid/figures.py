@@ -2,9 +2,13 @@
 
 canonical.png  one row per class: ordinary CFG samples (left) beside the canonical samples of the
                same starting latents (right)
-nmi.png        the paper's interpretability measure: NMI of k-means on the teacher's features of
-               canonical vs ordinary samples, per tapped layer; beside it the within-class spread
-               of the background color (known to be irrelevant on the default dataset)
+nmi.png        the paper's interpretability measure: NMI of k-means on the teacher's cached features of
+               canonical vs ordinary samples, per tapped layer, and the same on the samples' raw
+               pixels (an independent feature: the teacher is not judge of itself); beside it the
+               within-class spread of the background color (irrelevant on the default dataset).
+The teacher features are content features (samples re-noised to t_f, null label) unless the bank
+was built with feature_label = true or feature_from = latent: then the figure says that they read
+the label input, so their NMI says little about the images.
 """
 
 from __future__ import annotations
@@ -46,7 +50,18 @@ def class_picture(samples: torch.Tensor, ordinary: torch.Tensor, classes: torch.
     save_figure(path, figure)
 
 
-def nmi_figure(scores: dict[str, dict[str, float]], spread: dict[str, float], path: Path) -> None:
+def feature_description(config: dict) -> str:
+    """What the bank's cached teacher features are, in words (for figures and reports)."""
+    label = config.get("feature_label", "true")
+    if config.get("feature_from", "latent") == "latent":
+        where = f"the projected latent at t_e = {config['t_e']}"
+    else:
+        where = f"the samples re-noised to t_f = {config['feature_time']}"
+    reads = "null label: content only" if label == "null" else "TRUE label: they read the label input"
+    return f"teacher features of {where} ({reads})"
+
+
+def nmi_figure(scores: dict[str, dict[str, float]], spread: dict[str, float], path: Path, description: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -61,7 +76,7 @@ def nmi_figure(scores: dict[str, dict[str, float]], spread: dict[str, float], pa
     left.set_ylabel("NMI (k-means vs class)")
     left.set_ylim(0, 1)
     left.legend(loc="lower right", framealpha=0.9)
-    left.set_title("teacher features cluster by class")
+    left.set_title(description, fontsize=9)
     right.bar([0, 1], [spread["ordinary"] or 0.0, spread["canonical"] or 0.0], color=["C0", "C1"])  # None: too few per class
     right.set_xticks([0, 1], ["ordinary", "canonical"])
     right.set_title("background color spread\nwithin a class")
@@ -80,8 +95,11 @@ def write_bank_figures(bank_dir: str | Path) -> dict:
     together = {kind: torch.cat([(f - f.mean(0)) / f.std(0).clamp_min(1e-8) for f in source.values()], 1)
                 for kind, source in (("ordinary", bank.ordinary_features), ("canonical", bank.features))}  # fmt: skip
     scores["all layers"] = {kind: feature_nmi(features, bank.classes) for kind, features in together.items()}
+    scores["pixels (independent)"] = {"ordinary": feature_nmi(bank.ordinary_samples.flatten(1), bank.classes),
+                                      "canonical": feature_nmi(bank.samples.flatten(1), bank.classes)}  # fmt: skip
     spread = {"ordinary": background_spread(bank.ordinary_samples, bank.classes), "canonical": background_spread(bank.samples, bank.classes)}
-    nmi_figure(scores, spread, bank_dir / "nmi.png")
-    return {"count": len(bank.classes), "nmi": scores, "background_spread": spread,
+    description = feature_description(bank.config)
+    nmi_figure(scores, spread, bank_dir / "nmi.png", description)
+    return {"count": len(bank.classes), "nmi": scores, "nmi_features": description, "background_spread": spread,
             "mean_iterations": float(bank.iterations.float().mean()),
             "top_singular_value_mean": float(bank.singular_values[:, 0].mean())}  # fmt: skip

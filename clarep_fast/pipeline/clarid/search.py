@@ -5,11 +5,19 @@ For every planned item (a class c, and for the inversion route a real training i
      image up to t_e (inversion route);
   2. V_k, σ_k: top-k right singular pairs of J = d f_l(x_{t_e}, t_e, c)/d x_{t_e}, f_l the teacher's
      feature at ``layer`` pooled to pool×pool (randomized subspace iteration, clarid/jacobian.py;
-     the tap stops after ``layer``);
+     the tap stops after ``layer``). The control ``directions = random`` takes k random orthonormal
+     directions instead (no Jacobian): what projecting out *any* k directions does;
   3. the CLARep x~ = (I - V_k V_kᵀ) x_{t_e}, rescaled to the old norm if ``rescale`` (fused project_out);
   4. its canonical sample: DDIM with CFG from x~ at t_e to 0, decoded by the VAE for a latent
      teacher (the bank holds images in [0, 1] at the data resolution); the ordinary sample from x_{t_e} alike;
-  5. canonical features: the teacher's features at ``feature_layers`` of (x~, t_e, c), computed once.
+  5. canonical features, cached once for distillation: the canonical sample x~_0 (in the diffusion's
+     space, before decoding) re-noised to the feature time t_f with a fixed noise draw ε_f,
+         x_f = sqrt(ā_{t_f}) x~_0 + sqrt(1 - ā_{t_f}) ε_f,
+     tapped at ``feature_layers`` with the null label (``feature_label = null``): features of the
+     image's content, which cannot read the class from the label input (a class-conditional network
+     adds the label embedding in every block, so true-label features are largely class vectors).
+     The ordinary sample's features alike, with the same ε_f. ``feature_from = latent`` keeps the
+     earlier form f(x~, t_e, label) as an explicit option.
 For a latent teacher x_{t_e} is a VAE latent, the Jacobian is taken w.r.t. it, and the inversion
 route encodes the real image first. The teacher's network may run in bfloat16/float16 (--dtype);
 the DDIM updates, the projection and the subspace iteration's QR and Rayleigh–Ritz stay in
@@ -64,6 +72,10 @@ class SearchConfig:
     fraction: float = option(0.1, "CLAReps per class as a share of its training images", low=0, high=1, low_open=True)
     feature_layers: tuple[str, ...] = option(("down_blocks.1", "down_blocks.2", "mid_block"), "layers of the cached canonical features")
     feature_pool: int = option(2, "cached features pooled to feature_pool×feature_pool", low=1)
+    feature_from: str = option("sample", "cached features of the samples re-noised to --feature-time (sample), or of the projected latent at t_e (latent: the earlier form)", choices=("sample", "latent"))
+    feature_time: int = option(200, "t_f, the time the samples are re-noised to for their features (chosen on the validation split: docs/runs/clarid/feature_time.md)", low=0)
+    feature_label: str = option("null", "label the feature taps see: null (content only) or true (the class label: features largely read the label)", choices=("null", "true"))
+    directions: str = option("top", "directions projected out: the Jacobian's top-k (CLARID), or k random orthonormal ones (the control)", choices=("top", "random"))
     mode: str = option("auto", "top-k method (auto: exact for narrow features; vjp: VJP-only)", choices=MODES)
     oversample: int = option(20, "extra probe vectors of the subspace iteration", low=0)
     tol: float = option(3e-3, "stop when successive top-k subspaces are this close (radians)", low=0, low_open=True)
@@ -113,6 +125,8 @@ def validate(config: SearchConfig, teacher: Teacher) -> tuple[FeatureTap, Featur
     last = teacher.schedule.num_train_timesteps - 1
     if not 1 <= config.t_e <= last - 1:
         raise ValueError(f"t_e must be inside the teacher's schedule, in [1, {last - 1}], got {config.t_e}")
+    if config.feature_time > last:
+        raise ValueError(f"feature_time must be inside the teacher's schedule, in [0, {last}], got {config.feature_time}")
     channels, size, _ = teacher.latent_shape
     latent = channels * size * size
     if not 1 <= config.k < latent:
@@ -173,10 +187,31 @@ def search_directions(features, start: Tensor, times: Tensor, labels: Tensor, co
     return torch.cat(vectors), torch.cat(values), torch.cat(iterations)
 
 
+def random_directions(count: int, latent_shape: tuple[int, ...], k: int, generator: torch.Generator) -> Tensor:
+    """k random orthonormal directions per item (count, N, k): QR of a Gaussian matrix (Haar-distributed span)."""
+    gaussian = torch.randn(count, math.prod(latent_shape), k, generator=generator, dtype=torch.float64)
+    return torch.linalg.qr(gaussian).Q.float()
+
+
+def cached_features(teacher: Teacher, feature_tap: FeatureTap, config: SearchConfig, latent: Tensor, clean: Tensor, noise: Tensor, labels: Tensor) -> dict[str, Tensor]:
+    """Step 5 for one kind of sample: {layer: (n, C_l·s²)} float32."""
+    if config.feature_from == "latent":
+        inputs, t = latent, config.t_e
+    else:
+        alpha = teacher.schedule.alpha_bar(config.feature_time)
+        inputs, t = alpha**0.5 * clean + (1 - alpha) ** 0.5 * noise, config.feature_time
+    shown = torch.full_like(labels, teacher.num_classes) if config.feature_label == "null" else labels
+    times = torch.full_like(labels, t)
+    with torch.no_grad():
+        found = feature_tap(inputs.to(teacher.dtype), times, shown).features
+    return {layer: found[layer].flatten(1).float() for layer in config.feature_layers}
+
+
 def search_shard(teacher: Teacher, taps: tuple[FeatureTap, FeatureTap], config: SearchConfig, classes: Tensor, sources: Tensor, train, shard: int) -> dict[str, Tensor]:
     """Steps 1–5 of the module docstring for one shard's items; the shard's tensors."""
     device = teacher.device
     generator = torch.Generator().manual_seed(config.seed * 1_000_003 + shard)
+    feature_generator = torch.Generator().manual_seed(config.seed * 1_000_003 + shard + 500_009)  # ε_f: its own stream
     steps_total = teacher.schedule.num_train_timesteps
     before, after = split_steps(config, steps_total)
     labels = classes.to(device)
@@ -194,21 +229,26 @@ def search_shard(teacher: Teacher, taps: tuple[FeatureTap, FeatureTap], config: 
     def features(z: Tensor, t: Tensor, c: Tensor) -> Tensor:
         return search_tap(z.to(teacher.dtype), t, c).packed.float()
 
-    vectors, values, iterations = search_directions(features, start, times, labels, config, generator)  # step 2
+    if config.directions == "random":  # step 2, the control
+        vectors = random_directions(count, teacher.latent_shape, config.k, generator).to(device)
+        values, iterations = torch.zeros(count, config.k), torch.zeros(count, dtype=torch.long)
+    else:
+        vectors, values, iterations = search_directions(features, start, times, labels, config, generator)  # step 2
     latents = project_out(start, vectors, rescale=config.rescale)  # step 3
     grid = time_grid(config.t_e, -1, after, steps_total)
-    samples = teacher.decode(ddim_move(teacher, latents, labels, grid, config.guidance, clip=clip))  # step 4
-    ordinary = teacher.decode(ddim_move(teacher, start, labels, grid, config.guidance, clip=clip))
-    with torch.no_grad():  # step 5
-        canonical_features = feature_tap(latents.to(teacher.dtype), times, labels).features
-        ordinary_features = feature_tap(start.to(teacher.dtype), times, labels).features
+    canonical_clean = ddim_move(teacher, latents, labels, grid, config.guidance, clip=clip)  # step 4
+    ordinary_clean = ddim_move(teacher, start, labels, grid, config.guidance, clip=clip)
+    feature_noise = torch.randn(count, *teacher.latent_shape, generator=feature_generator).to(device)  # step 5
+    canonical_features = cached_features(teacher, feature_tap, config, latents, canonical_clean, feature_noise, labels)
+    ordinary_features = cached_features(teacher, feature_tap, config, start, ordinary_clean, feature_noise, labels)
     tensors = {
-        "classes": classes, "latents": latents, "start_latents": start, "samples": (samples + 1) / 2, "ordinary_samples": (ordinary + 1) / 2,
+        "classes": classes, "latents": latents, "start_latents": start,
+        "samples": (teacher.decode(canonical_clean) + 1) / 2, "ordinary_samples": (teacher.decode(ordinary_clean) + 1) / 2,
         "singular_values": values, "iterations": iterations,
     }  # fmt: skip
     for layer in config.feature_layers:
-        tensors[f"features.{layer}"] = canonical_features[layer].flatten(1).float()
-        tensors[f"ordinary_features.{layer}"] = ordinary_features[layer].flatten(1).float()
+        tensors[f"features.{layer}"] = canonical_features[layer]
+        tensors[f"ordinary_features.{layer}"] = ordinary_features[layer]
     return tensors
 
 

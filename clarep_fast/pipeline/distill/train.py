@@ -9,8 +9,12 @@ the CLARep bank (canonical samples, their classes, the teacher's cached canonica
                              canonical prototype
        + λ_dist  · L_dist    mean over pairs of 1 - CKA(s_l(x~_0), F_T,l)                  (fused cka_pairs)
 The teacher never runs: F_T comes from the bank. Real and canonical batches go through the student
-in separate forwards, so the real batch's BatchNorm statistics are its own; with every λ = 0 the
-canonical forward is skipped and the run is exactly the baseline (same data order, same seed).
+in separate forwards, so the real batch's BatchNorm statistics are its own. The canonical forward
+normalizes with its own batch statistics but does not write BatchNorm's running statistics
+(momentum 0 for that forward): test time uses statistics of real images only, as the baseline's
+(docs/pipeline.md has the measurement). With every λ = 0 the canonical forward is skipped and the
+run is exactly the baseline (same data order, same seed). ``bank_samples = ordinary`` is the
+control: the same loss on the bank's ordinary CFG samples and their features (no projection).
 Under torchrun every rank takes its slice of each global batch and DDP averages the gradients.
 
 The data order comes from a generator seeded by (seed, epoch); folder data streams through
@@ -24,6 +28,7 @@ spec included, so `clarep-fast evaluate` finds its test split).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import time
@@ -63,6 +68,8 @@ class DistillConfig:
     lambda_dist: float = option(0.5, "weight of L_dist (1 - CKA)", low=0)
     temperature: float = option(0.1, "temperature of L_cano", low=0, low_open=True)
     baseline: bool = option(False, "cross-entropy only (same student, schedule and seed): every λ treated as 0, the bank never read")
+    bank_samples: str = option("canonical", "distill the bank's canonical samples (CaDistill) or its ordinary CFG samples (the control)", choices=("canonical", "ordinary"))
+    canonical_bn: str = option("frozen", "whether the canonical forward updates BatchNorm's running statistics (update: the earlier behaviour)", choices=("frozen", "update"))
     seed: int = option(0, "seed of the initial weights and the data order")
     data: DataConfig = option(default_factory=DataConfig)
 
@@ -100,15 +107,33 @@ class BankBatches:
             raise ValueError(f"bank_batch_size {config.bank_batch_size} exceeds the bank's {len(bank.classes)} CLAReps")
         self.layers = layers
         self.config_sha256 = hashlib.sha256(json.dumps(bank.config, sort_keys=True).encode()).hexdigest()
-        self.images = bank.samples.clamp(0, 1).to(device)
+        samples, features = (bank.samples, bank.features) if config.bank_samples == "canonical" else (bank.ordinary_samples, bank.ordinary_features)
+        self.images = samples.clamp(0, 1).to(device)
         self.classes = bank.classes.to(device)
-        self.features = [bank.features[layer].float().to(device) for layer in layers]
+        self.features = [features[layer].float().to(device) for layer in layers]
         last = self.features[-1]
         self.prototypes = torch.stack([last[self.classes == k].mean(0) if (self.classes == k).any() else torch.zeros_like(last[0]) for k in range(num_classes)])
         self.has_prototype = torch.stack([(self.classes == k).any() for k in range(num_classes)])
 
     def widths(self) -> list[int]:
         return [f.shape[1] for f in self.features]
+
+
+@contextlib.contextmanager
+def frozen_batchnorm_statistics(model: torch.nn.Module, frozen: bool = True):
+    """Inside: BatchNorm layers still normalize with the batch's statistics (train mode) but leave
+    their running mean, variance and batch count as they were (momentum 0, count restored)."""
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and m.track_running_stats] if frozen else []
+    saved = [(m.momentum, m.num_batches_tracked.clone() if m.num_batches_tracked is not None else None) for m in norms]
+    for m in norms:
+        m.momentum = 0.0
+    try:
+        yield
+    finally:
+        for m, (momentum, count) in zip(norms, saved):
+            m.momentum = momentum
+            if count is not None:
+                m.num_batches_tracked.copy_(count)
 
 
 def _losses(model, images: Tensor, labels: Tensor, bank: BankBatches | None, bank_index: Tensor | None, config: DistillConfig) -> dict[str, Tensor]:
@@ -118,7 +143,8 @@ def _losses(model, images: Tensor, labels: Tensor, bank: BankBatches | None, ban
     zero = terms["ce"].new_zeros(())
     terms.update(align=zero, cano=zero, dist=zero)
     if bank is not None:
-        _, raw, projected_canonical = model(bank.images[bank_index])
+        with frozen_batchnorm_statistics(model, config.canonical_bn == "frozen"):
+            _, raw, projected_canonical = model(bank.images[bank_index])
         teachers = [f[bank_index] for f in bank.features]
         if lambda_align:
             terms["align"] = feature_align(projected_canonical, teachers, kind="cosine")

@@ -62,8 +62,19 @@ def test_search_writes_a_complete_bank(teacher_dir, tmp_path):
     for name in ("canonical.png", "nmi.png", "summary.json"):
         assert (bank_dir / name).stat().st_size > 0
     summary = json.loads((bank_dir / "summary.json").read_text())
-    assert set(summary["nmi"]) == {"down_blocks.1", "mid_block", "all layers"}
+    assert set(summary["nmi"]) == {"down_blocks.1", "mid_block", "all layers", "pixels (independent)"}
     assert 0 <= summary["nmi"]["mid_block"]["canonical"] <= 1
+    assert summary["nmi_features"] == "teacher features of the samples re-noised to t_f = 200 (null label: content only)"
+    config = json.loads((bank_dir / "config.json").read_text())
+    assert (config["feature_from"], config["feature_time"], config["feature_label"], config["directions"]) == ("sample", 200, "null", "top")
+
+
+def test_random_direction_control_projects_out_random_directions(teacher_dir, tmp_path):
+    bank = load_bank(run_search(small_config(teacher_dir, count=2, shard_size=2, directions="random", rescale=False), tmp_path / "bank", progress=False))
+    assert (bank.singular_values == 0).all() and (bank.iterations == 0).all()
+    removed = (bank.start_latents - bank.latents).flatten(1)
+    assert torch.allclose(removed.norm(dim=1) ** 2 + bank.latents.flatten(1).norm(dim=1) ** 2, bank.start_latents.flatten(1).norm(dim=1) ** 2, rtol=1e-4)  # an orthogonal projection
+    assert 0 <= bank.samples.min() and bank.samples.max() <= 1
 
 
 def test_resume_recomputes_only_missing_shards(teacher_dir, tmp_path):

@@ -133,3 +133,57 @@ def test_student_layers_are_checked_against_the_model():
     with pytest.raises(ValueError, match="student_layers"):
         Student("test_resnet", 10, [])
     assert Student("test_resnet", 10, [-1, 2]).layers == [-1, 2]
+
+
+def test_l_cano_against_a_hand_computation(tiny_bank):
+    bank_dir, _ = tiny_bank
+    config = small_distill(bank_dir, lambda_align=0.0, lambda_dist=0.0, temperature=0.5)
+    bank = BankBatches(config, [str(c) for c in range(10)], 16, "cpu")
+    torch.manual_seed(0)
+    student = Student("test_resnet", 10, config.student_layers).eval()
+    model = DistillModel(student, student.feature_widths(16), bank.widths()).eval()
+    images, labels = bank.images[:6], bank.classes[:6]
+    terms = _losses(model, images, labels, bank, torch.arange(4), config)
+    with torch.no_grad():
+        _, _, projected = model(images)
+        embedding = projected[-1]
+    expected = 0.0
+    for row, label in zip(embedding, labels):
+        scores = []
+        for k in range(10):
+            if bank.has_prototype[k]:
+                prototype = bank.prototypes[k]
+                scores.append(float(row @ prototype / (row.norm() * prototype.norm())) / 0.5)
+            else:
+                scores.append(-1.0 / 0.5)  # a class without CLAReps: similarity -1
+        logsumexp = torch.tensor(scores, dtype=torch.float64).logsumexp(0)
+        expected += float(logsumexp - scores[int(label)]) / len(labels)
+    assert float(terms["cano"]) == pytest.approx(expected, rel=1e-5)
+
+
+def test_the_canonical_forward_leaves_batchnorm_running_statistics_alone(tiny_bank):
+    from clarep_fast.pipeline.distill.train import frozen_batchnorm_statistics
+
+    torch.manual_seed(0)
+    student = Student("test_resnet", 10, (2, 3, 4)).train()
+    norms = [m for m in student.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    before = [(m.running_mean.clone(), m.running_var.clone(), int(m.num_batches_tracked)) for m in norms]
+    images = torch.rand(8, 3, 16, 16)
+    with frozen_batchnorm_statistics(student):
+        frozen_logits = student(images)
+    for m, (mean, var, count) in zip(norms, before):
+        assert torch.equal(m.running_mean, mean) and torch.equal(m.running_var, var) and int(m.num_batches_tracked) == count
+        assert m.momentum == 0.1  # restored
+    updating = student(images)  # train mode outside: batch statistics for the output, running statistics written
+    torch.testing.assert_close(frozen_logits, updating)  # the same normalization inside (batch statistics)
+    assert not torch.equal(norms[0].running_mean, before[0][0])
+
+
+def test_the_ordinary_control_reads_the_ordinary_samples(tiny_bank):
+    bank_dir, _ = tiny_bank
+    canonical = BankBatches(small_distill(bank_dir), [str(c) for c in range(10)], 16, "cpu")
+    ordinary = BankBatches(small_distill(bank_dir, bank_samples="ordinary"), [str(c) for c in range(10)], 16, "cpu")
+    bank = load_bank(bank_dir)
+    torch.testing.assert_close(ordinary.images, bank.ordinary_samples.clamp(0, 1))
+    torch.testing.assert_close(canonical.images, bank.samples.clamp(0, 1))
+    assert not torch.equal(ordinary.features[0], canonical.features[0])

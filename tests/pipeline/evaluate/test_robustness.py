@@ -32,7 +32,8 @@ def test_evaluate_student_reports_every_measure():
     model, _, _ = _tiny_model_and_data()
     config = EvaluateConfig(pgd_steps=2, apgd_steps=2, cw_steps=2, attack_samples=16, corruption_samples=8)
     results = evaluate_student(model, DataConfig(), config, resolution=16)
-    headline = ["clean", "only_foreground", "mixed_random", "swapped", "pgd2", "apgd_ce", "cw_l2", "corruption_mean"]
+    headline = ["clean", "only_foreground", "mixed_random", "swapped", "pgd2", "apgd_ce", "apgd_l2", "corruption_mean"]
+    assert results["distortion/cw_l2_median"] >= 0
     assert [name for name in results if "/" not in name] == headline
     assert len([name for name in results if name.startswith("corruption/")]) == len(CORRUPTIONS)
     means = [results[f"corruption_severity/{s}"] for s in SEVERITIES]
@@ -54,13 +55,18 @@ def test_demo_writes_the_report(tmp_path):
     search = SearchConfig(teacher=str(teacher), t_e=500, k=3, layer="down_blocks.1", steps=4, count=20, shard_size=20, oversample=4,
                           tol=1e-2, max_iters=3, jacobian_batch=20)  # fmt: skip
     distill = DistillConfig(student="test_resnet", epochs=1, batch_size=256, bank_batch_size=8)
-    evaluate = EvaluateConfig(pgd_steps=2, apgd_steps=2, cw_steps=2, attack_samples=16)
-    report = run_demo(tmp_path / "demo", search=search, distill=distill, evaluate=evaluate, progress=False)
+    evaluate = EvaluateConfig(pgd_steps=2, apgd_steps=2, cw_steps=2, attack_samples=16, corruption_samples=4)
+    report = run_demo(tmp_path / "demo", seeds=2, search=search, distill=distill, evaluate=evaluate, progress=False)
     text = report.read_text()
-    assert "| baseline (CE only) |" in text and "| CaDistill |" in text and "CaDistill minus baseline" in text
+    for row in ("| baseline (CE only) |", "| control: CaDistill on ordinary samples |", "| CaDistill (CLAReps) |", "| CaDistill (CLAReps) minus |"):
+        assert row in text, row
+    assert "mean ± 95% interval over seeds" in text and "CW-L2 median L2 distortion" in text and "raw pixels" in text
+    assert "significant" in text and "null label" in text
+    assert sorted(p.name for p in (tmp_path / "demo").iterdir() if p.name.endswith(("-s0", "-s1"))) == [
+        "baseline-s0", "baseline-s1", "cadistill-s0", "cadistill-s1", "ordinary-s0", "ordinary-s1"]
     for name in ("canonical.png", "nmi.png", "losses.png", "evaluation.json"):
         assert (tmp_path / "demo" / name).stat().st_size > 0
-    again = run_demo(tmp_path / "demo", search=search, distill=distill, evaluate=evaluate, progress=False)  # everything resumes from disk
+    again = run_demo(tmp_path / "demo", seeds=2, search=search, distill=distill, evaluate=evaluate, progress=False)  # everything resumes from disk
     assert again.read_text().split("## Wall-clock")[0] == text.split("## Wall-clock")[0]
 
 
@@ -78,3 +84,30 @@ def test_corruptions_keep_the_image_box_get_worse_with_severity_and_are_seeded(s
             corrupt(images, name, 1)
     with pytest.raises(ValueError, match="severity must be one of"):
         corrupt(images, "contrast", 6)
+
+
+def test_l2_budget_scales_robustbench_to_the_input_size():
+    from clarep_fast.pipeline.evaluate.robustness import l2_budget
+
+    assert l2_budget(EvaluateConfig(), 3 * 32 * 32) == pytest.approx(0.5)
+    assert l2_budget(EvaluateConfig(), 3 * 16 * 16) == pytest.approx(0.25)
+    assert l2_budget(EvaluateConfig(epsilon_l2=1.0), 3 * 16 * 16) == 1.0
+
+
+def test_median_distortion_counts_turned_images_and_zero_for_wrong_ones():
+    from clarep_fast.pipeline.evaluate.robustness import median_distortion
+
+    model = nn.Sequential(nn.Flatten(), nn.Linear(4, 2, bias=False))
+    with torch.no_grad():
+        model[1].weight.copy_(torch.tensor([[1.0, 0, 0, 0], [-1.0, 0, 0, 0]]))  # class 0 iff x[0] > 0
+    images = torch.tensor([[1.0, 0, 0, 0], [2.0, 0, 0, 0], [3.0, 0, 0, 0], [-1.0, 0, 0, 0]]).view(4, 1, 2, 2)
+    labels = torch.tensor([0, 0, 0, 0])  # the last one is already wrong: distortion 0
+
+    def attack(x, y):  # turns the first two (moving x[0] to -0.5), leaves the third
+        shifted = x.clone()
+        turn = x.flatten(1)[:, 0] < 2.5
+        shifted.view(len(x), -1)[turn, 0] = -0.5
+        return shifted
+
+    # turned: distances 1.5 and 2.5; already wrong: 0 -> median of [1.5, 2.5, 0] is 1.5 (torch's lower median)
+    assert median_distortion(model, attack, images, labels, batch=2) == pytest.approx(1.5)

@@ -1,0 +1,61 @@
+"""Intervals for the reports: over seeds (Student's t), paired differences, and binomial rates (Wilson).
+
+Over seeds, a measure's 95% interval is mean ± t_{0.975, n-1} · s / sqrt(n) (s the sample standard
+deviation). A paired difference takes, seed by seed, the difference of two students trained with
+the same seed (same initial weights and data order), and gives that difference the same interval:
+it is significant at the 5% level when its interval excludes 0. One seed has no interval.
+A rate k/n (e.g. a class-consistency) gets Wilson's score interval, which stays inside [0, 1] and
+is accurate for rates near 0 or 1 where the normal approximation is not.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from typing import NamedTuple, Sequence
+
+
+class Interval(NamedTuple):
+    mean: float
+    half_width: float | None  # None: one value, no interval
+    count: int
+
+    @property
+    def significant(self) -> bool | None:
+        """Whether the interval excludes 0 (None without an interval)."""
+        return None if self.half_width is None else abs(self.mean) > self.half_width
+
+    def describe(self, scale: float = 100.0, digits: int = 1) -> str:
+        if self.half_width is None:
+            return f"{scale * self.mean:.{digits}f}"
+        return f"{scale * self.mean:.{digits}f} ± {scale * self.half_width:.{digits}f}"
+
+
+def t_interval(values: Sequence[float], confidence: float = 0.95) -> Interval:
+    values = [float(v) for v in values]
+    if not values:
+        raise ValueError("an interval needs at least one value")
+    mean = statistics.fmean(values)
+    if len(values) == 1:
+        return Interval(mean, None, 1)
+    from scipy.stats import t
+
+    half = t.ppf(0.5 + confidence / 2, len(values) - 1) * statistics.stdev(values) / math.sqrt(len(values))
+    return Interval(mean, float(half), len(values))
+
+
+def paired_difference(treated: Sequence[float], control: Sequence[float], confidence: float = 0.95) -> Interval:
+    """The t interval of treated[i] - control[i] (the same seed i in both)."""
+    if len(treated) != len(control):
+        raise ValueError(f"paired values need the same seeds: {len(treated)} and {len(control)} values")
+    return t_interval([a - b for a, b in zip(treated, control)], confidence)
+
+
+def wilson_interval(successes: int, trials: int, z: float = 1.959963984540054) -> tuple[float, float]:
+    """Wilson's 95% score interval (low, high) of a binomial rate successes / trials."""
+    if trials <= 0 or not 0 <= successes <= trials:
+        raise ValueError(f"need 0 <= successes <= trials and trials > 0, got {successes} of {trials}")
+    rate = successes / trials
+    centre = (rate + z * z / (2 * trials)) / (1 + z * z / trials)
+    half = z * math.sqrt(rate * (1 - rate) / trials + z * z / (4 * trials * trials)) / (1 + z * z / trials)
+    return max(0.0, centre - half), min(1.0, centre + half)

@@ -133,11 +133,11 @@ def _evaluate(args) -> int:
     write_json(out, results)
     name = Path(args.student).parent.name
     table = markdown_table({name: results})
-    text = f"Accuracy (%) on the test split of --data {data.dataset}\n\n{table}\n"
+    text = f"Accuracy (%) on the test split of --data {data.dataset}\n\n{table}\n\nCW-L2 median L2 distortion: {results['distortion/cw_l2_median']:.3f}\n"
     if config.corruption_samples:
         text += "\nPer corruption (mean over severities 1-5)\n\n" + markdown_table({name: results}, [f"corruption/{c}" for c in CORRUPTIONS]) + "\n"
     write_text(out.with_suffix(".md"), text)
-    print(table)
+    print(text)
     print(f"written to {out} and {out.with_suffix('.md')}")
     return 0
 

@@ -20,6 +20,7 @@ command to resume.
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import statistics
 import sys
@@ -247,6 +248,31 @@ def _check_device(parser: argparse.ArgumentParser, args: argparse.Namespace) -> 
         parser.exit(2, f"clarep-fast {args.command}: error: argument --device: {device!r} was asked for but no CUDA device is visible here; use --device cpu\n")
 
 
+def usable_cpus() -> int:
+    """CPUs this process may actually use: its affinity mask, capped by a cgroup CPU quota (a
+    container limited to 2 CPUs of a 64-core host sees 64 in its affinity mask, and 64 OpenMP
+    threads time-sliced onto 2 CPUs run many times slower than 2)."""
+    count = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    for path, parse in (("/sys/fs/cgroup/cpu.max", lambda t: t.split()), ("/sys/fs/cgroup/cpu/cpu.cfs_quota_us", None)):
+        try:
+            if parse is not None:
+                quota, period = parse(Path(path).read_text())
+            else:
+                quota, period = Path(path).read_text().strip(), Path("/sys/fs/cgroup/cpu/cpu.cfs_period_us").read_text().strip()
+        except (OSError, ValueError):
+            continue
+        if quota not in ("max", "-1") and int(period) > 0:
+            count = min(count, max(1, -(-int(quota) // int(period))))
+        break
+    return count
+
+
+def _limit_threads() -> None:
+    """Unless the user set OMP_NUM_THREADS, run torch on no more threads than usable CPUs."""
+    if "OMP_NUM_THREADS" not in os.environ and torch.get_num_threads() > usable_cpus():
+        torch.set_num_threads(usable_cpus())
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     debug = "--debug" in argv
@@ -255,6 +281,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser(command)
     args = parser.parse_args(argv)
     _check_device(parser, args)
+    _limit_threads()
     previous = signal.signal(signal.SIGTERM, _terminate)
     try:
         return COMMANDS[args.command].run(args)

@@ -15,3 +15,26 @@ def test_selfcheck_passes(capsys):
     printed = capsys.readouterr().out
     assert "self-check passed" in printed
     assert all(op in printed for op in ("cka", "feature_pool", "project_out", "feature_align")) and "fused is" in printed
+
+
+def test_threads_follow_a_cgroup_cpu_quota(monkeypatch):
+    """A container with a 2-CPU quota on a 64-core host: 2 usable CPUs, not 64."""
+    from pathlib import Path
+
+    from clarep_fast.pipeline import cli
+
+    monkeypatch.setattr(cli.os, "sched_getaffinity", lambda pid: set(range(64)))
+    files = {"/sys/fs/cgroup/cpu.max": "200000 100000\n"}
+
+    def read_text(self, *args, **kwargs):
+        if str(self) in files:
+            return files[str(self)]
+        raise FileNotFoundError(str(self))
+
+    monkeypatch.setattr(Path, "read_text", read_text)
+    assert cli.usable_cpus() == 2
+    files["/sys/fs/cgroup/cpu.max"] = "max 100000\n"
+    assert cli.usable_cpus() == 64
+    files.clear()
+    files.update({"/sys/fs/cgroup/cpu/cpu.cfs_quota_us": "150000", "/sys/fs/cgroup/cpu/cpu.cfs_period_us": "100000"})  # cgroup v1, 1.5 CPUs
+    assert cli.usable_cpus() == 2

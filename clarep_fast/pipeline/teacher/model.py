@@ -113,20 +113,11 @@ class Teacher(nn.Module):
     def dtype(self) -> torch.dtype:
         return next(self.denoiser.parameters()).dtype
 
-    def output(self, x: Tensor, t: Tensor, labels: Tensor) -> Tensor:
-        """The network's raw output in float32, the network run in its own dtype."""
-        return noise_prediction(self.denoiser, x.to(self.dtype), t, labels).float()
-
     def epsilon(self, x: Tensor, t: int, labels: Tensor, guidance: float = 1.0) -> Tensor:
-        """CFG noise prediction ε_w(x_t, t, c) (float32); guidance 1 is the conditional prediction (one forward)."""
+        """CFG noise prediction ε_w(x_t, t, c) in float32 (the network run in its own dtype); guidance 1 is
+        the conditional prediction (one forward)."""
         times = torch.full((x.shape[0],), t, device=x.device, dtype=torch.long)
-        if guidance == 1.0:
-            raw = self.output(x, times, labels)
-        else:
-            null = torch.full_like(labels, self.num_classes)
-            both = self.output(torch.cat([x, x]), torch.cat([times, times]), torch.cat([labels, null]))  # (2B, C, H, W)
-            conditional, unconditional = both.chunk(2)
-            raw = unconditional + guidance * (conditional - unconditional)
+        raw = guided_noise(self.denoiser, x.to(self.dtype), times, labels, guidance)
         return self.schedule.to_epsilon(raw, x.float(), t)
 
     @torch.no_grad()
@@ -152,10 +143,12 @@ def as_teacher(model: nn.Module) -> Teacher:
 
 
 def guided_noise(model: nn.Module, x: Tensor, t: Tensor, labels: Tensor, guidance: float) -> Tensor:
-    """CFG ε of a bare ε-prediction denoiser at per-sample times ``t``; guidance 1 is one forward."""
+    """The CFG mix of a denoiser's raw outputs at per-sample times ``t``, in float32 (see the module
+    docstring); guidance 1 is the conditional output (one forward), else the conditional and null
+    halves run as one batch."""
     if guidance == 1.0:
-        return noise_prediction(model, x, t, labels)
+        return noise_prediction(model, x, t, labels).float()
     null = torch.full_like(labels, num_classes_of(model))
-    both = noise_prediction(model, torch.cat([x, x]), torch.cat([t, t]), torch.cat([labels, null]))
+    both = noise_prediction(model, torch.cat([x, x]), torch.cat([t, t]), torch.cat([labels, null])).float()  # (2B, C, H, W)
     conditional, unconditional = both.chunk(2)
     return unconditional + guidance * (conditional - unconditional)

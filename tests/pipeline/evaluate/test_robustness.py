@@ -111,3 +111,21 @@ def test_median_distortion_counts_turned_images_and_zero_for_wrong_ones():
 
     # turned: distances 1.5 and 2.5; already wrong: 0 -> median of [1.5, 2.5, 0] is 1.5 (torch's lower median)
     assert median_distortion(model, attack, images, labels, batch=2) == pytest.approx(1.5)
+
+
+def test_corrupted_sets_are_computed_once_for_the_same_images(monkeypatch):
+    import clarep_fast.pipeline.evaluate.robustness as robustness
+    from clarep_fast.pipeline.data.images import TensorImages
+
+    calls = []
+    monkeypatch.setattr(robustness, "corrupt", lambda images, name, severity, seed: calls.append(name) or images.clamp(0, 1))
+    monkeypatch.setattr(robustness._CorruptedSets, "key", None)
+    model, images, labels = _tiny_model_and_data()
+    test = TensorImages(images, labels, [str(c) for c in range(10)])
+    first = robustness.corruption_accuracy(model, test, EvaluateConfig())
+    assert len(calls) == len(CORRUPTIONS) * len(SEVERITIES)
+    again = robustness.corruption_accuracy(model, test, EvaluateConfig())
+    assert len(calls) == len(CORRUPTIONS) * len(SEVERITIES) and again == first  # reused, not recomputed
+    robustness.corruption_accuracy(model, TensorImages(images.flip(0), labels.flip(0), test.classes), EvaluateConfig())
+    assert len(calls) == 2 * len(CORRUPTIONS) * len(SEVERITIES)  # other images: computed afresh
+    assert first["corruption_mean"] == 1.0  # the identity "corruption" leaves the model right everywhere

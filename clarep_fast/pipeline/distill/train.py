@@ -204,7 +204,7 @@ def train_student(config: DistillConfig, run_dir: str | Path, *, device: str | N
         bank_generator = torch.Generator().manual_seed(config.seed * 1_000_033 + epoch + 7)  # its own stream: baseline data order unchanged
         order = torch.randperm(len(train), generator=generator)
         sums = dict.fromkeys(TERMS, 0.0)
-        bar = tqdm(range(steps_per_epoch), desc=f"{'baseline' if config.baseline else 'cadistill'} epoch {epoch + 1}/{config.epochs}", disable=not progress or rank != 0, mininterval=2)
+        bar = tqdm(range(steps_per_epoch), desc=f"{'baseline' if config.baseline else 'cadistill' if config.bank_samples == 'canonical' else 'ordinary control'} epoch {epoch + 1}/{config.epochs}", disable=not progress or rank != 0, mininterval=2)
         steps = [order[step * config.batch_size : (step + 1) * config.batch_size][rank::world] for step in range(steps_per_epoch)]
         for step, (images, labels) in zip(bar, train.batches(steps, config.data.workers)):
             bank_index = None

@@ -42,7 +42,7 @@ def test_latent_dit_pipeline_on_an_image_folder(tmp_path):
     assert loaded.samples.min() >= 0 and loaded.samples.max() <= 1 and loaded.ordinary_samples.max() <= 1
     config = json.loads((bank / "config.json").read_text())
     assert config["latent_teacher"] and config["classes"] == sorted(SHAPES) and config["resolution"] == 16
-    assert config["schedule"]["alpha_bar_last"] == pytest.approx(float(NoiseSchedule.from_scheduler_config(teacher / "scheduler" / "scheduler_config.json").alphas_cumprod[-1]))
+    assert config["schedule"]["alpha_bar_last"] == pytest.approx(float(load_teacher(teacher).schedule.alphas_cumprod[-1]))
     run = tmp_path / "student"
     _cli("distill", run, "--bank", bank, "--data", data, "--student-layers", "3", "4", *FAST_DISTILL)
     metrics = json.loads((run / "metrics.json").read_text())
@@ -113,3 +113,18 @@ def test_latent_teacher_encodes_and_decodes_through_its_vae(tmp_path):
     torch.testing.assert_close(latents, vae.encode(images).latent_dist.mean * vae.config.scaling_factor)
     decoded = teacher.decode(latents)
     assert decoded.shape == (2, 3, 16, 16) and decoded.abs().max() <= 1
+
+
+def test_damaged_or_unsupported_scheduler_configs_are_refused_by_name(tmp_path):
+    root = write_pixel_pipeline(tmp_path / "unet", classes=4, side=16)
+    config_file = root / "scheduler" / "scheduler_config.json"
+    original = json.loads(config_file.read_text())
+    config_file.write_text(json.dumps({**original, "rescale_betas_zero_snr": True}))
+    with pytest.raises(ValueError, match="scheduler_config.json: zero-terminal-SNR schedules"):
+        load_teacher(root)
+    config_file.write_text('{"beta_schedule": "linear", ')
+    with pytest.raises(ValueError, match="scheduler_config.json is not readable as a diffusers scheduler config"):
+        load_teacher(root)
+    config_file.write_text(json.dumps({**original, "prediction_type": "flow"}))
+    with pytest.raises(ValueError, match="prediction_type must be one of"):
+        load_teacher(root)

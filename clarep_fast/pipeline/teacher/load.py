@@ -37,9 +37,7 @@ def load_teacher(spec: str | Path) -> Teacher:
         if spec == "default":
             raise FileNotFoundError(f"the embedded teacher is missing from {path}; reinstall clarep_fast")
         raise FileNotFoundError(f"teacher {path} is neither a diffusers model folder (config.json) nor a pipeline folder (model_index.json)")
-    schedule_file = path / "scheduler_config.json"
-    schedule = NoiseSchedule.from_scheduler_config(schedule_file) if schedule_file.exists() else NoiseSchedule.default()
-    return Teacher(load_model(path, DENOISERS), schedule)
+    return Teacher(load_model(path, DENOISERS), _schedule(path / "scheduler_config.json"))
 
 
 def _load_pipeline(path: Path) -> Teacher:
@@ -49,9 +47,12 @@ def _load_pipeline(path: Path) -> Teacher:
         raise ValueError(f"pipeline {path} must hold exactly one denoiser folder, unet/ or transformer/ (found {parts or 'none'})")
     denoiser = load_model(path / parts[0], DENOISERS)
     vae = load_model(path / "vae", ("AutoencoderKL",)) if (path / "vae" / "config.json").exists() else None
-    schedule_file = path / "scheduler" / "scheduler_config.json"
-    schedule = NoiseSchedule.from_scheduler_config(schedule_file) if schedule_file.exists() else NoiseSchedule.default()
-    return Teacher(denoiser, schedule, vae)
+    return Teacher(denoiser, _schedule(path / "scheduler" / "scheduler_config.json"), vae)
+
+
+def _schedule(file: Path) -> NoiseSchedule:
+    """The schedule a scheduler config sets, or DDPM's linear one where there is none."""
+    return NoiseSchedule.from_scheduler_config(_read_config(file, "a diffusers scheduler config"), file) if file.exists() else NoiseSchedule.default()
 
 
 def _read_config(path: Path, what: str) -> dict:

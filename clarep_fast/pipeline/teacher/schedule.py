@@ -12,7 +12,6 @@ Each is affine in the output at fixed (x_t, t), so classifier-free guidance may 
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
@@ -60,17 +59,12 @@ class NoiseSchedule:
         return cls(torch.cumprod(1 - betas, dim=0))
 
     @classmethod
-    def from_scheduler_config(cls, path: Path) -> "NoiseSchedule":
-        """A diffusers scheduler_config.json (any scheduler with a beta schedule: DDPM, DDIM, PNDM, Euler, ...)."""
+    def from_scheduler_config(cls, config: dict, path: Path) -> "NoiseSchedule":
+        """The content of a diffusers scheduler_config.json at ``path`` (any scheduler with a beta
+        schedule: DDPM, DDIM, PNDM, Euler, ...)."""
         from diffusers import DDIMScheduler
         from diffusers.utils import logging
 
-        try:
-            config = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError, UnicodeDecodeError) as error:
-            raise ValueError(f"{path} is not a readable scheduler config ({error})") from None
-        if not isinstance(config, dict):
-            raise ValueError(f"{path} is not a scheduler config (a JSON object)")
         if config.get("rescale_betas_zero_snr"):
             raise ValueError(f"{path}: zero-terminal-SNR schedules (rescale_betas_zero_snr) are not supported")
         known = {key: value for key, value in config.items() if key in ("num_train_timesteps", "beta_start", "beta_end", "beta_schedule", "trained_betas")}

@@ -117,7 +117,7 @@ def main() -> None:
     # the default settings: CFG forwards along the whole trajectory (T -> t_e once, t_e -> 0 twice:
     # canonical and ordinary), two decodes, two feature taps (the full network at most), and per
     # iteration r JVP probes (1 tap forward each) and r VJP probes (2 each), plus one primal forward
-    before, after = split_steps(config)
+    before, after = split_steps(config, teacher.schedule.num_train_timesteps)
     r = config.k + config.oversample
     ddim = (before + 2 * after) * cfg_forward
     jacobian = args.iterations * r * 3 * tap_forward + tap_forward

@@ -123,7 +123,7 @@ def test_damaged_or_unsupported_scheduler_configs_are_refused_by_name(tmp_path):
     with pytest.raises(ValueError, match="scheduler_config.json: zero-terminal-SNR schedules"):
         load_teacher(root)
     config_file.write_text('{"beta_schedule": "linear", ')
-    with pytest.raises(ValueError, match="scheduler_config.json is not readable as a diffusers scheduler config"):
+    with pytest.raises(ValueError, match=r"scheduler_config.json \(a diffusers scheduler config\) is not readable JSON"):
         load_teacher(root)
     config_file.write_text(json.dumps({**original, "prediction_type": "flow"}))
     with pytest.raises(ValueError, match="prediction_type must be one of"):

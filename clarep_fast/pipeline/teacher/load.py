@@ -11,11 +11,11 @@ scheduler_config.json sits beside its config.json. Every file is read locally (n
 from __future__ import annotations
 
 import hashlib
-import json
 from pathlib import Path
 
 from torch import nn
 
+from clarep_fast.pipeline.files import read_json
 from clarep_fast.pipeline.teacher.model import Teacher
 from clarep_fast.pipeline.teacher.schedule import NoiseSchedule
 
@@ -56,10 +56,7 @@ def _schedule(file: Path) -> NoiseSchedule:
 
 
 def _read_config(path: Path, what: str) -> dict:
-    try:
-        content = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise ValueError(f"{path} is not readable as {what} ({error}); restore the teacher folder") from None
+    content = read_json(path, what, "restore the teacher folder")
     if not isinstance(content, dict):
         raise ValueError(f"{path} is not {what} (a JSON object)")
     return content

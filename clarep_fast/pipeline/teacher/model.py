@@ -117,7 +117,7 @@ class Teacher(nn.Module):
         """CFG noise prediction ε_w(x_t, t, c) in float32 (the network run in its own dtype); guidance 1 is
         the conditional prediction (one forward)."""
         times = torch.full((x.shape[0],), t, device=x.device, dtype=torch.long)
-        raw = guided_noise(self.denoiser, x.to(self.dtype), times, labels, guidance)
+        raw = guided_noise(self.denoiser, x.to(self.dtype), times, labels, guidance, null_label=self.num_classes)
         return self.schedule.to_epsilon(raw, x.float(), t)
 
     @torch.no_grad()
@@ -142,13 +142,13 @@ def as_teacher(model: nn.Module) -> Teacher:
     return model if isinstance(model, Teacher) else Teacher(model)
 
 
-def guided_noise(model: nn.Module, x: Tensor, t: Tensor, labels: Tensor, guidance: float) -> Tensor:
+def guided_noise(model: nn.Module, x: Tensor, t: Tensor, labels: Tensor, guidance: float, null_label: int | None = None) -> Tensor:
     """The CFG mix of a denoiser's raw outputs at per-sample times ``t``, in float32 (see the module
     docstring); guidance 1 is the conditional output (one forward), else the conditional and null
-    halves run as one batch."""
+    halves run as one batch. ``null_label`` defaults to the model's (num_classes_of)."""
     if guidance == 1.0:
         return noise_prediction(model, x, t, labels).float()
-    null = torch.full_like(labels, num_classes_of(model))
+    null = torch.full_like(labels, num_classes_of(model) if null_label is None else null_label)
     both = noise_prediction(model, torch.cat([x, x]), torch.cat([t, t]), torch.cat([labels, null])).float()  # (2B, C, H, W)
     conditional, unconditional = both.chunk(2)
     return unconditional + guidance * (conditional - unconditional)

@@ -5,6 +5,7 @@ Those load on first use of an op that needs them.
 """
 
 from clarep_fast.backends import BACKENDS, available_backends, use_backend
+from clarep_fast.finite import finite_check
 from clarep_fast.modules import CKA
 from clarep_fast.ops.cka import cka, cka_pairs
 from clarep_fast.ops.feature_align import feature_align
@@ -24,6 +25,7 @@ __all__ = [
     "cka_pairs",
     "feature_align",
     "feature_pool",
+    "finite_check",
     "project_out",
     "split_packed",
     "use_backend",

@@ -2,8 +2,9 @@
 # One GPU lease, one command: build the CUDA extension for Hopper (sm_90), run the whole test suite
 # (GPU-marked tests: CUDA and Triton backends against the reference, fp32/fp16/bf16/fp64, forward and
 # backward), the quick GPU benchmark sweep (every fused op, the CaDistill and evaluation steps, CLARep
-# search per image vs the Park et al. loop at k = 8) and a CKA profile. In OUTPUT_DIR:
-#   device.txt  build.log  tests.log  bench.log  cuda-quick.{json,csv,md,png}  profile.txt
+# search per image vs the Park et al. loop at k = 8), the host cost per call of the NaN/Inf check
+# (sync vs the device-side assert) and a CKA profile. In OUTPUT_DIR:
+#   device.txt  build.log  tests.log  bench.log  cuda-quick.{json,csv,md,png}  host_overhead.txt  profile.txt
 # Usage: scripts/gpu_check.sh OUTPUT_DIR      (meant to finish in about 6 minutes on an H200)
 set -uo pipefail
 OUT=${1:?usage: scripts/gpu_check.sh OUTPUT_DIR}
@@ -39,6 +40,8 @@ PIPELINE="cadistill_step or clarep_search or evaluate_step"
 timeout 150 $PY benchmarks/run.py --quick --device cuda --out "$OUT" -k "not ($PIPELINE)" > "$OUT/bench.log" 2>&1 || status=1
 timeout 180 $PY benchmarks/run.py --quick --device cuda --out "$OUT" -k "$PIPELINE" >> "$OUT/bench.log" 2>&1 || status=1
 echo "benchmarks took $((SECONDS - start)) s"
+timeout 60 $PY benchmarks/host_overhead.py --device cuda > "$OUT/host_overhead.txt" 2>&1 || status=1
+cat "$OUT/host_overhead.txt"
 timeout 60 $PY benchmarks/profile_cka.py > "$OUT/profile.txt" 2>&1 || status=1
 grep -E "^==|Self CUDA time total|Gram GEMM" "$OUT/profile.txt"
 if [ -f "$OUT/cuda-quick.md" ]; then cat "$OUT/cuda-quick.md"; else tail -30 "$OUT/bench.log"; fi

@@ -27,6 +27,7 @@ from torch import Tensor
 
 from clarep_fast.backends import Kernels, compiled_ops, resolve_backend
 from clarep_fast.dtypes import accumulation_dtype, require_float
+from clarep_fast.finite import refuse_non_finite
 from clarep_fast.ops.gram import shifted_gram_backward, shifted_gram_into
 from clarep_fast.ops.spec import OpSpec, random_tensor
 from clarep_fast.reference.cka import DEGENERATE_RTOL, SPREAD_RTOL, STATS_FIELDS, cka_grads_reference, cka_reference, cka_stats_reference
@@ -217,13 +218,15 @@ def _condition_grams(grams: Tensor, xs: list[Tensor], ys: list[Tensor]) -> Tenso
 def _raise_if_not_finite(stats: Tensor) -> None:
     """NaN/Inf in an input (or an fp32 overflow of its Gram) shows up in its HSIC and trace."""
     bad = ~torch.isfinite(stats)
-    if not bool(bad.any()):
-        return
-    pair = int(bad.any(1).nonzero()[0])
-    x_bad = bool(bad[pair, [2, 4]].any())  # hkk, trace_x depend on x alone
-    y_bad = bool(bad[pair, [3, 5]].any())
-    culprit = " and ".join(name for name, is_bad in (("x", x_bad), ("y", y_bad)) if is_bad) or "x or y"
-    raise ValueError(f"cka: {culprit} of pair {pair} holds NaN or Inf (or its Gram overflowed {stats.dtype})")
+
+    def explain() -> str:
+        pair = int(bad.any(1).nonzero()[0])
+        x_bad = bool(bad[pair, [2, 4]].any())  # hkk, trace_x depend on x alone
+        y_bad = bool(bad[pair, [3, 5]].any())
+        culprit = " and ".join(name for name, is_bad in (("x", x_bad), ("y", y_bad)) if is_bad) or "x or y"
+        return f"cka: {culprit} of pair {pair} holds NaN or Inf (or its Gram overflowed {stats.dtype})"
+
+    refuse_non_finite(bad, "cka", explain)
 
 
 # ----------------------------------------------------------------------------- op table row

@@ -19,6 +19,7 @@ from torch import Tensor
 
 from clarep_fast.backends import Kernels, compiled_ops, resolve_backend
 from clarep_fast.dtypes import accumulation_dtype, non_finite_reason, require_float
+from clarep_fast.finite import refuse_non_finite
 from clarep_fast.ops.spec import OpSpec, random_tensor
 from clarep_fast.reference.feature_align import (
     ALIGN_EPS, KINDS, REDUCTIONS, feature_align_backward_reference, feature_align_forward_reference, feature_align_reference,
@@ -157,11 +158,13 @@ def _raise_if_not_finite(stats: Tensor, students: list[Tensor], teachers: list[T
     """NaN/Inf in a student shows up in its s·s, in a teacher in its t·t (both non-negative sums);
     so does a finite row whose squares overflow the accumulation dtype: the message tells which."""
     bad = ~torch.isfinite(stats[..., 1:3])  # (P, B, 2)
-    if not bool(bad.any()):
-        return
-    pair, sample, side = (int(i) for i in bad.nonzero()[0])
-    name, rows = ("students", students) if side == 0 else ("teachers", teachers)
-    raise ValueError(f"feature_align: {name}[{pair}] {non_finite_reason(rows[pair][sample], stats.dtype)} (sample {sample})")
+
+    def explain() -> str:
+        pair, sample, side = (int(i) for i in bad.nonzero()[0])
+        name, rows = ("students", students) if side == 0 else ("teachers", teachers)
+        return f"feature_align: {name}[{pair}] {non_finite_reason(rows[pair][sample], stats.dtype)} (sample {sample})"
+
+    refuse_non_finite(bad, "feature_align", explain)
 
 
 # ----------------------------------------------------------------------------- op table row

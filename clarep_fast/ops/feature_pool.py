@@ -25,6 +25,7 @@ from torch import Tensor
 
 from clarep_fast.backends import Kernels, compiled_ops, resolve_backend
 from clarep_fast.dtypes import FLOAT_DTYPES, accumulation_dtype, require_float
+from clarep_fast.finite import refuse_non_finite
 from clarep_fast.ops.spec import OpSpec, random_tensor
 from clarep_fast.reference.feature_pool import NORMALIZE_EPS, feature_pool_backward_reference, feature_pool_forward_reference, feature_pool_reference
 
@@ -60,8 +61,9 @@ def _offsets(maps: Sequence[Tensor], size: int) -> list[int]:
 
 
 @torch.library.custom_op("clarep_fast::feature_pool_forward", mutates_args=())
-def feature_pool_forward(maps: list[Tensor], size: int, normalize: bool, out_dtype: torch.dtype, backend: str) -> tuple[Tensor, Tensor]:
-    """maps (B, C_l, H_l, W_l) -> (packed (B, Σ C_l·size²) in out_dtype, norms (B, L) of the pooled slices)."""
+def feature_pool_forward(maps: list[Tensor], size: int, normalize: bool, out_dtype: torch.dtype, names: str, backend: str) -> tuple[Tensor, Tensor]:
+    """maps (B, C_l, H_l, W_l) -> (packed (B, Σ C_l·size²) in out_dtype, norms (B, L) of the pooled slices).
+    ``names``: the maps' names for error messages, one per line (a schema takes no list of strings)."""
     offsets = _offsets(maps, size)
     accumulate = accumulation_dtype(*maps)
     batch = maps[0].shape[0]
@@ -76,11 +78,12 @@ def feature_pool_forward(maps: list[Tensor], size: int, normalize: bool, out_dty
             norms[:, layer] = piece.norm(dim=1)
             piece.div_(norms[:, layer : layer + 1].clamp_min(NORMALIZE_EPS))
     packed = pooled if out_dtype == accumulate else pooled.to(out_dtype)
+    _raise_if_not_finite(packed, maps, offsets, names.split("\n"))
     return packed, norms
 
 
 @feature_pool_forward.register_fake
-def _(maps, size, normalize, out_dtype, backend):
+def _(maps, size, normalize, out_dtype, names, backend):
     total = sum(feature_map.shape[1] for feature_map in maps) * size * size
     batch = maps[0].shape[0]
     return maps[0].new_empty(batch, total, dtype=out_dtype), maps[0].new_empty(batch, len(maps), dtype=accumulation_dtype(*maps))
@@ -111,7 +114,7 @@ def _(grad, packed, norms, maps, size, normalize, backend):
 
 
 def _setup_context(ctx, inputs, output):
-    maps, size, normalize, out_dtype, backend = inputs
+    maps, size, normalize, out_dtype, names, backend = inputs
     packed, norms = output
     ctx.mark_non_differentiable(norms)
     ctx.save_for_backward(packed, norms, *maps)
@@ -122,7 +125,7 @@ def _backward(ctx, grad_packed, unused_grad_norms):
     packed, norms, *maps = ctx.saved_tensors
     grads = feature_pool_backward(grad_packed, packed, norms, maps, ctx.size, ctx.normalize, ctx.backend)
     needed = ctx.needs_input_grad[0]
-    return [g if need else None for g, need in zip(grads, needed)], None, None, None, None
+    return [g if need else None for g, need in zip(grads, needed)], None, None, None, None, None
 
 
 feature_pool_forward.register_autograd(_backward, setup_context=_setup_context)
@@ -145,7 +148,8 @@ def feature_pool(
     """
     maps = validated_maps(maps, size, out_dtype, names)
     out_dtype = out_dtype or maps[0].dtype
-    return feature_pool_forward(maps, size, normalize, out_dtype, resolve_backend(maps[0].device))[0]
+    labels = "\n".join(names) if names is not None else "\n".join(f"maps[{i}]" for i in range(len(maps)))
+    return feature_pool_forward(maps, size, normalize, out_dtype, labels, resolve_backend(maps[0].device))[0]
 
 
 def split_packed(packed: Tensor, channels: Sequence[int], size: int) -> list[Tensor]:
@@ -191,6 +195,23 @@ def validated_maps(maps, size, out_dtype=None, names=None) -> list[Tensor]:
         if size > height or size > width:
             raise ValueError(f"pool size {size} is larger than {name}'s {height}×{width} map; use size <= {min(height, width)}")
     return maps
+
+
+def _raise_if_not_finite(packed: Tensor, maps: list[Tensor], offsets: list[int], names: list[str]) -> None:
+    """Pooling averages every element of a map into its cells and normalization keeps NaN/Inf, so
+    NaN/Inf anywhere in a map shows up in its slice of the (small) packed output; so does a pooled
+    value that overflows out_dtype in the final cast (fp32 -> fp16 above 65504)."""
+    bad = ~torch.isfinite(packed)  # (B, Σ C_l·size²)
+
+    def explain() -> str:
+        sample, column = (int(i) for i in bad.nonzero()[0])
+        layer = next(layer for layer in range(len(maps)) if column < offsets[layer + 1])
+        if not bool(torch.isfinite(maps[layer][sample]).all()):
+            return f"feature_pool: {names[layer]} holds NaN or Inf (sample {sample})"
+        return (f"feature_pool: {names[layer]} pools to values too large for {str(packed.dtype).removeprefix('torch.')} "
+                f"(sample {sample}); pass a wider out_dtype or scale the features down")
+
+    refuse_non_finite(bad, "feature_pool", explain)
 
 
 # ----------------------------------------------------------------------------- op table row

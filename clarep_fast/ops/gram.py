@@ -33,6 +33,7 @@ import torch
 _ROW_BLOCKS = 2  # syrk blocking: 3 of 4 block products
 _SPLIT_MIN_ROWS = {"cpu": 128, "cuda": 512}  # below these one product beats three
 _CHUNK_ELEMENTS = {"cpu": 1 << 21, "cuda": 1 << 24}  # at most 8 MiB (CPU) / 64 MiB (CUDA) of fp32 per shifted chunk
+LOW_PRECISION_GEMM_DEVICES = ("cuda",)  # where fp16/bf16 GEMMs accumulate in fp32 at full speed (on CPU they are slow: upcast instead)
 
 
 def _syrk_into(x: torch.Tensor, out: torch.Tensor, accumulate: bool) -> None:
@@ -84,7 +85,7 @@ def shifted_gram_into(x: torch.Tensor, out: torch.Tensor) -> bool:
             k = out[:, 0].clone()
             out.sub_(k[:, None]).sub_(k[None, :]).add_(k[0])
             return False
-    low_precision_gemm = x.device.type == "cuda" and x.dtype in (torch.float16, torch.bfloat16) and out.dtype == torch.float32 and _mm_has_out_dtype(str(x.device))
+    low_precision_gemm = x.device.type in LOW_PRECISION_GEMM_DEVICES and x.dtype in (torch.float16, torch.bfloat16) and out.dtype == torch.float32 and _mm_has_out_dtype(str(x.device))
     for start, chunk in _shifted_chunks(x, out.dtype):
         if low_precision_gemm:  # cuBLAS: low-precision operands (the shifted chunk cast back), fp32 accumulation
             operand = (chunk * _FP16_RANGE_SCALE).to(x.dtype) if x.dtype == torch.float16 else chunk.to(x.dtype)
@@ -132,25 +133,26 @@ def shifted_gram_backward(coefficients: torch.Tensor, x: torch.Tensor, shifted: 
     On CUDA, low-precision x multiplies a low-precision copy of G (the GEMM accumulates in fp32).
     G's entries scale like 1/‖C(K)‖ and underflow fp16 (smallest subnormal 6e-8), so for fp16 G is
     first scaled by a power of two that brings its largest entry to 1 (exact), and the product
-    scaled back by a Python float, which elementwise kernels apply in fp32 (a 0-dim tensor would be
-    cast to fp16 first and flush to zero). That costs fp16 one host sync. bf16 has fp32's exponent
-    range: no scaling. Everywhere else the product runs in the accumulation dtype.
+    scaled back in fp32 by the inverse, a 0-dim fp32 tensor on the device (no host sync), after
+    the product is upcast (multiplied into the fp16 product it would be cast to fp16 first and
+    flush to zero). bf16 has fp32's exponent range: no scaling. Everywhere else the product runs
+    in the accumulation dtype.
     """
     if not shifted and x.dtype == coefficients.dtype:
         return coefficients @ x
     grad = torch.empty_like(x)
-    low_precision_gemm = x.device.type == "cuda" and x.dtype in (torch.float16, torch.bfloat16)
+    low_precision_gemm = x.device.type in LOW_PRECISION_GEMM_DEVICES and x.dtype in (torch.float16, torch.bfloat16)
     if low_precision_gemm and x.dtype == torch.float16:
         peak = coefficients.abs().amax().clamp_min(torch.finfo(coefficients.dtype).tiny)
         scale = torch.exp2(-torch.floor(torch.log2(peak)))  # 0-dim, power of two
-        operator, unscale = (coefficients * scale).to(x.dtype), 1.0 / scale.item()  # exact power of two, applied in fp32
+        operator, unscale = (coefficients * scale).to(x.dtype), (1.0 / scale).float()  # exact power of two, applied in fp32
     elif low_precision_gemm:
-        operator, unscale = coefficients.to(x.dtype), 1.0
+        operator, unscale = coefficients.to(x.dtype), None
     else:
-        operator, unscale = coefficients, 1.0
+        operator, unscale = coefficients, None
     for start, chunk in _shifted_chunks(x, coefficients.dtype):
         product = operator @ chunk.to(operator.dtype)
-        if unscale != 1.0:
+        if unscale is not None:
             product = product.float().mul_(unscale)
         grad[:, start : start + chunk.shape[1]] = product
     return grad

@@ -15,6 +15,7 @@ from torch import Tensor
 
 from clarep_fast.backends import Kernels, compiled_ops, resolve_backend
 from clarep_fast.dtypes import accumulation_dtype, non_finite_reason, require_float
+from clarep_fast.finite import refuse_non_finite
 from clarep_fast.ops.spec import OpSpec, random_tensor
 from clarep_fast.reference.project_out import RESCALE_RTOL, project_out_backward_reference, project_out_forward_reference, project_out_reference
 
@@ -123,11 +124,13 @@ def _raise_if_not_finite(stats: Tensor, x: Tensor, vectors: Tensor) -> None:
     """NaN/Inf in x shows up in ‖x‖ (stats[:, 1]); in vectors (with x finite) in ‖y‖ (stats[:, 2]).
     So does a finite x whose squares overflow the accumulation dtype: the message tells which."""
     bad = ~torch.isfinite(stats[:, 1:3])
-    if not bool(bad.any()):
-        return
-    sample = int(bad.any(1).nonzero()[0])
-    culprit, tensor = ("x", x[sample]) if bool(bad[sample, 0]) else ("vectors", vectors[sample])
-    raise ValueError(f"project_out: {culprit} of sample {sample} {non_finite_reason(tensor, stats.dtype)}")
+
+    def explain() -> str:
+        sample = int(bad.any(1).nonzero()[0])
+        culprit, tensor = ("x", x[sample]) if bool(bad[sample, 0]) else ("vectors", vectors[sample])
+        return f"project_out: {culprit} of sample {sample} {non_finite_reason(tensor, stats.dtype)}"
+
+    refuse_non_finite(bad, "project_out", explain)
 
 
 # ----------------------------------------------------------------------------- op table row

@@ -236,16 +236,21 @@ def _terminate(signum, frame):
 
 
 def _check_device(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
-    """--device cuda without a visible GPU is refused before any work starts."""
+    """--device must be cpu or a visible CUDA device; anything else is refused before any work starts."""
     device = getattr(args, "device", None) or getattr(args, "option:--device", None)
     if device is None:
         return
+    prefix = f"clarep-fast {args.command}: error: argument --device:"
     try:
-        kind = torch.device(device).type
+        parsed = torch.device(device)
     except RuntimeError:
-        parser.exit(2, f"clarep-fast {args.command}: error: argument --device: {device!r} is not a torch device (cpu, cuda, cuda:1, ...)\n")
-    if kind == "cuda" and not torch.cuda.is_available():
-        parser.exit(2, f"clarep-fast {args.command}: error: argument --device: {device!r} was asked for but no CUDA device is visible here; use --device cpu\n")
+        parser.exit(2, f"{prefix} {device!r} is not a torch device (cpu, cuda, cuda:1, ...)\n")
+    if parsed.type not in ("cpu", "cuda"):
+        parser.exit(2, f"{prefix} {device!r}: clarep-fast runs on cpu and cuda devices only\n")
+    if parsed.type == "cuda" and not torch.cuda.is_available():
+        parser.exit(2, f"{prefix} {device!r} was asked for but no CUDA device is visible here; use --device cpu\n")
+    if parsed.type == "cuda" and parsed.index is not None and parsed.index >= torch.cuda.device_count():
+        parser.exit(2, f"{prefix} {device!r} was asked for but only {torch.cuda.device_count()} CUDA device(s) are visible (cuda:0 ...)\n")
 
 
 def usable_cpus() -> int:

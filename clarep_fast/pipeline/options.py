@@ -17,6 +17,7 @@ Rules (the whole of them):
     name already taken gets the prefix ``--<field>-`` (``--data-seed``), unless the parent field
     lists it in ``option(shared=...)``: then one flag sets both (the teacher's resolution is the
     data's);
+  - a float must be finite (``nan``, ``inf`` are refused);
   - ``option(low=, high=, low_open=, high_open=)`` bound a number (every element of a tuple): the
     parser refuses a value outside with one line naming the flag and the range (exit code 2), and
     ``check_ranges(config)`` (called by each config's ``__post_init__``) refuses it for API users.
@@ -26,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import MISSING, field
@@ -125,13 +127,16 @@ def add_options(parser: argparse.ArgumentParser, config_class, *, defaults=None)
 
 
 def _parser_type(element, bounds: Range | None):
-    """argparse's type= for a field: the element type, checked against the field's range."""
-    if bounds is None:
+    """argparse's type= for a field: the element type, a float finite (nan and inf would pass any
+    range test unnoticed or train to NaN), checked against the field's range."""
+    if bounds is None and element is not float:
         return element
 
     def parse(text: str):
         value = element(text)
-        if not bounds.holds(value):
+        if element is float and not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"must be a finite number, got {text}")
+        if bounds is not None and not bounds.holds(value):
             raise argparse.ArgumentTypeError(f"must be {bounds.describe(element is int)}, got {text}")
         return value
 
@@ -147,6 +152,9 @@ def check_ranges(config) -> None:
         choices = spec.metadata.get(CHOICES)
         if choices is not None and value not in choices:
             raise ValueError(f"{spec.name} must be one of {tuple(choices)}, got {value!r}")
+        for item in value if isinstance(value, (tuple, list)) else (value,):
+            if isinstance(item, float) and not math.isfinite(item):
+                raise ValueError(f"{spec.name} must be a finite number, got {value!r}")
         if bounds is None or value is None:
             continue
         for item in value if isinstance(value, (tuple, list)) else (value,):

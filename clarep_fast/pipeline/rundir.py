@@ -22,6 +22,7 @@ from __future__ import annotations
 import dataclasses
 import fcntl
 import json
+import math
 import os
 import re
 from pathlib import Path
@@ -144,6 +145,15 @@ class RunDir:
         for name, part in parts.items():
             part.load_state_dict(state[name])
         return int(state[counter])
+
+    def check_loss(self, value: float, step: int) -> None:
+        """Stop a diverged run before its NaN reaches the weights or a checkpoint: the last checkpoint stays the run's state."""
+        if not math.isfinite(value):
+            raise self.diverged(step, f"the loss is {value}")
+
+    def diverged(self, step: int, what: str) -> ValueError:
+        return ValueError(f"training diverged at step {step} ({what}). Nothing after the last checkpoint in {self.path} "
+                          "is kept; rerun in a new folder with a lower --learning-rate")  # fmt: skip
 
     def load_checkpoint(self) -> dict | None:
         """The last checkpoint (tensors on the CPU), or None on a fresh run; a damaged one is refused."""

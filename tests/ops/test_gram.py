@@ -69,3 +69,18 @@ def test_cpu_takes_the_plain_gram_only_when_the_spread_is_a_fair_share(offset, e
     coefficients = coefficients - coefficients.mean(0) - coefficients.mean(1, keepdim=True) + coefficients.mean()  # centered, as the kernels' G
     result = gram.shifted_gram_backward(coefficients.float(), x, expect_shifted)
     assert_close(result, coefficients @ shifted(x), 1e-5, "backward")
+
+
+def test_fp16_backward_product_scales_tiny_coefficients_without_a_host_read(monkeypatch):
+    """The CUDA fp16 path (run here on CPU): G of size 1e-6 is subnormal in fp16 (a few bits left)
+    unless scaled first, and the scale comes back as a device tensor (a Python float would cost a
+    host sync on CUDA)."""
+    monkeypatch.setattr(gram, "LOW_PRECISION_GEMM_DEVICES", ("cpu",))
+    coefficients = torch.randn(16, 16, dtype=torch.float64) * 1e-6
+    x = (torch.randn(16, 40) * 1e3).half()
+    exact = coefficients @ shifted(x)
+    with monkeypatch.context() as patch:
+        patch.setattr(torch.Tensor, "item", lambda self: pytest.fail("host read in the backward product"))
+        result = gram.shifted_gram_backward(coefficients.float(), x)
+    assert result.dtype == torch.float16
+    assert_close(result, exact, 2e-3, "fp16 backward")

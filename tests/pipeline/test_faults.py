@@ -237,6 +237,10 @@ def test_a_full_disk_names_the_file_and_replaces_nothing(tmp_path, monkeypatch):
         (["train-teacher", "{run}", "--steps", "-5"], "--steps"),
         (["train-teacher", "{run}", "--checkpoint-every", "0"], "--checkpoint-every"),
         (["train-teacher", "{run}", "--device", "cuda"] if not torch.cuda.is_available() else ["train-teacher", "{run}", "--device", "nope"], "--device"),
+        (["train-teacher", "{run}", "--device", "mps"], "--device"),
+        (["train-teacher", "{run}", "--learning-rate", "nan"], "--learning-rate"),
+        (["train-teacher", "{run}", "--channels", "8", "16", "--norm-groups", "3"], "--norm-groups"),
+        (["search", "{run}", "--guidance", "inf"], "--guidance"),
         (["search", "{run}", "--pool", "0"], "--pool"),
         (["search", "{run}", "--fraction", "1.5"], "--fraction"),
         (["search", "{run}", "--mode", "power"], "--mode"),
@@ -322,3 +326,40 @@ def test_temporaries_of_a_killed_writer_are_removed_on_the_next_claim(tmp_path):
     live.write_bytes(b"being written")
     RunDir(tmp_path, command="search").claim({"a": 1})
     assert not stale.exists() and live.exists()
+
+
+def test_a_diverging_teacher_stops_with_one_line_and_writes_no_nan(tmp_path):
+    run = tmp_path / "run"
+    args = teacher_args(run)
+    args[args.index("--steps") + 1] = "6"
+    result = run_cli(args + ["--learning-rate", "1e30"], expect=2)
+    lines = result.stderr.strip().splitlines()
+    assert "training diverged at step" in lines[-1] and "lower --learning-rate" in lines[-1] and "Traceback" not in result.stderr, result.stderr
+    assert not (run / "teacher").exists()
+    checkpoint = RunDir(run, command="train-teacher").load_checkpoint()  # what was saved before the divergence is finite
+    assert checkpoint is None or all(bool(torch.isfinite(v).all()) for v in checkpoint["model"].values())
+
+
+def test_nothing_non_finite_is_written(tmp_path):
+    from clarep_fast.pipeline.clarid.bank import shard_path, write_shard
+
+    with pytest.raises(ValueError, match=r"refusing to write .*student.pt: student.fc.weight holds NaN or Inf \(first at index \(1, 2\)\); nothing was written"):
+        weights = torch.zeros(3, 4)
+        weights[1, 2] = float("inf")
+        save_checked(tmp_path / "student.pt", "student", {"student": {"fc.weight": weights}, "epoch": 1})
+    samples = torch.rand(4, 3, 8, 8)
+    samples[2, 0, 1, 1] = float("nan")
+    with pytest.raises(ValueError, match=r"shard_00000.safetensors: samples holds NaN or Inf \(first at index \(2, 0, 1, 1\)\)"):
+        write_shard(tmp_path, 0, {"samples": samples, "classes": torch.arange(4)})
+    assert not (tmp_path / "student.pt").exists() and not shard_path(tmp_path, 0).exists()
+
+
+def test_a_teacher_with_nan_weights_is_refused(teacher_dir, tmp_path):
+    from clarep_fast.pipeline.teacher.load import load_teacher
+
+    model = tiny_unet()
+    with torch.no_grad():
+        model.conv_in.weight[0, 0, 0, 0] = float("nan")
+    model.save_pretrained(tmp_path / "teacher", safe_serialization=True)
+    with pytest.raises(ValueError, match=r"teacher: its weight conv_in.weight holds NaN or Inf; the model diverged in training"):
+        load_teacher(tmp_path / "teacher")

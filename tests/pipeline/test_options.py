@@ -63,3 +63,13 @@ def test_every_command_parses_its_help(command, capsys):
         build_parser(command).parse_args([command, "--help"])
     assert stop.value.code == 0
     assert command in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("text", ["nan", "inf", "-inf"])
+def test_floats_must_be_finite(text):
+    with pytest.raises(SystemExit):
+        parse(TrainTeacherConfig, ["--learning-rate", text])
+    with pytest.raises(SystemExit):
+        parse(SearchConfig, ["--guidance", text])  # ">= 0" alone admits inf, and nan passes every comparison
+    with pytest.raises(ValueError, match="learning_rate must be a finite number"):
+        TrainTeacherConfig(learning_rate=float(text))

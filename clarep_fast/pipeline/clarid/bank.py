@@ -31,7 +31,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import Tensor
 
-from clarep_fast.pipeline.files import FORMAT_VERSION, DamagedFileError, atomic_write, check_shard, read_json, shard_metadata
+from clarep_fast.pipeline.files import FORMAT_VERSION, DamagedFileError, atomic_write, check_shard, read_json, require_finite, shard_metadata
 
 SHARDS = "shards"
 
@@ -43,6 +43,7 @@ def shard_path(bank: Path, shard: int) -> Path:
 def write_shard(bank: Path, shard: int, tensors: dict[str, Tensor]) -> None:
     """Atomically write one shard, with its format, version and digest in the safetensors metadata."""
     payload = {name: tensor.detach().cpu().contiguous() for name, tensor in tensors.items()}
+    require_finite(shard_path(bank, shard), payload)  # index 0 of an entry is the CLARep's place in the shard
     metadata = shard_metadata(payload)
     atomic_write(shard_path(bank, shard), lambda temporary: save_file(payload, str(temporary), metadata=metadata))
 

@@ -210,14 +210,25 @@ def train_student(config: DistillConfig, run_dir: str | Path, *, device: str | N
             bank_index = None
             if bank is not None:
                 bank_index = torch.randperm(len(bank.classes), generator=bank_generator)[: config.bank_batch_size][rank::world].to(device)
-            terms = _losses(wrapped, images.to(device), labels.to(device), bank, bank_index, config)
+            global_step = epoch * steps_per_epoch + step + 1
+            try:
+                terms = _losses(wrapped, images.to(device), labels.to(device), bank, bank_index, config)
+            except ValueError as error:
+                # The fused losses refuse NaN/Inf or overflowing features. Images and bank features are
+                # finite (checked when written), and shapes are fixed from the first step on: after a
+                # step on this run's own weights, such a refusal means the student diverged.
+                if global_step > 1 or not all(bool(torch.isfinite(p).all()) for p in model.parameters()):
+                    raise run.diverged(global_step, str(error)) from None
+                raise
+            values = {name: float(terms[name].detach()) for name in TERMS}
+            run.check_loss(values["total"], global_step)
             optimizer.zero_grad(set_to_none=True)
             terms["total"].backward()
             optimizer.step()
             schedule.step()
             for name in TERMS:
-                sums[name] += float(terms[name].detach())
-            bar.set_postfix(loss=f"{float(terms['total'].detach()):.3f}", refresh=False)
+                sums[name] += values[name]
+            bar.set_postfix(loss=f"{values['total']:.3f}", refresh=False)
         record = {"epoch": epoch + 1, **{name: sums[name] / steps_per_epoch for name in TERMS},
                   "train_accuracy": accuracy(student, train.subset(torch.arange(min(1000, len(train)))), workers=config.data.workers),
                   "val_accuracy": accuracy(student, val, workers=config.data.workers),

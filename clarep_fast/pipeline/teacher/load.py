@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
+import torch
 from torch import nn
 
 from clarep_fast.pipeline.files import read_json
@@ -70,10 +71,14 @@ def load_model(path: Path, kinds: tuple[str, ...]) -> nn.Module:
     if kind not in kinds:
         raise ValueError(f"{path}: expected a {' or '.join(kinds)}, found {kind!r}")
     try:
-        return getattr(diffusers, kind).from_pretrained(path, low_cpu_mem_usage=False).eval()  # plain loading: no advice to install accelerate
+        model = getattr(diffusers, kind).from_pretrained(path, low_cpu_mem_usage=False).eval()  # plain loading: no advice to install accelerate
     except (OSError, ValueError, RuntimeError, TypeError, KeyError) as error:  # a truncated or garbled weight file, a config that does not build
         first = str(error).splitlines()[0] if str(error) else ""
         raise ValueError(f"{path} cannot be loaded ({type(error).__name__}: {first}); the folder's config.json or weights are damaged or not a diffusers model") from None
+    for name, tensor in model.state_dict().items():  # a diverged training run saves NaN weights that load without complaint
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise ValueError(f"{path}: its weight {name} holds NaN or Inf; the model diverged in training or its weights are damaged")
+    return model
 
 
 def check_fits(teacher: Teacher, *, classes: int | None = None, resolution: int | None = None, where: str = "the teacher") -> None:

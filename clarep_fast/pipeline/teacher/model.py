@@ -30,6 +30,10 @@ class TeacherConfig:
 
     def __post_init__(self):
         check_ranges(self)
+        if not self.attention_level < len(self.channels):
+            raise ValueError(f"--attention-level {self.attention_level} must name one of the {len(self.channels)} levels of --channels, in [0, {len(self.channels)})")
+        if any(width % self.norm_groups for width in self.channels):
+            raise ValueError(f"--norm-groups {self.norm_groups} must divide every --channels width, got {' '.join(map(str, self.channels))}")
 
 
 def build_teacher(config: TeacherConfig = TeacherConfig()) -> nn.Module:
@@ -38,8 +42,6 @@ def build_teacher(config: TeacherConfig = TeacherConfig()) -> nn.Module:
     if config.resolution is None or config.num_classes is None:
         raise ValueError(f"build_teacher needs the resolution and the class count (the data's), got {config.resolution} and {config.num_classes}")
     levels = len(config.channels)
-    if not 0 <= config.attention_level < levels:
-        raise ValueError(f"attention_level must be in [0, {levels}), got {config.attention_level}")
     down = tuple("AttnDownBlock2D" if i == config.attention_level else "DownBlock2D" for i in range(levels))
     up = tuple("AttnUpBlock2D" if i == levels - 1 - config.attention_level else "UpBlock2D" for i in range(levels))
     return UNet2DModel(

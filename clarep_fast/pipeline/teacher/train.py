@@ -95,11 +95,11 @@ def train_teacher(config: TrainTeacherConfig, run_dir: str | Path, *, progress: 
     if config.teacher.num_classes not in (None, classes):
         raise ValueError(f"--num-classes {config.teacher.num_classes} but the data has {classes} classes")
     config = dataclasses.replace(config, teacher=dataclasses.replace(config.teacher, resolution=resolution, num_classes=classes))
-    run.claim({**as_json(config), "classes": train.classes})
     torch.manual_seed(config.seed)  # the initial weights
     model = build_teacher(config.teacher).to(device)
     ema = copy.deepcopy(model).eval().requires_grad_(False)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=0.0)
+    run.claim({**as_json(config), "classes": train.classes})  # after everything that can refuse the config: a refused start leaves no folder
     schedule = NoiseSchedule.default().alphas_cumprod.float().to(device)
     null_label = config.teacher.num_classes
 
@@ -121,14 +121,16 @@ def train_teacher(config: TrainTeacherConfig, run_dir: str | Path, *, progress: 
         alpha = schedule[t][:, None, None, None]
         x_t = alpha.sqrt() * x0 + (1 - alpha).sqrt() * noise  # step 2
         loss = F.mse_loss(model(x_t, t, class_labels=c).sample, noise)  # step 3
+        value = loss.item()
+        run.check_loss(value, step + 1)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
         with torch.no_grad():
             for average, current in zip(ema.parameters(), model.parameters()):
                 average.lerp_(current, 1 - config.ema_decay)
-        loss_log.write(f"{step + 1},{loss.item():.6f}\n")
-        bar.set_postfix(loss=f"{loss.item():.4f}", refresh=False)
+        loss_log.write(f"{step + 1},{value:.6f}\n")
+        bar.set_postfix(loss=f"{value:.4f}", refresh=False)
         done = step + 1
         if done % config.sample_every == 0 or done == config.steps:  # before the checkpoint: a kill between them redraws it
             _sample_grid(ema, config, run / f"samples_{done:06d}.png")

@@ -187,3 +187,14 @@ def test_the_ordinary_control_reads_the_ordinary_samples(tiny_bank):
     torch.testing.assert_close(ordinary.images, bank.ordinary_samples.clamp(0, 1))
     torch.testing.assert_close(canonical.images, bank.samples.clamp(0, 1))
     assert not torch.equal(ordinary.features[0], canonical.features[0])
+
+
+@pytest.mark.parametrize("baseline", [False, True], ids=["cadistill", "baseline"])
+def test_a_diverging_student_stops_with_a_clear_error_and_no_nan_checkpoint(tiny_bank, tmp_path, baseline):
+    bank_dir, _ = tiny_bank
+    config = small_distill(bank_dir, learning_rate=1e12, epochs=2, batch_size=64, baseline=baseline)
+    with pytest.raises(ValueError, match=r"training diverged at step \d+ \(.*\)\. Nothing after the last checkpoint .* lower --learning-rate"):
+        train_student(config, tmp_path / "run", progress=False)
+    assert not (tmp_path / "run" / "student.pt").exists()
+    checkpoint = RunDir(tmp_path / "run", command="distill").load_checkpoint()
+    assert checkpoint is None or all(bool(torch.isfinite(v).all()) for v in checkpoint["model"].values() if v.is_floating_point())

@@ -34,7 +34,7 @@ from clarep_fast.backends import BACKENDS, available_backends, unusable_reason
 from clarep_fast.ops import OPS
 from clarep_fast.ops.cka import cka
 from clarep_fast.ops.spec import check_against_reference
-from clarep_fast.pipeline.options import add_options, config_from_args
+from clarep_fast.pipeline.options import add_options, bounded, config_from_args
 from clarep_fast.pipeline.rundir import RunFolderBusy
 from clarep_fast.reference import cka_reference
 
@@ -198,7 +198,7 @@ COMMANDS = {
                         _config_class("clarep_fast.pipeline.evaluate.robustness", "EvaluateConfig"),
                         (("--out", {"default": None, "help": "JSON file (default: evaluation.json beside the student)"}),
                          ("--data", {"default": None, "help": "dataset whose test split is used (default: the one the student was trained on)"}),
-                         ("--workers", {"default": 0, "type": int, "help": "DataLoader workers decoding folder images"}))),
+                         ("--workers", {"default": 0, "type": bounded(int, low=0), "help": "DataLoader workers decoding folder images; an int >= 0"}))),
     "demo": Command("embedded teacher -> bank -> baseline + CaDistill students -> evaluation -> report.md", _demo,
                     (("run_dir", "demo folder: bank/, one folder per student, evaluation.json, report.md"),),
                     _config_class("clarep_fast.pipeline.demo", "DemoConfig")),
@@ -305,6 +305,11 @@ def main(argv: list[str] | None = None) -> int:
         if debug:
             raise
         print(f"clarep-fast {args.command}: error: {error}", file=sys.stderr)
+        return 1
+    except Exception as error:  # a fault nobody foresaw: still one line, the traceback behind --debug
+        if debug:
+            raise
+        print(f"clarep-fast {args.command}: unexpected error: {type(error).__name__}: {error} (rerun with --debug for the traceback)", file=sys.stderr)
         return 1
     finally:
         signal.signal(signal.SIGTERM, previous)

@@ -118,23 +118,25 @@ def _feed(digest, value) -> None:
         digest.update(f"V{value!r}".encode())
 
 
-def require_finite(path: Path, value, key: str = "") -> None:
+TRAINING_DIVERGED = "the run diverged: lower its learning rate"
+
+
+def require_finite(path: Path, value, cause: str = TRAINING_DIVERGED, key: str = "") -> None:
     """Refuse to write ``value`` (a tensor, or dicts/lists of them) to ``path`` if any float tensor
     holds NaN or Inf: a NaN checkpoint would resume a diverged run, a NaN shard would poison every
-    student distilled from it. The error names the entry and the first bad index."""
+    student distilled from it. The error names the entry, the first bad index and the likely ``cause``."""
     if isinstance(value, torch.Tensor):
         if value.is_floating_point() or value.is_complex():
             bad = ~torch.isfinite(value.detach())
             if bool(bad.any()):
                 index = tuple(int(i) for i in bad.nonzero()[0])
-                raise ValueError(f"refusing to write {path}: {key or 'the tensor'} holds NaN or Inf (first at index {index}); nothing was written. "
-                                 "The run diverged (lower the learning rate) or its input holds NaN/Inf")  # fmt: skip
+                raise ValueError(f"refusing to write {path}: {key or 'the tensor'} holds NaN or Inf (first at index {index}); nothing was written ({cause})")
     elif isinstance(value, dict):
         for name, item in value.items():
-            require_finite(path, item, f"{key}.{name}" if key else str(name))
+            require_finite(path, item, cause, f"{key}.{name}" if key else str(name))
     elif isinstance(value, (list, tuple)):
         for position, item in enumerate(value):
-            require_finite(path, item, f"{key}[{position}]")
+            require_finite(path, item, cause, f"{key}[{position}]")
 
 
 def save_checked(path: Path, kind: str, payload) -> None:

@@ -144,6 +144,11 @@ def _parser_type(element, bounds: Range | None):
     return parse
 
 
+def bounded(element, *, low: float | None = None, high: float | None = None):
+    """argparse's type= for a flag that is not a config field, with the same checks as a field's."""
+    return _parser_type(element, Range(low, high, False, False) if low is not None or high is not None else None)
+
+
 def check_ranges(config) -> None:
     """Raise ValueError naming the first field of ``config`` outside its declared range or choices."""
     for spec in dataclasses.fields(config):

@@ -93,14 +93,17 @@ class RunDir:
         if write:
             self.lock()
             remove_stale_temporaries(self.path)
-        new = as_json(config)
+        new = {"command": self.command, **as_json(config)}
         old = self.existing_config()
         if old is not None:
-            old_flat, new_flat = _flatten(old), _flatten(new)
+            if old.get("command", self.command) != self.command:  # folders written before the key was recorded have none
+                raise ValueError(f"{self.path} holds a {old['command']} run, not a {self.command} run; give {self.command} a folder of its own")
+            old_flat, new_flat = _flatten({"command": self.command, **old}), _flatten(new)
             changed = sorted(key for key in set(old_flat) | set(new_flat) if key not in self.may_change and old_flat.get(key) != new_flat.get(key))
             if changed:
+                shown = ", ".join(changed[:8]) + (f" and {len(changed) - 8} more" if len(changed) > 8 else "")
                 raise ValueError(
-                    f"{self.path} holds a {self.command} run made with a different config (differs in: {', '.join(changed)}); "
+                    f"{self.path} holds a {self.command} run made with a different config (differs in: {shown}); "
                     f"use a new folder, or rerun with the settings in {self.path / self.CONFIG}"
                 )
         if write:

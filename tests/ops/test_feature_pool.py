@@ -86,8 +86,8 @@ def test_gradcheck_float64(backend, normalize):
 @pytest.mark.parametrize("backend", [b for b in CPU_BACKENDS if b != "triton"])
 def test_opcheck(backend):
     maps = [torch.randn(2, 3, 5, 4, requires_grad=True), torch.randn(2, 2, 3, 3, requires_grad=True)]
-    torch.library.opcheck(feature_pool_forward, (maps, 2, False, torch.float32, backend))
-    torch.library.opcheck(feature_pool_forward, (maps, 2, True, torch.bfloat16, backend))
+    torch.library.opcheck(feature_pool_forward, (maps, 2, False, torch.float32, "a\nb", backend))
+    torch.library.opcheck(feature_pool_forward, (maps, 2, True, torch.bfloat16, "a\nb", backend))
 
 
 def test_out_dtype_and_split_views():

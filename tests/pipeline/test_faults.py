@@ -363,3 +363,41 @@ def test_a_teacher_with_nan_weights_is_refused(teacher_dir, tmp_path):
     model.save_pretrained(tmp_path / "teacher", safe_serialization=True)
     with pytest.raises(ValueError, match=r"teacher: its weight conv_in.weight holds NaN or Inf; the model diverged in training"):
         load_teacher(tmp_path / "teacher")
+
+
+def test_a_folder_of_another_command_is_named_as_such(tmp_path):
+    RunDir(tmp_path, command="search").claim({"k": 3})
+    with pytest.raises(ValueError, match=r"holds a search run, not a distill run; give distill a folder of its own"):
+        RunDir(tmp_path, command="distill").claim({"epochs": 2})
+
+
+def test_a_bank_config_or_shard_that_does_not_belong_is_named(bank_dir, tmp_path):
+    import json
+    import shutil
+
+    from clarep_fast.pipeline.clarid.bank import load_bank, shard_path
+
+    bank = tmp_path / "bank"
+    shutil.copytree(bank_dir, bank)
+    shutil.copy(shard_path(bank, 0), shard_path(bank, 1))  # intact by its digest, but the wrong CLAReps
+    with pytest.raises(DamagedFileError, match=r"shard_00001.safetensors holds CLAReps 0..1 but shard 1 of this bank holds 2..3"):
+        load_bank(bank)
+    config = json.loads((bank / "config.json").read_text())
+    for key, value, message in (("shards", "4", "shards must be a positive int"), ("feature_layers", "mid_block", "feature_layers must be a non-empty list")):
+        (bank / "config.json").write_text(json.dumps({**config, key: value}))
+        with pytest.raises(DamagedFileError, match=message):
+            load_bank(bank)
+
+
+def test_an_unforeseen_error_is_one_line_and_debug_shows_the_traceback(monkeypatch, capsys):
+    from clarep_fast.pipeline import cli
+
+    def broken(args):
+        raise RuntimeError("something nobody foresaw")
+
+    monkeypatch.setitem(cli.COMMANDS, "backends", cli.COMMANDS["backends"]._replace(run=broken))
+    assert cli.main(["backends"]) == 1
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert lines == ["clarep-fast backends: unexpected error: RuntimeError: something nobody foresaw (rerun with --debug for the traceback)"]
+    with pytest.raises(RuntimeError, match="nobody foresaw"):
+        cli.main(["backends", "--debug"])

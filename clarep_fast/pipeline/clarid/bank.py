@@ -43,7 +43,8 @@ def shard_path(bank: Path, shard: int) -> Path:
 def write_shard(bank: Path, shard: int, tensors: dict[str, Tensor]) -> None:
     """Atomically write one shard, with its format, version and digest in the safetensors metadata."""
     payload = {name: tensor.detach().cpu().contiguous() for name, tensor in tensors.items()}
-    require_finite(shard_path(bank, shard), payload)  # index 0 of an entry is the CLARep's place in the shard
+    cause = "the teacher gave NaN/Inf for the CLARep at that index of the shard: check its weights, and --dtype (float16 can overflow)"
+    require_finite(shard_path(bank, shard), payload, cause)
     metadata = shard_metadata(payload)
     atomic_write(shard_path(bank, shard), lambda temporary: save_file(payload, str(temporary), metadata=metadata))
 
@@ -77,7 +78,19 @@ def read_bank_config(bank: Path) -> dict:
     missing = [key for key in ("shards", "feature_layers") if key not in config]
     if missing:
         raise DamagedFileError(f"{config_file} lacks {', '.join(missing)}: {remedy}")
+    shards, layers = config["shards"], config["feature_layers"]
+    if isinstance(shards, bool) or not isinstance(shards, int) or shards < 1:
+        raise DamagedFileError(f"{config_file}: shards must be a positive int, found {shards!r}: {remedy}")
+    if not isinstance(layers, list) or not layers or not all(isinstance(layer, str) for layer in layers):
+        raise DamagedFileError(f"{config_file}: feature_layers must be a non-empty list of layer names, found {layers!r}: {remedy}")
     return config
+
+
+def _span(index: Tensor) -> str:
+    return f"{int(index[0])}..{int(index[-1])}" if len(index) else "none"
+
+
+SHARD_ENTRIES = ("index", "classes", "latents", "start_latents", "samples", "ordinary_samples", "singular_values", "iterations")  # + per-layer features
 
 
 class Bank(NamedTuple):
@@ -102,9 +115,26 @@ def load_bank(path: str | Path) -> Bank:
     missing = [shard for shard in range(shards) if not shard_path(bank, shard).exists()]
     if missing:
         raise FileNotFoundError(f"bank {bank} is incomplete: {len(missing)} of {shards} shards missing (first: {missing[0]}); rerun `clarep-fast search {bank}` to finish it")
-    parts = [read_shard(bank, shard) for shard in range(shards)]
-    merged = {name: torch.cat([part[name] for part in parts]) for name in parts[0]}
     layers = config["feature_layers"]
+    parts = [read_shard(bank, shard) for shard in range(shards)]
+    needed = list(SHARD_ENTRIES) + [f"{kind}.{layer}" for kind in ("features", "ordinary_features") for layer in layers]
+    size, count = config.get("shard_size"), config.get("count")
+    for shard, part in enumerate(parts):  # each shard is intact (digest); together they must form one bank
+        absent = [name for name in needed if name not in part]
+        if absent:
+            raise DamagedFileError(f"{shard_path(bank, shard)} lacks {', '.join(absent)} (the bank's config.json names layers {layers}): "
+                                   f"it belongs to another bank; delete it and rerun `clarep-fast search {bank}`")  # fmt: skip
+        if isinstance(size, int) and isinstance(count, int):
+            expected = torch.arange(shard * size, min((shard + 1) * size, count))
+            if not torch.equal(part["index"], expected):
+                raise DamagedFileError(f"{shard_path(bank, shard)} holds CLAReps {_span(part['index'])} but shard {shard} of this bank holds "
+                                       f"{_span(expected)}: it was copied from another shard or bank; delete it and rerun `clarep-fast search {bank}`")  # fmt: skip
+        for name in needed:
+            if part[name].shape[1:] != parts[0][name].shape[1:] or part[name].dtype != parts[0][name].dtype:
+                raise DamagedFileError(f"{shard_path(bank, shard)} holds {name} of shape {tuple(part[name].shape)} ({part[name].dtype}) but shard 0 has "
+                                       f"{tuple(parts[0][name].shape)} ({parts[0][name].dtype}): the shards come from different searches; "
+                                       f"delete the odd ones and rerun `clarep-fast search {bank}`")  # fmt: skip
+    merged = {name: torch.cat([part[name] for part in parts]) for name in needed}
     return Bank(
         config, merged["index"], merged["classes"], merged["latents"], merged["start_latents"], merged["samples"],
         merged["ordinary_samples"], merged["singular_values"], merged["iterations"],

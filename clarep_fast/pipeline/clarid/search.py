@@ -271,7 +271,8 @@ def run_search(config: SearchConfig, bank_dir: str | Path, *, device: str | None
     teacher, taps, train, resolution = prepare(config, device)
     classes, sources = plan(config, train.labels)
     resolved = resolved_config(config, len(classes), teacher, resolution, train.classes)
-    RunDir(bank, command="search", may_change=("data.workers",)).claim(resolved, write=rank == 0)  # workers change speed, not results
+    # workers change speed, not results; the teacher's path may change (moved, or named from another folder): teacher_sha256 is its identity
+    RunDir(bank, command="search", may_change=("data.workers", "teacher")).claim(resolved, write=rank == 0)
     barrier(world)
 
     shards = resolved["shards"]

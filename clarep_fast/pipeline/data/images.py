@@ -75,14 +75,27 @@ class TensorImages(ImageSet):
             yield self.images[index], self.labels[index]
 
 
+def _rgb_array(image, path: Path) -> np.ndarray:
+    """(H, W, 3) float32 in [0, 1]. 16-bit grayscale (PNG "I;16", or "I" holding 16-bit values) is
+    scaled by 65535: PIL's convert("RGB") clips it at 255, which turns almost every pixel white."""
+    if image.mode.startswith("I;16") or image.mode == "I":
+        gray = np.asarray(image, dtype=np.float64)
+        if gray.min() < 0 or gray.max() > 65535:
+            raise ValueError(f"cannot read image {path}: 32-bit integer pixels outside 0..65535 have no known range; save it as an 8- or 16-bit image")
+        return np.repeat((gray / 65535.0).astype(np.float32)[..., None], 3, axis=2)
+    if image.mode == "F":
+        raise ValueError(f"cannot read image {path}: floating-point pixels have no known range; save it as an 8- or 16-bit image")
+    return np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0
+
+
 def decode_image(path: Path, resolution: int) -> Tensor:
     """One image file as (3, R, R) float in [0, 1] (RGB, antialiased bilinear resize)."""
     from PIL import Image, UnidentifiedImageError
 
     try:
         with Image.open(path) as image:
-            array = np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0
-    except (UnidentifiedImageError, OSError) as error:
+            array = _rgb_array(image, path)
+    except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as error:  # not an image, truncated, or too large to decode safely
         raise ValueError(f"cannot read image {path}: {error}") from None
     tensor = torch.from_numpy(array).permute(2, 0, 1)[None]
     if tensor.shape[-2:] != (resolution, resolution):

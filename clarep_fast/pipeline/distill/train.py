@@ -178,7 +178,8 @@ def train_student(config: DistillConfig, run_dir: str | Path, *, device: str | N
     if bank is not None:  # a bank rebuilt in place with other features must not meet an old checkpoint
         resolved["bank_layers"], resolved["bank_widths"], resolved["bank_count"] = bank.layers, bank.widths(), len(bank.classes)
         resolved["bank_config_sha256"] = bank.config_sha256  # the bank's whole search config, teacher fingerprint included
-    run = RunDir(run_dir, command="distill", may_change=("data.workers",))  # epochs too: the one-cycle schedule spans them all, a longer run is another run
+    # the bank's path may change (bank_config_sha256 and its sizes are its identity); epochs may not: the one-cycle schedule spans them all
+    run = RunDir(run_dir, command="distill", may_change=("data.workers", "bank"))
 
     torch.manual_seed(config.seed)  # the initial weights: the same for baseline and CaDistill
     student = Student(config.student, num_classes, config.student_layers, config.student_pool).to(device)

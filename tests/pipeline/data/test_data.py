@@ -140,3 +140,21 @@ def test_cifar10_reader_runs_no_code_from_the_data(tmp_path, protocol):
     with open(tmp_path / "batches.meta", "wb") as handle:  # the genuine layout still loads, under either protocol
         pickle.dump({b"label_names": names}, handle, protocol=protocol)
     assert load_cifar10(tmp_path, "train")[0].shape == (10, 3, 32, 32)
+
+
+def test_decode_keeps_16_bit_grayscale_and_refuses_what_it_cannot_read(tmp_path):
+    from clarep_fast.pipeline.data.images import decode_image
+
+    ramp = (np.arange(16 * 16).reshape(16, 16) * 257).astype(np.uint16)  # 0 .. 65535·(255/256)
+    Image.fromarray(ramp).save(tmp_path / "gray16.png")
+    decoded = decode_image(tmp_path / "gray16.png", 16)
+    expected = torch.from_numpy(ramp / 65535.0).float()
+    assert decoded.shape == (3, 16, 16)
+    torch.testing.assert_close(decoded, expected.expand(3, 16, 16), atol=1e-6, rtol=0)  # PIL's convert("RGB") would clip it to white
+    Image.fromarray(np.random.rand(8, 8).astype(np.float32)).save(tmp_path / "float.tiff")
+    with pytest.raises(ValueError, match=r"float.tiff: floating-point pixels have no known range"):
+        decode_image(tmp_path / "float.tiff", 8)
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "cut.png")
+    (tmp_path / "cut.png").write_bytes((tmp_path / "cut.png").read_bytes()[:40])
+    with pytest.raises(ValueError, match=r"cannot read image .*cut.png"):
+        decode_image(tmp_path / "cut.png", 8)

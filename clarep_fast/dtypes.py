@@ -19,11 +19,20 @@ def accumulation_dtype(*tensors: Tensor) -> torch.dtype:
 
 
 def require_float(name: str, value) -> None:
-    """A clear error unless ``value`` is a tensor of one of FLOAT_DTYPES (ints and bools are refused, not cast)."""
+    """A clear error unless ``value`` is a dense tensor of one of FLOAT_DTYPES (ints and bools are
+    refused, not cast; sparse tensors are refused, not densified)."""
     if not isinstance(value, Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(value).__name__}")
     if value.dtype not in FLOAT_DTYPES:
         raise TypeError(f"{name} must be float16, bfloat16, float32 or float64, got {value.dtype}")
+    if value.layout != torch.strided:
+        raise TypeError(f"{name} must be a dense (strided) tensor, got layout {value.layout}; pass {name}.to_dense()")
+
+
+def require_bool(name: str, value) -> None:
+    """A clear error unless ``value`` is a bool (a string such as "no" would read as True)."""
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be True or False, got {value!r}")
 
 
 def non_finite_reason(tensor: Tensor, accumulate: torch.dtype) -> str:

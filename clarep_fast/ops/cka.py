@@ -26,7 +26,7 @@ import torch
 from torch import Tensor
 
 from clarep_fast.backends import Kernels, compiled_ops, resolve_backend
-from clarep_fast.dtypes import accumulation_dtype, require_float
+from clarep_fast.dtypes import accumulation_dtype, require_bool, require_float
 from clarep_fast.finite import refuse_non_finite
 from clarep_fast.ops.gram import shifted_gram_backward, shifted_gram_into
 from clarep_fast.ops.spec import OpSpec, random_tensor
@@ -150,6 +150,7 @@ def cka(x: Tensor, y: Tensor, *, unbiased: bool = False) -> Tensor:
 
 def cka_pairs(xs: Sequence[Tensor], ys: Sequence[Tensor], *, unbiased: bool = False, _names=("xs", "ys")) -> Tensor:
     """CKA of every layer pair (xs[p], ys[p]) in one call -> (P,) tensor; all inputs share n."""
+    require_bool("unbiased", unbiased)
     xs, ys = _validated(xs, ys, unbiased, _names)
     backend = resolve_backend(xs[0].device)
     return cka_forward(xs, ys, unbiased, backend)[0]

@@ -24,7 +24,7 @@ import torch
 from torch import Tensor
 
 from clarep_fast.backends import Kernels, compiled_ops, resolve_backend
-from clarep_fast.dtypes import FLOAT_DTYPES, accumulation_dtype, require_float
+from clarep_fast.dtypes import FLOAT_DTYPES, accumulation_dtype, require_bool, require_float
 from clarep_fast.finite import refuse_non_finite
 from clarep_fast.ops.spec import OpSpec, random_tensor
 from clarep_fast.reference.feature_pool import NORMALIZE_EPS, feature_pool_backward_reference, feature_pool_forward_reference, feature_pool_reference
@@ -147,6 +147,7 @@ def feature_pool(
     Differentiable in every map. ``split_packed`` gives the per-layer views back.
     """
     maps = validated_maps(maps, size, out_dtype, names)
+    require_bool("normalize", normalize)
     out_dtype = out_dtype or maps[0].dtype
     labels = "\n".join(names) if names is not None else "\n".join(f"maps[{i}]" for i in range(len(maps)))
     return feature_pool_forward(maps, size, normalize, out_dtype, labels, resolve_backend(maps[0].device))[0]

@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 
 from clarep_fast.backends import Kernels, compiled_ops, resolve_backend
-from clarep_fast.dtypes import accumulation_dtype, non_finite_reason, require_float
+from clarep_fast.dtypes import accumulation_dtype, non_finite_reason, require_bool, require_float
 from clarep_fast.finite import refuse_non_finite
 from clarep_fast.ops.spec import OpSpec, random_tensor
 from clarep_fast.reference.project_out import RESCALE_RTOL, project_out_backward_reference, project_out_forward_reference, project_out_reference
@@ -99,8 +99,9 @@ def project_out(x: Tensor, vectors: Tensor, *, rescale: bool = False) -> Tensor:
     Differentiable in both; the result has x's shape and dtype.
     """
     _validate(x, vectors)
+    require_bool("rescale", rescale)
     flat = x.reshape(x.shape[0], -1)
-    out = project_out_forward(flat, vectors, bool(rescale), resolve_backend(x.device))[0]
+    out = project_out_forward(flat, vectors, rescale, resolve_backend(x.device))[0]
     return out.reshape(x.shape)
 
 

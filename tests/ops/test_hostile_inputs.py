@@ -171,3 +171,17 @@ def test_finite_values_too_large_for_squares_are_named_as_such():
         clarep_fast.feature_align([torch.full((2, 4), 1e20)], [torch.ones(2, 4)])
     with pytest.raises(ValueError, match=r"students\[0\] holds NaN or Inf"):
         clarep_fast.feature_align([torch.full((2, 4), float("nan"))], [torch.ones(2, 4)])
+
+
+def test_sparse_tensors_and_non_bool_flags_are_refused_by_name():
+    x = torch.randn(8, 4)
+    with pytest.raises(TypeError, match=r"x must be a dense \(strided\) tensor, got layout torch.sparse_coo; pass x.to_dense\(\)"):
+        clarep_fast.cka(x.to_sparse(), x)
+    with pytest.raises(TypeError, match=r"maps\[0\] must be a dense"):
+        clarep_fast.feature_pool([torch.randn(2, 3, 4, 4).to_sparse()], 2)
+    with pytest.raises(TypeError, match="unbiased must be True or False, got 'no'"):
+        clarep_fast.cka(x, x, unbiased="no")
+    with pytest.raises(TypeError, match="rescale must be True or False, got 'yes'"):
+        clarep_fast.project_out(torch.randn(2, 3), torch.randn(2, 3, 1), rescale="yes")
+    with pytest.raises(TypeError, match="normalize must be True or False, got 1"):
+        clarep_fast.feature_pool([torch.randn(2, 3, 4, 4)], 2, normalize=1)

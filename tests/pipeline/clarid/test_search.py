@@ -3,6 +3,7 @@
 import dataclasses
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -143,8 +144,11 @@ def test_bank_made_with_another_config_or_teacher_is_refused(teacher_dir, tmp_pa
     with torch.no_grad():
         next(model.parameters()).add_(1.0)
     model.save_pretrained(other, safe_serialization=True)
-    with pytest.raises(ValueError, match="teacher, teacher_sha256"):
+    with pytest.raises(ValueError, match=r"differs in: teacher_sha256\)"):  # another teacher: its fingerprint differs, not only its path
         run_search(small_config(other, count=2), bank, progress=False)
+    moved = tmp_path / "moved_teacher"
+    shutil.copytree(teacher_dir, moved)  # the same teacher at another path: the bank resumes with it
+    assert run_search(small_config(moved, count=2), bank, progress=False) == bank
 
 
 def test_teacher_with_another_class_count_is_refused(tmp_path):

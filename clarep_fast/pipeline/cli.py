@@ -124,15 +124,18 @@ def _evaluate(args) -> int:
     from clarep_fast.pipeline.files import write_json, write_text
 
     config = config_from_args(EvaluateConfig, args)
-    student = load_student(args.student)
+    student_file = Path(args.student)
+    if student_file.is_dir():  # a distill run folder
+        student_file = student_file / "student.pt"
+    student = load_student(student_file)
     data = student.data if args.data is None else dataclasses.replace(student.data, dataset=args.data)
     data = dataclasses.replace(data, workers=args.workers)
     if dataset_classes(data) != student.classes:
         raise ValueError(f"--data {data.dataset} has classes {dataset_classes(data)[:5]}... but the student was trained on {student.classes[:5]}...")
     results = evaluate_student(student, data, config, resolution=student.resolution)
-    out = Path(args.out) if args.out else Path(args.student).with_name("evaluation.json")
+    out = Path(args.out) if args.out else student_file.with_name("evaluation.json")
     write_json(out, results)
-    name = Path(args.student).parent.name
+    name = student_file.parent.name
     table = markdown_table({name: results})
     text = f"Accuracy (%) on the test split of --data {data.dataset}\n\n{table}\n\nCW-L2 median L2 distortion: {results['distortion/cw_l2_median']:.3f}\n"
     if config.corruption_samples:
@@ -194,7 +197,7 @@ COMMANDS = {
                        (("run_dir", "run folder: config.json, metrics.csv/json, checkpoint.pt, student.pt"),),
                        _config_class("clarep_fast.pipeline.distill.train", "DistillConfig"), (DEVICE,)),
     "evaluate": Command("clean, adversarial and background-shift accuracy of a student", _evaluate,
-                        (("student", "student.pt from clarep-fast distill"),),
+                        (("student", "student.pt from clarep-fast distill, or its run folder"),),
                         _config_class("clarep_fast.pipeline.evaluate.robustness", "EvaluateConfig"),
                         (("--out", {"default": None, "help": "JSON file (default: evaluation.json beside the student)"}),
                          ("--data", {"default": None, "help": "dataset whose test split is used (default: the one the student was trained on)"}),

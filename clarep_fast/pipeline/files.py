@@ -165,12 +165,13 @@ def load_checked(path: Path, kind: str, *, remedy: str):
     return stored["payload"]
 
 
-def shard_metadata(tensors: dict[str, torch.Tensor]) -> dict[str, str]:
-    """safetensors metadata (str -> str) for a bank shard: format, version, digest of the tensors."""
-    return {"format": "clarep_fast.bank-shard", "version": str(FORMAT_VERSION), "sha256": content_digest(tensors)}
+def shard_metadata(tensors: dict[str, torch.Tensor], bank_identity: str) -> dict[str, str]:
+    """safetensors metadata (str -> str) for a bank shard: format, version, digest of the tensors and
+    the identity of the bank it belongs to (a digest of that bank's config)."""
+    return {"format": "clarep_fast.bank-shard", "version": str(FORMAT_VERSION), "sha256": content_digest(tensors), "bank": bank_identity}
 
 
-def check_shard(path: Path, metadata: dict[str, str] | None, tensors: dict[str, torch.Tensor], remedy: str) -> None:
+def check_shard(path: Path, metadata: dict[str, str] | None, tensors: dict[str, torch.Tensor], remedy: str, bank_identity: str) -> None:
     metadata = metadata or {}
     if metadata.get("format") != "clarep_fast.bank-shard":
         raise DamagedFileError(f"{path} is not a clarep_fast bank shard (no format in its metadata; banks written before format versions have none): {remedy}")
@@ -178,3 +179,8 @@ def check_shard(path: Path, metadata: dict[str, str] | None, tensors: dict[str, 
         raise DamagedFileError(f"{path} was written in bank-shard format version {metadata.get('version')!r}; this clarep_fast reads version {FORMAT_VERSION}: {remedy}")
     if content_digest(tensors) != metadata.get("sha256"):
         raise DamagedFileError(f"{path} is damaged: its tensors do not match the digest written with them: {remedy}")
+    if "bank" not in metadata:
+        raise DamagedFileError(f"{path} was written by an older clarep_fast (no bank identity in its metadata), so it cannot be checked against this bank: {remedy}")
+    if metadata["bank"] != bank_identity:  # intact, but made by a search of another config (or another teacher)
+        raise DamagedFileError(f"{path} belongs to another bank: it was written by a search with another config or teacher than this bank's "
+                               f"config.json (copied from another bank, or config.json was edited): {remedy}")  # fmt: skip

@@ -98,7 +98,7 @@ class RunDir:
         if old is not None:
             if old.get("command", self.command) != self.command:  # folders written before the key was recorded have none
                 raise ValueError(f"{self.path} holds a {old['command']} run, not a {self.command} run; give {self.command} a folder of its own")
-            old_flat, new_flat = _flatten({"command": self.command, **old}), _flatten(new)
+            old_flat, new_flat = flatten_config({"command": self.command, **old}), flatten_config(new)
             changed = sorted(key for key in set(old_flat) | set(new_flat) if key not in self.may_change and old_flat.get(key) != new_flat.get(key))
             if changed:
                 shown = ", ".join(changed[:8]) + (f" and {len(changed) - 8} more" if len(changed) > 8 else "")
@@ -115,6 +115,8 @@ class RunDir:
         key = str(self.path.resolve())
         if key in _HELD_LOCKS:
             return
+        if self.path.exists() and not self.path.is_dir():
+            raise NotADirectoryError(f"{self.path} is a file, not a run folder; give {self.command} a folder (a new one, or one of an earlier {self.command} run)")
         self.path.mkdir(parents=True, exist_ok=True)
         handle = open(self.path / ".lock", "a+")
         try:
@@ -166,13 +168,13 @@ class RunDir:
         return load_checked(file, f"{self.command}-checkpoint", remedy="delete it to restart this run from its beginning")
 
 
-def _flatten(config: dict, prefix: str = "") -> dict:
+def flatten_config(config: dict, prefix: str = "") -> dict:
     """Nested config sections as dotted keys ("data.seed"), so a change is named exactly and
     ``may_change`` can name a nested key."""
     flat = {}
     for key, value in config.items():
         if isinstance(value, dict) and value:
-            flat.update(_flatten(value, f"{prefix}{key}."))
+            flat.update(flatten_config(value, f"{prefix}{key}."))
         else:
             flat[f"{prefix}{key}"] = value
     return flat

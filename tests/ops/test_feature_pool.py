@@ -134,6 +134,8 @@ GOOD = torch.randn(2, 3, 4, 4)
         ([GOOD.int()], 2, {}, TypeError, "must be float16, bfloat16, float32 or float64"),
         ([GOOD], 2, {"out_dtype": torch.int8}, TypeError, "out_dtype must be"),
         ([GOOD], 2, {"names": ["mid_block", "extra"]}, ValueError, "names has 2 entries for 1 maps"),
+        ([GOOD, GOOD], 2, {"names": ["mid\nblock", "extra"]}, ValueError, "names must be strings without newlines"),
+        ([GOOD], 2, {"names": [3]}, ValueError, "names must be strings without newlines"),
         ([torch.randn(2, 0, 4, 4)], 2, {}, ValueError, "is empty"),
     ],
 )

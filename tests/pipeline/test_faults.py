@@ -350,7 +350,7 @@ def test_nothing_non_finite_is_written(tmp_path):
     samples = torch.rand(4, 3, 8, 8)
     samples[2, 0, 1, 1] = float("nan")
     with pytest.raises(ValueError, match=r"shard_00000.safetensors: samples holds NaN or Inf \(first at index \(2, 0, 1, 1\)\)"):
-        write_shard(tmp_path, 0, {"samples": samples, "classes": torch.arange(4)})
+        write_shard(tmp_path, 0, {"samples": samples, "classes": torch.arange(4)}, identity="0" * 64)
     assert not (tmp_path / "student.pt").exists() and not shard_path(tmp_path, 0).exists()
 
 
@@ -379,14 +379,32 @@ def test_a_bank_config_or_shard_that_does_not_belong_is_named(bank_dir, tmp_path
 
     bank = tmp_path / "bank"
     shutil.copytree(bank_dir, bank)
+    config = json.loads((bank / "config.json").read_text())
+    other = tmp_path / "other"  # a bank of another seed: its shards have this bank's indices and shapes, not its identity
+    shutil.copytree(bank_dir, other)
+    (other / "config.json").write_text(json.dumps({**config, "seed": config["seed"] + 1}))
+    with pytest.raises(DamagedFileError, match=r"shard_00000.safetensors belongs to another bank: it was written by a search with another config or teacher"):
+        load_bank(other)
+    (other / "config.json").write_text(json.dumps({**config, "teacher": "/moved/teacher", "data": {**config["data"], "workers": 3}}))
+    load_bank(other)  # the keys a resume may change are not part of the identity
     shutil.copy(shard_path(bank, 0), shard_path(bank, 1))  # intact by its digest, but the wrong CLAReps
     with pytest.raises(DamagedFileError, match=r"shard_00001.safetensors holds CLAReps 0..1 but shard 1 of this bank holds 2..3"):
         load_bank(bank)
-    config = json.loads((bank / "config.json").read_text())
     for key, value, message in (("shards", "4", "shards must be a positive int"), ("feature_layers", "mid_block", "feature_layers must be a non-empty list")):
         (bank / "config.json").write_text(json.dumps({**config, key: value}))
         with pytest.raises(DamagedFileError, match=message):
             load_bank(bank)
+
+
+def test_a_file_for_a_run_folder_and_a_run_for_a_bank_are_named(tmp_path):
+    from clarep_fast.pipeline.clarid.bank import load_bank
+
+    (tmp_path / "afile").write_text("")
+    with pytest.raises(NotADirectoryError, match=r"afile is a file, not a run folder; give search a folder"):
+        RunDir(tmp_path / "afile", command="search").claim({"k": 3})
+    RunDir(tmp_path / "student", command="distill").claim({"epochs": 2})
+    with pytest.raises(ValueError, match=r"student holds a distill run, not a CLARep bank; give the folder a `clarep-fast search` made"):
+        load_bank(tmp_path / "student")
 
 
 def test_an_unforeseen_error_is_one_line_and_debug_shows_the_traceback(monkeypatch, capsys):

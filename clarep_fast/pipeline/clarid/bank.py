@@ -17,12 +17,16 @@
         ordinary_features.<layer>       the same of the ordinary sample (same noise draw)
 A shard is written to a temporary name and renamed: a file under shards/ is always complete, so a
 killed search resumes by skipping the shards that exist (after checking them). Every shard carries
-its format, version and a digest of its tensors in the safetensors metadata, and config.json its
-``bank_format``: a damaged, foreign or outdated file is refused by name, never misread.
+its format, version, a digest of its tensors and the bank's identity (a digest of config.json
+without the keys a resume may change) in the safetensors metadata, and config.json its
+``bank_format``: a damaged, foreign or outdated file, or a shard of another bank, is refused by
+name, never misread.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 from pathlib import Path
 from typing import NamedTuple
 
@@ -32,25 +36,38 @@ from safetensors.torch import save_file
 from torch import Tensor
 
 from clarep_fast.pipeline.files import FORMAT_VERSION, DamagedFileError, atomic_write, check_shard, read_json, require_finite, shard_metadata
+from clarep_fast.pipeline.rundir import flatten_config
 
 SHARDS = "shards"
+# keys of a search's config a resume may change: workers change speed, not results; the teacher's path
+# may change (moved, or named from another folder) because teacher_sha256 is its identity
+MAY_CHANGE = ("data.workers", "teacher")
+
+
+def bank_identity(config: dict) -> str:
+    """sha256 of what decides a bank's content: its resolved config without MAY_CHANGE (and the
+    command name config.json adds). Every shard carries it, so one copied from a bank of other
+    settings or another teacher is refused even when its CLARep indices and shapes fit."""
+    kept = {key: value for key, value in flatten_config(config).items() if key not in MAY_CHANGE and key != "command"}
+    return hashlib.sha256(json.dumps(kept, sort_keys=True).encode()).hexdigest()
 
 
 def shard_path(bank: Path, shard: int) -> Path:
     return bank / SHARDS / f"shard_{shard:05d}.safetensors"
 
 
-def write_shard(bank: Path, shard: int, tensors: dict[str, Tensor]) -> None:
-    """Atomically write one shard, with its format, version and digest in the safetensors metadata."""
+def write_shard(bank: Path, shard: int, tensors: dict[str, Tensor], identity: str) -> None:
+    """Atomically write one shard, with its format, version, digest and bank identity in the safetensors metadata."""
     payload = {name: tensor.detach().cpu().contiguous() for name, tensor in tensors.items()}
     cause = "the teacher gave NaN/Inf for the CLARep at that index of the shard: check its weights, and --dtype (float16 can overflow)"
     require_finite(shard_path(bank, shard), payload, cause)
-    metadata = shard_metadata(payload)
+    metadata = shard_metadata(payload, identity)
     atomic_write(shard_path(bank, shard), lambda temporary: save_file(payload, str(temporary), metadata=metadata))
 
 
-def read_shard(bank: Path, shard: int) -> dict[str, Tensor]:
-    """One shard's tensors; a truncated, garbled, foreign or outdated shard is refused by name."""
+def read_shard(bank: Path, shard: int, identity: str) -> dict[str, Tensor]:
+    """One shard's tensors; a truncated, garbled, foreign or outdated shard, or one of a bank other
+    than ``identity``, is refused by name."""
     path = shard_path(bank, shard)
     remedy = f"delete it and rerun `clarep-fast search {bank}` to recompute that shard"
     try:
@@ -61,7 +78,7 @@ def read_shard(bank: Path, shard: int) -> dict[str, Tensor]:
         raise
     except Exception as error:  # SafetensorError and the OS errors of a damaged file
         raise DamagedFileError(f"{path} cannot be read as a safetensors shard ({error}): {remedy}") from None
-    check_shard(path, metadata, tensors, remedy)
+    check_shard(path, metadata, tensors, remedy, identity)
     return tensors
 
 
@@ -72,6 +89,8 @@ def read_bank_config(bank: Path) -> dict:
         raise FileNotFoundError(f"{bank} is not a CLARep bank (no config.json); create one with `clarep-fast search {bank}`")
     remedy = "restore it, or make the bank anew with `clarep-fast search` into a new folder"
     config = read_json(config_file, "a CLARep bank's config", remedy)
+    if isinstance(config, dict) and config.get("command", "search") != "search":  # e.g. --bank pointed at a distill run
+        raise ValueError(f"{bank} holds a {config['command']} run, not a CLARep bank; give the folder a `clarep-fast search` made")
     if not isinstance(config, dict) or config.get("bank_format") != FORMAT_VERSION:
         found = config.get("bank_format") if isinstance(config, dict) else None
         raise DamagedFileError(f"{config_file} is not a bank config of format version {FORMAT_VERSION} (found {found!r}; banks written before format versions have none): {remedy}")
@@ -116,7 +135,8 @@ def load_bank(path: str | Path) -> Bank:
     if missing:
         raise FileNotFoundError(f"bank {bank} is incomplete: {len(missing)} of {shards} shards missing (first: {missing[0]}); rerun `clarep-fast search {bank}` to finish it")
     layers = config["feature_layers"]
-    parts = [read_shard(bank, shard) for shard in range(shards)]
+    identity = bank_identity(config)
+    parts = [read_shard(bank, shard, identity) for shard in range(shards)]
     needed = list(SHARD_ENTRIES) + [f"{kind}.{layer}" for kind in ("features", "ordinary_features") for layer in layers]
     size, count = config.get("shard_size"), config.get("count")
     for shard, part in enumerate(parts):  # each shard is intact (digest); together they must form one bank

@@ -40,7 +40,7 @@ import torch
 from torch import Tensor
 from tqdm import tqdm
 
-from clarep_fast.pipeline.clarid.bank import read_shard, shard_path, write_shard
+from clarep_fast.pipeline.clarid.bank import MAY_CHANGE, bank_identity, read_shard, shard_path, write_shard
 from clarep_fast.pipeline.clarid.jacobian import MODES, topk_right_singular
 from clarep_fast.pipeline.data.source import DataConfig, dataset_classes, load_splits, resolve
 from clarep_fast.pipeline.distributed import barrier, default_device, rank_and_world
@@ -271,15 +271,15 @@ def run_search(config: SearchConfig, bank_dir: str | Path, *, device: str | None
     teacher, taps, train, resolution = prepare(config, device)
     classes, sources = plan(config, train.labels)
     resolved = resolved_config(config, len(classes), teacher, resolution, train.classes)
-    # workers change speed, not results; the teacher's path may change (moved, or named from another folder): teacher_sha256 is its identity
-    RunDir(bank, command="search", may_change=("data.workers", "teacher")).claim(resolved, write=rank == 0)
+    RunDir(bank, command="search", may_change=MAY_CHANGE).claim(resolved, write=rank == 0)
+    identity = bank_identity(resolved)
     barrier(world)
 
     shards = resolved["shards"]
     mine = [s for s in range(shards) if s % world == rank]
     todo = [s for s in mine if not shard_path(bank, s).exists()]
     for shard in sorted(set(mine) - set(todo)):  # a shard found on disk counts as done only once it checks out
-        read_shard(bank, shard)
+        read_shard(bank, shard, identity)
     sizes = {s: len(classes[s * config.shard_size : (s + 1) * config.shard_size]) for s in mine}
     done = sum(sizes[s] for s in mine if s not in todo)
     bar = tqdm(total=sum(sizes.values()), initial=done, desc=f"CLARID rank {rank}" if world > 1 else "CLARID", unit="CLARep", disable=not progress, position=rank)
@@ -288,7 +288,7 @@ def run_search(config: SearchConfig, bank_dir: str | Path, *, device: str | None
         part = slice(shard * config.shard_size, (shard + 1) * config.shard_size)
         tensors = search_shard(teacher, taps, config, classes[part], sources[part], train, shard)
         tensors["index"] = torch.arange(shards * config.shard_size)[part][: sizes[shard]]
-        write_shard(bank, shard, tensors)
+        write_shard(bank, shard, tensors, identity)
         bar.update(sizes[shard])
     bar.close()
     seconds = time.perf_counter() - started

@@ -387,6 +387,15 @@ def test_a_bank_config_or_shard_that_does_not_belong_is_named(bank_dir, tmp_path
         load_bank(other)
     (other / "config.json").write_text(json.dumps({**config, "teacher": "/moved/teacher", "data": {**config["data"], "workers": 3}}))
     load_bank(other)  # the keys a resume may change are not part of the identity
+    from safetensors.torch import save_file
+
+    from clarep_fast.pipeline.files import shard_metadata
+
+    tensors = load_file(str(shard_path(other, 0)))
+    older = {key: value for key, value in shard_metadata(tensors, "unused").items() if key != "bank"}  # as shards were written before identities
+    save_file(tensors, str(shard_path(other, 0)), metadata=older)
+    with pytest.raises(DamagedFileError, match=r"shard_00000.safetensors was written by an older clarep_fast \(no bank identity in its metadata\)"):
+        load_bank(other)
     shutil.copy(shard_path(bank, 0), shard_path(bank, 1))  # intact by its digest, but the wrong CLAReps
     with pytest.raises(DamagedFileError, match=r"shard_00001.safetensors holds CLAReps 0..1 but shard 1 of this bank holds 2..3"):
         load_bank(bank)

@@ -375,7 +375,10 @@ def test_a_bank_config_or_shard_that_does_not_belong_is_named(bank_dir, tmp_path
     import json
     import shutil
 
+    from safetensors.torch import save_file
+
     from clarep_fast.pipeline.clarid.bank import load_bank, shard_path
+    from clarep_fast.pipeline.files import shard_metadata
 
     bank = tmp_path / "bank"
     shutil.copytree(bank_dir, bank)
@@ -387,10 +390,6 @@ def test_a_bank_config_or_shard_that_does_not_belong_is_named(bank_dir, tmp_path
         load_bank(other)
     (other / "config.json").write_text(json.dumps({**config, "teacher": "/moved/teacher", "data": {**config["data"], "workers": 3}}))
     load_bank(other)  # the keys a resume may change are not part of the identity
-    from safetensors.torch import save_file
-
-    from clarep_fast.pipeline.files import shard_metadata
-
     tensors = load_file(str(shard_path(other, 0)))
     older = {key: value for key, value in shard_metadata(tensors, "unused").items() if key != "bank"}  # as shards were written before identities
     save_file(tensors, str(shard_path(other, 0)), metadata=older)

@@ -1,6 +1,6 @@
 """Run the benchmark suite and write its results: JSON + CSV (fixed schema) and a markdown table.
 
-    python benchmarks/run.py [--quick] [--device cpu|cuda] [--out DIR] [-k EXPR] [--render]
+    python benchmarks/run.py [--quick] [--device cpu|cuda] [--out DIR] [--module test_cka.py] [-k EXPR] [--render]
 
 Results land in DIR (default benchmarks/results/) as <device>[-quick].{json,csv,md,png}; the markdown
 table (fused against eager and torch.compile, as ratios) is also printed, and with the default DIR
@@ -29,12 +29,12 @@ from benchmarks.plot import write_plot  # noqa: E402
 COMPUTE_BOUND_FLOP_PER_BYTE = 10  # above this arithmetic intensity a row's rate is given in FLOP/s, else in bytes/s
 
 
-def run_suite(device: str, quick: bool, select: str | None) -> list[dict]:
+def run_suite(device: str, quick: bool, select: str | None, module: str | None = None) -> list[dict]:
     """Time the suite; on CPU take peak memory from a separate pass (benchmarks/common.py says why)."""
     if device == "cuda":
-        return _run_pass(device, quick, select, "both")
-    peaks = {_key(record): record for record in _run_pass(device, quick, select, "peak")}
-    records = _run_pass(device, quick, select, "time")
+        return _run_pass(device, quick, select, "both", module)
+    peaks = {_key(record): record for record in _run_pass(device, quick, select, "peak", module)}
+    records = _run_pass(device, quick, select, "time", module)
     for record in records:
         measured = peaks.get(_key(record), {})
         record.update(peak_mb=measured.get("peak_mb"), extra_mb=measured.get("extra_mb"))
@@ -45,11 +45,11 @@ def _key(record: dict) -> tuple:
     return tuple(record.get(field) for field in ("op", "provider", "mode", "shape", "dtype"))
 
 
-def _run_pass(device: str, quick: bool, select: str | None, bench_pass: str) -> list[dict]:
+def _run_pass(device: str, quick: bool, select: str | None, bench_pass: str, module: str | None = None) -> list[dict]:
     """Run pytest-benchmark in a child process (its own allocator settings) and parse its JSON."""
     with tempfile.TemporaryDirectory() as tmp:
         raw = Path(tmp) / "raw.json"
-        command = [sys.executable, "-m", "pytest", "benchmarks", "-q", "-p", "no:cacheprovider", f"--bench-device={device}",
+        command = [sys.executable, "-m", "pytest", f"benchmarks/{module}" if module else "benchmarks", "-q", "-p", "no:cacheprovider", f"--bench-device={device}",
                    f"--benchmark-json={raw}", "--benchmark-save-data", "--benchmark-disable-gc", "-o", "testpaths=benchmarks"]  # fmt: skip
         if quick:
             command.append("--quick")
@@ -161,6 +161,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="small sweep (minutes, not tens of minutes)")
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
+    parser.add_argument("--module", default=None, help="one benchmark file of benchmarks/ (say test_cka.py) instead of all")
     parser.add_argument("-k", dest="select", default=None, help="pytest -k expression to run a subset")
     parser.add_argument("--render", action="store_true", help="measure nothing: rewrite the table, plot and README from the stored JSON")
     args = parser.parse_args()
@@ -171,7 +172,7 @@ def main() -> None:
             raise SystemExit(f"{stored} does not exist; run the suite first")
         records = json.loads(stored.read_text())
     else:
-        records = run_suite(args.device, args.quick, args.select)
+        records = run_suite(args.device, args.quick, args.select, args.module)
     if not records:
         raise SystemExit("no benchmark ran")
     print(write_results(records, args.out, stem))

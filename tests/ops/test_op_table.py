@@ -18,11 +18,15 @@ from clarep_fast.ops.spec import check_against_reference
 ROOT = Path(__file__).resolve().parents[2]
 
 
+# every backend on every device it can run on; the CUDA-tensor rows are GPU tests (-m gpu)
+PLACES = [pytest.param(backend, device, id=f"{backend}-{device}", marks=[pytest.mark.gpu] if device == "cuda" else [])
+          for device in ("cpu", "cuda") for backend in BACKENDS if not (backend, device) in (("cuda", "cpu"), ("cpu", "cuda"))]  # fmt: skip
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize(("backend", "device"), PLACES)
 @pytest.mark.parametrize("spec", OPS, ids=lambda spec: spec.name)
-def test_every_backend_matches_the_reference(spec, backend, dtype):
-    device = "cuda" if backend == "cuda" else "cpu"
+def test_every_backend_matches_the_reference(spec, backend, device, dtype):
     if unusable_reason(backend, device):
         pytest.skip(unusable_reason(backend, device))
     result = check_against_reference(spec, backend, device, dtype)

@@ -1,9 +1,16 @@
 """Projection off k directions in Triton: one program per sample. Math: csrc/project_out/project_out.h.
 
 V may have any strides. The sample's N rows are walked in BLOCK_N chunks of (BLOCK_N, BLOCK_K) tiles of V (BLOCK_K ≥ k,
-a power of two); y (forward) and gy (backward) live in an fp32/fp64 scratch row between passes.
-forward:  (1) c = Vᵀx, ‖x‖²   (2) y = x - V c → scratch, ‖y‖²   (3) out = s·y
-backward: (1) y → scratch, ds = g·y   (2) gy → scratch, d = Vᵀ gy   (3) dx = gy - V d + direct·x, dV
+a power of two).
+forward:  (1) c = Vᵀx, ‖x‖²   (2) y = x - V c → scratch, ‖y‖²   | barrier |   (3) out = s·y from the scratch
+backward: (1) ds = g·y   (2) d = Vᵀ gy   (3) dx = gy - V d + direct·x, dV;  y and gy recomputed in every pass
+Why no scratch in the backward and a barrier in the forward: the threads that store a scratch element
+and the threads that load it back are laid out by the compiler, and differ for some block shapes
+(BLOCK_K >= 64: one layout reads, another writes). A pass that reads what another thread of the
+program wrote needs a barrier between them, and a pass that overwrites in place what it reads is a
+race whatever the barriers. The backward's passes load the V tile anyway, so y = x - V c costs no
+extra read there; the forward's pass (3) does not, so it reads y back after a CTA barrier
+(tl.debug_barrier: bar.sync, which also orders the program's global-memory writes before its reads).
 """
 
 from __future__ import annotations
@@ -55,7 +62,8 @@ def _project_fwd_kernel(
     y_norm = tl.sqrt(tl.sum(yy, axis=0))
     scaled = RESCALE & (y_norm > rtol * x_norm)
     s = tl.where(scaled, x_norm / tl.where(scaled, y_norm, 1.0), 1.0)
-    for start in range(0, N, BLOCK_N):  # (3): same rows as (2) in the same program
+    tl.debug_barrier()  # every y of (2) is stored before any thread of this program reads one back
+    for start in range(0, N, BLOCK_N):  # (3)
         rows = start + tl.arange(0, BLOCK_N)
         inside = rows < N
         y = tl.load(scratch_ptr + row0 + rows, mask=inside, other=0.0)
@@ -69,11 +77,11 @@ def _project_fwd_kernel(
 
 @triton.jit
 def _project_bwd_kernel(
-    grad_ptr, x_ptr, V_ptr, coeffs_ptr, stats_ptr, grad_x_ptr, grad_v_ptr, scratch_ptr, N, K, svb, svn, svk,
+    grad_ptr, x_ptr, V_ptr, coeffs_ptr, stats_ptr, grad_x_ptr, grad_v_ptr, N, K, svb, svn, svk,
     NEED_V: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):  # fmt: skip
     b = tl.program_id(0)
-    acc_ty = scratch_ptr.dtype.element_ty
+    acc_ty = coeffs_ptr.dtype.element_ty
     row0 = b.to(tl.int64) * N
     cols = tl.arange(0, BLOCK_K)
     c = tl.load(coeffs_ptr + b.to(tl.int64) * K + cols, mask=cols < K, other=0.0)
@@ -88,7 +96,6 @@ def _project_bwd_kernel(
         xv = tl.load(x_ptr + row0 + rows, mask=inside, other=0.0).to(acc_ty)
         g = tl.load(grad_ptr + row0 + rows, mask=inside, other=0.0).to(acc_ty)
         y = xv - tl.sum(tile * c[None, :], axis=1)
-        tl.store(scratch_ptr + row0 + rows, y, mask=inside)
         gy_dot += g * y
     ds = tl.sum(gy_dot, axis=0)
     y_coeff = tl.where(scaled, ds * s / tl.where(scaled, y_norm * y_norm, 1.0), 0.0)  # no 0/0 on either side
@@ -97,16 +104,18 @@ def _project_bwd_kernel(
     for start in range(0, N, BLOCK_N):  # (2)
         rows, inside, tile_mask, tile = _v_tile(V_ptr, b, start, N, K, svb, svn, svk, BLOCK_N, BLOCK_K)
         tile = tile.to(acc_ty)
+        xv = tl.load(x_ptr + row0 + rows, mask=inside, other=0.0).to(acc_ty)
         g = tl.load(grad_ptr + row0 + rows, mask=inside, other=0.0).to(acc_ty)
-        y = tl.load(scratch_ptr + row0 + rows, mask=inside, other=0.0)
+        y = xv - tl.sum(tile * c[None, :], axis=1)
         gy = tl.where(scaled, s * g - y_coeff * y, g)
-        tl.store(scratch_ptr + row0 + rows, gy, mask=inside)
         d += tl.sum(tile * gy[:, None], axis=0)
     for start in range(0, N, BLOCK_N):  # (3)
         rows, inside, tile_mask, tile = _v_tile(V_ptr, b, start, N, K, svb, svn, svk, BLOCK_N, BLOCK_K)
         tile = tile.to(acc_ty)
         xv = tl.load(x_ptr + row0 + rows, mask=inside, other=0.0).to(acc_ty)
-        gy = tl.load(scratch_ptr + row0 + rows, mask=inside, other=0.0)
+        g = tl.load(grad_ptr + row0 + rows, mask=inside, other=0.0).to(acc_ty)
+        y = xv - tl.sum(tile * c[None, :], axis=1)
+        gy = tl.where(scaled, s * g - y_coeff * y, g)
         grad_x = gy + direct * xv - tl.sum(tile * d[None, :], axis=1)
         tl.store(grad_x_ptr + row0 + rows, grad_x.to(grad_x_ptr.dtype.element_ty), mask=inside)
         if NEED_V:
@@ -138,9 +147,8 @@ def project_out_backward(grad, x, vectors, coeffs, stats, rescale: bool, rtol: f
     rank = vectors.shape[2]
     grad_x = torch.empty_like(x)
     grad_v = torch.empty(vectors.shape, dtype=x.dtype, device=x.device) if need_vectors_grad else torch.empty(0, dtype=x.dtype, device=x.device)
-    scratch = torch.empty(batch, size, dtype=coeffs.dtype, device=x.device)
     _project_bwd_kernel[(batch,)](
-        grad, x, vectors, coeffs, stats, grad_x, grad_v if need_vectors_grad else grad_x, scratch, size, rank, *vectors.stride(),
+        grad, x, vectors, coeffs, stats, grad_x, grad_v if need_vectors_grad else grad_x, size, rank, *vectors.stride(),
         NEED_V=need_vectors_grad, **_blocks(rank),
     )  # fmt: skip
     return grad_x, grad_v

@@ -91,11 +91,12 @@ run_step() {
       if [ -n "$DRY" ]; then "$PY" benchmarks/host_overhead.py --help > /dev/null; return; fi
       { echo "== host_overhead --device cuda"; "$PY" benchmarks/host_overhead.py --device cuda --repeats 500; } >> "$OUT/probes.txt" 2>&1
       tail -6 "$OUT/probes.txt" ;;
-    pipeline)
-      bench_step $PIPELINE_BENCHMARKS || return 1
-      if [ -n "$DRY" ]; then "$PY" benchmarks/dit_probe.py --help > /dev/null; return; fi
-      { echo "== DiT-XL/2 probe"; "$PY" benchmarks/dit_probe.py --device cuda; } >> "$OUT/probes.txt" 2>&1
-      tail -8 "$OUT/probes.txt" ;;
+    pipeline)  # the DiT-XL/2 probe first: docs/scale.md's cost needs it, and it takes seconds
+      if [ -n "$DRY" ]; then "$PY" benchmarks/dit_probe.py --help > /dev/null || return 1; else
+        { echo "== DiT-XL/2 probe"; "$PY" benchmarks/dit_probe.py --device cuda; } >> "$OUT/probes.txt" 2>&1
+        tail -3 "$OUT/probes.txt"
+      fi
+      bench_step $PIPELINE_BENCHMARKS ;;
     profile)
       if [ -n "$DRY" ]; then "$PY" benchmarks/profile_cka.py --help > /dev/null; return; fi
       { echo "== profile_cka"; "$PY" benchmarks/profile_cka.py; } >> "$OUT/probes.txt" 2>&1

@@ -49,6 +49,7 @@ from clarep_fast.pipeline.rundir import RunDir, as_json
 from clarep_fast.pipeline.distill.student import DistillModel, Student, accuracy
 from clarep_fast.ops.cka import cka_pairs
 from clarep_fast.ops.feature_align import feature_align
+from clarep_fast.finite import finite_check
 
 
 @dataclass(frozen=True)
@@ -213,7 +214,11 @@ def train_student(config: DistillConfig, run_dir: str | Path, *, device: str | N
                 bank_index = torch.randperm(len(bank.classes), generator=bank_generator)[: config.bank_batch_size][rank::world].to(device)
             global_step = epoch * steps_per_epoch + step + 1
             try:
-                terms = _losses(wrapped, images.to(device), labels.to(device), bank, bank_index, config)
+                # the loop reads the loss every step anyway: a synchronous NaN check costs nothing here,
+                # while the asynchronous one (CUDA's default) would kill the CUDA context on a diverging
+                # student before the clean stop below could save or say anything
+                with finite_check("sync"):
+                    terms = _losses(wrapped, images.to(device), labels.to(device), bank, bank_index, config)
             except ValueError as error:
                 # The fused losses refuse NaN/Inf or overflowing features. Images and bank features are
                 # finite (checked when written), and shapes are fixed from the first step on: after a

@@ -189,8 +189,13 @@ def test_the_ordinary_control_reads_the_ordinary_samples(tiny_bank):
     assert not torch.equal(ordinary.features[0], canonical.features[0])
 
 
+@pytest.mark.parametrize("check", ["default", "async"])
 @pytest.mark.parametrize("baseline", [False, True], ids=["cadistill", "baseline"])
-def test_a_diverging_student_stops_with_a_clear_error_and_no_nan_checkpoint(tiny_bank, tmp_path, baseline):
+def test_a_diverging_student_stops_with_a_clear_error_and_no_nan_checkpoint(tiny_bank, tmp_path, baseline, check, monkeypatch):
+    """With the NaN check asked to be asynchronous (the CUDA default: a device-side assert that kills
+    the CUDA context), the training loop still checks synchronously: it reads the loss every step."""
+    if check == "async":
+        monkeypatch.setenv("CLAREP_FAST_FINITE_CHECK", "async")
     bank_dir, _ = tiny_bank
     config = small_distill(bank_dir, learning_rate=1e12, epochs=2, batch_size=64, baseline=baseline)
     with pytest.raises(ValueError, match=r"training diverged at step \d+ \(.*\)\. Nothing after the last checkpoint .* lower --learning-rate"):

@@ -160,13 +160,29 @@ class Kernels:
             if backend == "torch":
                 kernels = self._torch
             elif backend == "triton":
-                kernels = self._triton()
+                kernels = tuple(_on_the_tensors_device(launcher) for launcher in self._triton())
             elif backend in ("cpu", "cuda"):
                 kernels = self._compiled()
             else:
                 raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
             self._loaded[backend] = kernels
         return kernels
+
+
+def _on_the_tensors_device(launcher: Callable) -> Callable:
+    """A Triton launcher that launches on its first tensor argument's GPU. Triton launches on the
+    *current* CUDA device, which need not be the tensors' (cuda:1 tensors with cuda:0 current: the
+    kernel would run on GPU 0 with GPU 1's pointers). The compiled ops guard their device themselves."""
+
+    @functools.wraps(launcher)
+    def launch(*args, **kwargs):
+        first = next((arg for arg in args if isinstance(arg, torch.Tensor)), None)
+        if first is None or first.device.type != "cuda" or first.device.index in (None, torch.cuda.current_device()):
+            return launcher(*args, **kwargs)
+        with torch.cuda.device(first.device):
+            return launcher(*args, **kwargs)
+
+    return launch
 
 
 def compiled_ops():

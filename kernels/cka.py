@@ -67,7 +67,7 @@ def _cka_stats_kernel(
         keep = row_ok[:, None] & (cols < n)[None, :]
         if UNBIASED:
             keep = keep & (rows[:, None] != cols[None, :])
-        index = rows[:, None] * n + cols[None, :]
+        index = rows.to(tl.int64)[:, None] * n + cols[None, :]  # int64: n² overflows int32 above n = 46,340
         k = tl.load(k_ptr + index, mask=keep, other=0.0).to(tl.float64)
         l = tl.load(l_ptr + index, mask=keep, other=0.0).to(tl.float64)
         sum_k += tl.sum(k, axis=1)
@@ -77,8 +77,8 @@ def _cka_stats_kernel(
         ll += l * l
     tl.store(rk_ptr + rows, sum_k.to(dtype), mask=row_ok)
     tl.store(rl_ptr + rows, sum_l.to(dtype), mask=row_ok)
-    trace_k = tl.sum(tl.load(k_ptr + rows * n + rows, mask=row_ok, other=0.0).to(tl.float64), axis=0)
-    trace_l = tl.sum(tl.load(l_ptr + rows * n + rows, mask=row_ok, other=0.0).to(tl.float64), axis=0)
+    trace_k = tl.sum(tl.load(k_ptr + rows.to(tl.int64) * n + rows, mask=row_ok, other=0.0).to(tl.float64), axis=0)
+    trace_l = tl.sum(tl.load(l_ptr + rows.to(tl.int64) * n + rows, mask=row_ok, other=0.0).to(tl.float64), axis=0)
     mine = partials_ptr + (pair * blocks + block) * 5
     tl.store(mine + 0, tl.sum(tl.sum(kl, axis=1), axis=0))
     tl.store(mine + 1, tl.sum(tl.sum(kk, axis=1), axis=0))
@@ -174,7 +174,7 @@ def _cka_grads_kernel(grams_ptr, rowsums_ptr, stats_ptr, grad_ptr, coeffs_ptr, n
     rk_j = tl.load(rk_ptr + cols, mask=col_ok, other=0.0)
     rl_i = tl.load(rl_ptr + rows, mask=row_ok, other=0.0)
     rl_j = tl.load(rl_ptr + cols, mask=col_ok, other=0.0)
-    index = rows[:, None] * n + cols[None, :]
+    index = rows.to(tl.int64)[:, None] * n + cols[None, :]  # int64: n² overflows int32 above n = 46,340
     k_ptr = grams_ptr + 2 * pair * nn
     kc = tl.load(k_ptr + index, mask=mask, other=0.0) + b * sum_k - a * (rk_i[:, None] + rk_j[None, :])
     lc = tl.load(k_ptr + nn + index, mask=mask, other=0.0) + b * sum_l - a * (rl_i[:, None] + rl_j[None, :])

@@ -53,3 +53,52 @@ def test_explicit_unusable_backend_raises_and_auto_falls_back(monkeypatch):
     with use_backend("cpu"), pytest.raises(RuntimeError, match="pretend the build failed"):
         clarep_fast.cka(torch.randn(4, 3), torch.randn(4, 2))
     assert resolve_backend(torch.device("cpu")) == "torch"
+
+
+class _OnSecondGpu(torch.Tensor):
+    """A CPU tensor that says it lives on cuda:1 (what a Triton launcher reads to pick the device)."""
+
+    @property
+    def device(self):
+        return torch.device("cuda", 1)
+
+
+def test_triton_launchers_run_on_the_tensors_gpu_not_the_current_one(monkeypatch):
+    entered = []
+
+    class Recorder:
+        def __init__(self, device):
+            self.device = device
+
+        def __enter__(self):
+            entered.append(self.device)
+
+        def __exit__(self, *exc):
+            return False
+
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(torch.cuda, "device", Recorder)
+    seen = []
+    kernels = backends.Kernels(torch=(), triton=lambda: (lambda x, flag: seen.append((x.device, flag, list(entered))),), compiled=lambda: ())
+    launcher = kernels.on("triton")[0]
+    launcher(torch.zeros(2).as_subclass(_OnSecondGpu), True)
+    assert seen == [(torch.device("cuda", 1), True, [torch.device("cuda", 1)])]
+    launcher(torch.zeros(2), False)  # CPU tensors (the interpreter): no device switch
+    assert len(entered) == 1 and seen[-1][1] is False
+
+
+def test_each_torchrun_rank_makes_its_gpu_current(monkeypatch):
+    import torch.distributed as dist
+
+    from clarep_fast.pipeline import distributed
+
+    calls = []
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "set_device", lambda index: calls.append(("set_device", index)))
+    monkeypatch.setattr(dist, "is_initialized", lambda: False)
+    monkeypatch.setattr(dist, "init_process_group", lambda backend: calls.append(("init", backend)))
+    monkeypatch.setattr(dist, "get_rank", lambda: 1)
+    assert distributed.rank_and_world() == (1, 2)
+    assert calls == [("set_device", 1), ("init", "nccl")]

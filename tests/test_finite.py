@@ -83,14 +83,26 @@ def _cuda_or_skip(backend: str) -> None:
         pytest.skip(unusable_reason(backend, "cuda"))
 
 
+# every kind of call of each op: the example's options, then the other branches
+VARIANTS = {"cka": [{}, {"unbiased": True}], "feature_align": [{}, {"kind": "mse"}, {"kind": "mse", "reduction": "mean"}, {"reduction": "mean"}],
+            "project_out": [{}, {"rescale": False}], "feature_pool": [{}, {"normalize": False}]}  # fmt: skip
+SYNC_CASES = [pytest.param(spec, variant, id=f"{spec.name}-{'-'.join(f'{k}={v}' for k, v in variant.items()) or 'example'}") for spec in OPS for variant in VARIANTS[spec.name]]
+
+
+def test_every_op_has_its_variants():
+    assert set(VARIANTS) == {spec.name for spec in OPS}
+
+
 @pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16, torch.float64], ids=str)
 @pytest.mark.parametrize("backend", ["cuda", "triton", "torch"])
-@pytest.mark.parametrize("spec", OPS, ids=lambda spec: spec.name)
-def test_no_host_sync_on_cuda(spec, backend):
-    """Forward and backward of every op on CUDA under torch's sync debug mode "error": any host
-    sync (a tensor read, a blocking copy) raises. The example is made and warmed up outside."""
+@pytest.mark.parametrize(("spec", "variant"), SYNC_CASES)
+def test_no_host_sync_on_cuda(spec, variant, backend, dtype):
+    """Forward and backward of every op, kind and dtype on CUDA under torch's sync debug mode
+    "error": any host sync (a tensor read, a blocking copy) raises. Made and warmed up outside."""
     _cuda_or_skip(backend)
-    args, kwargs = spec.example(torch.device("cuda"), torch.float32, torch.Generator().manual_seed(0))
+    args, kwargs = spec.example(torch.device("cuda"), dtype, torch.Generator().manual_seed(0))
+    kwargs = {**kwargs, **variant}
     inputs = grad_leaves(args)
     with clarep_fast.use_backend(backend):
         torch.autograd.grad(spec.fused(*args, **kwargs).sum(), inputs)  # compiles/caches what a first call needs

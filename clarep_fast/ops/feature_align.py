@@ -116,8 +116,7 @@ def feature_align(students: Sequence[Tensor], teachers: Sequence[Tensor], *, kin
         floor = ALIGN_EPS**2
         per_pair = 1 - st / (ss.clamp_min(floor).sqrt() * tt.clamp_min(floor).sqrt())
     else:
-        widths = torch.tensor([s.shape[1] for s in students], dtype=stats.dtype, device=stats.device)
-        per_pair = dd / widths[:, None]
+        per_pair = torch.stack([dd[pair] / s.shape[1] for pair, s in enumerate(students)])  # Python divisors: no host-to-device copy
     loss = per_pair.mean(0)
     return loss.mean() if reduction == "mean" else loss
 

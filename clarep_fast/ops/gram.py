@@ -132,27 +132,37 @@ def shifted_gram_backward(coefficients: torch.Tensor, x: torch.Tensor, shifted: 
 
     On CUDA, low-precision x multiplies a low-precision copy of G (the GEMM accumulates in fp32).
     G's entries scale like 1/‖C(K)‖ and underflow fp16 (smallest subnormal 6e-8), so for fp16 G is
-    first scaled by a power of two that brings its largest entry to 1 (exact), and the product
-    scaled back in fp32 by the inverse, a 0-dim fp32 tensor on the device (no host sync), after
-    the product is upcast (multiplied into the fp16 product it would be cast to fp16 first and
-    flush to zero). bf16 has fp32's exponent range: no scaling. Everywhere else the product runs
-    in the accumulation dtype.
+    first scaled by a power of two that brings its largest entry to 1 (exact); x' is halved as in
+    the forward (|x - x[0]| reaches twice fp16's largest value); the product comes out in fp32
+    (torch.mm's out_dtype: G x' of features around 1e3 summed over n rows passes 65,504) and is
+    scaled back there by the inverse, a 0-dim fp32 tensor on the device (no host sync). Where
+    torch.mm has no out_dtype the product runs in fp32 on the fp16-rounded operands. bf16 has
+    fp32's exponent range: no scaling. Everywhere else the product runs in the accumulation dtype.
     """
     if not shifted and x.dtype == coefficients.dtype:
         return coefficients @ x
     grad = torch.empty_like(x)
     low_precision_gemm = x.device.type in LOW_PRECISION_GEMM_DEVICES and x.dtype in (torch.float16, torch.bfloat16)
+    range_scale, unscale = 1.0, None
     if low_precision_gemm and x.dtype == torch.float16:
         peak = coefficients.abs().amax().clamp_min(torch.finfo(coefficients.dtype).tiny)
         scale = torch.exp2(-torch.floor(torch.log2(peak)))  # 0-dim, power of two
-        operator, unscale = (coefficients * scale).to(x.dtype), (1.0 / scale).float()  # exact power of two, applied in fp32
+        range_scale = _FP16_RANGE_SCALE
+        operator, unscale = (coefficients * scale).to(x.dtype), (1.0 / (scale * range_scale)).float()  # exact powers of two, applied in fp32
     elif low_precision_gemm:
-        operator, unscale = coefficients.to(x.dtype), None
+        operator = coefficients.to(x.dtype)
     else:
-        operator, unscale = coefficients, None
+        operator = coefficients
+    fp32_out = low_precision_gemm and _mm_has_out_dtype(str(x.device))
     for start, chunk in _shifted_chunks(x, coefficients.dtype):
-        product = operator @ chunk.to(operator.dtype)
+        operand = (chunk * range_scale).to(operator.dtype) if range_scale != 1.0 else chunk.to(operator.dtype)
+        if fp32_out:
+            product = torch.mm(operator, operand, out_dtype=torch.float32)
+        elif low_precision_gemm:
+            product = operator.float() @ operand.float()
+        else:
+            product = operator @ operand
         if unscale is not None:
-            product = product.float().mul_(unscale)
+            product = product.mul_(unscale)
         grad[:, start : start + chunk.shape[1]] = product
     return grad

@@ -16,6 +16,10 @@ def rank_and_world() -> tuple[int, int]:
     import torch.distributed as dist
 
     if not dist.is_initialized():
+        if torch.cuda.is_available():
+            # this rank's GPU becomes the current device: kernels that launch on the current device
+            # (Triton's, NCCL's) would otherwise all run on GPU 0 with another GPU's pointers
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
         dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
     return dist.get_rank(), world
 

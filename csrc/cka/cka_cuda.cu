@@ -158,16 +158,27 @@ __global__ void cka_grads_kernel(const T* __restrict__ grams, const T* __restric
 
 int64_t cka_stats_cuda_blocks(int64_t n) { return (n + kWarpsPerBlock - 1) / kWarpsPerBlock; }
 
+// gridDim.y (the pair index) is at most 65,535: more pairs go in launches of at most that many,
+// each on its own slice of every per-pair buffer.
+constexpr int64_t kMaxPairsPerLaunch = 65535;
+
 template <typename T>
 int launch_stats(const void* grams, void* rowsums, void* stats, double* partials, unsigned int* counters, int64_t pairs,
                  int64_t n, bool unbiased, double rtol, cudaStream_t stream) {
   double a, b;
   centering_constants(n, unbiased, &a, &b);
-  const dim3 grid(static_cast<unsigned>(cka_stats_cuda_blocks(n)), static_cast<unsigned>(pairs));
-  cka_stats_kernel<T><<<grid, kStatsThreads, 0, stream>>>(static_cast<const T*>(grams), static_cast<T*>(rowsums),
-                                                          static_cast<T*>(stats), partials, counters, n, unbiased, a,
-                                                          b, rtol);
-  return static_cast<int>(cudaGetLastError());
+  const int64_t blocks = cka_stats_cuda_blocks(n), nn = n * n;
+  for (int64_t first = 0; first < pairs; first += kMaxPairsPerLaunch) {
+    const int64_t count = pairs - first < kMaxPairsPerLaunch ? pairs - first : kMaxPairsPerLaunch;
+    const dim3 grid(static_cast<unsigned>(blocks), static_cast<unsigned>(count));
+    cka_stats_kernel<T><<<grid, kStatsThreads, 0, stream>>>(
+        static_cast<const T*>(grams) + first * 2 * nn, static_cast<T*>(rowsums) + first * 2 * n,
+        static_cast<T*>(stats) + first * kNumStats, partials + first * blocks * kPartials, counters + first, n,
+        unbiased, a, b, rtol);
+    const cudaError_t status = cudaGetLastError();
+    if (status != cudaSuccess) return static_cast<int>(status);
+  }
+  return 0;
 }
 
 template <typename T>
@@ -175,11 +186,18 @@ int launch_grads(const void* grams, const void* rowsums, const void* stats, cons
                  int64_t pairs, int64_t n, bool unbiased, double rtol, cudaStream_t stream) {
   double a, b;
   centering_constants(n, unbiased, &a, &b);
-  const dim3 grid(static_cast<unsigned>((n * n + kGradThreads - 1) / kGradThreads), static_cast<unsigned>(pairs));
-  cka_grads_kernel<T><<<grid, kGradThreads, 0, stream>>>(
-      static_cast<const T*>(grams), static_cast<const T*>(rowsums), static_cast<const T*>(stats),
-      static_cast<const T*>(grad), static_cast<T*>(coeffs), n, unbiased, static_cast<T>(a), static_cast<T>(b), rtol);
-  return static_cast<int>(cudaGetLastError());
+  const int64_t nn = n * n;
+  for (int64_t first = 0; first < pairs; first += kMaxPairsPerLaunch) {
+    const int64_t count = pairs - first < kMaxPairsPerLaunch ? pairs - first : kMaxPairsPerLaunch;
+    const dim3 grid(static_cast<unsigned>((nn + kGradThreads - 1) / kGradThreads), static_cast<unsigned>(count));
+    cka_grads_kernel<T><<<grid, kGradThreads, 0, stream>>>(
+        static_cast<const T*>(grams) + first * 2 * nn, static_cast<const T*>(rowsums) + first * 2 * n,
+        static_cast<const T*>(stats) + first * kNumStats, static_cast<const T*>(grad) + first,
+        static_cast<T*>(coeffs) + first * 2 * nn, n, unbiased, static_cast<T>(a), static_cast<T>(b), rtol);
+    const cudaError_t status = cudaGetLastError();
+    if (status != cudaSuccess) return static_cast<int>(status);
+  }
+  return 0;
 }
 
 int cka_stats_cuda(const void* grams, void* rowsums, void* stats, double* partials, unsigned int* counters, int dtype,

@@ -87,6 +87,48 @@ def test_gradcheck_float64_gpu(backend):
         assert torch.autograd.gradcheck(lambda a, b: cka(a, b), (x, y))
 
 
+@pytest.mark.gpu
+@pytest.mark.parametrize("backend", GPU_BACKENDS)
+def test_kernels_index_past_int32_at_large_n(backend):
+    """n = 46,341: n² exceeds int32. K = L = I except K's last diagonal entry (2): an index that
+    wraps would miss it (or fault). 2 × 8.6 GB of Grams in, as much coefficients out."""
+    from clarep_fast.ops.cka import KERNELS
+
+    if backend not in usable_backends("cuda"):
+        pytest.skip(f"{backend} is not usable on cuda")
+    n = 46_341
+    grams = torch.zeros(1, 2, n, n, device="cuda")
+    grams.diagonal(dim1=-2, dim2=-1).fill_(1.0)
+    grams[0, 0, n - 1, n - 1] = 2.0
+    stats_kernel, grads_kernel = KERNELS.on(backend)
+    stats, rowsums = stats_kernel(grams, False, 1e-10)
+    assert stats[0, 4].item() == n + 1 and stats[0, 5].item() == n
+    assert rowsums[0, 0, -1].item() == 2.0 and rowsums[0, 1, -1].item() == 1.0
+    coefficients = grads_kernel(grams, rowsums, stats, torch.ones(1, device="cuda"), False, 1e-10)
+    assert torch.isfinite(coefficients[0, :, -1, -8:]).all()
+    del grams, coefficients
+    torch.cuda.empty_cache()
+
+
+@pytest.mark.gpu
+def test_more_pairs_than_one_launch_takes():
+    """65,539 pairs: more than gridDim.y allows in one CUDA launch (the kernels, against the torch ones)."""
+    from clarep_fast.ops.cka import KERNELS
+
+    if "cuda" not in usable_backends("cuda"):
+        pytest.skip("the cuda backend is not usable")
+    features = torch.randn(65_539, 2, 6, 5, device="cuda")
+    grams = (features @ features.transpose(-1, -2)).contiguous()  # (P, 2, 6, 6)
+    grad = torch.rand(65_539, device="cuda")
+    results = {}
+    for backend in ("cuda", "torch"):
+        stats_kernel, grads_kernel = KERNELS.on(backend)
+        stats, rowsums = stats_kernel(grams, False, 1e-10)
+        results[backend] = (stats, grads_kernel(grams, rowsums, stats, grad, False, 1e-10))
+    assert_close(results["cuda"][0][-5:], results["torch"][0][-5:], 1e-5, "stats of the last pairs")
+    assert_close(results["cuda"][1][-5:], results["torch"][1][-5:], 1e-5, "coefficients of the last pairs")
+
+
 @pytest.mark.parametrize("backend", CPU_BACKENDS)
 def test_pairs_equal_single_calls_and_share_gradients(backend):
     widths = [(13, 7), (30, 2), (5, 64), (1, 9)]

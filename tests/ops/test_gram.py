@@ -84,3 +84,18 @@ def test_fp16_backward_product_scales_tiny_coefficients_without_a_host_read(monk
         result = gram.shifted_gram_backward(coefficients.float(), x)
     assert result.dtype == torch.float16
     assert_close(result, exact, 2e-3, "fp16 backward")
+
+
+def test_fp16_backward_product_keeps_the_forwards_range(monkeypatch):
+    """The CUDA fp16 path (run here on CPU): |x - x[0]| up to 1.2e5 (twice fp16's largest value)
+    and large features must not overflow in the operands or in the product."""
+    monkeypatch.setattr(gram, "LOW_PRECISION_GEMM_DEVICES", ("cpu",))
+    x = torch.full((32, 24), 6e4).half()
+    x[1::2] = -6e4  # x - x[0] reaches -1.2e5 in every other row
+    x[:, :4] = (torch.randn(32, 4) * 1e3).half()
+    coefficients = torch.randn(32, 32, dtype=torch.float64) * 1e-2
+    coefficients -= coefficients.mean(1, keepdim=True)  # centered, as the CKA coefficients are
+    exact = coefficients @ shifted(x)
+    result = gram.shifted_gram_backward(coefficients.float(), x)
+    assert torch.isfinite(result).all(), "the fp16 backward overflowed"
+    assert_close(result, exact, 2e-3, "fp16 backward, large range")

@@ -150,7 +150,23 @@ def feature_pool(
     require_bool("normalize", normalize)
     out_dtype = out_dtype or maps[0].dtype
     labels = "\n".join(names) if names is not None else "\n".join(f"maps[{i}]" for i in range(len(maps)))
-    return feature_pool_forward(maps, size, normalize, out_dtype, labels, resolve_backend(maps[0].device))[0]
+    backend = resolve_backend(maps[0].device)
+    if backend == "cuda":
+        check_cuda_launch(size, maps[0].dtype)
+    return feature_pool_forward(maps, size, normalize, out_dtype, labels, backend)[0]
+
+
+CUDA_SHARED_BYTES = 48 * 1024  # dynamic shared memory a CUDA launch gets without opting in
+
+
+def check_cuda_launch(size: int, dtype: torch.dtype) -> None:
+    """The CUDA forward sums one plane's size² cells in shared memory (accumulation dtype): refuse,
+    before launching, a size whose sums do not fit."""
+    width = torch.finfo(accumulation_dtype(torch.empty(0, dtype=dtype))).bits // 8
+    largest = int((CUDA_SHARED_BYTES // width) ** 0.5)
+    if size > largest:
+        raise ValueError(f"size {size} needs {size * size * width:,} bytes of shared memory per block on the cuda backend, over its "
+                         f"{CUDA_SHARED_BYTES:,}; use size <= {largest} for {str(dtype).removeprefix('torch.')} maps, or the triton backend")
 
 
 def split_packed(packed: Tensor, channels: Sequence[int], size: int) -> list[Tensor]:

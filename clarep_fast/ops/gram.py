@@ -26,6 +26,7 @@ overhead-bound and three of them plus a mirror copy cost more than the FLOPs the
 
 from __future__ import annotations
 
+import contextlib
 import functools
 
 import torch
@@ -34,6 +35,23 @@ _ROW_BLOCKS = 2  # syrk blocking: 3 of 4 block products
 _SPLIT_MIN_ROWS = {"cpu": 128, "cuda": 512}  # below these one product beats three
 _CHUNK_ELEMENTS = {"cpu": 1 << 21, "cuda": 1 << 24}  # at most 8 MiB (CPU) / 64 MiB (CUDA) of fp32 per shifted chunk
 LOW_PRECISION_GEMM_DEVICES = ("cuda",)  # where fp16/bf16 GEMMs accumulate in fp32 at full speed (on CPU they are slow: upcast instead)
+
+
+@contextlib.contextmanager
+def full_fp32_products():
+    """fp32 products in full fp32 inside the block, whatever the user set: TF32
+    (``torch.backends.cuda.matmul.allow_tf32`` or ``set_float32_matmul_precision("high")``) rounds
+    the operands to 10 mantissa bits, and CKA's centered Grams cancel most of an uncentered Gram's
+    digits, so a TF32 Gram leaves CKA right to about 1e-3 only. The setting is restored after."""
+    precision = torch.get_float32_matmul_precision()
+    if precision == "highest":
+        yield
+        return
+    torch.set_float32_matmul_precision("highest")
+    try:
+        yield
+    finally:
+        torch.set_float32_matmul_precision(precision)
 
 
 def _syrk_into(x: torch.Tensor, out: torch.Tensor, accumulate: bool) -> None:
@@ -66,6 +84,7 @@ def _syrk_into(x: torch.Tensor, out: torch.Tensor, accumulate: bool) -> None:
                     mirror.copy_(product.T)
 
 
+@full_fp32_products()
 def shifted_gram_into(x: torch.Tensor, out: torch.Tensor) -> bool:
     """out (n, n) <- x' x'ᵀ, x' = x - 1 x[0]ᵀ, for x (n, d), accumulated in out.dtype (fp32 or fp64).
 
@@ -125,6 +144,7 @@ def _mm_has_out_dtype(device: str) -> bool:
     return True
 
 
+@full_fp32_products()
 def shifted_gram_backward(coefficients: torch.Tensor, x: torch.Tensor, shifted: bool = True) -> torch.Tensor:
     """dx = G x' for G (n, n) in the accumulation dtype, x (n, d) and x' = x - 1 x[0]ᵀ; in x.dtype.
     With ``shifted`` False (the forward took K' from the plain Gram: the spread is a fair share of

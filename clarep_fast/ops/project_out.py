@@ -101,8 +101,24 @@ def project_out(x: Tensor, vectors: Tensor, *, rescale: bool = False) -> Tensor:
     _validate(x, vectors)
     require_bool("rescale", rescale)
     flat = x.reshape(x.shape[0], -1)
-    out = project_out_forward(flat, vectors, rescale, resolve_backend(x.device))[0]
+    backend = resolve_backend(x.device)
+    if backend == "cuda":
+        check_cuda_launch(vectors.shape[2], x.dtype)
+    out = project_out_forward(flat, vectors, rescale, backend)[0]
     return out.reshape(x.shape)
+
+
+CUDA_SHARED_BYTES = 48 * 1024  # dynamic shared memory a CUDA launch gets without opting in
+
+
+def check_cuda_launch(rank: int, dtype: torch.dtype) -> None:
+    """The CUDA backward keeps d = Vᵀ gy (k entries, accumulation dtype) in shared memory: refuse,
+    before launching, a k whose entries do not fit."""
+    width = torch.finfo(accumulation_dtype(torch.empty(0, dtype=dtype))).bits // 8
+    largest = CUDA_SHARED_BYTES // width
+    if rank > largest:
+        raise ValueError(f"vectors has k = {rank} directions; the cuda backend holds at most {largest:,} in shared memory for "
+                         f"{str(dtype).removeprefix('torch.')} inputs; use the triton or torch backend, or fewer directions")
 
 
 def _validate(x, vectors) -> None:

@@ -263,3 +263,20 @@ def test_triton_stats_across_several_row_blocks(monkeypatch, unbiased):
     stats, _ = triton_cka.cka_stats(grams, unbiased, DEGENERATE_RTOL)
     expected, _ = cka_stats_reference(grams, unbiased, DEGENERATE_RTOL)
     assert_close(stats, expected, 1e-5, "triton stats (3 programs per pair)")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("backend", GPU_BACKENDS)
+def test_tf32_does_not_degrade_fp32_cka_on_cuda(backend):
+    if backend not in usable_backends("cuda"):
+        pytest.skip(f"{backend} is not usable on cuda")
+    x = torch.randn(256, 4096, device="cuda") + 3.0
+    y = x[:, :1000] + 0.5 * torch.randn(256, 1000, device="cuda")
+    previous = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = True
+    try:
+        with use_backend(backend):
+            value = cka(x, y)
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = previous
+    assert_close(value, cka_reference(x.double(), y.double()), TOLERANCES[torch.float32]["value"], "CKA under allow_tf32")

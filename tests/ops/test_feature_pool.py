@@ -147,3 +147,16 @@ def test_bad_input_raises_clear_error(maps, size, kwargs, error, match):
 def test_error_messages_use_layer_names():
     with pytest.raises(ValueError, match="larger than mid_block's 2×2 map"):
         feature_pool([torch.randn(2, 3, 8, 8), torch.randn(2, 3, 2, 2)], 4, names=["down_blocks.0", "mid_block"])
+
+
+def test_the_cuda_launch_limit_is_refused_before_launching():
+    """The CUDA forward keeps size² fp32 sums (fp64 for fp64 maps) in 48 KiB of shared memory."""
+    from clarep_fast.ops.feature_pool import check_cuda_launch
+
+    check_cuda_launch(110, torch.float32)
+    check_cuda_launch(110, torch.bfloat16)
+    check_cuda_launch(78, torch.float64)
+    with pytest.raises(ValueError, match=r"size 111 needs 49,284 bytes .* use size <= 110 for float32 maps, or the triton backend"):
+        check_cuda_launch(111, torch.float32)
+    with pytest.raises(ValueError, match=r"size 79 .* use size <= 78 for float64"):
+        check_cuda_launch(79, torch.float64)

@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+import clarep_fast
 from clarep_fast.ops import gram
 from tests.utils import assert_close
 
@@ -99,3 +100,29 @@ def test_fp16_backward_product_keeps_the_forwards_range(monkeypatch):
     result = gram.shifted_gram_backward(coefficients.float(), x)
     assert torch.isfinite(result).all(), "the fp16 backward overflowed"
     assert_close(result, exact, 2e-3, "fp16 backward, large range")
+
+
+@pytest.mark.parametrize("user_setting", ["high", "medium"])
+def test_gram_products_run_in_full_fp32_whatever_the_user_set(monkeypatch, user_setting):
+    """TF32 (set_float32_matmul_precision("high"), or allow_tf32) would round the Gram's operands to
+    10 bits: every product inside the op runs at "highest", and the user's setting comes back."""
+    seen = []
+    product = torch.mm
+
+    def spy(*args, **kwargs):
+        seen.append(torch.get_float32_matmul_precision())
+        return product(*args, **kwargs)
+
+    previous = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision(user_setting)
+    try:
+        monkeypatch.setattr(torch, "mm", spy)
+        monkeypatch.setattr(torch.Tensor, "__matmul__", lambda a, b: spy(a, b))
+        x = torch.randn(12, 9, requires_grad=True)
+        y = torch.randn(12, 5)
+        with clarep_fast.use_backend("torch"):
+            torch.autograd.grad(clarep_fast.cka(x, y), x)
+        assert seen and set(seen) == {"highest"}, seen
+        assert torch.get_float32_matmul_precision() == user_setting
+    finally:
+        torch.set_float32_matmul_precision(previous)

@@ -156,3 +156,15 @@ def _with(tensor, value):
 def test_bad_input_raises_clear_error(x, vectors, error, match):
     with pytest.raises(error, match=match):
         project_out(x, vectors)
+
+
+def test_the_cuda_launch_limit_is_refused_before_launching():
+    """The CUDA backward keeps k fp32 entries (fp64 for fp64 inputs) in 48 KiB of shared memory."""
+    from clarep_fast.ops.project_out import check_cuda_launch
+
+    check_cuda_launch(12_288, torch.float16)
+    check_cuda_launch(6_144, torch.float64)
+    with pytest.raises(ValueError, match=r"k = 12289 directions; the cuda backend holds at most 12,288 .* float32"):
+        check_cuda_launch(12_289, torch.float32)
+    with pytest.raises(ValueError, match=r"at most 6,144 .* float64"):
+        check_cuda_launch(6_145, torch.float64)

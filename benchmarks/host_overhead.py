@@ -17,15 +17,19 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import time
+from pathlib import Path
 
 import torch
 
-import clarep_fast
-from clarep_fast.finite import finite_check
-from clarep_fast.ops import OPS
-from clarep_fast.ops.spec import grad_leaves
-from clarep_fast.reference import cka_reference
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import clarep_fast  # noqa: E402
+from clarep_fast.finite import finite_check  # noqa: E402
+from clarep_fast.ops import OPS  # noqa: E402
+from clarep_fast.ops.spec import grad_leaves  # noqa: E402
+from clarep_fast.reference import cka_reference  # noqa: E402
 
 
 def median_us(fn, repeats: int, block: int = 1, synchronize=lambda: None) -> float:

@@ -135,7 +135,10 @@ bench_step() {  # benchmark modules...: one run.py each, so a step cut short kee
 }
 
 build() {
-  if [ -n "$DRY" ]; then "$PY" -c "import torch; print('torch', torch.__version__)"; return; fi
+  if [ -n "$DRY" ]; then  # the GPU run's editable install makes the tree importable; the dry run puts it on the path
+    export PYTHONPATH="$PWD:$PYTHONPATH"
+    "$PY" -c "import torch, clarep_fast; print('torch', torch.__version__)"; return
+  fi
   if "$PY" -c "from clarep_fast._extension import extension as e; assert e() is not None and e().built_with_cuda()" 2> /dev/null; then
     echo "extension already built with CUDA"; return 0
   fi

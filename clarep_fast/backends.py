@@ -169,6 +169,16 @@ class Kernels:
         return kernels
 
 
+def takes_whole_call(backend: str) -> bool:
+    """Whether an op call on ``backend`` runs as one compiled operator with its autograd in C++
+    (torch.ops.clarep_fast_C.<op>_call, csrc/common/call.h): the cpu and cuda backends, in eager
+    mode. torch.compile traces the ops' Python path (fake kernels), and torch.func transforms need
+    it too (functorch refuses C++ autograd nodes)."""
+    if backend not in ("cpu", "cuda"):
+        return False
+    return not (torch.compiler.is_compiling() or torch._C._are_functorch_transforms_active())
+
+
 def _on_the_tensors_device(launcher: Callable) -> Callable:
     """A Triton launcher that launches on its first tensor argument's GPU. Triton launches on the
     *current* CUDA device, which need not be the tensors' (cuda:1 tensors with cuda:0 current: the

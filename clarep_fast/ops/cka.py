@@ -25,7 +25,7 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
-from clarep_fast.backends import Kernels, compiled_ops, resolve_backend
+from clarep_fast.backends import Kernels, compiled_ops, resolve_backend, takes_whole_call
 from clarep_fast.dtypes import accumulation_dtype, require_bool, require_float
 from clarep_fast.finite import refuse_non_finite
 from clarep_fast.ops.gram import shifted_gram_backward, shifted_gram_into
@@ -134,6 +134,38 @@ def _flatten(flags) -> list[bool]:
 cka_forward.register_autograd(_backward, setup_context=_setup_context)
 
 
+class CkaFunction(torch.autograd.Function):
+    """The custom ops as a Python autograd.Function with setup_context, so that torch.func.grad,
+    jacrev and vjp work (functorch refuses the custom op's own autograd and C++ autograd nodes).
+    vmap is refused: one call already takes every pair (cka_pairs)."""
+
+    @staticmethod
+    def forward(pairs: int, unbiased: bool, backend: str, *inputs: Tensor):
+        return cka_forward(list(inputs[:pairs]), list(inputs[pairs:]), unbiased, backend)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        pairs, unbiased, backend, *tensors = inputs
+        _, stats, rowsums, grams, scales, shifted = output
+        ctx.mark_non_differentiable(stats, rowsums, grams, scales, shifted)
+        ctx.save_for_backward(stats, rowsums, grams, scales, shifted, *tensors)
+        ctx.pairs, ctx.unbiased, ctx.backend = pairs, unbiased, backend
+
+    @staticmethod
+    def backward(ctx, grad_cka, *unused_grads):
+        stats, rowsums, grams, scales, shifted, *inputs = ctx.saved_tensors
+        needs = ctx.needs_input_grad[3:]
+        need_x, need_y = any(needs[: ctx.pairs]), any(needs[ctx.pairs :])
+        dxs, dys = cka_backward(grad_cka, stats, rowsums, grams, scales, shifted, inputs[: ctx.pairs], inputs[ctx.pairs :],
+                                ctx.unbiased, need_x, need_y, ctx.backend)  # fmt: skip
+        grads = (dxs if need_x else [None] * ctx.pairs) + (dys if need_y else [None] * ctx.pairs)
+        return (None, None, None, *(grad if need else None for grad, need in zip(grads, needs)))
+
+    @staticmethod
+    def vmap(info, in_dims, *args):
+        raise RuntimeError("clarep_fast.cka has no vmap rule: pass the layer pairs to one cka_pairs(xs, ys) call instead of mapping over them")
+
+
 # ----------------------------------------------------------------------------- public API
 
 
@@ -149,11 +181,28 @@ def cka(x: Tensor, y: Tensor, *, unbiased: bool = False) -> Tensor:
 
 
 def cka_pairs(xs: Sequence[Tensor], ys: Sequence[Tensor], *, unbiased: bool = False, _names=("xs", "ys")) -> Tensor:
-    """CKA of every layer pair (xs[p], ys[p]) in one call -> (P,) tensor; all inputs share n."""
+    """CKA of every layer pair (xs[p], ys[p]) in one call -> (P,) tensor; all inputs share n.
+
+    On the cpu and cuda backends an eager call is one compiled operator with its autograd in C++
+    (csrc/cka/cka_call.cpp); under torch.compile, torch.func transforms, the triton and torch
+    backends and for fp16/bf16 CUDA inputs it runs the same steps as the custom ops above.
+    """
     require_bool("unbiased", unbiased)
     xs, ys = _validated(xs, ys, unbiased, _names)
     backend = resolve_backend(xs[0].device)
-    return cka_forward(xs, ys, unbiased, backend)[0]
+    if _one_compiled_call(backend, xs, ys):
+        value, stats = compiled_ops().cka_call(xs, ys, unbiased, DEGENERATE_RTOL)
+        _raise_if_not_finite(stats)
+        return value
+    return CkaFunction.apply(len(xs), unbiased, backend, *xs, *ys)[0]
+
+
+def _one_compiled_call(backend: str, xs: list[Tensor], ys: list[Tensor]) -> bool:
+    """Whether this call takes clarep_fast_C::cka_call (backends.takes_whole_call), except fp16/bf16
+    inputs on CUDA: those use cuBLAS's low-precision GEMM with fp32 accumulation (ops/gram.py)."""
+    if not takes_whole_call(backend):
+        return False
+    return backend == "cpu" or all(t.dtype in (torch.float32, torch.float64) for t in (*xs, *ys))
 
 
 # ----------------------------------------------------------------------------- input checks
@@ -218,16 +267,15 @@ def _condition_grams(grams: Tensor, xs: list[Tensor], ys: list[Tensor]) -> Tenso
 
 def _raise_if_not_finite(stats: Tensor) -> None:
     """NaN/Inf in an input (or an fp32 overflow of its Gram) shows up in its HSIC and trace."""
-    bad = ~torch.isfinite(stats)
 
-    def explain() -> str:
+    def explain(bad: Tensor) -> str:
         pair = int(bad.any(1).nonzero()[0])
         x_bad = bool(bad[pair, [2, 4]].any())  # hkk, trace_x depend on x alone
         y_bad = bool(bad[pair, [3, 5]].any())
         culprit = " and ".join(name for name, is_bad in (("x", x_bad), ("y", y_bad)) if is_bad) or "x or y"
         return f"cka: {culprit} of pair {pair} holds NaN or Inf (or its Gram overflowed {stats.dtype})"
 
-    refuse_non_finite(bad, "cka", explain)
+    refuse_non_finite(stats, "cka", explain)
 
 
 # ----------------------------------------------------------------------------- op table row

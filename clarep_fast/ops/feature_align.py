@@ -17,7 +17,7 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
-from clarep_fast.backends import Kernels, compiled_ops, resolve_backend
+from clarep_fast.backends import Kernels, compiled_ops, resolve_backend, takes_whole_call
 from clarep_fast.dtypes import accumulation_dtype, non_finite_reason, require_float
 from clarep_fast.finite import refuse_non_finite
 from clarep_fast.ops.spec import OpSpec, random_tensor
@@ -98,6 +98,33 @@ def _backward(ctx, grad_stats):
 feature_align_stats.register_autograd(_backward, setup_context=_setup_context)
 
 
+class FeatureAlignFunction(torch.autograd.Function):
+    """The statistics custom ops as a Python autograd.Function with setup_context (torch.func.grad,
+    jacrev and vjp work; functorch refuses the custom op's own autograd and C++ autograd nodes)."""
+
+    @staticmethod
+    def forward(pairs: int, backend: str, *inputs: Tensor):
+        return feature_align_stats(list(inputs[:pairs]), list(inputs[pairs:]), backend)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        pairs, backend, *tensors = inputs
+        ctx.save_for_backward(*tensors)
+        ctx.pairs, ctx.backend = pairs, backend
+
+    @staticmethod
+    def backward(ctx, grad_stats):
+        tensors = ctx.saved_tensors
+        needs = ctx.needs_input_grad[2:]
+        need_s, need_t = any(needs[: ctx.pairs]), any(needs[ctx.pairs :])
+        grads = feature_align_grads(grad_stats.contiguous(), list(tensors[: ctx.pairs]), list(tensors[ctx.pairs :]), need_s, need_t, ctx.backend)
+        return (None, None, *(grad if need else None for grad, need in zip(grads, needs)))
+
+    @staticmethod
+    def vmap(info, in_dims, *args):
+        raise RuntimeError("clarep_fast.feature_align has no vmap rule: it already takes a batch (B, ...) and every layer pair in one call")
+
+
 # ----------------------------------------------------------------------------- public API
 
 
@@ -108,9 +135,16 @@ def feature_align(students: Sequence[Tensor], teachers: Sequence[Tensor], *, kin
     student side already projected to the teacher's width). Per sample, averaged over pairs:
     ``1 - cos`` (kind="cosine") or the mean squared difference (kind="mse"); reduction "mean"
     (a scalar) or "none" ((B,)). fp32 result (fp64 for fp64 inputs); differentiable in both sides.
+    On the cpu and cuda backends an eager call is one compiled operator with its autograd in C++
+    (csrc/feature_align/feature_align_call.cpp); elsewhere the same steps run from Python.
     """
     students, teachers = _validated(students, teachers, kind, reduction)
-    stats = feature_align_stats(students, teachers, resolve_backend(students[0].device))
+    backend = resolve_backend(students[0].device)
+    if takes_whole_call(backend):
+        loss, stats = compiled_ops().feature_align_call(students, teachers, kind == "cosine", reduction == "mean")
+        _raise_if_not_finite(stats, students, teachers)
+        return loss
+    stats = FeatureAlignFunction.apply(len(students), backend, *students, *teachers)
     st, ss, tt, dd = stats.unbind(-1)  # (P, B)
     if kind == "cosine":
         floor = ALIGN_EPS**2
@@ -156,14 +190,13 @@ def _validated(students, teachers, kind, reduction) -> tuple[list[Tensor], list[
 def _raise_if_not_finite(stats: Tensor, students: list[Tensor], teachers: list[Tensor]) -> None:
     """NaN/Inf in a student shows up in its s·s, in a teacher in its t·t (both non-negative sums);
     so does a finite row whose squares overflow the accumulation dtype: the message tells which."""
-    bad = ~torch.isfinite(stats[..., 1:3])  # (P, B, 2)
 
-    def explain() -> str:
+    def explain(bad: Tensor) -> str:
         pair, sample, side = (int(i) for i in bad.nonzero()[0])
         name, rows = ("students", students) if side == 0 else ("teachers", teachers)
         return f"feature_align: {name}[{pair}] {non_finite_reason(rows[pair][sample], stats.dtype)} (sample {sample})"
 
-    refuse_non_finite(bad, "feature_align", explain)
+    refuse_non_finite(stats[..., 1:3], "feature_align", explain)
 
 
 # ----------------------------------------------------------------------------- op table row

@@ -23,7 +23,7 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
-from clarep_fast.backends import Kernels, compiled_ops, resolve_backend
+from clarep_fast.backends import Kernels, compiled_ops, resolve_backend, takes_whole_call
 from clarep_fast.dtypes import FLOAT_DTYPES, accumulation_dtype, require_bool, require_float
 from clarep_fast.finite import refuse_non_finite
 from clarep_fast.ops.spec import OpSpec, random_tensor
@@ -131,6 +131,33 @@ def _backward(ctx, grad_packed, unused_grad_norms):
 feature_pool_forward.register_autograd(_backward, setup_context=_setup_context)
 
 
+class FeaturePoolFunction(torch.autograd.Function):
+    """The custom ops as a Python autograd.Function with setup_context (torch.func.grad, jacrev and
+    vjp work; functorch refuses the custom op's own autograd and C++ autograd nodes)."""
+
+    @staticmethod
+    def forward(size: int, normalize: bool, out_dtype: torch.dtype, names: str, backend: str, *maps: Tensor):
+        return feature_pool_forward(list(maps), size, normalize, out_dtype, names, backend)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        size, normalize, out_dtype, names, backend, *maps = inputs
+        packed, norms = output
+        ctx.mark_non_differentiable(norms)
+        ctx.save_for_backward(packed, norms, *maps)
+        ctx.size, ctx.normalize, ctx.backend = size, normalize, backend
+
+    @staticmethod
+    def backward(ctx, grad_packed, unused_grad_norms):
+        packed, norms, *maps = ctx.saved_tensors
+        grads = feature_pool_backward(grad_packed, packed, norms, maps, ctx.size, ctx.normalize, ctx.backend)
+        return (None,) * 5 + tuple(g if need else None for g, need in zip(grads, ctx.needs_input_grad[5:]))
+
+    @staticmethod
+    def vmap(info, in_dims, *args):
+        raise RuntimeError("clarep_fast.feature_pool has no vmap rule: it already takes a batch of maps (B, C, H, W)")
+
+
 # ----------------------------------------------------------------------------- public API
 
 
@@ -153,7 +180,11 @@ def feature_pool(
     backend = resolve_backend(maps[0].device)
     if backend == "cuda":
         check_cuda_launch(size, maps[0].dtype)
-    return feature_pool_forward(maps, size, normalize, out_dtype, labels, backend)[0]
+    if takes_whole_call(backend):
+        packed, _ = compiled_ops().feature_pool_call(maps, size, normalize, out_dtype)
+        _raise_if_not_finite(packed, maps, _offsets(maps, size), labels.split("\n"))
+        return packed
+    return FeaturePoolFunction.apply(size, normalize, out_dtype, labels, backend, *maps)[0]
 
 
 CUDA_SHARED_BYTES = 48 * 1024  # dynamic shared memory a CUDA launch gets without opting in
@@ -220,9 +251,8 @@ def _raise_if_not_finite(packed: Tensor, maps: list[Tensor], offsets: list[int],
     """Pooling averages every element of a map into its cells and normalization keeps NaN/Inf, so
     NaN/Inf anywhere in a map shows up in its slice of the (small) packed output; so does a pooled
     value that overflows out_dtype in the final cast (fp32 -> fp16 above 65504)."""
-    bad = ~torch.isfinite(packed)  # (B, Σ C_l·size²)
 
-    def explain() -> str:
+    def explain(bad: Tensor) -> str:
         sample, column = (int(i) for i in bad.nonzero()[0])
         layer = next(layer for layer in range(len(maps)) if column < offsets[layer + 1])
         if not bool(torch.isfinite(maps[layer][sample]).all()):
@@ -230,7 +260,7 @@ def _raise_if_not_finite(packed: Tensor, maps: list[Tensor], offsets: list[int],
         return (f"feature_pool: {names[layer]} pools to values too large for {str(packed.dtype).removeprefix('torch.')} "
                 f"(sample {sample}); pass a wider out_dtype or scale the features down")
 
-    refuse_non_finite(bad, "feature_pool", explain)
+    refuse_non_finite(packed, "feature_pool", explain)
 
 
 # ----------------------------------------------------------------------------- op table row

@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from clarep_fast.backends import Kernels, compiled_ops, resolve_backend
+from clarep_fast.backends import Kernels, compiled_ops, resolve_backend, takes_whole_call
 from clarep_fast.dtypes import accumulation_dtype, non_finite_reason, require_bool, require_float
 from clarep_fast.finite import refuse_non_finite
 from clarep_fast.ops.spec import OpSpec, random_tensor
@@ -90,21 +90,46 @@ def _backward(ctx, grad_out, unused_grad_coeffs, unused_grad_stats):
 project_out_forward.register_autograd(_backward, setup_context=_setup_context)
 
 
+class ProjectOutFunction(torch.autograd.Function):
+    """The custom ops as a Python autograd.Function with setup_context (torch.func.grad, jacrev and
+    vjp work; functorch refuses the custom op's own autograd and C++ autograd nodes)."""
+
+    @staticmethod
+    def forward(x: Tensor, vectors: Tensor, rescale: bool, backend: str):
+        return project_out_forward(x, vectors, rescale, backend)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        _setup_context(ctx, inputs, output)
+
+    @staticmethod
+    def backward(ctx, grad_out, unused_grad_coeffs, unused_grad_stats):
+        return _backward(ctx, grad_out, unused_grad_coeffs, unused_grad_stats)
+
+    @staticmethod
+    def vmap(info, in_dims, *args):
+        raise RuntimeError("clarep_fast.project_out has no vmap rule: it already takes a batch x (B, ...) with per-sample vectors (B, N, k)")
+
+
 # ----------------------------------------------------------------------------- public API
 
 
 def project_out(x: Tensor, vectors: Tensor, *, rescale: bool = False) -> Tensor:
     """Remove from each sample of ``x`` (B, ...) its components along the orthonormal columns of
     ``vectors`` (B, N, k), N = x[0].numel(): (I - V Vᵀ) x, optionally rescaled to x's norm.
-    Differentiable in both; the result has x's shape and dtype.
+    Differentiable in both; the result has x's shape and dtype. On the cpu and cuda backends an
+    eager call is one compiled operator with its autograd in C++ (csrc/project_out/project_out_call.cpp).
     """
     _validate(x, vectors)
     require_bool("rescale", rescale)
-    flat = x.reshape(x.shape[0], -1)
     backend = resolve_backend(x.device)
     if backend == "cuda":
         check_cuda_launch(vectors.shape[2], x.dtype)
-    out = project_out_forward(flat, vectors, rescale, backend)[0]
+    if takes_whole_call(backend):
+        out, stats = compiled_ops().project_out_call(x, vectors, rescale, RESCALE_RTOL)
+        _raise_if_not_finite(stats, x.reshape(x.shape[0], -1), vectors)
+        return out
+    out = ProjectOutFunction.apply(x.reshape(x.shape[0], -1), vectors, rescale, backend)[0]
     return out.reshape(x.shape)
 
 
@@ -140,14 +165,13 @@ def _validate(x, vectors) -> None:
 def _raise_if_not_finite(stats: Tensor, x: Tensor, vectors: Tensor) -> None:
     """NaN/Inf in x shows up in ‖x‖ (stats[:, 1]); in vectors (with x finite) in ‖y‖ (stats[:, 2]).
     So does a finite x whose squares overflow the accumulation dtype: the message tells which."""
-    bad = ~torch.isfinite(stats[:, 1:3])
 
-    def explain() -> str:
+    def explain(bad: Tensor) -> str:
         sample = int(bad.any(1).nonzero()[0])
         culprit, tensor = ("x", x[sample]) if bool(bad[sample, 0]) else ("vectors", vectors[sample])
         return f"project_out: {culprit} of sample {sample} {non_finite_reason(tensor, stats.dtype)}"
 
-    refuse_non_finite(bad, "project_out", explain)
+    refuse_non_finite(stats[:, 1:3], "project_out", explain)
 
 
 # ----------------------------------------------------------------------------- op table row

@@ -172,8 +172,10 @@ class Kernels:
 def takes_whole_call(backend: str) -> bool:
     """Whether an op call on ``backend`` runs as one compiled operator with its autograd in C++
     (torch.ops.clarep_fast_C.<op>_call, csrc/common/call.h): the cpu and cuda backends, in eager
-    mode. torch.compile traces the ops' Python path (fake kernels), and torch.func transforms need
-    it too (functorch refuses C++ autograd nodes)."""
+    mode. Elsewhere an op takes one of two Python paths: under torch.compile its custom ops with
+    their registered autograd (what dynamo traces, with fake kernels); otherwise an
+    autograd.Function around the same custom ops, which torch.func transforms accept (functorch
+    refuses C++ autograd nodes and the custom ops' own autograd)."""
     if backend not in ("cpu", "cuda"):
         return False
     return not (torch.compiler.is_compiling() or torch._C._are_functorch_transforms_active())

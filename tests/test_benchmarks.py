@@ -8,7 +8,7 @@ from benchmarks.run import markdown_table, merged
 from clarep_fast.ops import OPS
 
 ROOT = Path(__file__).resolve().parent.parent
-MODULES = ("test_op_table", "test_cka", "test_feature_tap", "test_project_out", "test_feature_align", "test_cadistill_step", "test_clarid_search", "test_evaluate_step")
+MODULES = ("test_op_table", "test_cka", "test_feature_tap", "test_project_out", "test_feature_align", "test_cadistill_step", "test_clarid_search", "test_evaluate_step", "test_per_call")
 
 
 def test_quick_suite_collects_every_op():
@@ -22,6 +22,7 @@ def test_quick_suite_collects_every_op():
         assert any(line.startswith(f"benchmarks/{module}.py::") for line in collected), f"{module} collected no benchmark"
     for spec in OPS:  # the table benchmark gives every op of the op table its rows
         assert any(line.startswith(f"benchmarks/test_op_table.py::test_op_table[{spec.name}-") for line in collected), f"{spec.name} has no row"
+        assert any(line.startswith(f"benchmarks/test_per_call.py::test_per_call[{spec.name}-") for line in collected), f"{spec.name} has no per-call row"
 
 
 def _record(provider, p50, shape="s", extra=None, **work):

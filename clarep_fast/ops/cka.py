@@ -24,8 +24,10 @@ from typing import Sequence
 
 import torch
 from torch import Tensor
+from torch.autograd.function import once_differentiable
 
 from clarep_fast.backends import Kernels, compiled_ops, resolve_backend, takes_whole_call
+from clarep_fast.ops.batching import register_loop_vmap
 from clarep_fast.dtypes import accumulation_dtype, require_bool, require_float
 from clarep_fast.finite import refuse_non_finite
 from clarep_fast.ops.gram import shifted_gram_backward, shifted_gram_into
@@ -110,6 +112,9 @@ def _(grad, stats, rowsums, grams, scales, shifted, xs, ys, unbiased, need_x, ne
     return ([torch.empty_like(x) for x in xs] if need_x else []), ([torch.empty_like(y) for y in ys] if need_y else [])
 
 
+register_loop_vmap(cka_backward)  # jacrev: vmap over the backward (ops/batching.py)
+
+
 def _setup_context(ctx, inputs, output):
     xs, ys, unbiased, backend = inputs
     _, stats, rowsums, grams, scales, shifted = output
@@ -152,6 +157,7 @@ class CkaFunction(torch.autograd.Function):
         ctx.pairs, ctx.unbiased, ctx.backend = pairs, unbiased, backend
 
     @staticmethod
+    @once_differentiable  # no double backward: under no_grad, and an error if one is asked for
     def backward(ctx, grad_cka, *unused_grads):
         stats, rowsums, grams, scales, shifted, *inputs = ctx.saved_tensors
         needs = ctx.needs_input_grad[3:]
@@ -194,6 +200,8 @@ def cka_pairs(xs: Sequence[Tensor], ys: Sequence[Tensor], *, unbiased: bool = Fa
         value, stats = compiled_ops().cka_call(xs, ys, unbiased, DEGENERATE_RTOL)
         _raise_if_not_finite(stats)
         return value
+    if torch.compiler.is_compiling():  # dynamo traces the custom op and its registered autograd
+        return cka_forward(xs, ys, unbiased, backend)[0]
     return CkaFunction.apply(len(xs), unbiased, backend, *xs, *ys)[0]
 
 

@@ -16,8 +16,10 @@ from typing import Sequence
 
 import torch
 from torch import Tensor
+from torch.autograd.function import once_differentiable
 
 from clarep_fast.backends import Kernels, compiled_ops, resolve_backend, takes_whole_call
+from clarep_fast.ops.batching import register_loop_vmap
 from clarep_fast.dtypes import accumulation_dtype, non_finite_reason, require_float
 from clarep_fast.finite import refuse_non_finite
 from clarep_fast.ops.spec import OpSpec, random_tensor
@@ -79,6 +81,9 @@ def _(grad_stats, students, teachers, need_students, need_teachers, backend):
     return grads_s + grads_t
 
 
+register_loop_vmap(feature_align_grads)  # jacrev: vmap over the backward (ops/batching.py)
+
+
 def _setup_context(ctx, inputs, output):
     students, teachers, backend = inputs
     ctx.save_for_backward(*students, *teachers)
@@ -113,6 +118,7 @@ class FeatureAlignFunction(torch.autograd.Function):
         ctx.pairs, ctx.backend = pairs, backend
 
     @staticmethod
+    @once_differentiable  # no double backward: under no_grad, and an error if one is asked for
     def backward(ctx, grad_stats):
         tensors = ctx.saved_tensors
         needs = ctx.needs_input_grad[2:]
@@ -144,7 +150,10 @@ def feature_align(students: Sequence[Tensor], teachers: Sequence[Tensor], *, kin
         loss, stats = compiled_ops().feature_align_call(students, teachers, kind == "cosine", reduction == "mean")
         _raise_if_not_finite(stats, students, teachers)
         return loss
-    stats = FeatureAlignFunction.apply(len(students), backend, *students, *teachers)
+    if torch.compiler.is_compiling():  # dynamo traces the custom op and its registered autograd
+        stats = feature_align_stats(students, teachers, backend)
+    else:
+        stats = FeatureAlignFunction.apply(len(students), backend, *students, *teachers)
     st, ss, tt, dd = stats.unbind(-1)  # (P, B)
     if kind == "cosine":
         floor = ALIGN_EPS**2

@@ -22,8 +22,10 @@ from typing import Sequence
 
 import torch
 from torch import Tensor
+from torch.autograd.function import once_differentiable
 
 from clarep_fast.backends import Kernels, compiled_ops, resolve_backend, takes_whole_call
+from clarep_fast.ops.batching import register_loop_vmap
 from clarep_fast.dtypes import FLOAT_DTYPES, accumulation_dtype, require_bool, require_float
 from clarep_fast.finite import refuse_non_finite
 from clarep_fast.ops.spec import OpSpec, random_tensor
@@ -113,6 +115,9 @@ def _(grad, packed, norms, maps, size, normalize, backend):
     return [torch.empty(feature_map.shape, dtype=feature_map.dtype, device=feature_map.device) for feature_map in maps]
 
 
+register_loop_vmap(feature_pool_backward)  # jacrev: vmap over the backward (ops/batching.py)
+
+
 def _setup_context(ctx, inputs, output):
     maps, size, normalize, out_dtype, names, backend = inputs
     packed, norms = output
@@ -148,6 +153,7 @@ class FeaturePoolFunction(torch.autograd.Function):
         ctx.size, ctx.normalize, ctx.backend = size, normalize, backend
 
     @staticmethod
+    @once_differentiable  # no double backward: under no_grad, and an error if one is asked for
     def backward(ctx, grad_packed, unused_grad_norms):
         packed, norms, *maps = ctx.saved_tensors
         grads = feature_pool_backward(grad_packed, packed, norms, maps, ctx.size, ctx.normalize, ctx.backend)
@@ -184,6 +190,8 @@ def feature_pool(
         packed, _ = compiled_ops().feature_pool_call(maps, size, normalize, out_dtype)
         _raise_if_not_finite(packed, maps, _offsets(maps, size), labels.split("\n"))
         return packed
+    if torch.compiler.is_compiling():  # dynamo traces the custom op and its registered autograd
+        return feature_pool_forward(maps, size, normalize, out_dtype, labels, backend)[0]
     return FeaturePoolFunction.apply(size, normalize, out_dtype, labels, backend, *maps)[0]
 
 

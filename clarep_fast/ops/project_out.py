@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor
+from torch.autograd.function import once_differentiable
 
 from clarep_fast.backends import Kernels, compiled_ops, resolve_backend, takes_whole_call
+from clarep_fast.ops.batching import register_loop_vmap
 from clarep_fast.dtypes import accumulation_dtype, non_finite_reason, require_bool, require_float
 from clarep_fast.finite import refuse_non_finite
 from clarep_fast.ops.spec import OpSpec, random_tensor
@@ -72,6 +74,9 @@ def _(grad, x, vectors, coeffs, stats, rescale, need_vectors_grad, backend):
     return torch.empty_like(x), (x.new_empty(vectors.shape) if need_vectors_grad else x.new_empty(0))
 
 
+register_loop_vmap(project_out_backward)  # jacrev: vmap over the backward (ops/batching.py)
+
+
 def _setup_context(ctx, inputs, output):
     x, vectors, rescale, backend = inputs
     _, coeffs, stats = output
@@ -103,6 +108,7 @@ class ProjectOutFunction(torch.autograd.Function):
         _setup_context(ctx, inputs, output)
 
     @staticmethod
+    @once_differentiable  # no double backward: under no_grad, and an error if one is asked for
     def backward(ctx, grad_out, unused_grad_coeffs, unused_grad_stats):
         return _backward(ctx, grad_out, unused_grad_coeffs, unused_grad_stats)
 
@@ -129,7 +135,10 @@ def project_out(x: Tensor, vectors: Tensor, *, rescale: bool = False) -> Tensor:
         out, stats = compiled_ops().project_out_call(x, vectors, rescale, RESCALE_RTOL)
         _raise_if_not_finite(stats, x.reshape(x.shape[0], -1), vectors)
         return out
-    out = ProjectOutFunction.apply(x.reshape(x.shape[0], -1), vectors, rescale, backend)[0]
+    if torch.compiler.is_compiling():  # dynamo traces the custom op and its registered autograd
+        out = project_out_forward(x.reshape(x.shape[0], -1), vectors, rescale, backend)[0]
+    else:
+        out = ProjectOutFunction.apply(x.reshape(x.shape[0], -1), vectors, rescale, backend)[0]
     return out.reshape(x.shape)
 
 

@@ -27,8 +27,14 @@ import torch
 import triton
 import triton.language as tl
 
-NUM_STATS = 8
-_NUM_STATS = tl.constexpr(NUM_STATS)  # kernels may only read constexpr globals
+from clarep_fast.reference.cka import STATS_FIELDS
+
+# The stats row's fields as constexprs (kernels may only read constexpr globals), from the one named
+# source of the layout: STATS_FIELDS in clarep_fast/reference/cka.py (csrc/cka/cka.h's CkaStat too).
+NUM_STATS = len(STATS_FIELDS)
+_NUM_STATS = tl.constexpr(NUM_STATS)
+_CKA, _HKL, _HKK, _HLL = (tl.constexpr(STATS_FIELDS.index(name)) for name in ("cka", "hkl", "hkk", "hll"))
+_TRACE_X, _TRACE_Y, _SUM_X, _SUM_Y = (tl.constexpr(STATS_FIELDS.index(name)) for name in ("trace_x", "trace_y", "sum_x", "sum_y"))
 
 
 @triton.jit
@@ -130,14 +136,14 @@ def _cka_stats_kernel(
         safe_ll = tl.where(ok, hll, 1.0)
         value = tl.where(ok, hkl / (tl.sqrt(safe_kk) * tl.sqrt(safe_ll)), 0.0)
         out = stats_ptr + pair * _NUM_STATS
-        tl.store(out + 0, value.to(dtype))
-        tl.store(out + 1, hkl.to(dtype))
-        tl.store(out + 2, hkk.to(dtype))
-        tl.store(out + 3, hll.to(dtype))
-        tl.store(out + 4, tk.to(dtype))
-        tl.store(out + 5, tl_.to(dtype))
-        tl.store(out + 6, sk.to(dtype))
-        tl.store(out + 7, sl.to(dtype))
+        tl.store(out + _CKA, value.to(dtype))
+        tl.store(out + _HKL, hkl.to(dtype))
+        tl.store(out + _HKK, hkk.to(dtype))
+        tl.store(out + _HLL, hll.to(dtype))
+        tl.store(out + _TRACE_X, tk.to(dtype))
+        tl.store(out + _TRACE_Y, tl_.to(dtype))
+        tl.store(out + _SUM_X, sk.to(dtype))
+        tl.store(out + _SUM_Y, sl.to(dtype))
 
 
 @triton.jit
@@ -149,13 +155,13 @@ def _cka_grads_kernel(grams_ptr, rowsums_ptr, stats_ptr, grad_ptr, coeffs_ptr, n
     nn = n.to(tl.int64) * n
     a, b = _centering(n, UNBIASED, dtype)
     stats = stats_ptr + pair * _NUM_STATS
-    value = tl.load(stats + 0)
-    hkk = tl.load(stats + 2)
-    hll = tl.load(stats + 3)
-    tk = tl.load(stats + 4)
-    tl_ = tl.load(stats + 5)
-    sum_k = tl.load(stats + 6)
-    sum_l = tl.load(stats + 7)
+    value = tl.load(stats + _CKA)
+    hkk = tl.load(stats + _HKK)
+    hll = tl.load(stats + _HLL)
+    tk = tl.load(stats + _TRACE_X)
+    tl_ = tl.load(stats + _TRACE_Y)
+    sum_k = tl.load(stats + _SUM_X)
+    sum_l = tl.load(stats + _SUM_Y)
     ok = (hkk > rtol * tk * tk) & (hll > rtol * tl_ * tl_)
     hkk = tl.where(ok, hkk, 1.0)
     hll = tl.where(ok, hll, 1.0)

@@ -14,7 +14,7 @@ from clarep_fast.dtypes import accumulation_dtype
 
 
 @triton.jit
-def _align_fwd_kernel(s_ptr, t_ptr, stats_ptr, D, BLOCK: tl.constexpr):
+def _feature_align_sums_kernel(s_ptr, t_ptr, stats_ptr, D, BLOCK: tl.constexpr):
     row = tl.program_id(0).to(tl.int64)
     acc_ty = stats_ptr.dtype.element_ty
     st = tl.zeros([BLOCK], dtype=acc_ty)
@@ -37,7 +37,7 @@ def _align_fwd_kernel(s_ptr, t_ptr, stats_ptr, D, BLOCK: tl.constexpr):
 
 
 @triton.jit
-def _align_bwd_kernel(s_ptr, t_ptr, coeffs_ptr, grad_s_ptr, grad_t_ptr, D, NEED_S: tl.constexpr, NEED_T: tl.constexpr, BLOCK: tl.constexpr):
+def _feature_align_grads_kernel(s_ptr, t_ptr, coeffs_ptr, grad_s_ptr, grad_t_ptr, D, NEED_S: tl.constexpr, NEED_T: tl.constexpr, BLOCK: tl.constexpr):
     row = tl.program_id(0).to(tl.int64)
     cross = tl.load(coeffs_ptr + row * 3 + 0)
     self_s = tl.load(coeffs_ptr + row * 3 + 1)
@@ -57,20 +57,20 @@ def _block(width: int) -> int:
     return min(4096, triton.next_power_of_2(width))
 
 
-def feature_align_forward(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+def feature_align_sums(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
     """(B, D) contiguous pair -> stats (B, 4) in the accumulation dtype."""
     rows, width = student.shape
     accumulate = accumulation_dtype(student)
     stats = torch.empty(rows, 4, dtype=accumulate, device=student.device)
-    _align_fwd_kernel[(rows,)](student, teacher, stats, width, BLOCK=_block(width))
+    _feature_align_sums_kernel[(rows,)](student, teacher, stats, width, BLOCK=_block(width))
     return stats
 
 
-def feature_align_backward(student, teacher, coeffs, need_student: bool, need_teacher: bool):
+def feature_align_grads(student, teacher, coeffs, need_student: bool, need_teacher: bool):
     rows, width = student.shape
     grad_s = torch.empty_like(student) if need_student else student.new_empty(0)
     grad_t = torch.empty_like(teacher) if need_teacher else teacher.new_empty(0)
-    _align_bwd_kernel[(rows,)](
+    _feature_align_grads_kernel[(rows,)](
         student, teacher, coeffs, grad_s if need_student else student, grad_t if need_teacher else teacher, width,
         NEED_S=need_student, NEED_T=need_teacher, BLOCK=_block(width),
     )  # fmt: skip

@@ -28,7 +28,7 @@ def _cell(cell, rows, cols, H, W, S: tl.constexpr):
 
 
 @triton.jit
-def _feature_pool_fwd_kernel(
+def _feature_pool_pack_kernel(
     map_ptr, out_ptr, C, H, W, stride_b, stride_c, stride_h, stride_w, out_row, offset,
     S: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr,
 ):  # fmt: skip
@@ -48,7 +48,7 @@ def _feature_pool_fwd_kernel(
 
 
 @triton.jit
-def _feature_pool_bwd_kernel(
+def _feature_pool_spread_kernel(
     grad_ptr, grad_map_ptr, C, H, W, out_row, offset,
     S: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr,
 ):  # fmt: skip
@@ -72,20 +72,20 @@ def _blocks(feature_map: torch.Tensor) -> dict:
     return {"BLOCK_H": triton.next_power_of_2(feature_map.shape[2]), "BLOCK_W": triton.next_power_of_2(feature_map.shape[3])}
 
 
-def feature_pool_forward(feature_map: torch.Tensor, packed: torch.Tensor, offset: int, size: int) -> None:
+def feature_pool_pack(feature_map: torch.Tensor, packed: torch.Tensor, offset: int, size: int) -> None:
     """Pool one (B, C, H, W) map into packed[:, offset : offset + C·size²] (one launch)."""
     batch, channels, height, width = feature_map.shape
-    _feature_pool_fwd_kernel[(batch * channels,)](
+    _feature_pool_pack_kernel[(batch * channels,)](
         feature_map, packed, channels, height, width, *feature_map.stride(), packed.stride(0), offset,
         S=size, **_blocks(feature_map), num_warps=4,
     )  # fmt: skip
 
 
-def feature_pool_backward(grad: torch.Tensor, feature_map: torch.Tensor, offset: int, size: int) -> torch.Tensor:
+def feature_pool_spread(grad: torch.Tensor, feature_map: torch.Tensor, offset: int, size: int) -> torch.Tensor:
     """Gradient of one map from packed grad[:, offset : offset + C·size²]; contiguous, map dtype."""
     batch, channels, height, width = feature_map.shape
     grad_map = torch.empty(feature_map.shape, dtype=feature_map.dtype, device=feature_map.device)
-    _feature_pool_bwd_kernel[(batch * channels,)](
+    _feature_pool_spread_kernel[(batch * channels,)](
         grad, grad_map, channels, height, width, grad.stride(0), offset, S=size, **_blocks(feature_map), num_warps=4,
     )  # fmt: skip
     return grad_map

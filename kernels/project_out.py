@@ -34,7 +34,7 @@ def _v_tile(V_ptr, b, start, N, K, svb, svn, svk, BLOCK_N: tl.constexpr, BLOCK_K
 
 
 @triton.jit
-def _project_fwd_kernel(
+def _project_out_apply_kernel(
     x_ptr, V_ptr, out_ptr, coeffs_ptr, stats_ptr, scratch_ptr, N, K, svb, svn, svk, rtol,
     RESCALE: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):  # fmt: skip
@@ -76,7 +76,7 @@ def _project_fwd_kernel(
 
 
 @triton.jit
-def _project_bwd_kernel(
+def _project_out_grads_kernel(
     grad_ptr, x_ptr, V_ptr, coeffs_ptr, stats_ptr, grad_x_ptr, grad_v_ptr, N, K, svb, svn, svk,
     NEED_V: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):  # fmt: skip
@@ -128,7 +128,7 @@ def _blocks(rank: int) -> dict:
     return {"BLOCK_K": block_k, "BLOCK_N": max(16, 4096 // block_k)}
 
 
-def project_out_forward(x: torch.Tensor, vectors: torch.Tensor, rescale: bool, rtol: float):
+def project_out_apply(x: torch.Tensor, vectors: torch.Tensor, rescale: bool, rtol: float):
     """x (B, N) contiguous, vectors (B, N, K) any strides -> (out, coeffs (B, K), stats (B, 4)) as csrc/project_out/project_out.h."""
     batch, size = x.shape
     rank = vectors.shape[2]
@@ -137,17 +137,17 @@ def project_out_forward(x: torch.Tensor, vectors: torch.Tensor, rescale: bool, r
     coeffs = torch.empty(batch, rank, dtype=accumulate, device=x.device)
     stats = torch.empty(batch, 4, dtype=accumulate, device=x.device)
     scratch = torch.empty(batch, size, dtype=accumulate, device=x.device)
-    _project_fwd_kernel[(batch,)](x, vectors, out, coeffs, stats, scratch, size, rank, *vectors.stride(), rtol, RESCALE=rescale, **_blocks(rank))
+    _project_out_apply_kernel[(batch,)](x, vectors, out, coeffs, stats, scratch, size, rank, *vectors.stride(), rtol, RESCALE=rescale, **_blocks(rank))
     return out, coeffs, stats
 
 
-def project_out_backward(grad, x, vectors, coeffs, stats, rescale: bool, rtol: float, need_vectors_grad: bool):
+def project_out_grads(grad, x, vectors, coeffs, stats, rescale: bool, rtol: float, need_vectors_grad: bool):
     """-> (grad_x (B, N), grad_vectors (B, N, K) or an empty tensor)."""
     batch, size = x.shape
     rank = vectors.shape[2]
     grad_x = torch.empty_like(x)
     grad_v = torch.empty(vectors.shape, dtype=x.dtype, device=x.device) if need_vectors_grad else torch.empty(0, dtype=x.dtype, device=x.device)
-    _project_bwd_kernel[(batch,)](
+    _project_out_grads_kernel[(batch,)](
         grad, x, vectors, coeffs, stats, grad_x, grad_v if need_vectors_grad else grad_x, size, rank, *vectors.stride(),
         NEED_V=need_vectors_grad, **_blocks(rank),
     )  # fmt: skip

@@ -1,20 +1,12 @@
-"""Shared test helpers: tolerance tables and comparisons that print the worst mismatches."""
+"""Shared test helpers: the tolerance table (clarep_fast/ops/spec.py) and comparisons that print the worst mismatches."""
 
 from __future__ import annotations
 
 import torch
 
 from clarep_fast.backends import BACKENDS, unusable_reason
+from clarep_fast.ops.spec import TOLERANCES  # noqa: F401  the one table, re-exported for the tests
 
-# Per input dtype: tolerance for the CKA value (always accumulated in fp32/fp64) and for input
-# gradients, which come back in the input dtype: a few ulps of that dtype, relative to the largest
-# gradient entry (fp16 eps = 9.8e-4, bf16 eps = 7.8e-3).
-TOLERANCES = {
-    torch.float64: {"value": 1e-10, "grad": 1e-9},
-    torch.float32: {"value": 2e-5, "grad": 2e-4},
-    torch.float16: {"value": 2e-4, "grad": 4e-3},
-    torch.bfloat16: {"value": 2e-4, "grad": 3e-2},
-}
 
 
 def usable_backends(device: str) -> list[str]:

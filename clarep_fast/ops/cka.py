@@ -35,6 +35,8 @@ from clarep_fast.ops.spec import OpSpec, random_tensor
 from clarep_fast.reference.cka import DEGENERATE_RTOL, SPREAD_RTOL, STATS_FIELDS, cka_grads_reference, cka_reference, cka_stats_reference
 
 NUM_STATS = len(STATS_FIELDS)
+X_ONLY_STATS = [STATS_FIELDS.index("hkk"), STATS_FIELDS.index("trace_x")]  # the fields that depend on x alone
+Y_ONLY_STATS = [STATS_FIELDS.index("hll"), STATS_FIELDS.index("trace_y")]
 
 
 # ----------------------------------------------------------------------------- backend kernels
@@ -278,8 +280,8 @@ def _raise_if_not_finite(stats: Tensor) -> None:
 
     def explain(bad: Tensor) -> str:
         pair = int(bad.any(1).nonzero()[0])
-        x_bad = bool(bad[pair, [2, 4]].any())  # hkk, trace_x depend on x alone
-        y_bad = bool(bad[pair, [3, 5]].any())
+        x_bad = bool(bad[pair, X_ONLY_STATS].any())
+        y_bad = bool(bad[pair, Y_ONLY_STATS].any())
         culprit = " and ".join(name for name, is_bad in (("x", x_bad), ("y", y_bad)) if is_bad) or "x or y"
         return f"cka: {culprit} of pair {pair} holds NaN or Inf (or its Gram overflowed {stats.dtype})"
 

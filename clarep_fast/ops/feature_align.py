@@ -24,34 +24,34 @@ from clarep_fast.dtypes import accumulation_dtype, non_finite_reason, require_fl
 from clarep_fast.finite import refuse_non_finite
 from clarep_fast.ops.spec import OpSpec, random_tensor
 from clarep_fast.reference.feature_align import (
-    ALIGN_EPS, KINDS, REDUCTIONS, feature_align_backward_reference, feature_align_forward_reference, feature_align_reference,
+    ALIGN_EPS, KINDS, REDUCTIONS, feature_align_grads_reference, feature_align_sums_reference, feature_align_reference,
 )  # fmt: skip
 
 
 # ----------------------------------------------------------------------------- backend kernels
 # Every backend provides, for ONE contiguous (B, D) pair of one dtype:
-#   feature_align_forward(s, t) -> stats (B, 4) [st, ss, tt, dd] in the accumulation dtype
-#   feature_align_backward(s, t, coeffs (B, 3) [A, Bs, Ct], need_s, need_t) -> (grad_s, grad_t), empty where not needed
+#   feature_align_sums(s, t) -> stats (B, 4) [st, ss, tt, dd] in the accumulation dtype
+#   feature_align_grads(s, t, coeffs (B, 3) [A, Bs, Ct], need_s, need_t) -> (grad_s, grad_t), empty where not needed
 
 
 def _triton_kernels():
     from clarep_fast.kernels import feature_align as triton_feature_align
 
-    return triton_feature_align.feature_align_forward, triton_feature_align.feature_align_backward
+    return triton_feature_align.feature_align_sums, triton_feature_align.feature_align_grads
 
 
 def _compiled_kernels():
-    return compiled_ops().feature_align_forward.default, compiled_ops().feature_align_backward.default
+    return compiled_ops().feature_align_sums.default, compiled_ops().feature_align_grads.default
 
 
-KERNELS = Kernels(torch=(feature_align_forward_reference, feature_align_backward_reference), triton=_triton_kernels, compiled=_compiled_kernels)
+KERNELS = Kernels(torch=(feature_align_sums_reference, feature_align_grads_reference), triton=_triton_kernels, compiled=_compiled_kernels)
 
 
 # ----------------------------------------------------------------------------- custom ops
 
 
-@torch.library.custom_op("clarep_fast::feature_align_stats", mutates_args=())
-def feature_align_stats(students: list[Tensor], teachers: list[Tensor], backend: str) -> Tensor:
+@torch.library.custom_op("clarep_fast::feature_align_forward", mutates_args=())
+def feature_align_forward(students: list[Tensor], teachers: list[Tensor], backend: str) -> Tensor:
     """(B, D_l) pairs -> (P, B, 4) row statistics [s·t, s·s, t·t, ‖s - t‖²]."""
     forward = KERNELS.on(backend)[0]
     stats = torch.stack([forward(s.contiguous(), t.contiguous()) for s, t in zip(students, teachers)])
@@ -59,13 +59,13 @@ def feature_align_stats(students: list[Tensor], teachers: list[Tensor], backend:
     return stats
 
 
-@feature_align_stats.register_fake
+@feature_align_forward.register_fake
 def _(students, teachers, backend):
     return students[0].new_empty(len(students), students[0].shape[0], 4, dtype=accumulation_dtype(*students))
 
 
-@torch.library.custom_op("clarep_fast::feature_align_grads", mutates_args=())
-def feature_align_grads(grad_stats: Tensor, students: list[Tensor], teachers: list[Tensor], need_students: bool, need_teachers: bool, backend: str) -> list[Tensor]:
+@torch.library.custom_op("clarep_fast::feature_align_backward", mutates_args=())
+def feature_align_backward(grad_stats: Tensor, students: list[Tensor], teachers: list[Tensor], need_students: bool, need_teachers: bool, backend: str) -> list[Tensor]:
     """[ds_1 .. ds_P, dt_1 .. dt_P] (empty tensors where not needed) from the statistics' gradient."""
     backward = KERNELS.on(backend)[1]
     g_st, g_ss, g_tt, g_dd = grad_stats.unbind(-1)  # each (P, B)
@@ -74,14 +74,14 @@ def feature_align_grads(grad_stats: Tensor, students: list[Tensor], teachers: li
     return [pair[0] for pair in pairs] + [pair[1] for pair in pairs]
 
 
-@feature_align_grads.register_fake
+@feature_align_backward.register_fake
 def _(grad_stats, students, teachers, need_students, need_teachers, backend):
     grads_s = [torch.empty_like(s) if need_students else s.new_empty(0) for s in students]
     grads_t = [torch.empty_like(t) if need_teachers else t.new_empty(0) for t in teachers]
     return grads_s + grads_t
 
 
-register_loop_vmap(feature_align_grads)  # jacrev: vmap over the backward (ops/batching.py)
+register_loop_vmap(feature_align_backward)  # jacrev: vmap over the backward (ops/batching.py)
 
 
 def _setup_context(ctx, inputs, output):
@@ -94,13 +94,13 @@ def _backward(ctx, grad_stats):
     saved = ctx.saved_tensors
     students, teachers = list(saved[: ctx.pairs]), list(saved[ctx.pairs :])
     need_s, need_t = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
-    grads = feature_align_grads(grad_stats.contiguous(), students, teachers, any(need_s), any(need_t), ctx.backend)
+    grads = feature_align_backward(grad_stats.contiguous(), students, teachers, any(need_s), any(need_t), ctx.backend)
     grads_s = [g if need else None for g, need in zip(grads[: ctx.pairs], need_s)]
     grads_t = [g if need else None for g, need in zip(grads[ctx.pairs :], need_t)]
     return grads_s, grads_t, None
 
 
-feature_align_stats.register_autograd(_backward, setup_context=_setup_context)
+feature_align_forward.register_autograd(_backward, setup_context=_setup_context)
 
 
 class FeatureAlignFunction(torch.autograd.Function):
@@ -109,7 +109,7 @@ class FeatureAlignFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(pairs: int, backend: str, *inputs: Tensor):
-        return feature_align_stats(list(inputs[:pairs]), list(inputs[pairs:]), backend)
+        return feature_align_forward(list(inputs[:pairs]), list(inputs[pairs:]), backend)
 
     @staticmethod
     def setup_context(ctx, inputs, output):
@@ -123,7 +123,7 @@ class FeatureAlignFunction(torch.autograd.Function):
         tensors = ctx.saved_tensors
         needs = ctx.needs_input_grad[2:]
         need_s, need_t = any(needs[: ctx.pairs]), any(needs[ctx.pairs :])
-        grads = feature_align_grads(grad_stats.contiguous(), list(tensors[: ctx.pairs]), list(tensors[ctx.pairs :]), need_s, need_t, ctx.backend)
+        grads = feature_align_backward(grad_stats.contiguous(), list(tensors[: ctx.pairs]), list(tensors[ctx.pairs :]), need_s, need_t, ctx.backend)
         return (None, None, *(grad if need else None for grad, need in zip(grads, needs)))
 
     @staticmethod
@@ -151,7 +151,7 @@ def feature_align(students: Sequence[Tensor], teachers: Sequence[Tensor], *, kin
         _raise_if_not_finite(stats, students, teachers)
         return loss
     if torch.compiler.is_compiling():  # dynamo traces the custom op and its registered autograd
-        stats = feature_align_stats(students, teachers, backend)
+        stats = feature_align_forward(students, teachers, backend)
     else:
         stats = FeatureAlignFunction.apply(len(students), backend, *students, *teachers)
     st, ss, tt, dd = stats.unbind(-1)  # (P, B)

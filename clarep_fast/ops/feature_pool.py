@@ -29,26 +29,26 @@ from clarep_fast.ops.batching import register_loop_vmap
 from clarep_fast.dtypes import FLOAT_DTYPES, accumulation_dtype, require_bool, require_float
 from clarep_fast.finite import refuse_non_finite
 from clarep_fast.ops.spec import OpSpec, random_tensor
-from clarep_fast.reference.feature_pool import NORMALIZE_EPS, feature_pool_backward_reference, feature_pool_forward_reference, feature_pool_reference
+from clarep_fast.reference.feature_pool import NORMALIZE_EPS, feature_pool_spread_reference, feature_pool_pack_reference, feature_pool_reference
 
 
 # ----------------------------------------------------------------------------- backend kernels
 # Every backend provides, for ONE map:
-#   feature_pool_forward(map (B,C,H,W), packed (B,total) accumulation dtype, offset, size) -> None
-#   feature_pool_backward(grad (B,total) accumulation dtype, map, offset, size) -> (B,C,H,W) map dtype
+#   feature_pool_pack(map (B,C,H,W), packed (B,total) accumulation dtype, offset, size) -> None
+#   feature_pool_spread(grad (B,total) accumulation dtype, map, offset, size) -> (B,C,H,W) map dtype
 
 
 def _triton_kernels():
     from clarep_fast.kernels import feature_pool as triton_feature_pool
 
-    return triton_feature_pool.feature_pool_forward, triton_feature_pool.feature_pool_backward
+    return triton_feature_pool.feature_pool_pack, triton_feature_pool.feature_pool_spread
 
 
 def _compiled_kernels():
-    return compiled_ops().feature_pool_forward.default, compiled_ops().feature_pool_backward.default
+    return compiled_ops().feature_pool_pack.default, compiled_ops().feature_pool_spread.default
 
 
-KERNELS = Kernels(torch=(feature_pool_forward_reference, feature_pool_backward_reference), triton=_triton_kernels, compiled=_compiled_kernels)
+KERNELS = Kernels(torch=(feature_pool_pack_reference, feature_pool_spread_reference), triton=_triton_kernels, compiled=_compiled_kernels)
 
 
 def _offsets(maps: Sequence[Tensor], size: int) -> list[int]:

@@ -19,27 +19,27 @@ from clarep_fast.ops.batching import register_loop_vmap
 from clarep_fast.dtypes import accumulation_dtype, non_finite_reason, require_bool, require_float
 from clarep_fast.finite import refuse_non_finite
 from clarep_fast.ops.spec import OpSpec, random_tensor
-from clarep_fast.reference.project_out import RESCALE_RTOL, project_out_backward_reference, project_out_forward_reference, project_out_reference
+from clarep_fast.reference.project_out import RESCALE_RTOL, project_out_grads_reference, project_out_apply_reference, project_out_reference
 
 
 # ----------------------------------------------------------------------------- backend kernels
 # Every backend provides, on contiguous x (B, N) and vectors (B, N, K) (any strides) of one dtype:
-#   project_out_forward(x, vectors, rescale, rtol) -> (out (B, N), coeffs (B, K), stats (B, 4))
-#   project_out_backward(grad, x, vectors, coeffs, stats, rescale, rtol, need_vectors_grad) -> (grad_x, grad_vectors)
+#   project_out_apply(x, vectors, rescale, rtol) -> (out (B, N), coeffs (B, K), stats (B, 4))
+#   project_out_grads(grad, x, vectors, coeffs, stats, rescale, rtol, need_vectors_grad) -> (grad_x, grad_vectors)
 # coeffs and stats in the accumulation dtype; stats = [s, ‖x‖, ‖y‖, 1 if rescaled else 0].
 
 
 def _triton_kernels():
     from clarep_fast.kernels import project_out as triton_project_out
 
-    return triton_project_out.project_out_forward, triton_project_out.project_out_backward
+    return triton_project_out.project_out_apply, triton_project_out.project_out_grads
 
 
 def _compiled_kernels():
-    return compiled_ops().project_out_forward.default, compiled_ops().project_out_backward.default
+    return compiled_ops().project_out_apply.default, compiled_ops().project_out_grads.default
 
 
-KERNELS = Kernels(torch=(project_out_forward_reference, project_out_backward_reference), triton=_triton_kernels, compiled=_compiled_kernels)
+KERNELS = Kernels(torch=(project_out_apply_reference, project_out_grads_reference), triton=_triton_kernels, compiled=_compiled_kernels)
 
 
 # ----------------------------------------------------------------------------- custom ops

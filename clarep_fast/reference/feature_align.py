@@ -10,7 +10,7 @@ reduction "mean" averages ℓ over the batch, "none" returns ℓ (B,). eps = 1e-
 torch.nn.functional.cosine_similarity. Accumulation in fp32 (fp64 for fp64 inputs).
 
 ``feature_align_reference`` is the textbook formula (the oracle and the eager baseline). The torch
-backend of the fused op runs ``feature_align_forward_reference`` / ``feature_align_backward_reference``
+backend of the fused op runs ``feature_align_sums_reference`` / ``feature_align_grads_reference``
 on one layer pair at a time, the kernels' contract (row statistics and their chain rule).
 """
 
@@ -43,14 +43,14 @@ def feature_align_reference(students: Sequence[Tensor], teachers: Sequence[Tenso
     return loss.mean() if reduction == "mean" else loss
 
 
-def feature_align_forward_reference(s: Tensor, t: Tensor) -> Tensor:
+def feature_align_sums_reference(s: Tensor, t: Tensor) -> Tensor:
     """One (B, D) pair -> row statistics (B, 4) [s·t, s·s, t·t, ‖s - t‖²] in the accumulation dtype."""
     accumulate = accumulation_dtype(s)
     s, t = s.to(accumulate), t.to(accumulate)
     return torch.stack([(s * t).sum(1), (s * s).sum(1), (t * t).sum(1), (s - t).square().sum(1)], dim=1)
 
 
-def feature_align_backward_reference(s: Tensor, t: Tensor, coeffs: Tensor, need_s: bool, need_t: bool):
+def feature_align_grads_reference(s: Tensor, t: Tensor, coeffs: Tensor, need_s: bool, need_t: bool):
     """(grad_s, grad_t) = (A t + Bs s, A s + Ct t) from coeffs (B, 3) = [A, Bs, Ct]; empty where not needed."""
     a, c = s.to(coeffs.dtype), t.to(coeffs.dtype)
     cross, self_s, self_t = coeffs[:, 0:1], coeffs[:, 1:2], coeffs[:, 2:3]

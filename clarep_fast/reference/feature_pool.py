@@ -11,7 +11,7 @@ Layer slices follow the order of ``maps``; inside a slice the layout is (C_l, s,
 Accumulation is fp32 (fp64 for fp64 maps).
 
 ``feature_pool_reference`` is the textbook formula (the oracle and the eager baseline). The torch
-backend of the fused op runs ``feature_pool_forward_reference`` / ``feature_pool_backward_reference``
+backend of the fused op runs ``feature_pool_pack_reference`` / ``feature_pool_spread_reference``
 on one map at a time, the kernels' contract.
 """
 
@@ -41,14 +41,14 @@ def feature_pool_reference(
     return torch.cat(parts, dim=1).to(out_dtype or maps[0].dtype)
 
 
-def feature_pool_forward_reference(feature_map: torch.Tensor, packed: torch.Tensor, offset: int, size: int) -> None:
+def feature_pool_pack_reference(feature_map: torch.Tensor, packed: torch.Tensor, offset: int, size: int) -> None:
     """Pool one map (B, C, H, W) into packed[:, offset : offset + C·size²] (the accumulation dtype)."""
     width = feature_map.shape[1] * size * size
     pooled = F.adaptive_avg_pool2d(feature_map.to(packed.dtype), size)
     packed[:, offset : offset + width] = pooled.flatten(1)
 
 
-def feature_pool_backward_reference(grad: torch.Tensor, feature_map: torch.Tensor, offset: int, size: int) -> torch.Tensor:
+def feature_pool_spread_reference(grad: torch.Tensor, feature_map: torch.Tensor, offset: int, size: int) -> torch.Tensor:
     """Gradient of one map (map dtype) from the packed gradient (B, total)."""
     batch, channels = feature_map.shape[:2]
     cells = grad[:, offset : offset + channels * size * size].reshape(batch, channels, size, size)

@@ -11,8 +11,8 @@ top right singular vectors of the feature Jacobian found by CLARID):
 Accumulation in fp32 (fp64 for fp64 inputs); the result is cast back to x's dtype.
 
 ``project_out_reference`` is the textbook formula (autograd differentiates it: the oracle and the
-eager baseline). The torch backend of the fused op runs ``project_out_forward_reference`` and
-``project_out_backward_reference``: the kernels' contract, with the hand-derived gradient
+eager baseline). The torch backend of the fused op runs ``project_out_apply_reference`` and
+``project_out_grads_reference``: the kernels' contract, with the hand-derived gradient
     rescaled: gy = s g - (g·y) s y/‖y‖²,  plus (g·y) s x/‖x‖² straight to x (through ‖x‖)
     dx = gy - V (Vᵀ gy) (+ that direct term),   dV = -gy cᵀ - x (Vᵀ gy)ᵀ
 that the tests hold against autograd of the textbook formula.
@@ -44,7 +44,7 @@ def project_out_reference(x: Tensor, vectors: Tensor, rescale: bool = False) -> 
     return projected.to(x.dtype).reshape(x.shape)
 
 
-def project_out_forward_reference(x: Tensor, vectors: Tensor, rescale: bool, rtol: float):
+def project_out_apply_reference(x: Tensor, vectors: Tensor, rescale: bool, rtol: float):
     """x (B, N), vectors (B, N, K) -> (out (B, N), coeffs (B, K), stats (B, 4) = [s, ‖x‖, ‖y‖, rescaled])."""
     accumulate = accumulation_dtype(x)
     flat, basis = x.to(accumulate), vectors.to(accumulate)
@@ -57,7 +57,7 @@ def project_out_forward_reference(x: Tensor, vectors: Tensor, rescale: bool, rto
     return (projected * scale[:, None]).to(x.dtype), coeffs, stats
 
 
-def project_out_backward_reference(grad: Tensor, x: Tensor, vectors: Tensor, coeffs: Tensor, stats: Tensor, rescale: bool, rtol: float, need_vectors_grad: bool):
+def project_out_grads_reference(grad: Tensor, x: Tensor, vectors: Tensor, coeffs: Tensor, stats: Tensor, rescale: bool, rtol: float, need_vectors_grad: bool):
     """-> (grad_x (B, N), grad_vectors (B, N, K), or an empty tensor unless need_vectors_grad)."""
     accumulate = coeffs.dtype
     g, flat, basis = grad.to(accumulate), x.to(accumulate), vectors.to(accumulate)

@@ -3,7 +3,7 @@
 // Layout (row-major, contiguous, one dtype T = float or double):
 //   grams   (P, 2, n, n)  K_p = grams[p][0] = x_p x_pᵀ, L_p = grams[p][1] = y_p y_pᵀ (uncentered)
 //   rowsums (P, 2, n)     r_i = Σ_j K_ij (j != i when unbiased); same for L
-//   stats   (P, 8)        cka, hkl, hkk, hll, tr K, tr L, Σ r(K), Σ r(L)
+//   stats   (P, 8)        CkaStat order: cka, hkl, hkk, hll, tr K, tr L, Σ r(K), Σ r(L)
 //   grad    (P,)          dLoss/dCKA_p
 //   coeffs  (P, 2, n, n)  2 g (dCKA/dK), 2 g (dCKA/dL): then dx = coeffs[p][0] x, dy = coeffs[p][1] y
 //
@@ -22,7 +22,10 @@
 
 namespace clarep_fast {
 
-constexpr int kNumStats = 8;
+// The stats row's fields, in the order of STATS_FIELDS in clarep_fast/reference/cka.py (the one
+// named source; kernels/cka.py takes its Triton constexprs from it and tests/ops/test_cka_layout.py
+// holds this enum to it).
+enum CkaStat : int { kStatCka, kStatHkl, kStatHkk, kStatHll, kStatTraceX, kStatTraceY, kStatSumX, kStatSumY, kNumStats };
 
 template <typename T>
 void cka_stats_cpu(const T* grams, T* rowsums, T* stats, int64_t pairs, int64_t n, bool unbiased, double rtol);

@@ -52,14 +52,14 @@ void cka_stats_cpu(const T* grams, T* rowsums, T* stats, int64_t pairs, int64_t 
     }
     const bool ok = hkk > rtol * tk * tk && hll > rtol * tl * tl;
     T* out = stats + p * kNumStats;
-    out[0] = static_cast<T>(ok ? hkl / (std::sqrt(hkk) * std::sqrt(hll)) : 0.0);
-    out[1] = static_cast<T>(hkl);
-    out[2] = static_cast<T>(hkk);
-    out[3] = static_cast<T>(hll);
-    out[4] = static_cast<T>(tk);
-    out[5] = static_cast<T>(tl);
-    out[6] = static_cast<T>(sk);
-    out[7] = static_cast<T>(sl);
+    out[kStatCka] = static_cast<T>(ok ? hkl / (std::sqrt(hkk) * std::sqrt(hll)) : 0.0);
+    out[kStatHkl] = static_cast<T>(hkl);
+    out[kStatHkk] = static_cast<T>(hkk);
+    out[kStatHll] = static_cast<T>(hll);
+    out[kStatTraceX] = static_cast<T>(tk);
+    out[kStatTraceY] = static_cast<T>(tl);
+    out[kStatSumX] = static_cast<T>(sk);
+    out[kStatSumY] = static_cast<T>(sl);
   }
 }
 
@@ -73,7 +73,8 @@ void cka_grads_cpu(const T* grams, const T* rowsums, const T* stats, const T* gr
   for (int64_t p = 0; p < pairs; ++p) {
     for (int64_t i = 0; i < n; ++i) {
       const T* s = stats + p * kNumStats;
-      const double value = s[0], hkk = s[2], hll = s[3], tk = s[4], tl = s[5], sk = s[6], sl = s[7];
+      const double value = s[kStatCka], hkk = s[kStatHkk], hll = s[kStatHll], tk = s[kStatTraceX], tl = s[kStatTraceY],
+               sk = s[kStatSumX], sl = s[kStatSumY];
       const bool ok = hkk > rtol * tk * tk && hll > rtol * tl * tl;
       const double scale = ok ? 2.0 * static_cast<double>(grad[p]) : 0.0;
       const double inv_norm = ok ? 1.0 / (std::sqrt(hkk) * std::sqrt(hll)) : 0.0;

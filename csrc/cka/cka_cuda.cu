@@ -120,14 +120,14 @@ __global__ void cka_stats_kernel(const T* __restrict__ grams, T* __restrict__ ro
     const double tk = totals[8], tl = totals[9];
     const bool ok = hkk > rtol * tk * tk && hll > rtol * tl * tl;
     T* out = stats + pair * kNumStats;
-    out[0] = static_cast<T>(ok ? hkl / (sqrt(hkk) * sqrt(hll)) : 0.0);
-    out[1] = static_cast<T>(hkl);
-    out[2] = static_cast<T>(hkk);
-    out[3] = static_cast<T>(hll);
-    out[4] = static_cast<T>(tk);
-    out[5] = static_cast<T>(tl);
-    out[6] = static_cast<T>(sk);
-    out[7] = static_cast<T>(sl);
+    out[kStatCka] = static_cast<T>(ok ? hkl / (sqrt(hkk) * sqrt(hll)) : 0.0);
+    out[kStatHkl] = static_cast<T>(hkl);
+    out[kStatHkk] = static_cast<T>(hkk);
+    out[kStatHll] = static_cast<T>(hll);
+    out[kStatTraceX] = static_cast<T>(tk);
+    out[kStatTraceY] = static_cast<T>(tl);
+    out[kStatSumX] = static_cast<T>(sk);
+    out[kStatSumY] = static_cast<T>(sl);
   }
 }
 
@@ -140,7 +140,8 @@ __global__ void cka_grads_kernel(const T* __restrict__ grams, const T* __restric
   if (index >= nn) return;
   const int64_t i = index / n, j = index % n;
   const T* s = stats + pair * kNumStats;
-  const T value = s[0], hkk = s[2], hll = s[3], tk = s[4], tl = s[5], sk = s[6], sl = s[7];
+  const T value = s[kStatCka], hkk = s[kStatHkk], hll = s[kStatHll], tk = s[kStatTraceX], tl = s[kStatTraceY],
+               sk = s[kStatSumX], sl = s[kStatSumY];
   const bool ok = hkk > rtol * tk * tk && hll > rtol * tl * tl;
   const T scale = ok ? T(2) * grad[pair] : T(0);
   const T inv_norm = ok ? T(1) / (sqrt(hkk) * sqrt(hll)) : T(0);

@@ -20,16 +20,16 @@ constexpr int kAlignStats = 4;
 
 // CPU: T = float, double, c10::Half or c10::BFloat16; Acc = float (double for double inputs).
 template <typename T, typename Acc>
-void feature_align_forward_cpu(const T* s, const T* t, Acc* stats, int64_t rows, int64_t width);
+void feature_align_sums_cpu(const T* s, const T* t, Acc* stats, int64_t rows, int64_t width);
 template <typename T, typename Acc>
-void feature_align_backward_cpu(const T* s, const T* t, const Acc* coeffs, T* grad_s, T* grad_t, int64_t rows,
+void feature_align_grads_cpu(const T* s, const T* t, const Acc* coeffs, T* grad_s, T* grad_t, int64_t rows,
                                 int64_t width);  // coeffs (B, 3): A, Bs, Ct
 
 #ifdef WITH_CUDA
 // dtype: DtypeCode (csrc/common/kernel.h); returns the launch's cudaError_t (0 = success).
-int feature_align_forward_cuda(const void* s, const void* t, void* stats, int dtype, int64_t rows, int64_t width,
+int feature_align_sums_cuda(const void* s, const void* t, void* stats, int dtype, int64_t rows, int64_t width,
                                void* stream);
-int feature_align_backward_cuda(const void* s, const void* t, const void* coeffs, void* grad_s, void* grad_t, int dtype,
+int feature_align_grads_cuda(const void* s, const void* t, const void* coeffs, void* grad_s, void* grad_t, int dtype,
                                 int64_t rows, int64_t width, void* stream);
 #endif
 

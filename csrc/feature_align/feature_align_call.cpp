@@ -5,14 +5,14 @@
 // backends, torch.compile and torch.func transforms.
 //
 // Forward: per pair one kernel writes the row statistics [st, ss, tt, dd] (clarep_fast_C::
-// feature_align_forward), then per sample and pair, with a = max(ss, eps²), c = max(tt, eps²),
+// feature_align_sums), then per sample and pair, with a = max(ss, eps²), c = max(tt, eps²),
 //     cosine: f = 1 - st / (sqrt(a) sqrt(c))        mse: f = dd / D_l
 // and the loss is the mean of f over pairs (and over samples for mean).
 // Backward: with w = the upstream gradient / P (/ B for mean) per sample,
 //     cosine: df/dst = -1/r, df/dss = st/(2 a r) [ss >= eps²], df/dtt = st/(2 c r) [tt >= eps²], r = sqrt(a) sqrt(c)
 //     mse:    df/ddd = 1/D_l
 // then coefficients [A, Bs, Ct] = [g_st - 2 g_dd, 2 (g_ss + g_dd), 2 (g_tt + g_dd)] and one kernel
-// per pair writes ds = A t + Bs s and dt = A s + Ct t (clarep_fast_C::feature_align_backward).
+// per pair writes ds = A t + Bs s and dt = A s + Ct t (clarep_fast_C::feature_align_grads).
 #include <algorithm>
 #include <cmath>
 #include <vector>
@@ -26,13 +26,13 @@ namespace {
 constexpr double kAlignEps = 1e-8;  // clarep_fast/reference/feature_align.py ALIGN_EPS
 
 const auto& stats_op() {
-  static const auto op = kernel_op<at::Tensor(const at::Tensor&, const at::Tensor&)>("clarep_fast_C::feature_align_forward");
+  static const auto op = kernel_op<at::Tensor(const at::Tensor&, const at::Tensor&)>("clarep_fast_C::feature_align_sums");
   return op;
 }
 
 const auto& grads_op() {
   static const auto op = kernel_op<std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, const at::Tensor&, const at::Tensor&, bool, bool)>(
-      "clarep_fast_C::feature_align_backward");
+      "clarep_fast_C::feature_align_grads");
   return op;
 }
 

@@ -70,7 +70,7 @@ int launch_backward(const void* s, const void* t, const void* coeffs, void* grad
 
 }  // namespace
 
-int feature_align_forward_cuda(const void* s, const void* t, void* stats, int dtype, int64_t rows, int64_t width,
+int feature_align_sums_cuda(const void* s, const void* t, void* stats, int dtype, int64_t rows, int64_t width,
                                void* stream) {
   const auto st = static_cast<cudaStream_t>(stream);
   switch (dtype) {
@@ -82,7 +82,7 @@ int feature_align_forward_cuda(const void* s, const void* t, void* stats, int dt
   }
 }
 
-int feature_align_backward_cuda(const void* s, const void* t, const void* coeffs, void* grad_s, void* grad_t, int dtype,
+int feature_align_grads_cuda(const void* s, const void* t, const void* coeffs, void* grad_s, void* grad_t, int dtype,
                                 int64_t rows, int64_t width, void* stream) {
   const auto st = static_cast<cudaStream_t>(stream);
   switch (dtype) {

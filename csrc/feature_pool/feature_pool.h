@@ -28,14 +28,14 @@ inline int64_t window_end(int64_t cell, int64_t extent, int64_t size) {
 
 // CPU: T = float, double, c10::Half or c10::BFloat16; Acc = float (double for double maps).
 template <typename T, typename Acc>
-void feature_pool_forward_cpu(const T* map, Acc* out, const PoolGeometry& g);
+void feature_pool_pack_cpu(const T* map, Acc* out, const PoolGeometry& g);
 template <typename T, typename Acc>
-void feature_pool_backward_cpu(const Acc* grad, T* grad_map, const PoolGeometry& g);  // grad_map contiguous
+void feature_pool_spread_cpu(const Acc* grad, T* grad_map, const PoolGeometry& g);  // grad_map contiguous
 
 #ifdef WITH_CUDA
 // dtype: the map's DtypeCode (csrc/common/kernel.h); returns the launch's cudaError_t (0 = success).
-int feature_pool_forward_cuda(const void* map, int dtype, void* out, const PoolGeometry& g, void* stream);
-int feature_pool_backward_cuda(const void* grad, void* grad_map, int dtype, const PoolGeometry& g, void* stream);
+int feature_pool_pack_cuda(const void* map, int dtype, void* out, const PoolGeometry& g, void* stream);
+int feature_pool_spread_cuda(const void* grad, void* grad_map, int dtype, const PoolGeometry& g, void* stream);
 #endif
 
 }  // namespace clarep_fast

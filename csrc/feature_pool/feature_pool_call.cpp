@@ -5,10 +5,10 @@
 // torch.compile and torch.func transforms.
 //
 // Forward: one kernel per map writes its size×size averages into its slice of one packed buffer in
-// the accumulation dtype (clarep_fast_C::feature_pool_forward); with normalize, each slice is divided
+// the accumulation dtype (clarep_fast_C::feature_pool_pack); with normalize, each slice is divided
 // by max(‖slice‖, eps) per sample (norms keep ‖slice‖); then the cast to out_dtype.
 // Backward: for y = p/‖p‖ (‖p‖ > eps) dp = (g - y (y·g)) / ‖p‖, below eps dp = g/eps; then one kernel
-// per map that needs a gradient (clarep_fast_C::feature_pool_backward).
+// per map that needs a gradient (clarep_fast_C::feature_pool_spread).
 #include "../common/call.h"
 #include "../common/op.h"
 
@@ -18,12 +18,12 @@ namespace {
 constexpr double kNormalizeEps = 1e-12;  // clarep_fast/reference/feature_pool.py NORMALIZE_EPS
 
 const auto& pool_forward_op() {
-  static const auto op = kernel_op<void(const at::Tensor&, const at::Tensor&, int64_t, int64_t)>("clarep_fast_C::feature_pool_forward");
+  static const auto op = kernel_op<void(const at::Tensor&, const at::Tensor&, int64_t, int64_t)>("clarep_fast_C::feature_pool_pack");
   return op;
 }
 
 const auto& pool_backward_op() {
-  static const auto op = kernel_op<at::Tensor(const at::Tensor&, const at::Tensor&, int64_t, int64_t)>("clarep_fast_C::feature_pool_backward");
+  static const auto op = kernel_op<at::Tensor(const at::Tensor&, const at::Tensor&, int64_t, int64_t)>("clarep_fast_C::feature_pool_spread");
   return op;
 }
 

@@ -9,7 +9,7 @@
 namespace clarep_fast {
 
 template <typename T, typename Acc>
-void feature_pool_forward_cpu(const T* map, Acc* out, const PoolGeometry& g) {
+void feature_pool_pack_cpu(const T* map, Acc* out, const PoolGeometry& g) {
   const int64_t s = g.size;
 #pragma omp parallel for collapse(2) schedule(static)
   for (int64_t b = 0; b < g.batch; ++b) {
@@ -47,7 +47,7 @@ void feature_pool_forward_cpu(const T* map, Acc* out, const PoolGeometry& g) {
 }
 
 template <typename T, typename Acc>
-void feature_pool_backward_cpu(const Acc* grad, T* grad_map, const PoolGeometry& g) {
+void feature_pool_spread_cpu(const Acc* grad, T* grad_map, const PoolGeometry& g) {
   const int64_t s = g.size, H = g.height, W = g.width;
   // The cells whose windows hold row h (column w) are i in [first, last]; the same for every
   // plane, so found once here instead of by integer divisions per element.
@@ -101,8 +101,8 @@ void feature_pool_backward_cpu(const Acc* grad, T* grad_map, const PoolGeometry&
 }
 
 #define CLAREP_INSTANTIATE(T, Acc)                                                         \
-  template void feature_pool_forward_cpu<T, Acc>(const T*, Acc*, const PoolGeometry&);    \
-  template void feature_pool_backward_cpu<T, Acc>(const Acc*, T*, const PoolGeometry&);
+  template void feature_pool_pack_cpu<T, Acc>(const T*, Acc*, const PoolGeometry&);    \
+  template void feature_pool_spread_cpu<T, Acc>(const Acc*, T*, const PoolGeometry&);
 CLAREP_FOR_EACH_CPU_TYPE(CLAREP_INSTANTIATE)
 #undef CLAREP_INSTANTIATE
 

@@ -105,7 +105,7 @@ int launch_backward(const void* grad, void* grad_map, const PoolGeometry& g, cud
 
 }  // namespace
 
-int feature_pool_forward_cuda(const void* map, int dtype, void* out, const PoolGeometry& g, void* stream) {
+int feature_pool_pack_cuda(const void* map, int dtype, void* out, const PoolGeometry& g, void* stream) {
   const auto s = static_cast<cudaStream_t>(stream);
   switch (dtype) {
     case kF32: return launch_forward<float, float>(map, out, g, s);
@@ -116,7 +116,7 @@ int feature_pool_forward_cuda(const void* map, int dtype, void* out, const PoolG
   }
 }
 
-int feature_pool_backward_cuda(const void* grad, void* grad_map, int dtype, const PoolGeometry& g, void* stream) {
+int feature_pool_spread_cuda(const void* grad, void* grad_map, int dtype, const PoolGeometry& g, void* stream) {
   const auto s = static_cast<cudaStream_t>(stream);
   switch (dtype) {
     case kF32: return launch_backward<float, float>(grad, grad_map, g, s);

@@ -1,5 +1,5 @@
-// Projection off k directions as PyTorch operators (torch.ops.clarep_fast_C.project_out_forward /
-// project_out_backward): schema, argument checks, allocation, CPU and CUDA registrations.
+// Projection off k directions as PyTorch operators (torch.ops.clarep_fast_C.project_out_apply /
+// project_out_grads): schema, argument checks, allocation, CPU and CUDA registrations.
 // Math and layout: project_out.h.
 #include "../common/op.h"
 #include "project_out.h"
@@ -40,19 +40,19 @@ at::Tensor empty_grad_v(const at::Tensor& V, bool need_vectors_grad) {
   return at::empty(need_vectors_grad ? V.sizes() : at::IntArrayRef({0}), V.options());  // contiguous
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> project_out_forward_cpu_op(const at::Tensor& x, const at::Tensor& V,
+std::tuple<at::Tensor, at::Tensor, at::Tensor> project_out_apply_cpu_op(const at::Tensor& x, const at::Tensor& V,
                                                                           bool rescale, double rtol) {
   const ProjectShape p = project_shape(x, V, rescale, rtol);
   Forward f = allocate_forward(x, p);
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "project_out_forward", [&] {
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "project_out_apply", [&] {
     using acc_t = Accumulate<scalar_t>;
-    project_out_forward_cpu<scalar_t, acc_t>(x.data_ptr<scalar_t>(), V.data_ptr<scalar_t>(), f.out.data_ptr<scalar_t>(),
+    project_out_apply_cpu<scalar_t, acc_t>(x.data_ptr<scalar_t>(), V.data_ptr<scalar_t>(), f.out.data_ptr<scalar_t>(),
                                              f.coeffs.data_ptr<acc_t>(), f.stats.data_ptr<acc_t>(), p);
   });
   return {f.out, f.coeffs, f.stats};
 }
 
-std::tuple<at::Tensor, at::Tensor> project_out_backward_cpu_op(const at::Tensor& grad, const at::Tensor& x,
+std::tuple<at::Tensor, at::Tensor> project_out_grads_cpu_op(const at::Tensor& grad, const at::Tensor& x,
                                                                const at::Tensor& V, const at::Tensor& coeffs,
                                                                const at::Tensor& stats, bool rescale, double rtol,
                                                                bool need_vectors_grad) {
@@ -60,9 +60,9 @@ std::tuple<at::Tensor, at::Tensor> project_out_backward_cpu_op(const at::Tensor&
   check_backward_inputs(grad, x, coeffs, stats, p);
   auto grad_x = at::empty_like(x);
   auto grad_v = empty_grad_v(V, need_vectors_grad);
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "project_out_backward", [&] {
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "project_out_grads", [&] {
     using acc_t = Accumulate<scalar_t>;
-    project_out_backward_cpu<scalar_t, acc_t>(grad.data_ptr<scalar_t>(), x.data_ptr<scalar_t>(), V.data_ptr<scalar_t>(),
+    project_out_grads_cpu<scalar_t, acc_t>(grad.data_ptr<scalar_t>(), x.data_ptr<scalar_t>(), V.data_ptr<scalar_t>(),
                                               coeffs.data_ptr<acc_t>(), stats.data_ptr<acc_t>(),
                                               grad_x.data_ptr<scalar_t>(),
                                               need_vectors_grad ? grad_v.data_ptr<scalar_t>() : nullptr, p);
@@ -71,20 +71,20 @@ std::tuple<at::Tensor, at::Tensor> project_out_backward_cpu_op(const at::Tensor&
 }
 
 #ifdef WITH_CUDA
-std::tuple<at::Tensor, at::Tensor, at::Tensor> project_out_forward_cuda_op(const at::Tensor& x, const at::Tensor& V,
+std::tuple<at::Tensor, at::Tensor, at::Tensor> project_out_apply_cuda_op(const at::Tensor& x, const at::Tensor& V,
                                                                            bool rescale, double rtol) {
   const ProjectShape p = project_shape(x, V, rescale, rtol);
   const c10::cuda::CUDAGuard guard(x.device());
   Forward f = allocate_forward(x, p);
   auto scratch = at::empty({p.batch, p.size}, f.coeffs.options());
-  check_launch(project_out_forward_cuda(x.data_ptr(), V.data_ptr(), f.out.data_ptr(), f.coeffs.data_ptr(),
+  check_launch(project_out_apply_cuda(x.data_ptr(), V.data_ptr(), f.out.data_ptr(), f.coeffs.data_ptr(),
                                         f.stats.data_ptr(), scratch.data_ptr(), dtype_code(x.scalar_type()), p,
                                         current_stream(x)),
-               "project_out_forward_cuda");
+               "project_out_apply_cuda");
   return {f.out, f.coeffs, f.stats};
 }
 
-std::tuple<at::Tensor, at::Tensor> project_out_backward_cuda_op(const at::Tensor& grad, const at::Tensor& x,
+std::tuple<at::Tensor, at::Tensor> project_out_grads_cuda_op(const at::Tensor& grad, const at::Tensor& x,
                                                                 const at::Tensor& V, const at::Tensor& coeffs,
                                                                 const at::Tensor& stats, bool rescale, double rtol,
                                                                 bool need_vectors_grad) {
@@ -94,10 +94,10 @@ std::tuple<at::Tensor, at::Tensor> project_out_backward_cuda_op(const at::Tensor
   auto grad_x = at::empty_like(x);
   auto grad_v = empty_grad_v(V, need_vectors_grad);
   auto scratch = at::empty({p.batch, p.size}, coeffs.options());
-  check_launch(project_out_backward_cuda(grad.data_ptr(), x.data_ptr(), V.data_ptr(), coeffs.data_ptr(), stats.data_ptr(),
+  check_launch(project_out_grads_cuda(grad.data_ptr(), x.data_ptr(), V.data_ptr(), coeffs.data_ptr(), stats.data_ptr(),
                                          grad_x.data_ptr(), need_vectors_grad ? grad_v.data_ptr() : nullptr,
                                          scratch.data_ptr(), dtype_code(x.scalar_type()), p, current_stream(x)),
-               "project_out_backward_cuda");
+               "project_out_grads_cuda");
   return {grad_x, grad_v};
 }
 #endif
@@ -106,19 +106,19 @@ std::tuple<at::Tensor, at::Tensor> project_out_backward_cuda_op(const at::Tensor
 }  // namespace clarep_fast
 
 TORCH_LIBRARY_FRAGMENT(clarep_fast_C, m) {
-  m.def("project_out_forward(Tensor x, Tensor vectors, bool rescale, float rtol) -> (Tensor out, Tensor coeffs, Tensor stats)");
-  m.def("project_out_backward(Tensor grad, Tensor x, Tensor vectors, Tensor coeffs, Tensor stats, bool rescale, float rtol, "
+  m.def("project_out_apply(Tensor x, Tensor vectors, bool rescale, float rtol) -> (Tensor out, Tensor coeffs, Tensor stats)");
+  m.def("project_out_grads(Tensor grad, Tensor x, Tensor vectors, Tensor coeffs, Tensor stats, bool rescale, float rtol, "
         "bool need_vectors_grad) -> (Tensor grad_x, Tensor grad_vectors)");
 }
 
 TORCH_LIBRARY_IMPL(clarep_fast_C, CPU, m) {
-  m.impl("project_out_forward", &clarep_fast::project_out_forward_cpu_op);
-  m.impl("project_out_backward", &clarep_fast::project_out_backward_cpu_op);
+  m.impl("project_out_apply", &clarep_fast::project_out_apply_cpu_op);
+  m.impl("project_out_grads", &clarep_fast::project_out_grads_cpu_op);
 }
 
 #ifdef WITH_CUDA
 TORCH_LIBRARY_IMPL(clarep_fast_C, CUDA, m) {
-  m.impl("project_out_forward", &clarep_fast::project_out_forward_cuda_op);
-  m.impl("project_out_backward", &clarep_fast::project_out_backward_cuda_op);
+  m.impl("project_out_apply", &clarep_fast::project_out_apply_cuda_op);
+  m.impl("project_out_grads", &clarep_fast::project_out_grads_cuda_op);
 }
 #endif

@@ -2,8 +2,8 @@
 // C++: torch.ops.clarep_fast_C.project_out_call(x, vectors, rescale, rtol) -> (out (B, ...) like x,
 // stats (B, 4)). csrc/common/call.h says why; the Python path (clarep_fast/ops/project_out.py)
 // computes the same for the torch and triton backends, torch.compile and torch.func transforms.
-// Forward: clarep_fast_C::project_out_forward on x flattened to (B, N) (out, c = Vᵀx, stats).
-// Backward: clarep_fast_C::project_out_backward (it recomputes y from c; project_out.h has the math).
+// Forward: clarep_fast_C::project_out_apply on x flattened to (B, N) (out, c = Vᵀx, stats).
+// Backward: clarep_fast_C::project_out_grads (it recomputes y from c; project_out.h has the math).
 #include "../common/call.h"
 #include "../common/op.h"
 
@@ -13,13 +13,13 @@ namespace {
 const auto& forward_op() {
   static const auto op =
       kernel_op<std::tuple<at::Tensor, at::Tensor, at::Tensor>(const at::Tensor&, const at::Tensor&, bool, double)>(
-          "clarep_fast_C::project_out_forward");
+          "clarep_fast_C::project_out_apply");
   return op;
 }
 
 const auto& backward_op() {
   static const auto op = kernel_op<std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
-                                                                      const at::Tensor&, bool, double, bool)>("clarep_fast_C::project_out_backward");
+                                                                      const at::Tensor&, bool, double, bool)>("clarep_fast_C::project_out_grads");
   return op;
 }
 

@@ -69,7 +69,7 @@ void subtract(const T* Vb, const Acc* __restrict w, Acc* __restrict y, const Pro
 }  // namespace
 
 template <typename T, typename Acc>
-void project_out_forward_cpu(const T* x, const T* V, T* out, Acc* coeffs, Acc* stats, const ProjectShape& p) {
+void project_out_apply_cpu(const T* x, const T* V, T* out, Acc* coeffs, Acc* stats, const ProjectShape& p) {
   const int64_t N = p.size, K = p.rank;
 #pragma omp parallel
   {
@@ -99,7 +99,7 @@ void project_out_forward_cpu(const T* x, const T* V, T* out, Acc* coeffs, Acc* s
 }
 
 template <typename T, typename Acc>
-void project_out_backward_cpu(const T* grad, const T* x, const T* V, const Acc* coeffs, const Acc* stats, T* grad_x,
+void project_out_grads_cpu(const T* grad, const T* x, const T* V, const Acc* coeffs, const Acc* stats, T* grad_x,
                               T* grad_v, const ProjectShape& p) {
   const int64_t N = p.size, K = p.rank;
 #pragma omp parallel
@@ -140,8 +140,8 @@ void project_out_backward_cpu(const T* grad, const T* x, const T* V, const Acc* 
 }
 
 #define CLAREP_INSTANTIATE(T, Acc)                                                                               \
-  template void project_out_forward_cpu<T, Acc>(const T*, const T*, T*, Acc*, Acc*, const ProjectShape&);       \
-  template void project_out_backward_cpu<T, Acc>(const T*, const T*, const T*, const Acc*, const Acc*, T*, T*, \
+  template void project_out_apply_cpu<T, Acc>(const T*, const T*, T*, Acc*, Acc*, const ProjectShape&);       \
+  template void project_out_grads_cpu<T, Acc>(const T*, const T*, const T*, const Acc*, const Acc*, T*, T*, \
                                                  const ProjectShape&);
 CLAREP_FOR_EACH_CPU_TYPE(CLAREP_INSTANTIATE)
 #undef CLAREP_INSTANTIATE

@@ -146,7 +146,7 @@ int launch_backward(const void* grad, const void* x, const void* V, const void* 
 
 }  // namespace
 
-int project_out_forward_cuda(const void* x, const void* V, void* out, void* coeffs, void* stats, void* scratch,
+int project_out_apply_cuda(const void* x, const void* V, void* out, void* coeffs, void* stats, void* scratch,
                              int dtype, const ProjectShape& p, void* stream) {
   const auto s = static_cast<cudaStream_t>(stream);
   switch (dtype) {
@@ -158,7 +158,7 @@ int project_out_forward_cuda(const void* x, const void* V, void* out, void* coef
   }
 }
 
-int project_out_backward_cuda(const void* grad, const void* x, const void* V, const void* coeffs, const void* stats,
+int project_out_grads_cuda(const void* grad, const void* x, const void* V, const void* coeffs, const void* stats,
                               void* grad_x, void* grad_v, void* scratch, int dtype, const ProjectShape& p,
                               void* stream) {
   const auto s = static_cast<cudaStream_t>(stream);

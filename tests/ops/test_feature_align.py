@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from clarep_fast import feature_align, use_backend
-from clarep_fast.ops.feature_align import feature_align_stats
+from clarep_fast.ops.feature_align import feature_align_forward
 from clarep_fast.reference import feature_align_reference
 from tests.utils import TOLERANCES, assert_close, usable_backends
 
@@ -78,8 +78,8 @@ def test_gradcheck_float64(backend, kind):
 @pytest.mark.parametrize("backend", [b for b in CPU_BACKENDS if b != "triton"])
 def test_opcheck(backend):
     students, teachers = _pairs(4, [(6,), (9,)], torch.float32)
-    torch.library.opcheck(feature_align_stats, ([s.detach().requires_grad_() for s in students], [t.detach() for t in teachers], backend))
-    torch.library.opcheck(feature_align_stats, (students, teachers, backend))
+    torch.library.opcheck(feature_align_forward, ([s.detach().requires_grad_() for s in students], [t.detach() for t in teachers], backend))
+    torch.library.opcheck(feature_align_forward, (students, teachers, backend))
 
 
 @pytest.mark.parametrize("backend", CPU_BACKENDS)

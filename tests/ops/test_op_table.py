@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 # every backend on every device it can run on; the CUDA-tensor rows are GPU tests (-m gpu)
 PLACES = [pytest.param(backend, device, id=f"{backend}-{device}", marks=[pytest.mark.gpu] if device == "cuda" else [])
-          for device in ("cpu", "cuda") for backend in BACKENDS if not (backend, device) in (("cuda", "cpu"), ("cpu", "cuda"))]  # fmt: skip
+          for device in ("cpu", "cuda") for backend in BACKENDS if (backend, device) not in (("cuda", "cpu"), ("cpu", "cuda"))]  # fmt: skip
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)

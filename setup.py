@@ -30,7 +30,11 @@ def _find_cuda_home() -> str | None:
     if nvcc is None:
         return None
     root = Path(nvcc).resolve().parent.parent
-    return str(root) if (root / "bin" / "nvcc").exists() and any((root / lib).exists() for lib in ("lib64", "lib")) else None
+    return (
+        str(root)
+        if (root / "bin" / "nvcc").exists() and any((root / lib).exists() for lib in ("lib64", "lib"))
+        else None
+    )
 
 
 def _want_cuda() -> bool:
@@ -76,7 +80,9 @@ def _extensions():
             extra_link_args=["-fopenmp"],
         )
     else:
-        extension = CppExtension("clarep_fast._C", sources, extra_compile_args={"cxx": cxx_flags}, extra_link_args=["-fopenmp"])
+        extension = CppExtension(
+            "clarep_fast._C", sources, extra_compile_args={"cxx": cxx_flags}, extra_link_args=["-fopenmp"]
+        )
     return [extension], {"build_ext": BuildExtension.with_options(use_ninja=True)}
 
 
@@ -101,8 +107,20 @@ setup(
     install_requires=["torch>=2.4", "numpy"],
     extras_require={
         "triton": ["triton"],
-        "pipeline": ["diffusers", "timm", "torchvision", "torchattacks", "matplotlib", "scipy", "safetensors", "pillow", "tqdm",
-                     "scikit-image", "opencv-python-headless", "setuptools<81"],
+        "pipeline": [
+            "diffusers",
+            "timm",
+            "torchvision",
+            "torchattacks",
+            "matplotlib",
+            "scipy",
+            "safetensors",
+            "pillow",
+            "tqdm",
+            "scikit-image",
+            "opencv-python-headless",
+            "setuptools<81",
+        ],
         "test": ["pytest", "pytest-benchmark", "hypothesis"],
     },
     entry_points={"console_scripts": ["clarep-fast=clarep_fast.pipeline.cli:main"]},

@@ -31,17 +31,12 @@ def cka_feature_form(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return (x.T @ y).square().sum() / ((x.T @ x).norm() * (y.T @ y).norm())
 
 
-def cka(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """The faster form for the shape, as a user who knows both picks it: d×d when the features are
-    narrower than the batch, n×n otherwise."""
-    narrow = x[0].numel() < x.shape[0] and y[0].numel() < y.shape[0]
-    return cka_feature_form(x, y) if narrow else cka_gram_form(x, y)
-
-
 def feature_align(students, teachers, kind: str = "cosine") -> torch.Tensor:
     """Mean over layer pairs of the mean per-sample 1 - cos (or mean squared error)."""
     if kind == "cosine":
-        terms = [(1 - F.cosine_similarity(s.flatten(1), t.flatten(1), dim=1)).mean() for s, t in zip(students, teachers)]
+        terms = [
+            (1 - F.cosine_similarity(s.flatten(1), t.flatten(1), dim=1)).mean() for s, t in zip(students, teachers)
+        ]
     else:
         terms = [F.mse_loss(s.flatten(1), t.flatten(1)) for s, t in zip(students, teachers)]
     return torch.stack(terms).mean()

@@ -47,7 +47,14 @@ def search_problem(config: SearchConfig, images: int, device: str, generator: to
     last = teacher.schedule.num_train_timesteps - 1
     labels = (torch.arange(images) % 10).to(device)
     noise = torch.randn(images, 3, 16, 16, generator=generator).to(device)
-    start = ddim_move(teacher, noise, labels, time_grid(last, config.t_e, split_steps(config, last + 1)[0], last + 1), config.guidance, clip=True)
+    start = ddim_move(
+        teacher,
+        noise,
+        labels,
+        time_grid(last, config.t_e, split_steps(config, last + 1)[0], last + 1),
+        config.guidance,
+        clip=True,
+    )
     times = torch.full((images,), config.t_e, device=device)
     tap = FeatureTap(teacher.denoiser, [config.layer], pool=config.pool, fused=False)
 
@@ -70,19 +77,44 @@ def main() -> None:
     generator = torch.Generator().manual_seed(0)
     features, start, times, labels = search_problem(config, args.images, device, generator)
 
-    exact, exact_seconds = timed(lambda: topk_right_singular(features, start, config.k, conditions=(times, labels), mode="exact"), device)
+    exact, exact_seconds = timed(
+        lambda: topk_right_singular(features, start, config.k, conditions=(times, labels), mode="exact"), device
+    )
 
     def ours(mode):
         found = []
         for first in range(0, args.images, config.jacobian_batch):
             part = slice(first, first + config.jacobian_batch)
-            found.append(topk_right_singular(features, start[part], config.k, conditions=(times[part], labels[part]), oversample=config.oversample,
-                                             tol=config.tol, max_iters=config.max_iters, mode=mode, generator=generator))  # fmt: skip
+            found.append(
+                topk_right_singular(
+                    features,
+                    start[part],
+                    config.k,
+                    conditions=(times[part], labels[part]),
+                    oversample=config.oversample,
+                    tol=config.tol,
+                    max_iters=config.max_iters,
+                    mode=mode,
+                    generator=generator,
+                )
+            )
         return found
 
     rows = []
-    for mode, label in (("jvp", "clarid jvp (batched subspace iteration)"), ("vjp", "clarid vjp-only (batched subspace iteration)"), ("auto", "clarid auto (the search default)")):
-        topk_right_singular(features, start[:2], config.k, conditions=(times[:2], labels[:2]), max_iters=2, mode=mode, generator=generator)  # warm-up
+    for mode, label in (
+        ("jvp", "clarid jvp (batched subspace iteration)"),
+        ("vjp", "clarid vjp-only (batched subspace iteration)"),
+        ("auto", "clarid auto (the search default)"),
+    ):
+        topk_right_singular(
+            features,
+            start[:2],
+            config.k,
+            conditions=(times[:2], labels[:2]),
+            max_iters=2,
+            mode=mode,
+            generator=generator,
+        )  # warm-up
         found, our_seconds = timed(lambda: ours(mode), device)
         our_vectors = torch.cat([f.vectors for f in found])
         our_values = torch.cat([f.values for f in found])
@@ -107,11 +139,19 @@ def main() -> None:
             oracle["seconds"] += time.perf_counter() - began
             return oracle["angle"] < ACCURACY
 
-        (_, _, counts), seconds = timed(lambda: park_power_loop(one, start[image : image + 1], config.k, args.max_park_iterations, generator=generator, callback=reached), device)
+        (_, _, counts), seconds = timed(
+            lambda: park_power_loop(
+                one, start[image : image + 1], config.k, args.max_park_iterations, generator=generator, callback=reached
+            ),
+            device,
+        )
         park_seconds.append(seconds - oracle["seconds"])
         park_counts.append(counts)
         park_angles.append(oracle["angle"])
-        print(f"park image {image}: {counts['iterations']} iterations, {seconds - oracle['seconds']:.1f} s, angle {oracle['angle']:.4f}", flush=True)
+        print(
+            f"park image {image}: {counts['iterations']} iterations, {seconds - oracle['seconds']:.1f} s, angle {oracle['angle']:.4f}",
+            flush=True,
+        )
     rows.append({
         "method": "park et al. power loop (per image, JVPs/VJPs batched in chunks of 32)", "images": args.park_images,
         "seconds_per_clarep": statistics.mean(park_seconds),
@@ -124,22 +164,29 @@ def main() -> None:
     park = rows[-1]
     speedups = {row["method"]: park["seconds_per_clarep"] / row["seconds_per_clarep"] for row in rows[:-1]}
     speedup = speedups["clarid jvp (batched subspace iteration)"]
-    header = (f"Device: {device_name(device)}; torch {versions()['torch']}; git {git_sha()}; {torch.get_num_threads()} threads. "
-              f"Default teacher, t_e={config.t_e}, layer {config.layer} pooled {config.pool}×{config.pool} (D=256), N=768, k={config.k}. "
-              f"Accuracy = largest principal angle to the exact top-k subspace; Park et al. is stopped once it is below {ACCURACY} rad "
-              f"(at most {args.max_park_iterations} iterations; if it never gets there, the ratios are lower bounds). "
-              f"Per CLARep, the Park et al. loop takes {speedup:.1f}× the time of CLARID's subspace iteration (jvp) and "
-              f"{speedups['clarid auto (the search default)']:.1f}× that of the search default. The oracle's exact Jacobian + SVD took "
-              f"{exact_seconds / args.images:.3f} s per image.")  # fmt: skip
+    header = (
+        f"Device: {device_name(device)}; torch {versions()['torch']}; git {git_sha()}; {torch.get_num_threads()} threads. "
+        f"Default teacher, t_e={config.t_e}, layer {config.layer} pooled {config.pool}×{config.pool} (D=256), N=768, k={config.k}. "
+        f"Accuracy = largest principal angle to the exact top-k subspace; Park et al. is stopped once it is below {ACCURACY} rad "
+        f"(at most {args.max_park_iterations} iterations; if it never gets there, the ratios are lower bounds). "
+        f"Per CLARep, the Park et al. loop takes {speedup:.1f}× the time of CLARID's subspace iteration (jvp) and "
+        f"{speedups['clarid auto (the search default)']:.1f}× that of the search default. The oracle's exact Jacobian + SVD took "
+        f"{exact_seconds / args.images:.3f} s per image."
+    )
     lines = ["| method | images | s per CLARep | iterations | batched calls per CLARep | per-sample products per CLARep | max angle (rad) |",
              "|---|---|---|---|---|---|---|"]  # fmt: skip
     for row in rows:
-        lines.append(f"| {row['method']} | {row['images']} | {row['seconds_per_clarep']:.3f} | {row['iterations']:.1f} | {row['calls_per_clarep']:.1f} | {row['products_per_clarep']:.0f} | {row['max_angle']:.4f} |")
+        lines.append(
+            f"| {row['method']} | {row['images']} | {row['seconds_per_clarep']:.3f} | {row['iterations']:.1f} | {row['calls_per_clarep']:.1f} | {row['products_per_clarep']:.0f} | {row['max_angle']:.4f} |"
+        )
     table = header + "\n\n" + "\n".join(lines) + "\n"
     print(table)
     args.out.mkdir(parents=True, exist_ok=True)
     stem = (device_name(device).replace(" ", "_").lower() if device == "cuda" else "cpu") + f"-k{config.k}"
-    for suffix, text in ((".json", json.dumps({"rows": rows, "speedup": speedup, "header": header}, indent=1)), (".md", table)):
+    for suffix, text in (
+        (".json", json.dumps({"rows": rows, "speedup": speedup, "header": header}, indent=1)),
+        (".md", table),
+    ):
         temporary = args.out / f".{stem}{suffix}.tmp"
         temporary.write_text(text)
         os.replace(temporary, args.out / f"{stem}{suffix}")

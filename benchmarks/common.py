@@ -39,7 +39,9 @@ BENCH_PASS = os.environ.get("CLAREP_FAST_BENCH_PASS", "both")  # "peak", "time" 
 
 
 def cpu_peak_supported() -> bool:
-    return platform.system() == "Linux" and os.environ.get("MALLOC_MMAP_THRESHOLD_") is not None and BENCH_PASS != "time"
+    return (
+        platform.system() == "Linux" and os.environ.get("MALLOC_MMAP_THRESHOLD_") is not None and BENCH_PASS != "time"
+    )
 
 
 def peak_memory_bytes(fn, device: str) -> int | None:
@@ -97,8 +99,16 @@ def git_sha() -> str:
     if os.environ.get("CLAREP_FAST_GIT_SHA"):
         return os.environ["CLAREP_FAST_GIT_SHA"]
     try:
-        sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True, timeout=10).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT, capture_output=True, text=True, timeout=10).stdout.strip()
+        sha = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True, timeout=10
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.strip()
         return (sha + ("+dirty" if dirty else "")) or "unknown"
     except (OSError, subprocess.SubprocessError):
         return "unknown"

@@ -16,8 +16,12 @@ class _OneRound(BenchmarkFixture):
     def __call__(self, function_to_benchmark, *args, **kwargs):
         return super().pedantic(function_to_benchmark, args=args, kwargs=kwargs, rounds=1, iterations=1)
 
-    def pedantic(self, target, args=(), kwargs=None, setup=None, teardown=None, rounds=1, warmup_rounds=0, iterations=1):
-        return super().pedantic(target, args=args, kwargs=kwargs, setup=setup, teardown=teardown, rounds=1, iterations=1)
+    def pedantic(
+        self, target, args=(), kwargs=None, setup=None, teardown=None, rounds=1, warmup_rounds=0, iterations=1
+    ):
+        return super().pedantic(
+            target, args=args, kwargs=kwargs, setup=setup, teardown=teardown, rounds=1, iterations=1
+        )
 
 
 @pytest.fixture

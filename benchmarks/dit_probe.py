@@ -65,12 +65,19 @@ def probe(tap: FeatureTap, dtype: torch.dtype, device: str, probes: int, images:
         tangents = torch.randn(probes, *latent.shape, device=device, dtype=dtype)
         cotangents = torch.randn(probes, images, width, device=device, dtype=dtype)
         row = {"dtype": str(dtype).removeprefix("torch."), "images": images, "probes": probes, "width": width}
-        for name, call in (("forward", lambda: features(latent, times, labels)), ("jvp", lambda: jvp.forward_products(tangents)),
-                           ("vjp", lambda: jvp.backward_products(cotangents))):  # fmt: skip
+        for name, call in (
+            ("forward", lambda: features(latent, times, labels)),
+            ("jvp", lambda: jvp.forward_products(tangents)),
+            ("vjp", lambda: jvp.backward_products(cotangents)),
+        ):
             counted = flops(call)
             elapsed = seconds(call, repeats, synchronize)
             per = images * (1 if name == "forward" else probes)
-            row[name] = {"s_per_probe": elapsed / per, "gflop_per_probe": counted / per / 1e9, "tflops": counted / elapsed / 1e12}
+            row[name] = {
+                "s_per_probe": elapsed / per,
+                "gflop_per_probe": counted / per / 1e9,
+                "tflops": counted / elapsed / 1e12,
+            }
     return row
 
 
@@ -82,14 +89,21 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
     name = torch.cuda.get_device_name() if args.device == "cuda" else "cpu"
-    print(f"DiT-XL/2-256 search tap ({SEARCH_LAYER}, pool 2) on {name}, torch {torch.__version__}; {args.images} images × {args.probes} probes per call")
+    print(
+        f"DiT-XL/2-256 search tap ({SEARCH_LAYER}, pool 2) on {name}, torch {torch.__version__}; {args.images} images × {args.probes} probes per call"
+    )
     model = dit_xl_2().to(args.device).requires_grad_(False)
-    tap = FeatureTap(model, [SEARCH_LAYER], pool=2, fused=False)  # the search tap pools with the reference (forward-mode AD)
+    tap = FeatureTap(
+        model, [SEARCH_LAYER], pool=2, fused=False
+    )  # the search tap pools with the reference (forward-mode AD)
     for dtype in (torch.float32, torch.bfloat16):
         model.to(dtype)
         row = probe(tap, dtype, args.device, args.probes, args.images, args.repeats)
-        cells = "  ".join(f"{kind}: {row[kind]['s_per_probe'] * 1e3:.2f} ms/probe, {row[kind]['gflop_per_probe']:.0f} GFLOP/probe, "
-                          f"{row[kind]['tflops']:.1f} TFLOP/s" for kind in ("forward", "jvp", "vjp"))  # fmt: skip
+        cells = "  ".join(
+            f"{kind}: {row[kind]['s_per_probe'] * 1e3:.2f} ms/probe, {row[kind]['gflop_per_probe']:.0f} GFLOP/probe, "
+            f"{row[kind]['tflops']:.1f} TFLOP/s"
+            for kind in ("forward", "jvp", "vjp")
+        )
         print(f"{row['dtype']:8s} D={row['width']}  {cells}")
 
 

@@ -26,9 +26,15 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 
 def park_power_loop(
-    fn: Callable[[Tensor], Tensor], x: Tensor, k: int, iterations: int, *, generator: torch.Generator,
-    callback: Callable[[int, Tensor], bool] | None = None, chunk: int | None = 32,
-) -> tuple[Tensor, Tensor, dict]:  # fmt: skip
+    fn: Callable[[Tensor], Tensor],
+    x: Tensor,
+    k: int,
+    iterations: int,
+    *,
+    generator: torch.Generator,
+    callback: Callable[[int, Tensor], bool] | None = None,
+    chunk: int | None = 32,
+) -> tuple[Tensor, Tensor, dict]:
     """One image x (1, ...): (V (N, k), σ (k,), counts). ``callback(iteration, V)`` may stop the loop
     early by returning True (the benchmark's accuracy oracle; its cost is the caller's to exclude)."""
     latent = x[0].numel()
@@ -41,8 +47,12 @@ def park_power_loop(
         values = torch.zeros(k)
         for iteration in range(1, iterations + 1):
             tangents = directions.reshape(k, *x.shape)
-            images = torch.func.vmap(lambda v: torch.func.jvp(fn, (point,), (v,))[1], chunk_size=chunk)(tangents)  # step 1: (k, 1, D)
-            pulled = torch.func.vmap(lambda u: pullback(u)[0], chunk_size=chunk)(images).reshape(k, -1)  # step 2: (k, N)
+            images = torch.func.vmap(lambda v: torch.func.jvp(fn, (point,), (v,))[1], chunk_size=chunk)(
+                tangents
+            )  # step 1: (k, 1, D)
+            pulled = torch.func.vmap(lambda u: pullback(u)[0], chunk_size=chunk)(images).reshape(
+                k, -1
+            )  # step 2: (k, N)
             chunks = -(-k // chunk) if chunk else 1
             counts["calls"] += 2 * chunks
             counts["products"] += 2 * k
@@ -54,4 +64,3 @@ def park_power_loop(
             if callback is not None and callback(iteration, directions.T):
                 break
     return directions.T, values, counts
-

@@ -42,8 +42,14 @@ def full_section(link_root: Path) -> str:
     for table in _tables():
         relative = table.relative_to(ROOT)
         picture = table.with_suffix(".png")
-        shown = f"\n![{relative.stem}]({Path('..') / picture.relative_to(ROOT) if link_root != ROOT else picture.relative_to(ROOT)})\n" if picture.exists() else ""
-        sections.append(f"**{relative.parent.name}/{relative.stem}** (from `{relative}`)\n\n{_plain(table.read_text().strip())}\n{shown}")
+        shown = (
+            f"\n![{relative.stem}]({Path('..') / picture.relative_to(ROOT) if link_root != ROOT else picture.relative_to(ROOT)})\n"
+            if picture.exists()
+            else ""
+        )
+        sections.append(
+            f"**{relative.parent.name}/{relative.stem}** (from `{relative}`)\n\n{_plain(table.read_text().strip())}\n{shown}"
+        )
     return "\n".join(sections) if sections else "No results yet: run `python benchmarks/run.py`.\n"
 
 
@@ -57,7 +63,9 @@ def headline_section() -> str:
         header_at = next(i for i, line in enumerate(lines) if line.startswith("| op |"))
         device = lines[0].split(";")[0]
         rows = [line for line in lines[header_at + 2 :] if line.startswith(prefixes)]
-        sections.append(f"{device} (`benchmarks/results/{name}`):\n\n" + "\n".join(lines[header_at : header_at + 2] + rows) + "\n")
+        sections.append(
+            f"{device} (`benchmarks/results/{name}`):\n\n" + "\n".join(lines[header_at : header_at + 2] + rows) + "\n"
+        )
     return "\n".join(sections)
 
 
@@ -75,7 +83,9 @@ def _replace_between_markers(path: Path, body: str) -> None:
 def main() -> None:
     _replace_between_markers(ROOT / "README.md", headline_section())
     _replace_between_markers(ROOT / "docs" / "benchmarks.md", full_section(ROOT / "docs"))
-    print(f"README.md (headline rows) and docs/benchmarks.md ({len(_tables())} tables) regenerated from benchmarks/results/")
+    print(
+        f"README.md (headline rows) and docs/benchmarks.md ({len(_tables())} tables) regenerated from benchmarks/results/"
+    )
 
 
 if __name__ == "__main__":

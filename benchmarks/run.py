@@ -64,7 +64,9 @@ def _run_pass(device: str, quick: bool, select: str | None, bench_pass: str, mod
         if completed.returncode not in (0, 5):
             raise SystemExit(f"benchmark run failed (pytest exit {completed.returncode})")
         text = raw.read_text() if raw.exists() else ""
-        report = json.loads(text) if text.strip() else {"benchmarks": []}  # every selected row skipped (e.g. no peak pass for it)
+        report = (
+            json.loads(text) if text.strip() else {"benchmarks": []}
+        )  # every selected row skipped (e.g. no peak pass for it)
     common = {"device": device, "device_name": device_name(device), "git_sha": git_sha(), **versions()}
     records = []
     for bench in report["benchmarks"]:
@@ -111,12 +113,16 @@ def markdown_table(records: list[dict]) -> str:
         ratio = lambda other: f"{other / fused:.2f}×" if fused and other else "-"  # noqa: E731
         cell = lambda value: f"{value:.2f}" if value is not None else "-"  # noqa: E731
         memory = " / ".join(extra(by_provider, name) for name in ("fused", "eager", "compile"))
-        lines.append(f"| {op} | {shape} | {mode} | {dtype} | {cell(fused)} | {cell(eager)} | {cell(compiled)} | {ratio(eager)} | {ratio(compiled)} | {memory} | {rate(by_provider.get('fused'))} |")
+        lines.append(
+            f"| {op} | {shape} | {mode} | {dtype} | {cell(fused)} | {cell(eager)} | {cell(compiled)} | {ratio(eager)} | {ratio(compiled)} | {memory} | {rate(by_provider.get('fused'))} |"
+        )
         for provider, record in by_provider.items():  # other providers (fused-triton, model-only, ...)
             if provider in ("fused", "eager", "compile"):
                 continue
             versus = lambda other: f"{other / record['p50_ms']:.2f}×" if other else "-"  # noqa: E731
-            lines.append(f"| {op} ({provider}) | {shape} | {mode} | {dtype} | {cell(record['p50_ms'])} | | | {versus(eager)} | {versus(compiled)} | {extra(by_provider, provider)} | {rate(record)} |")
+            lines.append(
+                f"| {op} ({provider}) | {shape} | {mode} | {dtype} | {cell(record['p50_ms'])} | | | {versus(eager)} | {versus(compiled)} | {extra(by_provider, provider)} | {rate(record)} |"
+            )
     return "\n".join(lines)
 
 
@@ -161,9 +167,13 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="small sweep (minutes, not tens of minutes)")
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
-    parser.add_argument("--module", default=None, help="one benchmark file of benchmarks/ (say test_cka.py) instead of all")
+    parser.add_argument(
+        "--module", default=None, help="one benchmark file of benchmarks/ (say test_cka.py) instead of all"
+    )
     parser.add_argument("-k", dest="select", default=None, help="pytest -k expression to run a subset")
-    parser.add_argument("--render", action="store_true", help="measure nothing: rewrite the table, plot and README from the stored JSON")
+    parser.add_argument(
+        "--render", action="store_true", help="measure nothing: rewrite the table, plot and README from the stored JSON"
+    )
     args = parser.parse_args()
     stem = args.device + ("-quick" if args.quick else "")
     if args.render:
@@ -177,7 +187,11 @@ def main() -> None:
         raise SystemExit("no benchmark ran")
     print(write_results(records, args.out, stem))
     merged_records = json.loads((args.out / f"{stem}.json").read_text())
-    write_plot(merged_records, args.out / f"{stem}.png", f"{merged_records[0].get('device_name', stem)}: fused vs eager and torch.compile")
+    write_plot(
+        merged_records,
+        args.out / f"{stem}.png",
+        f"{merged_records[0].get('device_name', stem)}: fused vs eager and torch.compile",
+    )
     if args.out.resolve().is_relative_to((ROOT / "benchmarks" / "results").resolve()):
         readme.main()  # the README's table and plots come from these files
 

@@ -46,15 +46,33 @@ ASSUMED_UTILIZATION = 0.35  # an assumption for batched transformer inference + 
 def dit_xl_2(classes: int = 1000):
     from diffusers import DiTTransformer2DModel
 
-    return DiTTransformer2DModel(num_attention_heads=16, attention_head_dim=72, in_channels=4, out_channels=8, num_layers=28, sample_size=32,
-                                 patch_size=2, num_embeds_ada_norm=classes, norm_type="ada_norm_zero", activation_fn="gelu-approximate").eval()  # fmt: skip
+    return DiTTransformer2DModel(
+        num_attention_heads=16,
+        attention_head_dim=72,
+        in_channels=4,
+        out_channels=8,
+        num_layers=28,
+        sample_size=32,
+        patch_size=2,
+        num_embeds_ada_norm=classes,
+        norm_type="ada_norm_zero",
+        activation_fn="gelu-approximate",
+    ).eval()
 
 
 def sd_vae():
     from diffusers import AutoencoderKL
 
-    return AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(128, 256, 512, 512), layers_per_block=2,
-                         down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4, scaling_factor=0.18215).eval()  # fmt: skip
+    return AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        latent_channels=4,
+        block_out_channels=(128, 256, 512, 512),
+        layers_per_block=2,
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+        scaling_factor=0.18215,
+    ).eval()
 
 
 def flops_and_seconds(fn) -> tuple[float, float]:
@@ -79,18 +97,24 @@ def main() -> None:
     torch.manual_seed(0)
     teacher = Teacher(dit_xl_2(), NoiseSchedule.default(), sd_vae()).requires_grad_(False)
     parameters = sum(p.numel() for p in teacher.denoiser.parameters())
-    config = SearchConfig(layer="transformer_blocks.13", feature_layers=("transformer_blocks.13", "transformer_blocks.27"), pool=2)
+    config = SearchConfig(
+        layer="transformer_blocks.13", feature_layers=("transformer_blocks.13", "transformer_blocks.27"), pool=2
+    )
     search_tap, feature_tap = validate(config, teacher)
     latent = torch.randn(1, *teacher.latent_shape)
     label, times = torch.tensor([207]), torch.tensor([config.t_e])
-    print(f"DiT-XL/2: {parameters / 1e6:.0f} M parameters, latent {teacher.latent_shape}, images {teacher.resolution}×{teacher.resolution}")
+    print(
+        f"DiT-XL/2: {parameters / 1e6:.0f} M parameters, latent {teacher.latent_shape}, images {teacher.resolution}×{teacher.resolution}"
+    )
 
     cfg_forward, cfg_seconds = flops_and_seconds(lambda: teacher.epsilon(latent, config.t_e, label, guidance=3.0))
     tap_forward, tap_seconds = flops_and_seconds(lambda: search_tap(latent, times, label))
     decode, decode_seconds = flops_and_seconds(lambda: teacher.decode(latent))
     width = search_tap(latent, times, label).packed.shape[1]
-    print(f"CFG forward (batch 2): {cfg_forward / 1e9:.0f} GFLOP, {cfg_seconds:.1f} s; search tap forward: {tap_forward / 1e9:.0f} GFLOP, {tap_seconds:.1f} s;"
-          f" VAE decode: {decode / 1e9:.0f} GFLOP, {decode_seconds:.1f} s; feature width D = {width}")  # fmt: skip
+    print(
+        f"CFG forward (batch 2): {cfg_forward / 1e9:.0f} GFLOP, {cfg_seconds:.1f} s; search tap forward: {tap_forward / 1e9:.0f} GFLOP, {tap_seconds:.1f} s;"
+        f" VAE decode: {decode / 1e9:.0f} GFLOP, {decode_seconds:.1f} s; feature width D = {width}"
+    )
 
     def features(z):
         return search_tap(z, times, label).packed
@@ -105,14 +129,20 @@ def main() -> None:
         _, pullback = torch.func.vjp(features, latent)
         torch.func.vmap(pullback)(torch.randn(args.probes, 1, width))
     vjp_seconds = time.perf_counter() - started
-    print(f"{args.probes} probes: JVP {jvp_seconds:.1f} s ({jvp_seconds / args.probes / tap_seconds:.2f} tap forwards per probe), "
-          f"VJP incl. its forward {vjp_seconds:.1f} s ({(vjp_seconds - tap_seconds) / args.probes / tap_seconds:.2f} per probe)")
+    print(
+        f"{args.probes} probes: JVP {jvp_seconds:.1f} s ({jvp_seconds / args.probes / tap_seconds:.2f} tap forwards per probe), "
+        f"VJP incl. its forward {vjp_seconds:.1f} s ({(vjp_seconds - tap_seconds) / args.probes / tap_seconds:.2f} per probe)"
+    )
 
-    reduced = dataclasses.replace(config, k=args.probes - 2, oversample=2, max_iters=2, steps=4, tol=1e-9, jacobian_batch=1, mode="jvp")
+    reduced = dataclasses.replace(
+        config, k=args.probes - 2, oversample=2, max_iters=2, steps=4, tol=1e-9, jacobian_batch=1, mode="jvp"
+    )
     started = time.perf_counter()
     search_shard(teacher, (search_tap, feature_tap), reduced, torch.tensor([207]), torch.tensor([-1]), None, shard=0)
     clarep_seconds = time.perf_counter() - started
-    print(f"one CLARep at reduced settings (4 DDIM steps, r = {args.probes}, 2 iterations): {clarep_seconds:.0f} s, peak RSS {peak_rss_gib():.1f} GiB")
+    print(
+        f"one CLARep at reduced settings (4 DDIM steps, r = {args.probes}, 2 iterations): {clarep_seconds:.0f} s, peak RSS {peak_rss_gib():.1f} GiB"
+    )
 
     # the default settings: CFG forwards along the whole trajectory (T -> t_e once, t_e -> 0 twice:
     # canonical and ordinary), two decodes, two feature taps (the full network at most), and per
@@ -139,7 +169,11 @@ def main() -> None:
     }  # fmt: skip
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps({k: result[k] for k in ("per_clarep_tflop", "network_calls_per_clarep", "imagenet_10pct_bank")}, indent=2))
+    print(
+        json.dumps(
+            {k: result[k] for k in ("per_clarep_tflop", "network_calls_per_clarep", "imagenet_10pct_bank")}, indent=2
+        )
+    )
     print(f"written to {args.out}")
 
 

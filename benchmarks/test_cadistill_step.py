@@ -83,7 +83,12 @@ def setup(bench_device):
             classes = torch.randint(0, 10, (case["bank_batch"],), device=bench_device)
             teachers = [torch.randn(case["bank_batch"], 256, device=bench_device) for _ in range(3)]
             prototypes = torch.randn(10, 256, device=bench_device)
-            steps = {p: _synchronized(_step(p, model, optimizer, real, labels, canonical, classes, teachers, prototypes), bench_device) for p in PROVIDERS}
+            steps = {
+                p: _synchronized(
+                    _step(p, model, optimizer, real, labels, canonical, classes, teachers, prototypes), bench_device
+                )
+                for p in PROVIDERS
+            }
             cache[key] = {"steps": steps, "ms": None}
         return cache[key]
 
@@ -121,10 +126,14 @@ def test_cadistill_step(benchmark, case, provider, bench_device, setup):
     step()
     peak = peak_memory_bytes(step, bench_device)
     benchmark.extra_info.update(
-        op="cadistill_step", provider={"fused": "fused", "base": "eager", "eager": "compile"}[provider],
-        mode="fused vs base (CE on both batches) vs eager terms", shape=f"resnet18 16×16 B={case['batch']}+{case['bank_batch']} pairs=3",
-        dtype=case["dtype"], peak_mb=None if peak is None else peak / 2**20, extra_mb=None if peak is None else peak / 2**20,
-    )  # fmt: skip
+        op="cadistill_step",
+        provider={"fused": "fused", "base": "eager", "eager": "compile"}[provider],
+        mode="fused vs base (CE on both batches) vs eager terms",
+        shape=f"resnet18 16×16 B={case['batch']}+{case['bank_batch']} pairs=3",
+        dtype=case["dtype"],
+        peak_mb=None if peak is None else peak / 2**20,
+        extra_mb=None if peak is None else peak / 2**20,
+    )
     if BENCH_PASS != "peak":
         if shared["ms"] is None:
             shared["ms"] = _round_robin_ms(shared["steps"])

@@ -40,7 +40,9 @@ def case_id(case: dict) -> str:
 
 def _inputs(case: dict, device: str):
     dtype = getattr(torch, case["dtype"])
-    xs = [torch.randn(case["n"], case["d"], device=device, dtype=dtype).requires_grad_(True) for _ in range(case["pairs"])]
+    xs = [
+        torch.randn(case["n"], case["d"], device=device, dtype=dtype).requires_grad_(True) for _ in range(case["pairs"])
+    ]
     ys = [torch.randn(case["n"], case["d"], device=device, dtype=dtype) for _ in range(case["pairs"])]
     ys = [y.requires_grad_(case["mode"] == "x+y") for y in ys]
     wrt = xs + ys if case["mode"] == "x+y" else xs

@@ -44,7 +44,9 @@ def problem(bench_device):
         key = (case["k"], case["images"])
         if key not in cache:
             config = SearchConfig(k=case["k"])
-            features, start, times, labels = search_problem(config, case["images"], bench_device, torch.Generator().manual_seed(0))
+            features, start, times, labels = search_problem(
+                config, case["images"], bench_device, torch.Generator().manual_seed(0)
+            )
             exact = topk_right_singular(features, start, config.k, conditions=(times, labels), mode="exact")
             cache[key] = (config, features, start, times, labels, exact.vectors)
         return cache[key]
@@ -64,8 +66,19 @@ def test_clarep_search(benchmark, case, provider, bench_device, problem):
         vectors = []
         for first in range(0, len(start), config.jacobian_batch):
             part = slice(first, first + config.jacobian_batch)
-            vectors.append(topk_right_singular(features, start[part], config.k, conditions=(times[part], labels[part]), oversample=config.oversample,
-                                               tol=config.tol, max_iters=config.max_iters, mode=config.mode, generator=generator).vectors)  # fmt: skip
+            vectors.append(
+                topk_right_singular(
+                    features,
+                    start[part],
+                    config.k,
+                    conditions=(times[part], labels[part]),
+                    oversample=config.oversample,
+                    tol=config.tol,
+                    max_iters=config.max_iters,
+                    mode=config.mode,
+                    generator=generator,
+                ).vectors
+            )
         return torch.cat(vectors)
 
     def fused_round():
@@ -86,18 +99,36 @@ def test_clarep_search(benchmark, case, provider, bench_device, problem):
             oracle["seconds"] += time.perf_counter() - began
             return oracle["angle"] < ACCURACY
 
-        _, seconds = timed(lambda: park_power_loop(one, start[image : image + 1], config.k, PARK_MAX_ITERATIONS, generator=generator, callback=reached), bench_device)
+        _, seconds = timed(
+            lambda: park_power_loop(
+                one, start[image : image + 1], config.k, PARK_MAX_ITERATIONS, generator=generator, callback=reached
+            ),
+            bench_device,
+        )
         per_clarep_ms.append((seconds - oracle["seconds"]) * 1e3)
         angles.append(oracle["angle"])
 
     if provider == "fused":
-        topk_right_singular(features, start[:2], config.k, conditions=(times[:2], labels[:2]), max_iters=2, mode=config.mode, generator=generator)  # warm-up
+        topk_right_singular(
+            features,
+            start[:2],
+            config.k,
+            conditions=(times[:2], labels[:2]),
+            max_iters=2,
+            mode=config.mode,
+            generator=generator,
+        )  # warm-up
         benchmark.pedantic(fused_round, rounds=3, iterations=1)
     else:
         benchmark.pedantic(park_round, rounds=case["park_images"], iterations=1)
-    assert max(angles) < ACCURACY, f"{provider} stopped at {max(angles):.4f} rad, not within {ACCURACY} rad of the exact subspace"
+    assert max(angles) < ACCURACY, (
+        f"{provider} stopped at {max(angles):.4f} rad, not within {ACCURACY} rad of the exact subspace"
+    )
     benchmark.extra_info.update(
-        op="clarep_search", provider=provider, mode=f"per CLARep, top-{config.k} to {ACCURACY} rad; eager = Park et al. loop",
-        shape=f"default teacher, D=256, N=768, {len(start)} images", dtype=case["dtype"],
+        op="clarep_search",
+        provider=provider,
+        mode=f"per CLARep, top-{config.k} to {ACCURACY} rad; eager = Park et al. loop",
+        shape=f"default teacher, D=256, N=768, {len(start)} images",
+        dtype=case["dtype"],
         **quantiles_ms(per_clarep_ms),
-    )  # fmt: skip
+    )

@@ -37,7 +37,9 @@ def test_evaluate_step(benchmark, case, provider, bench_device):
         student.eval()
     model = {"fused": fold_batchnorm, "eager": lambda m: m, "compile": torch.compile}[provider](student)
     config = EvaluateConfig()
-    attack = torchattacks.PGD(model, eps=config.epsilon, alpha=config.pgd_step_size, steps=config.pgd_steps, random_start=True)
+    attack = torchattacks.PGD(
+        model, eps=config.epsilon, alpha=config.pgd_step_size, steps=config.pgd_steps, random_start=True
+    )
     images = torch.rand(case["batch"], 3, 16, 16, device=bench_device)
     labels = torch.randint(0, 10, (case["batch"],), device=bench_device)
 
@@ -54,9 +56,14 @@ def test_evaluate_step(benchmark, case, provider, bench_device):
     step()  # compiles the compile provider; warms the others
     peak = peak_memory_bytes(step, bench_device)
     benchmark.extra_info.update(
-        op="evaluate_step", provider=provider, mode=f"clean + PGD-{config.pgd_steps}", shape=f"resnet18 16×16 B={case['batch']}",
-        dtype=case["dtype"], peak_mb=None if peak is None else peak / 2**20, extra_mb=None if peak is None else peak / 2**20,
-    )  # fmt: skip
+        op="evaluate_step",
+        provider=provider,
+        mode=f"clean + PGD-{config.pgd_steps}",
+        shape=f"resnet18 16×16 B={case['batch']}",
+        dtype=case["dtype"],
+        peak_mb=None if peak is None else peak / 2**20,
+        extra_mb=None if peak is None else peak / 2**20,
+    )
     if bench_device == "cuda":
         p50, p20, p80 = gpu_quantiles_ms(step)
         benchmark.extra_info.update(p50_ms=p50, p20_ms=p20, p80_ms=p80)

@@ -13,7 +13,11 @@ from benchmarks.common import gpu_quantiles_ms, peak_memory_bytes
 from clarep_fast import feature_align
 from clarep_fast.reference import feature_align_reference
 
-CASES = [{"batch": batch, "widths": widths, "kind": kind, "dtype": "float32"} for batch, widths in ((256, (4096, 1024, 256)), (1024, (16384, 4096, 1024))) for kind in ("cosine", "mse")]
+CASES = [
+    {"batch": batch, "widths": widths, "kind": kind, "dtype": "float32"}
+    for batch, widths in ((256, (4096, 1024, 256)), (1024, (16384, 4096, 1024)))
+    for kind in ("cosine", "mse")
+]
 QUICK_CASES = [{"batch": 256, "widths": (4096, 1024, 256), "kind": "cosine", "dtype": "float32"}]
 
 
@@ -25,11 +29,17 @@ def case_id(case: dict) -> str:
 def test_feature_align_forward_backward(benchmark, case, provider, bench_device):
     torch._dynamo.config.cache_size_limit = 64
     dtype = getattr(torch, case["dtype"])
-    students = [torch.randn(case["batch"], width, device=bench_device, dtype=dtype, requires_grad=True) for width in case["widths"]]
+    students = [
+        torch.randn(case["batch"], width, device=bench_device, dtype=dtype, requires_grad=True)
+        for width in case["widths"]
+    ]
     teachers = [torch.randn(case["batch"], width, device=bench_device, dtype=dtype) for width in case["widths"]]
     kind = case["kind"]
-    function = {"fused": lambda s, t: feature_align(s, t, kind=kind), "eager": lambda s, t: feature_align_reference(s, t, kind),
-                "compile": torch.compile(lambda s, t: feature_align_reference(s, t, kind), dynamic=False)}[provider]  # fmt: skip
+    function = {
+        "fused": lambda s, t: feature_align(s, t, kind=kind),
+        "eager": lambda s, t: feature_align_reference(s, t, kind),
+        "compile": torch.compile(lambda s, t: feature_align_reference(s, t, kind), dynamic=False),
+    }[provider]
 
     def step():
         torch.autograd.grad(function(students, teachers), students)
@@ -41,12 +51,16 @@ def test_feature_align_forward_backward(benchmark, case, provider, bench_device)
     features = sum(s.numel() for s in students)
     peak = peak_memory_bytes(step, bench_device)
     benchmark.extra_info.update(
-        op="feature_align", provider=provider, mode=f"{kind}, student grad", shape=f"B={case['batch']} D={'+'.join(map(str, case['widths']))}",
-        dtype=case["dtype"], peak_mb=None if peak is None else peak / 2**20,
+        op="feature_align",
+        provider=provider,
+        mode=f"{kind}, student grad",
+        shape=f"B={case['batch']} D={'+'.join(map(str, case['widths']))}",
+        dtype=case["dtype"],
+        peak_mb=None if peak is None else peak / 2**20,
         extra_mb=None if peak is None else (peak - features * element) / 2**20,
         min_mb_moved=(3 * features * element) / 2**20,  # read s and t once, write ds once
         gflop=(8 * features + 4 * features) / 1e9,
-    )  # fmt: skip
+    )
     if bench_device == "cuda":
         p50, p20, p80 = gpu_quantiles_ms(step)
         benchmark.extra_info.update(p50_ms=p50, p20_ms=p20, p80_ms=p80)

@@ -37,10 +37,16 @@ def small_unet() -> UNet2DModel:
     """docs/design.md's default teacher: channels 32/64/64, one attention level, 16×16 RGB, 11 labels."""
     torch.manual_seed(0)
     return UNet2DModel(
-        sample_size=16, in_channels=3, out_channels=3, layers_per_block=2, block_out_channels=(32, 64, 64),
+        sample_size=16,
+        in_channels=3,
+        out_channels=3,
+        layers_per_block=2,
+        block_out_channels=(32, 64, 64),
         down_block_types=("DownBlock2D", "AttnDownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "AttnUpBlock2D", "UpBlock2D"), num_class_embeds=11, norm_num_groups=8,
-    ).eval()  # fmt: skip
+        up_block_types=("UpBlock2D", "AttnUpBlock2D", "UpBlock2D"),
+        num_class_embeds=11,
+        norm_num_groups=8,
+    ).eval()
 
 
 def hooks_and_eager(model, layers, pool, normalize):
@@ -100,7 +106,9 @@ def test_feature_tap_forward(benchmark, case, provider, bench_device):
         return out
 
     output = step()  # warm-up (and compilation)
-    packed_bytes = output.numel() * output.element_size() if isinstance(output, torch.Tensor) and provider != "model-only" else 0
+    packed_bytes = (
+        output.numel() * output.element_size() if isinstance(output, torch.Tensor) and provider != "model-only" else 0
+    )
     peak = peak_memory_bytes(step, bench_device)
     benchmark.extra_info.update(
         op="feature_tap",

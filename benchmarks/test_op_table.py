@@ -30,7 +30,9 @@ def test_op_table(benchmark, case, provider, bench_device):
     dtype = getattr(torch, case["dtype"])
     args, kwargs = spec.example(torch.device(bench_device), dtype, torch.Generator().manual_seed(0))
     inputs = grad_leaves(args)
-    function = {"fused": spec.fused, "eager": spec.reference, "compile": torch.compile(spec.reference, dynamic=False)}[provider]
+    function = {"fused": spec.fused, "eager": spec.reference, "compile": torch.compile(spec.reference, dynamic=False)}[
+        provider
+    ]
 
     def step():
         out = function(*args, **kwargs)
@@ -40,12 +42,20 @@ def test_op_table(benchmark, case, provider, bench_device):
 
     step()
     peak = peak_memory_bytes(step, bench_device)
-    moved = sum(t.numel() * t.element_size() for t in inputs) * 3  # read forward, read again and write the gradient backward
+    moved = (
+        sum(t.numel() * t.element_size() for t in inputs) * 3
+    )  # read forward, read again and write the gradient backward
     shapes = " ".join("×".join(map(str, t.shape)) for t in inputs)
     benchmark.extra_info.update(
-        op=f"{spec.name} (example)", provider=provider, mode="fwd+bwd", shape=shapes, dtype=case["dtype"],
-        peak_mb=None if peak is None else peak / 2**20, extra_mb=None if peak is None else peak / 2**20, min_mb_moved=moved / 2**20,
-    )  # fmt: skip
+        op=f"{spec.name} (example)",
+        provider=provider,
+        mode="fwd+bwd",
+        shape=shapes,
+        dtype=case["dtype"],
+        peak_mb=None if peak is None else peak / 2**20,
+        extra_mb=None if peak is None else peak / 2**20,
+        min_mb_moved=moved / 2**20,
+    )
     if bench_device == "cuda":
         p50, p20, p80 = gpu_quantiles_ms(step)
         benchmark.extra_info.update(p50_ms=p50, p20_ms=p20, p80_ms=p80)

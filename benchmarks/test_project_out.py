@@ -34,11 +34,16 @@ def test_project_out(benchmark, case, provider, bench_device):
     dtype = getattr(torch, case["dtype"])
     batch, size, rank = case["batch"], case["size"], case["rank"]
     x = torch.randn(batch, size, device=bench_device, dtype=dtype, requires_grad=case["mode"] == "x grad")
-    vectors = torch.linalg.qr(torch.randn(batch, size, rank, device=bench_device)).Q.to(dtype)  # column-major per sample
+    vectors = torch.linalg.qr(torch.randn(batch, size, rank, device=bench_device)).Q.to(
+        dtype
+    )  # column-major per sample
     if case["layout"] == "rows":  # k unit-stride, as CLARID produces V
         vectors = vectors.contiguous()
-    function = {"fused": lambda a, v: project_out(a, v, rescale=True), "eager": lambda a, v: project_out_reference(a, v, True),
-                "compile": torch.compile(lambda a, v: project_out_reference(a, v, True), dynamic=False)}[provider]  # fmt: skip
+    function = {
+        "fused": lambda a, v: project_out(a, v, rescale=True),
+        "eager": lambda a, v: project_out_reference(a, v, True),
+        "compile": torch.compile(lambda a, v: project_out_reference(a, v, True), dynamic=False),
+    }[provider]
     if case["mode"] == "no_grad":
 
         def run():
@@ -62,11 +67,16 @@ def test_project_out(benchmark, case, provider, bench_device):
     peak = peak_memory_bytes(step, bench_device)
     moved = (batch * size * rank + 2 * batch * size) * element * (1 if case["mode"] == "no_grad" else 2)
     benchmark.extra_info.update(
-        op="project_out", provider=provider, mode=case["mode"], shape=f"B={batch} N={size} k={rank} V {case['layout']}", dtype=case["dtype"],
-        peak_mb=None if peak is None else peak / 2**20, extra_mb=None if peak is None else (peak - out_bytes) / 2**20,
+        op="project_out",
+        provider=provider,
+        mode=case["mode"],
+        shape=f"B={batch} N={size} k={rank} V {case['layout']}",
+        dtype=case["dtype"],
+        peak_mb=None if peak is None else peak / 2**20,
+        extra_mb=None if peak is None else (peak - out_bytes) / 2**20,
         min_mb_moved=moved / 2**20,  # read V and x, write the output (and the same again backward)
         gflop=(4 * batch * size * rank * (1 if case["mode"] == "no_grad" else 2)) / 1e9,
-    )  # fmt: skip
+    )
     if bench_device == "cuda":
         p50, p20, p80 = gpu_quantiles_ms(run)
         benchmark.extra_info.update(p50_ms=p50, p20_ms=p20, p80_ms=p80)

@@ -41,5 +41,7 @@ def non_finite_reason(tensor: Tensor, accumulate: torch.dtype) -> str:
     if not bool(torch.isfinite(tensor).all()):
         return "holds NaN or Inf"
     largest = float(tensor.detach().abs().max())
-    return (f"holds values up to {largest:.3g}, too large for sums of squares in {str(accumulate).removeprefix('torch.')} "
-            f"(squares overflow above ~{torch.finfo(accumulate).max ** 0.5:.2g}); scale it down")
+    return (
+        f"holds values up to {largest:.3g}, too large for sums of squares in {str(accumulate).removeprefix('torch.')} "
+        f"(squares overflow above ~{torch.finfo(accumulate).max ** 0.5:.2g}); scale it down"
+    )

@@ -51,7 +51,7 @@ def finite_check(mode: str) -> Iterator[None]:
 
 
 def finite_check_mode(device: torch.device) -> str:
-    """"sync" or "async": how a call on ``device`` checks its inputs right now."""
+    """ "sync" or "async": how a call on ``device`` checks its inputs right now."""
     mode = _requested.get()
     if mode is None:
         mode = _checked(os.environ.get(ENV_VAR, "auto").strip().lower() or "auto", ENV_VAR)
@@ -70,7 +70,9 @@ def refuse_non_finite(values: Tensor, op: str, explain: Callable[[Tensor], str])
     async: one device-side assert over the entries, no host sync.
     """
     if finite_check_mode(values.device) == "async":
-        message = f"{op}: an input holds NaN or Inf (or its sums overflow); set {ENV_VAR}=sync to have the argument named"
+        message = (
+            f"{op}: an input holds NaN or Inf (or its sums overflow); set {ENV_VAR}=sync to have the argument named"
+        )
         torch._assert_async(torch.isfinite(values).all(), message)
         return
     if bool(torch.isfinite(values.sum(dtype=torch.float64))):

@@ -34,7 +34,9 @@ from clarep_fast.reference.cka import STATS_FIELDS
 NUM_STATS = len(STATS_FIELDS)
 _NUM_STATS = tl.constexpr(NUM_STATS)
 _CKA, _HKL, _HKK, _HLL = (tl.constexpr(STATS_FIELDS.index(name)) for name in ("cka", "hkl", "hkk", "hll"))
-_TRACE_X, _TRACE_Y, _SUM_X, _SUM_Y = (tl.constexpr(STATS_FIELDS.index(name)) for name in ("trace_x", "trace_y", "sum_x", "sum_y"))
+_TRACE_X, _TRACE_Y, _SUM_X, _SUM_Y = (
+    tl.constexpr(STATS_FIELDS.index(name)) for name in ("trace_x", "trace_y", "sum_x", "sum_y")
+)
 
 
 @triton.jit
@@ -47,9 +49,18 @@ def _centering(n, UNBIASED: tl.constexpr, dtype: tl.constexpr):
 
 @triton.jit
 def _cka_stats_kernel(
-    grams_ptr, rowsums_ptr, stats_ptr, partials_ptr, counters_ptr, n, rtol,
-    UNBIASED: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, FINAL_BLOCK: tl.constexpr,
-):  # fmt: skip
+    grams_ptr,
+    rowsums_ptr,
+    stats_ptr,
+    partials_ptr,
+    counters_ptr,
+    n,
+    rtol,
+    UNBIASED: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    FINAL_BLOCK: tl.constexpr,
+):
     dtype = grams_ptr.dtype.element_ty
     pair = tl.program_id(0).to(tl.int64)
     block = tl.program_id(1)
@@ -147,7 +158,9 @@ def _cka_stats_kernel(
 
 
 @triton.jit
-def _cka_grads_kernel(grams_ptr, rowsums_ptr, stats_ptr, grad_ptr, coeffs_ptr, n, rtol, UNBIASED: tl.constexpr, BLOCK: tl.constexpr):
+def _cka_grads_kernel(
+    grams_ptr, rowsums_ptr, stats_ptr, grad_ptr, coeffs_ptr, n, rtol, UNBIASED: tl.constexpr, BLOCK: tl.constexpr
+):
     dtype = grams_ptr.dtype.element_ty
     pair = tl.program_id(0).to(tl.int64)
     rows = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
@@ -220,13 +233,25 @@ def cka_stats(grams: torch.Tensor, unbiased: bool, rtol: float) -> tuple[torch.T
     partials = grams.new_empty(pairs, blocks, 5, dtype=torch.float64)
     counters = torch.zeros(pairs, dtype=torch.int32, device=grams.device)
     _cka_stats_kernel[(pairs, blocks)](
-        grams, rowsums, stats, partials, counters, n, rtol,
-        UNBIASED=unbiased, BLOCK_M=block_m, BLOCK_N=_block(n), FINAL_BLOCK=256, num_warps=4,
-    )  # fmt: skip
+        grams,
+        rowsums,
+        stats,
+        partials,
+        counters,
+        n,
+        rtol,
+        UNBIASED=unbiased,
+        BLOCK_M=block_m,
+        BLOCK_N=_block(n),
+        FINAL_BLOCK=256,
+        num_warps=4,
+    )
     return stats, rowsums
 
 
-def cka_grads(grams: torch.Tensor, rowsums: torch.Tensor, stats: torch.Tensor, grad: torch.Tensor, unbiased: bool, rtol: float) -> torch.Tensor:
+def cka_grads(
+    grams: torch.Tensor, rowsums: torch.Tensor, stats: torch.Tensor, grad: torch.Tensor, unbiased: bool, rtol: float
+) -> torch.Tensor:
     """Coefficient matrices 2g dCKA/dK, 2g dCKA/dL (P, 2, n, n): one launch over (pair, tile, tile)."""
     pairs, n = _check(grams)
     coeffs = torch.empty_like(grams)

@@ -37,7 +37,9 @@ def _feature_align_sums_kernel(s_ptr, t_ptr, stats_ptr, D, BLOCK: tl.constexpr):
 
 
 @triton.jit
-def _feature_align_grads_kernel(s_ptr, t_ptr, coeffs_ptr, grad_s_ptr, grad_t_ptr, D, NEED_S: tl.constexpr, NEED_T: tl.constexpr, BLOCK: tl.constexpr):
+def _feature_align_grads_kernel(
+    s_ptr, t_ptr, coeffs_ptr, grad_s_ptr, grad_t_ptr, D, NEED_S: tl.constexpr, NEED_T: tl.constexpr, BLOCK: tl.constexpr
+):
     row = tl.program_id(0).to(tl.int64)
     cross = tl.load(coeffs_ptr + row * 3 + 0)
     self_s = tl.load(coeffs_ptr + row * 3 + 1)
@@ -48,9 +50,13 @@ def _feature_align_grads_kernel(s_ptr, t_ptr, coeffs_ptr, grad_s_ptr, grad_t_ptr
         a = tl.load(s_ptr + row * D + columns, mask=inside, other=0.0).to(cross.dtype)
         c = tl.load(t_ptr + row * D + columns, mask=inside, other=0.0).to(cross.dtype)
         if NEED_S:
-            tl.store(grad_s_ptr + row * D + columns, (cross * c + self_s * a).to(grad_s_ptr.dtype.element_ty), mask=inside)
+            tl.store(
+                grad_s_ptr + row * D + columns, (cross * c + self_s * a).to(grad_s_ptr.dtype.element_ty), mask=inside
+            )
         if NEED_T:
-            tl.store(grad_t_ptr + row * D + columns, (cross * a + self_t * c).to(grad_t_ptr.dtype.element_ty), mask=inside)
+            tl.store(
+                grad_t_ptr + row * D + columns, (cross * a + self_t * c).to(grad_t_ptr.dtype.element_ty), mask=inside
+            )
 
 
 def _block(width: int) -> int:
@@ -71,7 +77,14 @@ def feature_align_grads(student, teacher, coeffs, need_student: bool, need_teach
     grad_s = torch.empty_like(student) if need_student else student.new_empty(0)
     grad_t = torch.empty_like(teacher) if need_teacher else teacher.new_empty(0)
     _feature_align_grads_kernel[(rows,)](
-        student, teacher, coeffs, grad_s if need_student else student, grad_t if need_teacher else teacher, width,
-        NEED_S=need_student, NEED_T=need_teacher, BLOCK=_block(width),
-    )  # fmt: skip
+        student,
+        teacher,
+        coeffs,
+        grad_s if need_student else student,
+        grad_t if need_teacher else teacher,
+        width,
+        NEED_S=need_student,
+        NEED_T=need_teacher,
+        BLOCK=_block(width),
+    )
     return grad_s, grad_t

@@ -29,9 +29,21 @@ def _cell(cell, rows, cols, H, W, S: tl.constexpr):
 
 @triton.jit
 def _feature_pool_pack_kernel(
-    map_ptr, out_ptr, C, H, W, stride_b, stride_c, stride_h, stride_w, out_row, offset,
-    S: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr,
-):  # fmt: skip
+    map_ptr,
+    out_ptr,
+    C,
+    H,
+    W,
+    stride_b,
+    stride_c,
+    stride_h,
+    stride_w,
+    out_row,
+    offset,
+    S: tl.constexpr,
+    BLOCK_H: tl.constexpr,
+    BLOCK_W: tl.constexpr,
+):
     plane = tl.program_id(0)
     b = plane // C
     c = plane % C
@@ -49,9 +61,17 @@ def _feature_pool_pack_kernel(
 
 @triton.jit
 def _feature_pool_spread_kernel(
-    grad_ptr, grad_map_ptr, C, H, W, out_row, offset,
-    S: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr,
-):  # fmt: skip
+    grad_ptr,
+    grad_map_ptr,
+    C,
+    H,
+    W,
+    out_row,
+    offset,
+    S: tl.constexpr,
+    BLOCK_H: tl.constexpr,
+    BLOCK_W: tl.constexpr,
+):
     plane = tl.program_id(0)
     b = plane // C
     c = plane % C
@@ -69,16 +89,28 @@ def _feature_pool_spread_kernel(
 
 
 def _blocks(feature_map: torch.Tensor) -> dict:
-    return {"BLOCK_H": triton.next_power_of_2(feature_map.shape[2]), "BLOCK_W": triton.next_power_of_2(feature_map.shape[3])}
+    return {
+        "BLOCK_H": triton.next_power_of_2(feature_map.shape[2]),
+        "BLOCK_W": triton.next_power_of_2(feature_map.shape[3]),
+    }
 
 
 def feature_pool_pack(feature_map: torch.Tensor, packed: torch.Tensor, offset: int, size: int) -> None:
     """Pool one (B, C, H, W) map into packed[:, offset : offset + C·size²] (one launch)."""
     batch, channels, height, width = feature_map.shape
     _feature_pool_pack_kernel[(batch * channels,)](
-        feature_map, packed, channels, height, width, *feature_map.stride(), packed.stride(0), offset,
-        S=size, **_blocks(feature_map), num_warps=4,
-    )  # fmt: skip
+        feature_map,
+        packed,
+        channels,
+        height,
+        width,
+        *feature_map.stride(),
+        packed.stride(0),
+        offset,
+        S=size,
+        **_blocks(feature_map),
+        num_warps=4,
+    )
 
 
 def feature_pool_spread(grad: torch.Tensor, feature_map: torch.Tensor, offset: int, size: int) -> torch.Tensor:
@@ -86,6 +118,15 @@ def feature_pool_spread(grad: torch.Tensor, feature_map: torch.Tensor, offset: i
     batch, channels, height, width = feature_map.shape
     grad_map = torch.empty(feature_map.shape, dtype=feature_map.dtype, device=feature_map.device)
     _feature_pool_spread_kernel[(batch * channels,)](
-        grad, grad_map, channels, height, width, grad.stride(0), offset, S=size, **_blocks(feature_map), num_warps=4,
-    )  # fmt: skip
+        grad,
+        grad_map,
+        channels,
+        height,
+        width,
+        grad.stride(0),
+        offset,
+        S=size,
+        **_blocks(feature_map),
+        num_warps=4,
+    )
     return grad_map

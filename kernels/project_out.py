@@ -35,9 +35,22 @@ def _v_tile(V_ptr, b, start, N, K, svb, svn, svk, BLOCK_N: tl.constexpr, BLOCK_K
 
 @triton.jit
 def _project_out_apply_kernel(
-    x_ptr, V_ptr, out_ptr, coeffs_ptr, stats_ptr, scratch_ptr, N, K, svb, svn, svk, rtol,
-    RESCALE: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-):  # fmt: skip
+    x_ptr,
+    V_ptr,
+    out_ptr,
+    coeffs_ptr,
+    stats_ptr,
+    scratch_ptr,
+    N,
+    K,
+    svb,
+    svn,
+    svk,
+    rtol,
+    RESCALE: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+):
     b = tl.program_id(0)
     acc_ty = scratch_ptr.dtype.element_ty
     row0 = b.to(tl.int64) * N
@@ -77,9 +90,22 @@ def _project_out_apply_kernel(
 
 @triton.jit
 def _project_out_grads_kernel(
-    grad_ptr, x_ptr, V_ptr, coeffs_ptr, stats_ptr, grad_x_ptr, grad_v_ptr, N, K, svb, svn, svk,
-    NEED_V: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-):  # fmt: skip
+    grad_ptr,
+    x_ptr,
+    V_ptr,
+    coeffs_ptr,
+    stats_ptr,
+    grad_x_ptr,
+    grad_v_ptr,
+    N,
+    K,
+    svb,
+    svn,
+    svk,
+    NEED_V: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+):
     b = tl.program_id(0)
     acc_ty = coeffs_ptr.dtype.element_ty
     row0 = b.to(tl.int64) * N
@@ -120,7 +146,11 @@ def _project_out_grads_kernel(
         tl.store(grad_x_ptr + row0 + rows, grad_x.to(grad_x_ptr.dtype.element_ty), mask=inside)
         if NEED_V:
             grad_v = -gy[:, None] * c[None, :] - xv[:, None] * d[None, :]
-            tl.store(grad_v_ptr + (row0 + rows[:, None]) * K + cols[None, :], grad_v.to(grad_v_ptr.dtype.element_ty), mask=tile_mask)
+            tl.store(
+                grad_v_ptr + (row0 + rows[:, None]) * K + cols[None, :],
+                grad_v.to(grad_v_ptr.dtype.element_ty),
+                mask=tile_mask,
+            )
 
 
 def _blocks(rank: int) -> dict:
@@ -137,7 +167,9 @@ def project_out_apply(x: torch.Tensor, vectors: torch.Tensor, rescale: bool, rto
     coeffs = torch.empty(batch, rank, dtype=accumulate, device=x.device)
     stats = torch.empty(batch, 4, dtype=accumulate, device=x.device)
     scratch = torch.empty(batch, size, dtype=accumulate, device=x.device)
-    _project_out_apply_kernel[(batch,)](x, vectors, out, coeffs, stats, scratch, size, rank, *vectors.stride(), rtol, RESCALE=rescale, **_blocks(rank))
+    _project_out_apply_kernel[(batch,)](
+        x, vectors, out, coeffs, stats, scratch, size, rank, *vectors.stride(), rtol, RESCALE=rescale, **_blocks(rank)
+    )
     return out, coeffs, stats
 
 
@@ -146,9 +178,23 @@ def project_out_grads(grad, x, vectors, coeffs, stats, rescale: bool, rtol: floa
     batch, size = x.shape
     rank = vectors.shape[2]
     grad_x = torch.empty_like(x)
-    grad_v = torch.empty(vectors.shape, dtype=x.dtype, device=x.device) if need_vectors_grad else torch.empty(0, dtype=x.dtype, device=x.device)
+    grad_v = (
+        torch.empty(vectors.shape, dtype=x.dtype, device=x.device)
+        if need_vectors_grad
+        else torch.empty(0, dtype=x.dtype, device=x.device)
+    )
     _project_out_grads_kernel[(batch,)](
-        grad, x, vectors, coeffs, stats, grad_x, grad_v if need_vectors_grad else grad_x, size, rank, *vectors.stride(),
-        NEED_V=need_vectors_grad, **_blocks(rank),
-    )  # fmt: skip
+        grad,
+        x,
+        vectors,
+        coeffs,
+        stats,
+        grad_x,
+        grad_v if need_vectors_grad else grad_x,
+        size,
+        rank,
+        *vectors.stride(),
+        NEED_V=need_vectors_grad,
+        **_blocks(rank),
+    )
     return grad_x, grad_v

@@ -33,21 +33,34 @@ def main() -> None:
     frozen, updating = [], []
     for seed in seeds:
         config = json.loads((args.run_dir / f"cadistill-s{seed}" / "config.json").read_text())
-        distill = DistillConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in config.items() if k in {f.name for f in dataclasses.fields(DistillConfig)} and k != "data"})
+        distill = DistillConfig(
+            **{
+                k: tuple(v) if isinstance(v, list) else v
+                for k, v in config.items()
+                if k in {f.name for f in dataclasses.fields(DistillConfig)} and k != "data"
+            }
+        )
         distill = dataclasses.replace(distill, canonical_bn="update", data=DataConfig(**config["data"]))
         train_student(distill, args.run_dir / f"bn-update-s{seed}", progress=False)
-        frozen.append(json.loads((args.run_dir / f"cadistill-s{seed}" / "metrics.json").read_text())[-1]["val_accuracy"])
-        updating.append(json.loads((args.run_dir / f"bn-update-s{seed}" / "metrics.json").read_text())[-1]["val_accuracy"])
+        frozen.append(
+            json.loads((args.run_dir / f"cadistill-s{seed}" / "metrics.json").read_text())[-1]["val_accuracy"]
+        )
+        updating.append(
+            json.loads((args.run_dir / f"bn-update-s{seed}" / "metrics.json").read_text())[-1]["val_accuracy"]
+        )
         print(f"seed {seed}: frozen {frozen[-1]:.4f}, update {updating[-1]:.4f}", flush=True)
     difference = paired_difference(frozen, updating)
-    text = (f"# BatchNorm running statistics and the canonical batch (validation split)\n\n`python scripts/bn_check.py {args.run_dir}`: "
-            f"{len(seeds)} seeds of the demo's CaDistill student, each beside a twin trained with `--canonical-bn update`.\n\n"
-            f"| canonical forward | validation accuracy (%), mean ± 95% interval |\n|---|---|\n"
-            f"| frozen (default: running statistics from real images only) | {t_interval(frozen).describe()} |\n"
-            f"| update (the earlier behaviour) | {t_interval(updating).describe()} |\n\n"
-            f"Frozen minus update, paired per seed: {difference.describe()} points "
-            f"({'significant' if difference.significant else 'not significant'} at the 5% level). Per seed: "
-            + ", ".join(f"{100 * a:.1f} vs {100 * b:.1f}" for a, b in zip(frozen, updating)) + ".\n")  # fmt: skip
+    text = (
+        f"# BatchNorm running statistics and the canonical batch (validation split)\n\n`python scripts/bn_check.py {args.run_dir}`: "
+        f"{len(seeds)} seeds of the demo's CaDistill student, each beside a twin trained with `--canonical-bn update`.\n\n"
+        f"| canonical forward | validation accuracy (%), mean ± 95% interval |\n|---|---|\n"
+        f"| frozen (default: running statistics from real images only) | {t_interval(frozen).describe()} |\n"
+        f"| update (the earlier behaviour) | {t_interval(updating).describe()} |\n\n"
+        f"Frozen minus update, paired per seed: {difference.describe()} points "
+        f"({'significant' if difference.significant else 'not significant'} at the 5% level). Per seed: "
+        + ", ".join(f"{100 * a:.1f} vs {100 * b:.1f}" for a, b in zip(frozen, updating))
+        + ".\n"
+    )
     args.out.write_text(text)
     print(text)
 

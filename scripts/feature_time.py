@@ -73,13 +73,16 @@ def main() -> None:
     names = list(rows[0][1])
     lines = ["| t_f | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
     lines += [f"| {t} | " + " | ".join(f"{scores[n]:.3f}" for n in names) + " |" for t, scores in rows]
-    text = (f"# Feature time t_f, chosen on the validation split\n\n`python scripts/feature_time.py` (teacher {args.teacher}, data {args.data}, "
-            f"{len(val)} validation images, null label, features pooled {SearchConfig().feature_pool}×{SearchConfig().feature_pool}, one fixed noise draw). "
-            f"NMI of k-means on the teacher's features of real validation images re-noised to t_f, against their class:\n\n"
-            + "\n".join(lines) + f"\n\nHighest on all layers together: t_f = {best}.\n\n"
-            f"Why the null label: NMI of k-means on `mid_block` features of *pure Gaussian noise* at t = 600 (no image at all) against the "
-            f"validation labels, the network shown the true label {leak['true label']:.3f}, the null label {leak['null label']:.3f}, "
-            f"shuffled labels {leak['shuffled labels']:.3f}: with the true label the features cluster by the label input alone.\n")  # fmt: skip
+    text = (
+        f"# Feature time t_f, chosen on the validation split\n\n`python scripts/feature_time.py` (teacher {args.teacher}, data {args.data}, "
+        f"{len(val)} validation images, null label, features pooled {SearchConfig().feature_pool}×{SearchConfig().feature_pool}, one fixed noise draw). "
+        f"NMI of k-means on the teacher's features of real validation images re-noised to t_f, against their class:\n\n"
+        + "\n".join(lines)
+        + f"\n\nHighest on all layers together: t_f = {best}.\n\n"
+        f"Why the null label: NMI of k-means on `mid_block` features of *pure Gaussian noise* at t = 600 (no image at all) against the "
+        f"validation labels, the network shown the true label {leak['true label']:.3f}, the null label {leak['null label']:.3f}, "
+        f"shuffled labels {leak['shuffled labels']:.3f}: with the true label the features cluster by the label input alone.\n"
+    )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(text)
     print(text)

@@ -27,6 +27,7 @@ from clarep_fast.ops.spec import check_against_reference  # noqa: E402
 
 def _extra_cases(device):
     """(name, thunk) pairs: a call whose forward and backward run the kernel's other branches."""
+
     def tensor(*shape, dtype=torch.float32):
         return torch.randn(*shape, device=device, dtype=dtype, requires_grad=True)
 
@@ -47,7 +48,12 @@ def _extra_cases(device):
         maps = [tensor(3, 7, 5, 6), tensor(3, 2, 9, 9)]
         return feature_pool(maps, 1), tuple(maps)
 
-    return [("project_out k=64 rescale", project_out_k64), ("cka unbiased", cka_unbiased), ("feature_align mse", align_mse), ("feature_pool 1x1", pool_1x1)]
+    return [
+        ("project_out k=64 rescale", project_out_k64),
+        ("cka unbiased", cka_unbiased),
+        ("feature_align mse", align_mse),
+        ("feature_pool 1x1", pool_1x1),
+    ]
 
 
 def case_names() -> list[str]:
@@ -61,7 +67,9 @@ def run(backend: str, device: str) -> int:
         for dtype in (torch.float32, torch.float64):
             result = check_against_reference(spec, backend, device, dtype)
             failures += not result.ok
-            print(f"{backend} {spec.name} {dtype}: value error {result.value_error:.2g}, gradient error {result.grad_error:.2g} {'ok' if result.ok else 'FAILED'}")
+            print(
+                f"{backend} {spec.name} {dtype}: value error {result.value_error:.2g}, gradient error {result.grad_error:.2g} {'ok' if result.ok else 'FAILED'}"
+            )
         generator = torch.Generator().manual_seed(0)
         args, kwargs = spec.example(torch.device(device), torch.bfloat16, generator)
         with use_backend(backend):

@@ -34,7 +34,9 @@ def main() -> int:
     teacher = load_teacher(args.teacher)
     classes = teacher.num_classes
     judge, judge_accuracy = train_judge(teacher.resolution)
-    score, per_class, samples = class_consistency(teacher, judge, per_class=args.per_class, guidance=args.guidance, steps=args.steps)
+    score, per_class, samples = class_consistency(
+        teacher, judge, per_class=args.per_class, guidance=args.guidance, steps=args.steps
+    )
     out = args.out or args.teacher.parent
     out.mkdir(parents=True, exist_ok=True)
     grid = samples.view(classes, args.per_class, *samples.shape[1:])[:, :10].reshape(-1, *samples.shape[1:])

@@ -22,7 +22,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from clarep_fast.pipeline.clarid import SearchConfig, load_bank, run_search  # noqa: E402
 from clarep_fast.pipeline.teacher.quality import train_judge  # noqa: E402
 
-SETTINGS = [(600, 24, True), (600, 8, True), (600, 48, True), (600, 96, True), (500, 24, True), (500, 48, True), (700, 24, True), (600, 48, False)]
+SETTINGS = [
+    (600, 24, True),
+    (600, 8, True),
+    (600, 48, True),
+    (600, 96, True),
+    (500, 24, True),
+    (500, 48, True),
+    (700, 24, True),
+    (600, 48, False),
+]
 
 
 def main() -> int:
@@ -34,13 +43,17 @@ def main() -> int:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for t_e, k, rescale in SETTINGS:
-            config = dataclasses.replace(SearchConfig(), t_e=t_e, k=k, rescale=rescale, count=args.count, shard_size=args.count)
+            config = dataclasses.replace(
+                SearchConfig(), t_e=t_e, k=k, rescale=rescale, count=args.count, shard_size=args.count
+            )
             bank_dir = run_search(config, Path(tmp) / f"t{t_e}-k{k}-{rescale}", progress=False)
             bank = load_bank(bank_dir)
             summary = json.loads((bank_dir / "summary.json").read_text())
             with torch.no_grad():
-                consistency = {kind: float((judge((images.clamp(-1, 1) + 1) / 2).argmax(1) == bank.classes).float().mean())
-                               for kind, images in (("ordinary", bank.ordinary_samples), ("canonical", bank.samples))}  # fmt: skip
+                consistency = {
+                    kind: float((judge((images.clamp(-1, 1) + 1) / 2).argmax(1) == bank.classes).float().mean())
+                    for kind, images in (("ordinary", bank.ordinary_samples), ("canonical", bank.samples))
+                }
             row = {"t_e": t_e, "k": k, "rescale": rescale, "consistency": consistency, "background_spread": summary["background_spread"],
                    "nmi_all_layers": summary["nmi"]["all layers"], "seconds": summary["search_seconds_rank0"]}  # fmt: skip
             print(row, flush=True)
@@ -50,8 +63,10 @@ def main() -> int:
              "| t_e | k | rescale | class-consistency | background spread | NMI (all layers) | search s |", "|---|---|---|---|---|---|---|"]  # fmt: skip
     for row in rows:
         c, b, n = row["consistency"], row["background_spread"], row["nmi_all_layers"]
-        lines.append(f"| {row['t_e']} | {row['k']} | {row['rescale']} | {c['ordinary']:.3f} → {c['canonical']:.3f} | "
-                     f"{b['ordinary']:.3f} → {b['canonical']:.3f} | {n['ordinary']:.3f} → {n['canonical']:.3f} | {row['seconds']:.0f} |")  # fmt: skip
+        lines.append(
+            f"| {row['t_e']} | {row['k']} | {row['rescale']} | {c['ordinary']:.3f} → {c['canonical']:.3f} | "
+            f"{b['ordinary']:.3f} → {b['canonical']:.3f} | {n['ordinary']:.3f} → {n['canonical']:.3f} | {row['seconds']:.0f} |"
+        )
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "sweep.md").write_text("\n".join(lines) + "\n")
     (args.out / "sweep.json").write_text(json.dumps({"judge_accuracy": judge_accuracy, "rows": rows}, indent=1))

@@ -46,7 +46,10 @@ def test_bad_names_raise(monkeypatch):
 
 
 def test_explicit_unusable_backend_raises_and_auto_falls_back(monkeypatch):
-    with use_backend("cuda"), pytest.raises(RuntimeError, match="backend 'cuda' was requested but cannot run on cpu tensors"):
+    with (
+        use_backend("cuda"),
+        pytest.raises(RuntimeError, match="backend 'cuda' was requested but cannot run on cpu tensors"),
+    ):
         clarep_fast.cka(torch.randn(4, 3), torch.randn(4, 2))
     monkeypatch.setattr(backends, "extension", lambda: None)
     monkeypatch.setattr(backends, "extension_error", lambda: "pretend the build failed")
@@ -79,7 +82,9 @@ def test_triton_launchers_run_on_the_tensors_gpu_not_the_current_one(monkeypatch
     monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
     monkeypatch.setattr(torch.cuda, "device", Recorder)
     seen = []
-    kernels = backends.Kernels(torch=(), triton=lambda: (lambda x, flag: seen.append((x.device, flag, list(entered))),), compiled=lambda: ())
+    kernels = backends.Kernels(
+        torch=(), triton=lambda: (lambda x, flag: seen.append((x.device, flag, list(entered))),), compiled=lambda: ()
+    )
     launcher = kernels.on("triton")[0]
     launcher(torch.zeros(2).as_subclass(_OnSecondGpu), True)
     assert seen == [(torch.device("cuda", 1), True, [torch.device("cuda", 1)])]

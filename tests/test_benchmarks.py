@@ -8,7 +8,17 @@ from benchmarks.run import markdown_table, merged
 from clarep_fast.ops import OPS
 
 ROOT = Path(__file__).resolve().parent.parent
-MODULES = ("test_op_table", "test_cka", "test_feature_tap", "test_project_out", "test_feature_align", "test_cadistill_step", "test_clarid_search", "test_evaluate_step", "test_per_call")
+MODULES = (
+    "test_op_table",
+    "test_cka",
+    "test_feature_tap",
+    "test_project_out",
+    "test_feature_align",
+    "test_cadistill_step",
+    "test_clarid_search",
+    "test_evaluate_step",
+    "test_per_call",
+)
 
 
 def test_quick_suite_collects_every_op():
@@ -19,14 +29,29 @@ def test_quick_suite_collects_every_op():
     on_disk = {path.stem for path in (ROOT / "benchmarks").glob("test_*.py")}
     assert on_disk == set(MODULES)
     for module in MODULES:
-        assert any(line.startswith(f"benchmarks/{module}.py::") for line in collected), f"{module} collected no benchmark"
+        assert any(line.startswith(f"benchmarks/{module}.py::") for line in collected), (
+            f"{module} collected no benchmark"
+        )
     for spec in OPS:  # the table benchmark gives every op of the op table its rows
-        assert any(line.startswith(f"benchmarks/test_op_table.py::test_op_table[{spec.name}-") for line in collected), f"{spec.name} has no row"
-        assert any(line.startswith(f"benchmarks/test_per_call.py::test_per_call[{spec.name}-") for line in collected), f"{spec.name} has no per-call row"
+        assert any(line.startswith(f"benchmarks/test_op_table.py::test_op_table[{spec.name}-") for line in collected), (
+            f"{spec.name} has no row"
+        )
+        assert any(line.startswith(f"benchmarks/test_per_call.py::test_per_call[{spec.name}-") for line in collected), (
+            f"{spec.name} has no per-call row"
+        )
 
 
 def _record(provider, p50, shape="s", extra=None, **work):
-    return {"op": "op", "provider": provider, "mode": "m", "shape": shape, "dtype": "float32", "p50_ms": p50, "extra_mb": extra, **work}
+    return {
+        "op": "op",
+        "provider": provider,
+        "mode": "m",
+        "shape": shape,
+        "dtype": "float32",
+        "p50_ms": p50,
+        "extra_mb": extra,
+        **work,
+    }
 
 
 def test_table_ratios_are_other_over_fused_and_missing_providers_show_a_dash():
@@ -44,4 +69,8 @@ def test_table_ratios_are_other_over_fused_and_missing_providers_show_a_dash():
 def test_a_subset_run_replaces_only_its_rows():
     previous = [_record("fused", 1.0), _record("eager", 2.0), _record("fused", 1.0, shape="t")]
     result = merged(previous, [_record("fused", 9.0)])
-    assert sorted((r["shape"], r["provider"], r["p50_ms"]) for r in result) == [("s", "eager", 2.0), ("s", "fused", 9.0), ("t", "fused", 1.0)]
+    assert sorted((r["shape"], r["provider"], r["p50_ms"]) for r in result) == [
+        ("s", "eager", 2.0),
+        ("s", "fused", 9.0),
+        ("t", "fused", 1.0),
+    ]

@@ -38,7 +38,10 @@ def test_every_op_refuses_a_non_finite_input_in_both_modes(spec, backend, value)
     with clarep_fast.use_backend(backend):
         with finite_check("sync"), pytest.raises(ValueError, match=rf"^{spec.name}: .*NaN or Inf"):
             spec.fused(*args, **kwargs)
-        with finite_check("async"), pytest.raises(RuntimeError, match=rf"^{spec.name}: an input holds NaN or Inf.*{ENV_VAR}=sync"):
+        with (
+            finite_check("async"),
+            pytest.raises(RuntimeError, match=rf"^{spec.name}: an input holds NaN or Inf.*{ENV_VAR}=sync"),
+        ):
             spec.fused(*args, **kwargs)
 
 
@@ -55,7 +58,9 @@ def test_finite_inputs_pass_both_modes_with_the_same_result(spec):
 
 def test_feature_pool_names_a_cast_that_overflows():
     maps = [torch.full((2, 3, 4, 4), 1e5)]  # finite in fp32, above fp16's largest value once pooled
-    with pytest.raises(ValueError, match=r"feature_pool: down_blocks\.1 pools to values too large for float16 \(sample 0\)"):
+    with pytest.raises(
+        ValueError, match=r"feature_pool: down_blocks\.1 pools to values too large for float16 \(sample 0\)"
+    ):
         clarep_fast.feature_pool(maps, 2, out_dtype=torch.float16, names=["down_blocks.1"])
 
 
@@ -86,7 +91,11 @@ def _cuda_or_skip(backend: str) -> None:
 # every kind of call of each op: the example's options, then the other branches
 VARIANTS = {"cka": [{}, {"unbiased": True}], "feature_align": [{}, {"kind": "mse"}, {"kind": "mse", "reduction": "mean"}, {"reduction": "mean"}],
             "project_out": [{}, {"rescale": False}], "feature_pool": [{}, {"normalize": False}]}  # fmt: skip
-SYNC_CASES = [pytest.param(spec, variant, id=f"{spec.name}-{'-'.join(f'{k}={v}' for k, v in variant.items()) or 'example'}") for spec in OPS for variant in VARIANTS[spec.name]]
+SYNC_CASES = [
+    pytest.param(spec, variant, id=f"{spec.name}-{'-'.join(f'{k}={v}' for k, v in variant.items()) or 'example'}")
+    for spec in OPS
+    for variant in VARIANTS[spec.name]
+]
 
 
 def test_every_op_has_its_variants():
@@ -129,10 +138,12 @@ def test_sync_mode_names_the_argument_on_cuda(spec):
 def test_async_mode_stops_a_cuda_process_with_a_device_side_assert():
     """In its own process: a device-side assert leaves the CUDA context unusable."""
     _cuda_or_skip("cuda")
-    script = ("import torch, clarep_fast\n"
-              "x = torch.randn(8, 4, device='cuda'); x[3, 1] = float('nan')\n"
-              "clarep_fast.cka(x, torch.randn(8, 3, device='cuda'))\n"
-              "torch.cuda.synchronize()\n")  # fmt: skip
+    script = (
+        "import torch, clarep_fast\n"
+        "x = torch.randn(8, 4, device='cuda'); x[3, 1] = float('nan')\n"
+        "clarep_fast.cka(x, torch.randn(8, 3, device='cuda'))\n"
+        "torch.cuda.synchronize()\n"
+    )
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert result.returncode != 0
     assert "device-side assert" in result.stderr

@@ -50,28 +50,47 @@ def image_like(tmp_path_factory):
     """An environment whose Python sees only the GPU image's packages plus what the wheels carry."""
     hider = tmp_path_factory.mktemp("hider")
     (hider / "sitecustomize.py").write_text(SITECUSTOMIZE)
-    env = dict(os.environ, PYTHON=sys.executable, PYTHONPATH=str(hider), GPU_SITE=str(tmp_path_factory.mktemp("gpu-site") / "site"),
-               WHEELS=str(tmp_path_factory.mktemp("wheels")))  # fmt: skip
+    env = dict(
+        os.environ,
+        PYTHON=sys.executable,
+        PYTHONPATH=str(hider),
+        GPU_SITE=str(tmp_path_factory.mktemp("gpu-site") / "site"),
+        WHEELS=str(tmp_path_factory.mktemp("wheels")),
+    )
     env.pop("TRITON_INTERPRET", None)  # as on the GPU machine
     return env
 
 
 def test_the_hider_hides_what_the_image_lacks(image_like):
     for name in NOT_ON_THE_IMAGE:
-        result = subprocess.run([sys.executable, "-c", f"import {name}"], env=image_like, capture_output=True, text=True)
-        assert result.returncode != 0 and "not on the GPU image" in result.stderr, f"{name} was importable: {result.stderr[-300:]}"
+        result = subprocess.run(
+            [sys.executable, "-c", f"import {name}"], env=image_like, capture_output=True, text=True
+        )
+        assert result.returncode != 0 and "not on the GPU image" in result.stderr, (
+            f"{name} was importable: {result.stderr[-300:]}"
+        )
 
 
 def test_prepare_then_dry_run_collects_every_step(image_like, tmp_path):
-    prepared = subprocess.run(["bash", "scripts/gpu_check.sh", "--prepare"], cwd=ROOT, env=image_like, capture_output=True, text=True)
+    prepared = subprocess.run(
+        ["bash", "scripts/gpu_check.sh", "--prepare"], cwd=ROOT, env=image_like, capture_output=True, text=True
+    )
     assert prepared.returncode == 0, prepared.stdout[-2000:] + prepared.stderr[-2000:]
     wheels = sorted(path.name for path in Path(image_like["WHEELS"]).glob("*.whl"))
     for name in NOT_ON_THE_IMAGE:
-        assert any(wheel.lower().startswith(name.lower()) for wheel in wheels), f"--prepare did not fetch {name}: {wheels}"
+        assert any(wheel.lower().startswith(name.lower()) for wheel in wheels), (
+            f"--prepare did not fetch {name}: {wheels}"
+        )
     size = sum(path.stat().st_size for path in Path(image_like["WHEELS"]).glob("*.whl"))
     assert size < 32 * 2**20, f"the carried wheels take {size / 2**20:.1f} MiB of the device tool's 64 MiB"
 
-    dry = subprocess.run(["bash", "scripts/gpu_check.sh", "--dry-run", str(tmp_path / "out")], cwd=ROOT, env=image_like, capture_output=True, text=True)
+    dry = subprocess.run(
+        ["bash", "scripts/gpu_check.sh", "--dry-run", str(tmp_path / "out")],
+        cwd=ROOT,
+        env=image_like,
+        capture_output=True,
+        text=True,
+    )
     output = dry.stdout + dry.stderr
     assert dry.returncode == 0, output[-4000:]
     assert "FAILED" not in output and "every step ok" in output, output[-4000:]
@@ -84,5 +103,10 @@ def test_prepare_then_dry_run_collects_every_step(image_like, tmp_path):
 
 
 def test_an_unknown_step_is_refused():
-    result = subprocess.run(["bash", "scripts/gpu_check.sh", "--steps", "tests,nonsense", "/tmp/unused"], cwd=ROOT, capture_output=True, text=True)
+    result = subprocess.run(
+        ["bash", "scripts/gpu_check.sh", "--steps", "tests,nonsense", "/tmp/unused"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
     assert result.returncode == 2 and "unknown step nonsense" in result.stdout

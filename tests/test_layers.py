@@ -59,13 +59,21 @@ def module_name(path: Path) -> str:
 
 
 def test_the_tree_keeps_its_layers():
-    files = {module_name(path): path.read_text() for folder in ("clarep_fast", "kernels") for path in (ROOT / folder).rglob("*.py")}
+    files = {
+        module_name(path): path.read_text()
+        for folder in ("clarep_fast", "kernels")
+        for path in (ROOT / folder).rglob("*.py")
+    }
     assert len(files) > 30
     assert violations(files) == []
 
 
 def test_every_pipeline_package_is_a_stage_or_a_shared_helper():
-    parts = {path.stem if path.is_file() else path.name for path in (ROOT / "clarep_fast" / "pipeline").iterdir() if path.name not in ("__init__.py", "__pycache__")}
+    parts = {
+        path.stem if path.is_file() else path.name
+        for path in (ROOT / "clarep_fast" / "pipeline").iterdir()
+        if path.name not in ("__init__.py", "__pycache__")
+    }
     assert parts <= set(STAGES) | set(SHARED), f"place {sorted(parts - set(STAGES) - set(SHARED))} in the stage order"
 
 
@@ -76,4 +84,9 @@ def test_the_check_finds_each_kind_of_violation():
         "clarep_fast.pipeline.clarid.search": "from clarep_fast.pipeline.distill import train",
         "clarep_fast.pipeline.distill.train": "from clarep_fast.pipeline.clarid.bank import load_bank",  # upstream: fine
     })  # fmt: skip
-    assert len(found) == 3 and "kernel library" in found[0] and "shared helper" in found[1] and "downstream stage distill" in found[2]
+    assert (
+        len(found) == 3
+        and "kernel library" in found[0]
+        and "shared helper" in found[1]
+        and "downstream stage distill" in found[2]
+    )

@@ -8,12 +8,13 @@ from clarep_fast.backends import BACKENDS, unusable_reason
 from clarep_fast.ops.spec import TOLERANCES  # noqa: F401  the one table, re-exported for the tests
 
 
-
 def usable_backends(device: str) -> list[str]:
     return [name for name in BACKENDS if not unusable_reason(name, device)]
 
 
-def assert_close(actual: torch.Tensor, expected: torch.Tensor, tolerance: float, name: str, relative_to_max: bool = True) -> None:
+def assert_close(
+    actual: torch.Tensor, expected: torch.Tensor, tolerance: float, name: str, relative_to_max: bool = True
+) -> None:
     """|actual - expected| <= tolerance · max|expected| (or absolute); on failure list the worst elements."""
     actual = actual.detach().double().cpu()
     expected = expected.detach().double().cpu()
@@ -32,4 +33,6 @@ def assert_close(actual: torch.Tensor, expected: torch.Tensor, tolerance: float,
         index = tuple(torch.unravel_index(torch.tensor(flat_index), error.shape)) if error.dim() else ()
         index = tuple(int(i) for i in index)
         lines.append(f"  at {index}: got {actual[index].item():.8g}, expected {expected[index].item():.8g}")
-    raise AssertionError(f"{name}: max error {error.max().item():.3g} > {bound:.3g}; worst elements:\n" + "\n".join(lines))
+    raise AssertionError(
+        f"{name}: max error {error.max().item():.3g} > {bound:.3g}; worst elements:\n" + "\n".join(lines)
+    )

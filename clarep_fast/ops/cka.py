@@ -32,7 +32,14 @@ from clarep_fast.dtypes import accumulation_dtype, require_bool, require_float
 from clarep_fast.finite import refuse_non_finite
 from clarep_fast.ops.gram import shifted_gram_backward, shifted_gram_into
 from clarep_fast.ops.spec import OpSpec, random_tensor
-from clarep_fast.reference.cka import DEGENERATE_RTOL, SPREAD_RTOL, STATS_FIELDS, cka_grads_reference, cka_reference, cka_stats_reference
+from clarep_fast.reference.cka import (
+    DEGENERATE_RTOL,
+    SPREAD_RTOL,
+    STATS_FIELDS,
+    cka_grads_reference,
+    cka_reference,
+    cka_stats_reference,
+)
 
 NUM_STATS = len(STATS_FIELDS)
 X_ONLY_STATS = [STATS_FIELDS.index("hkk"), STATS_FIELDS.index("trace_x")]  # the fields that depend on x alone
@@ -65,12 +72,19 @@ KERNELS = Kernels(torch=(cka_stats_reference, cka_grads_reference), triton=_trit
 
 
 @torch.library.custom_op("clarep_fast::cka_forward", mutates_args=())
-def cka_forward(xs: list[Tensor], ys: list[Tensor], unbiased: bool, backend: str) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+def cka_forward(
+    xs: list[Tensor], ys: list[Tensor], unbiased: bool, backend: str
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     """CKA of P pairs (xs[p]: (n, d_p), ys[p]: (n, e_p)) -> (cka (P,), stats (P,8), rowsums (P,2,n), grams (P,2,n,n),
     scales (P,2), shifted (P,2): whether each input was shifted chunk by chunk, ops/gram.py)."""
     n, dtype = xs[0].shape[0], accumulation_dtype(*xs, *ys)
     grams = torch.empty(len(xs), 2, n, n, dtype=dtype, device=xs[0].device)  # (P, 2, n, n) shifted Grams K'
-    shifted = torch.tensor([[shifted_gram_into(x, grams[pair, 0]), shifted_gram_into(y, grams[pair, 1])] for pair, (x, y) in enumerate(zip(xs, ys))])
+    shifted = torch.tensor(
+        [
+            [shifted_gram_into(x, grams[pair, 0]), shifted_gram_into(y, grams[pair, 1])]
+            for pair, (x, y) in enumerate(zip(xs, ys))
+        ]
+    )
     scales = _condition_grams(grams, xs, ys)
     stats, rowsums = KERNELS.on(backend)[0](grams, unbiased, DEGENERATE_RTOL)
     _raise_if_not_finite(stats)
@@ -101,7 +115,9 @@ def cka_backward(
     backend: str,
 ) -> tuple[list[Tensor], list[Tensor]]:
     """Input gradients of cka_forward; an input list that needs no gradient gets an empty list."""
-    coefficients = KERNELS.on(backend)[1](grams, rowsums, stats, grad.to(grams.dtype).contiguous(), unbiased, DEGENERATE_RTOL)
+    coefficients = KERNELS.on(backend)[1](
+        grams, rowsums, stats, grad.to(grams.dtype).contiguous(), unbiased, DEGENERATE_RTOL
+    )
     coefficients = coefficients * scales[:, :, None, None]  # the Grams were scaled by s: dCKA/dK = s · dCKA/d(sK)
     flags = shifted.tolist()  # a CPU tensor: no sync
     dxs = [shifted_gram_backward(coefficients[p, 0], x, flags[p][0]) for p, x in enumerate(xs)] if need_x else []
@@ -129,7 +145,9 @@ def _backward(ctx, grad_cka, *unused_grads):
     stats, rowsums, grams, scales, shifted, *inputs = ctx.saved_tensors
     xs, ys = inputs[: ctx.pairs], inputs[ctx.pairs :]
     need_x, need_y = any(_flatten(ctx.needs_input_grad[0])), any(_flatten(ctx.needs_input_grad[1]))
-    dxs, dys = cka_backward(grad_cka, stats, rowsums, grams, scales, shifted, xs, ys, ctx.unbiased, need_x, need_y, ctx.backend)
+    dxs, dys = cka_backward(
+        grad_cka, stats, rowsums, grams, scales, shifted, xs, ys, ctx.unbiased, need_x, need_y, ctx.backend
+    )
     nothing = [None] * ctx.pairs  # a tensor-list input takes a list of per-tensor gradients
     return (dxs if need_x else nothing), (dys if need_y else nothing), None, None
 
@@ -164,14 +182,28 @@ class CkaFunction(torch.autograd.Function):
         stats, rowsums, grams, scales, shifted, *inputs = ctx.saved_tensors
         needs = ctx.needs_input_grad[3:]
         need_x, need_y = any(needs[: ctx.pairs]), any(needs[ctx.pairs :])
-        dxs, dys = cka_backward(grad_cka, stats, rowsums, grams, scales, shifted, inputs[: ctx.pairs], inputs[ctx.pairs :],
-                                ctx.unbiased, need_x, need_y, ctx.backend)  # fmt: skip
+        dxs, dys = cka_backward(
+            grad_cka,
+            stats,
+            rowsums,
+            grams,
+            scales,
+            shifted,
+            inputs[: ctx.pairs],
+            inputs[ctx.pairs :],
+            ctx.unbiased,
+            need_x,
+            need_y,
+            ctx.backend,
+        )
         grads = (dxs if need_x else [None] * ctx.pairs) + (dys if need_y else [None] * ctx.pairs)
         return (None, None, None, *(grad if need else None for grad, need in zip(grads, needs)))
 
     @staticmethod
     def vmap(info, in_dims, *args):
-        raise RuntimeError("clarep_fast.cka has no vmap rule: pass the layer pairs to one cka_pairs(xs, ys) call instead of mapping over them")
+        raise RuntimeError(
+            "clarep_fast.cka has no vmap rule: pass the layer pairs to one cka_pairs(xs, ys) call instead of mapping over them"
+        )
 
 
 # ----------------------------------------------------------------------------- public API
@@ -224,7 +256,9 @@ def _validated(xs, ys, unbiased: bool, names: tuple[str, str]) -> tuple[list[Ten
         raise TypeError(f"{names[0]} and {names[1]} must be sequences of tensors; use cka(x, y) for one pair")
     xs, ys = list(xs), list(ys)
     if not xs or len(xs) != len(ys):
-        raise ValueError(f"{names[0]} and {names[1]} must be non-empty and of equal length, got {len(xs)} and {len(ys)}")
+        raise ValueError(
+            f"{names[0]} and {names[1]} must be non-empty and of equal length, got {len(xs)} and {len(ys)}"
+        )
     single = len(xs) == 1 and names == ("x", "y")
     flat = {names[0]: [], names[1]: []}
     device, n = None, None
@@ -233,15 +267,21 @@ def _validated(xs, ys, unbiased: bool, names: tuple[str, str]) -> tuple[list[Ten
             name = side if single else f"{side}[{pair}]"
             require_float(name, tensor)
             if tensor.dim() < 2:
-                raise ValueError(f"{name} must have shape (n, ...) with at least 2 dimensions, got shape {tuple(tensor.shape)}")
+                raise ValueError(
+                    f"{name} must have shape (n, ...) with at least 2 dimensions, got shape {tuple(tensor.shape)}"
+                )
             if tensor.numel() == 0:
                 raise ValueError(f"{name} is empty (shape {tuple(tensor.shape)}); CKA needs samples and features")
             if device is None:
                 device, n = tensor.device, tensor.shape[0]
             if tensor.device != device:
-                raise ValueError(f"{name} is on {tensor.device} but the first input is on {device}; put all inputs on one device")
+                raise ValueError(
+                    f"{name} is on {tensor.device} but the first input is on {device}; put all inputs on one device"
+                )
             if tensor.shape[0] != n:
-                raise ValueError(f"{name} has {tensor.shape[0]} samples but the first input has {n}; all inputs must share n")
+                raise ValueError(
+                    f"{name} has {tensor.shape[0]} samples but the first input has {n}; all inputs must share n"
+                )
             flat[side].append(tensor.reshape(n, -1))
     minimum = 4 if unbiased else 2
     if n < minimum:
@@ -264,12 +304,16 @@ def _condition_grams(grams: Tensor, xs: list[Tensor], ys: list[Tensor]) -> Tenso
     Both are one multiply by s·mask; no host sync. A NaN (an overflowed Gram) stays, to be reported.
     """
     n = grams.shape[-1]
-    first = torch.stack([torch.stack([x[0].double().square().sum(), y[0].double().square().sum()]) for x, y in zip(xs, ys)])  # (P, 2)
+    first = torch.stack(
+        [torch.stack([x[0].double().square().sum(), y[0].double().square().sum()]) for x, y in zip(xs, ys)]
+    )  # (P, 2)
     trace = grams.diagonal(dim1=-2, dim2=-1).sum(-1, dtype=torch.float64)  # (P, 2)
     spread = trace - grams.sum((-2, -1), dtype=torch.float64) / n
     resolved = ~(spread <= SPREAD_RTOL[grams.dtype] * (trace + n * first))
     usable = torch.isfinite(trace) & (trace > 0)
-    exponent = -torch.floor(torch.log2(torch.where(usable, trace, torch.ones_like(trace)))).clamp(-126, 126)  # s stays a finite fp32 number
+    exponent = -torch.floor(torch.log2(torch.where(usable, trace, torch.ones_like(trace)))).clamp(
+        -126, 126
+    )  # s stays a finite fp32 number
     scales = torch.where(usable, torch.exp2(exponent), torch.ones_like(trace)).to(grams.dtype)
     grams.mul_((scales * resolved)[..., None, None])
     return scales

@@ -24,8 +24,13 @@ from clarep_fast.dtypes import accumulation_dtype, non_finite_reason, require_fl
 from clarep_fast.finite import refuse_non_finite
 from clarep_fast.ops.spec import OpSpec, random_tensor
 from clarep_fast.reference.feature_align import (
-    ALIGN_EPS, KINDS, REDUCTIONS, feature_align_grads_reference, feature_align_sums_reference, feature_align_reference,
-)  # fmt: skip
+    ALIGN_EPS,
+    KINDS,
+    REDUCTIONS,
+    feature_align_grads_reference,
+    feature_align_sums_reference,
+    feature_align_reference,
+)
 
 
 # ----------------------------------------------------------------------------- backend kernels
@@ -44,7 +49,11 @@ def _compiled_kernels():
     return compiled_ops().feature_align_sums.default, compiled_ops().feature_align_grads.default
 
 
-KERNELS = Kernels(torch=(feature_align_sums_reference, feature_align_grads_reference), triton=_triton_kernels, compiled=_compiled_kernels)
+KERNELS = Kernels(
+    torch=(feature_align_sums_reference, feature_align_grads_reference),
+    triton=_triton_kernels,
+    compiled=_compiled_kernels,
+)
 
 
 # ----------------------------------------------------------------------------- custom ops
@@ -55,7 +64,9 @@ def feature_align_forward(students: list[Tensor], teachers: list[Tensor], backen
     """(B, D_l) pairs -> (P, B, 4) row statistics [s·t, s·s, t·t, ‖s - t‖²]."""
     forward = KERNELS.on(backend)[0]
     stats = torch.stack([forward(s.contiguous(), t.contiguous()) for s, t in zip(students, teachers)])
-    _raise_if_not_finite(stats, students, teachers)  # inside the op: torch.compile sees one opaque call, no data-dependent branch
+    _raise_if_not_finite(
+        stats, students, teachers
+    )  # inside the op: torch.compile sees one opaque call, no data-dependent branch
     return stats
 
 
@@ -65,12 +76,22 @@ def _(students, teachers, backend):
 
 
 @torch.library.custom_op("clarep_fast::feature_align_backward", mutates_args=())
-def feature_align_backward(grad_stats: Tensor, students: list[Tensor], teachers: list[Tensor], need_students: bool, need_teachers: bool, backend: str) -> list[Tensor]:
+def feature_align_backward(
+    grad_stats: Tensor,
+    students: list[Tensor],
+    teachers: list[Tensor],
+    need_students: bool,
+    need_teachers: bool,
+    backend: str,
+) -> list[Tensor]:
     """[ds_1 .. ds_P, dt_1 .. dt_P] (empty tensors where not needed) from the statistics' gradient."""
     backward = KERNELS.on(backend)[1]
     g_st, g_ss, g_tt, g_dd = grad_stats.unbind(-1)  # each (P, B)
     coeffs = torch.stack([g_st - 2 * g_dd, 2 * (g_ss + g_dd), 2 * (g_tt + g_dd)], dim=-1).contiguous()  # (P, B, 3)
-    pairs = [backward(s.contiguous(), t.contiguous(), coeffs[p], need_students, need_teachers) for p, (s, t) in enumerate(zip(students, teachers))]
+    pairs = [
+        backward(s.contiguous(), t.contiguous(), coeffs[p], need_students, need_teachers)
+        for p, (s, t) in enumerate(zip(students, teachers))
+    ]
     return [pair[0] for pair in pairs] + [pair[1] for pair in pairs]
 
 
@@ -123,18 +144,24 @@ class FeatureAlignFunction(torch.autograd.Function):
         tensors = ctx.saved_tensors
         needs = ctx.needs_input_grad[2:]
         need_s, need_t = any(needs[: ctx.pairs]), any(needs[ctx.pairs :])
-        grads = feature_align_backward(grad_stats.contiguous(), list(tensors[: ctx.pairs]), list(tensors[ctx.pairs :]), need_s, need_t, ctx.backend)
+        grads = feature_align_backward(
+            grad_stats.contiguous(), list(tensors[: ctx.pairs]), list(tensors[ctx.pairs :]), need_s, need_t, ctx.backend
+        )
         return (None, None, *(grad if need else None for grad, need in zip(grads, needs)))
 
     @staticmethod
     def vmap(info, in_dims, *args):
-        raise RuntimeError("clarep_fast.feature_align has no vmap rule: it already takes a batch (B, ...) and every layer pair in one call")
+        raise RuntimeError(
+            "clarep_fast.feature_align has no vmap rule: it already takes a batch (B, ...) and every layer pair in one call"
+        )
 
 
 # ----------------------------------------------------------------------------- public API
 
 
-def feature_align(students: Sequence[Tensor], teachers: Sequence[Tensor], *, kind: str = "cosine", reduction: str = "mean") -> Tensor:
+def feature_align(
+    students: Sequence[Tensor], teachers: Sequence[Tensor], *, kind: str = "cosine", reduction: str = "mean"
+) -> Tensor:
     """CaDistill's alignment loss between projected student features and teacher features.
 
     ``students[l]`` and ``teachers[l]`` (B, ...) are one layer pair (flattened per sample; the
@@ -159,7 +186,9 @@ def feature_align(students: Sequence[Tensor], teachers: Sequence[Tensor], *, kin
         floor = ALIGN_EPS**2
         per_pair = 1 - st / (ss.clamp_min(floor).sqrt() * tt.clamp_min(floor).sqrt())
     else:
-        per_pair = torch.stack([dd[pair] / s.shape[1] for pair, s in enumerate(students)])  # Python divisors: no host-to-device copy
+        per_pair = torch.stack(
+            [dd[pair] / s.shape[1] for pair, s in enumerate(students)]
+        )  # Python divisors: no host-to-device copy
     loss = per_pair.mean(0)
     return loss.mean() if reduction == "mean" else loss
 
@@ -174,7 +203,9 @@ def _validated(students, teachers, kind, reduction) -> tuple[list[Tensor], list[
             raise TypeError(f"{name} must be a sequence of (B, ...) tensors (one per layer pair), not a single tensor")
     students, teachers = list(students), list(teachers)
     if not students or len(students) != len(teachers):
-        raise ValueError(f"need one teacher per student and at least one pair, got {len(students)} students and {len(teachers)} teachers")
+        raise ValueError(
+            f"need one teacher per student and at least one pair, got {len(students)} students and {len(teachers)} teachers"
+        )
     batch = None
     flat_s, flat_t = [], []
     for pair, (s, t) in enumerate(zip(students, teachers)):
@@ -184,13 +215,19 @@ def _validated(students, teachers, kind, reduction) -> tuple[list[Tensor], list[
                 raise ValueError(f"{side}[{pair}] must be a non-empty (B, ...) tensor, got shape {tuple(tensor.shape)}")
         batch = s.shape[0] if batch is None else batch
         if s.shape[0] != batch or t.shape[0] != batch:
-            raise ValueError(f"pair {pair} has batch {s.shape[0]} (student) and {t.shape[0]} (teacher); every pair needs batch {batch}")
+            raise ValueError(
+                f"pair {pair} has batch {s.shape[0]} (student) and {t.shape[0]} (teacher); every pair needs batch {batch}"
+            )
         if s[0].numel() != t[0].numel():
-            raise ValueError(f"pair {pair}: student has {s[0].numel()} features per sample but teacher has {t[0].numel()}; project the student to the teacher's width first")
+            raise ValueError(
+                f"pair {pair}: student has {s[0].numel()} features per sample but teacher has {t[0].numel()}; project the student to the teacher's width first"
+            )
         if s.dtype != t.dtype:
             raise TypeError(f"pair {pair}: student is {s.dtype} but teacher is {t.dtype}; cast one side")
         if s.device != t.device or s.device != students[0].device:
-            raise ValueError(f"pair {pair}: all features must be on {students[0].device}, got {s.device} and {t.device}")
+            raise ValueError(
+                f"pair {pair}: all features must be on {students[0].device}, got {s.device} and {t.device}"
+            )
         flat_s.append(s.reshape(batch, -1))
         flat_t.append(t.reshape(batch, -1))
     return flat_s, flat_t
@@ -213,8 +250,14 @@ def _raise_if_not_finite(stats: Tensor, students: list[Tensor], teachers: list[T
 
 def _example(device, dtype, generator):
     """Two pairs at odd widths (one student side 4-d), cosine, per-sample losses; both sides trainable."""
-    students = [random_tensor(generator, device, dtype, 5, 37, requires_grad=True), random_tensor(generator, device, dtype, 5, 3, 4, 4, requires_grad=True)]
-    teachers = [random_tensor(generator, device, dtype, 5, 37, requires_grad=True), random_tensor(generator, device, dtype, 5, 48, requires_grad=True)]
+    students = [
+        random_tensor(generator, device, dtype, 5, 37, requires_grad=True),
+        random_tensor(generator, device, dtype, 5, 3, 4, 4, requires_grad=True),
+    ]
+    teachers = [
+        random_tensor(generator, device, dtype, 5, 37, requires_grad=True),
+        random_tensor(generator, device, dtype, 5, 48, requires_grad=True),
+    ]
     return (students, teachers), {"kind": "cosine", "reduction": "none"}
 
 

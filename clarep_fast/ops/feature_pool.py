@@ -29,7 +29,12 @@ from clarep_fast.ops.batching import register_loop_vmap
 from clarep_fast.dtypes import FLOAT_DTYPES, accumulation_dtype, require_bool, require_float
 from clarep_fast.finite import refuse_non_finite
 from clarep_fast.ops.spec import OpSpec, random_tensor
-from clarep_fast.reference.feature_pool import NORMALIZE_EPS, feature_pool_spread_reference, feature_pool_pack_reference, feature_pool_reference
+from clarep_fast.reference.feature_pool import (
+    NORMALIZE_EPS,
+    feature_pool_spread_reference,
+    feature_pool_pack_reference,
+    feature_pool_reference,
+)
 
 
 # ----------------------------------------------------------------------------- backend kernels
@@ -48,7 +53,11 @@ def _compiled_kernels():
     return compiled_ops().feature_pool_pack.default, compiled_ops().feature_pool_spread.default
 
 
-KERNELS = Kernels(torch=(feature_pool_pack_reference, feature_pool_spread_reference), triton=_triton_kernels, compiled=_compiled_kernels)
+KERNELS = Kernels(
+    torch=(feature_pool_pack_reference, feature_pool_spread_reference),
+    triton=_triton_kernels,
+    compiled=_compiled_kernels,
+)
 
 
 def _offsets(maps: Sequence[Tensor], size: int) -> list[int]:
@@ -63,7 +72,9 @@ def _offsets(maps: Sequence[Tensor], size: int) -> list[int]:
 
 
 @torch.library.custom_op("clarep_fast::feature_pool_forward", mutates_args=())
-def feature_pool_forward(maps: list[Tensor], size: int, normalize: bool, out_dtype: torch.dtype, names: str, backend: str) -> tuple[Tensor, Tensor]:
+def feature_pool_forward(
+    maps: list[Tensor], size: int, normalize: bool, out_dtype: torch.dtype, names: str, backend: str
+) -> tuple[Tensor, Tensor]:
     """maps (B, C_l, H_l, W_l) -> (packed (B, Σ C_l·size²) in out_dtype, norms (B, L) of the pooled slices).
     ``names``: the maps' names for error messages, one per line (a schema takes no list of strings)."""
     offsets = _offsets(maps, size)
@@ -88,11 +99,15 @@ def feature_pool_forward(maps: list[Tensor], size: int, normalize: bool, out_dty
 def _(maps, size, normalize, out_dtype, names, backend):
     total = sum(feature_map.shape[1] for feature_map in maps) * size * size
     batch = maps[0].shape[0]
-    return maps[0].new_empty(batch, total, dtype=out_dtype), maps[0].new_empty(batch, len(maps), dtype=accumulation_dtype(*maps))
+    return maps[0].new_empty(batch, total, dtype=out_dtype), maps[0].new_empty(
+        batch, len(maps), dtype=accumulation_dtype(*maps)
+    )
 
 
 @torch.library.custom_op("clarep_fast::feature_pool_backward", mutates_args=())
-def feature_pool_backward(grad: Tensor, packed: Tensor, norms: Tensor, maps: list[Tensor], size: int, normalize: bool, backend: str) -> list[Tensor]:
+def feature_pool_backward(
+    grad: Tensor, packed: Tensor, norms: Tensor, maps: list[Tensor], size: int, normalize: bool, backend: str
+) -> list[Tensor]:
     """Gradients of every map (contiguous, map dtype) from the packed gradient."""
     offsets = _offsets(maps, size)
     grad = grad.to(norms.dtype)
@@ -204,15 +219,19 @@ def check_cuda_launch(size: int, dtype: torch.dtype) -> None:
     width = torch.finfo(accumulation_dtype(torch.empty(0, dtype=dtype))).bits // 8
     largest = int((CUDA_SHARED_BYTES // width) ** 0.5)
     if size > largest:
-        raise ValueError(f"size {size} needs {size * size * width:,} bytes of shared memory per block on the cuda backend, over its "
-                         f"{CUDA_SHARED_BYTES:,}; use size <= {largest} for {str(dtype).removeprefix('torch.')} maps, or the triton backend")
+        raise ValueError(
+            f"size {size} needs {size * size * width:,} bytes of shared memory per block on the cuda backend, over its "
+            f"{CUDA_SHARED_BYTES:,}; use size <= {largest} for {str(dtype).removeprefix('torch.')} maps, or the triton backend"
+        )
 
 
 def split_packed(packed: Tensor, channels: Sequence[int], size: int) -> list[Tensor]:
     """Per-layer views (B, C_l, size, size) of a packed (B, Σ C_l·size²) tensor, in packing order."""
     needed = sum(channels) * size * size
     if needed != packed.shape[1]:
-        raise ValueError(f"packed has {packed.shape[1]} columns but channels {list(channels)} at size {size} need {needed}")
+        raise ValueError(
+            f"packed has {packed.shape[1]} columns but channels {list(channels)} at size {size} need {needed}"
+        )
     views, start = [], 0
     for width in channels:
         views.append(packed[:, start : start + width * size * size].unflatten(1, (width, size, size)))
@@ -230,7 +249,9 @@ def validated_maps(maps, size, out_dtype=None, names=None) -> list[Tensor]:
         raise ValueError("maps is empty: tap at least one layer")
     if len(names) != len(maps):
         raise ValueError(f"names has {len(names)} entries for {len(maps)} maps")
-    if not all(isinstance(name, str) and "\n" not in name for name in names):  # they travel to the op joined by newlines
+    if not all(
+        isinstance(name, str) and "\n" not in name for name in names
+    ):  # they travel to the op joined by newlines
         raise ValueError(f"names must be strings without newlines, got {names!r}")
     if not isinstance(size, int) or isinstance(size, bool) or size < 1:
         raise ValueError(f"size must be a positive int, got {size!r}")
@@ -242,7 +263,9 @@ def validated_maps(maps, size, out_dtype=None, names=None) -> list[Tensor]:
         if feature_map.dim() != 4:
             raise ValueError(f"{name} must have shape (B, C, H, W), got {tuple(feature_map.shape)}")
         if feature_map.dtype != first.dtype:
-            raise TypeError(f"{name} is {feature_map.dtype} but {names[0]} is {first.dtype}; tapped maps must share a dtype")
+            raise TypeError(
+                f"{name} is {feature_map.dtype} but {names[0]} is {first.dtype}; tapped maps must share a dtype"
+            )
         if feature_map.device != first.device:
             raise ValueError(f"{name} is on {feature_map.device} but {names[0]} is on {first.device}")
         if feature_map.shape[0] != first.shape[0]:
@@ -251,7 +274,9 @@ def validated_maps(maps, size, out_dtype=None, names=None) -> list[Tensor]:
             raise ValueError(f"{name} is empty (shape {tuple(feature_map.shape)})")
         height, width = feature_map.shape[2:]
         if size > height or size > width:
-            raise ValueError(f"pool size {size} is larger than {name}'s {height}×{width} map; use size <= {min(height, width)}")
+            raise ValueError(
+                f"pool size {size} is larger than {name}'s {height}×{width} map; use size <= {min(height, width)}"
+            )
     return maps
 
 
@@ -265,8 +290,10 @@ def _raise_if_not_finite(packed: Tensor, maps: list[Tensor], offsets: list[int],
         layer = next(layer for layer in range(len(maps)) if column < offsets[layer + 1])
         if not bool(torch.isfinite(maps[layer][sample]).all()):
             return f"feature_pool: {names[layer]} holds NaN or Inf (sample {sample})"
-        return (f"feature_pool: {names[layer]} pools to values too large for {str(packed.dtype).removeprefix('torch.')} "
-                f"(sample {sample}); pass a wider out_dtype or scale the features down")
+        return (
+            f"feature_pool: {names[layer]} pools to values too large for {str(packed.dtype).removeprefix('torch.')} "
+            f"(sample {sample}); pass a wider out_dtype or scale the features down"
+        )
 
     refuse_non_finite(packed, "feature_pool", explain)
 
@@ -277,7 +304,9 @@ def _raise_if_not_finite(packed: Tensor, maps: list[Tensor], offsets: list[int],
 def _example(device, dtype, generator):
     """Two maps with uneven pooling windows (7×9 and 4×4 to 3×3), normalized, one channels-last."""
     first = random_tensor(generator, device, dtype, 3, 5, 7, 9, requires_grad=True)
-    second = random_tensor(generator, device, dtype, 3, 4, 4, 4).to(memory_format=torch.channels_last).requires_grad_(True)
+    second = (
+        random_tensor(generator, device, dtype, 3, 4, 4, 4).to(memory_format=torch.channels_last).requires_grad_(True)
+    )
     return ([first, second], 3), {"normalize": True}
 
 

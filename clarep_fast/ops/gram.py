@@ -34,7 +34,9 @@ import torch
 _ROW_BLOCKS = 2  # syrk blocking: 3 of 4 block products
 _SPLIT_MIN_ROWS = {"cpu": 128, "cuda": 512}  # below these one product beats three
 _CHUNK_ELEMENTS = {"cpu": 1 << 21, "cuda": 1 << 24}  # at most 8 MiB (CPU) / 64 MiB (CUDA) of fp32 per shifted chunk
-LOW_PRECISION_GEMM_DEVICES = ("cuda",)  # where fp16/bf16 GEMMs accumulate in fp32 at full speed (on CPU they are slow: upcast instead)
+LOW_PRECISION_GEMM_DEVICES = (
+    "cuda",
+)  # where fp16/bf16 GEMMs accumulate in fp32 at full speed (on CPU they are slow: upcast instead)
 
 
 @contextlib.contextmanager
@@ -104,7 +106,12 @@ def shifted_gram_into(x: torch.Tensor, out: torch.Tensor) -> bool:
             k = out[:, 0].clone()
             out.sub_(k[:, None]).sub_(k[None, :]).add_(k[0])
             return False
-    low_precision_gemm = x.device.type in LOW_PRECISION_GEMM_DEVICES and x.dtype in (torch.float16, torch.bfloat16) and out.dtype == torch.float32 and _mm_has_out_dtype(str(x.device))
+    low_precision_gemm = (
+        x.device.type in LOW_PRECISION_GEMM_DEVICES
+        and x.dtype in (torch.float16, torch.bfloat16)
+        and out.dtype == torch.float32
+        and _mm_has_out_dtype(str(x.device))
+    )
     for start, chunk in _shifted_chunks(x, out.dtype):
         if low_precision_gemm:  # cuBLAS: low-precision operands (the shifted chunk cast back), fp32 accumulation
             operand = (chunk * _FP16_RANGE_SCALE).to(x.dtype) if x.dtype == torch.float16 else chunk.to(x.dtype)
@@ -168,7 +175,10 @@ def shifted_gram_backward(coefficients: torch.Tensor, x: torch.Tensor, shifted: 
         peak = coefficients.abs().amax().clamp_min(torch.finfo(coefficients.dtype).tiny)
         scale = torch.exp2(-torch.floor(torch.log2(peak)))  # 0-dim, power of two
         range_scale = _FP16_RANGE_SCALE
-        operator, unscale = (coefficients * scale).to(x.dtype), (1.0 / (scale * range_scale)).float()  # exact powers of two, applied in fp32
+        operator, unscale = (
+            (coefficients * scale).to(x.dtype),
+            (1.0 / (scale * range_scale)).float(),
+        )  # exact powers of two, applied in fp32
     elif low_precision_gemm:
         operator = coefficients.to(x.dtype)
     else:

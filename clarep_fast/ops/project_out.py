@@ -19,7 +19,12 @@ from clarep_fast.ops.batching import register_loop_vmap
 from clarep_fast.dtypes import accumulation_dtype, non_finite_reason, require_bool, require_float
 from clarep_fast.finite import refuse_non_finite
 from clarep_fast.ops.spec import OpSpec, random_tensor
-from clarep_fast.reference.project_out import RESCALE_RTOL, project_out_grads_reference, project_out_apply_reference, project_out_reference
+from clarep_fast.reference.project_out import (
+    RESCALE_RTOL,
+    project_out_grads_reference,
+    project_out_apply_reference,
+    project_out_reference,
+)
 
 
 # ----------------------------------------------------------------------------- backend kernels
@@ -39,7 +44,9 @@ def _compiled_kernels():
     return compiled_ops().project_out_apply.default, compiled_ops().project_out_grads.default
 
 
-KERNELS = Kernels(torch=(project_out_apply_reference, project_out_grads_reference), triton=_triton_kernels, compiled=_compiled_kernels)
+KERNELS = Kernels(
+    torch=(project_out_apply_reference, project_out_grads_reference), triton=_triton_kernels, compiled=_compiled_kernels
+)
 
 
 # ----------------------------------------------------------------------------- custom ops
@@ -62,7 +69,14 @@ def _(x, vectors, rescale, backend):
 
 @torch.library.custom_op("clarep_fast::project_out_backward", mutates_args=())
 def project_out_backward(
-    grad: Tensor, x: Tensor, vectors: Tensor, coeffs: Tensor, stats: Tensor, rescale: bool, need_vectors_grad: bool, backend: str
+    grad: Tensor,
+    x: Tensor,
+    vectors: Tensor,
+    coeffs: Tensor,
+    stats: Tensor,
+    rescale: bool,
+    need_vectors_grad: bool,
+    backend: str,
 ) -> tuple[Tensor, Tensor]:
     """-> (grad_x (B, N), grad_vectors (B, N, K), or an empty tensor unless need_vectors_grad)."""
     backward = KERNELS.on(backend)[1]
@@ -114,7 +128,9 @@ class ProjectOutFunction(torch.autograd.Function):
 
     @staticmethod
     def vmap(info, in_dims, *args):
-        raise RuntimeError("clarep_fast.project_out has no vmap rule: it already takes a batch x (B, ...) with per-sample vectors (B, N, k)")
+        raise RuntimeError(
+            "clarep_fast.project_out has no vmap rule: it already takes a batch x (B, ...) with per-sample vectors (B, N, k)"
+        )
 
 
 # ----------------------------------------------------------------------------- public API
@@ -151,8 +167,10 @@ def check_cuda_launch(rank: int, dtype: torch.dtype) -> None:
     width = torch.finfo(accumulation_dtype(torch.empty(0, dtype=dtype))).bits // 8
     largest = CUDA_SHARED_BYTES // width
     if rank > largest:
-        raise ValueError(f"vectors has k = {rank} directions; the cuda backend holds at most {largest:,} in shared memory for "
-                         f"{str(dtype).removeprefix('torch.')} inputs; use the triton or torch backend, or fewer directions")
+        raise ValueError(
+            f"vectors has k = {rank} directions; the cuda backend holds at most {largest:,} in shared memory for "
+            f"{str(dtype).removeprefix('torch.')} inputs; use the triton or torch backend, or fewer directions"
+        )
 
 
 def _validate(x, vectors) -> None:
@@ -162,7 +180,9 @@ def _validate(x, vectors) -> None:
         raise ValueError(f"x must be a non-empty batch (B, ...) with at least 2 dims, got shape {tuple(x.shape)}")
     size = x[0].numel()
     if vectors.dim() != 3 or vectors.shape[:2] != (x.shape[0], size):
-        raise ValueError(f"vectors must have shape ({x.shape[0]}, {size}, k) for x of shape {tuple(x.shape)}, got {tuple(vectors.shape)}")
+        raise ValueError(
+            f"vectors must have shape ({x.shape[0]}, {size}, k) for x of shape {tuple(x.shape)}, got {tuple(vectors.shape)}"
+        )
     if vectors.shape[2] == 0:
         raise ValueError("vectors has k = 0 directions; pass at least one")
     if vectors.dtype != x.dtype:
@@ -189,7 +209,9 @@ def _raise_if_not_finite(stats: Tensor, x: Tensor, vectors: Tensor) -> None:
 def _example(device, dtype, generator):
     """A (3, 3, 5, 7) batch off 6 orthonormal directions each (a QR's column-major Q), rescaled."""
     x = random_tensor(generator, device, dtype, 3, 3, 5, 7, requires_grad=True)
-    vectors = torch.linalg.qr(random_tensor(generator, device, torch.float64, 3, 105, 6)).Q.to(dtype).requires_grad_(True)
+    vectors = (
+        torch.linalg.qr(random_tensor(generator, device, torch.float64, 3, 105, 6)).Q.to(dtype).requires_grad_(True)
+    )
     return (x, vectors), {"rescale": True}
 
 

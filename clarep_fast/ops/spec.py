@@ -45,7 +45,9 @@ class CheckResult(NamedTuple):
     ok: bool
 
 
-def random_tensor(generator: torch.Generator, device, dtype: torch.dtype, *shape: int, requires_grad: bool = False) -> Tensor:
+def random_tensor(
+    generator: torch.Generator, device, dtype: torch.dtype, *shape: int, requires_grad: bool = False
+) -> Tensor:
     """Standard normal entries drawn on the CPU from ``generator`` (the same on every device)."""
     values = torch.randn(*shape, generator=generator, dtype=torch.float64).to(device=device, dtype=dtype)
     return values.requires_grad_(requires_grad)
@@ -73,7 +75,9 @@ def _relative(actual: Tensor, expected: Tensor, floor: float) -> float:
     return float((actual.detach().double() - expected.detach()).abs().max()) / scale
 
 
-def check_against_reference(spec: OpSpec, backend: str, device="cpu", dtype: torch.dtype = torch.float32, seed: int = 0) -> CheckResult:
+def check_against_reference(
+    spec: OpSpec, backend: str, device="cpu", dtype: torch.dtype = torch.float32, seed: int = 0
+) -> CheckResult:
     """Largest relative error of ``spec.fused`` on ``backend`` against ``spec.reference`` in float64:
     the value, and the gradient of every input that requires grad."""
     generator = torch.Generator().manual_seed(seed)
@@ -84,7 +88,9 @@ def check_against_reference(spec: OpSpec, backend: str, device="cpu", dtype: tor
     inputs = grad_leaves(args)
     grads = torch.autograd.grad((out.double() * weights).sum(), inputs) if inputs else ()
 
-    args64 = _map_tensors(args, lambda t: t.detach().double().requires_grad_(t.requires_grad) if t.is_floating_point() else t)
+    args64 = _map_tensors(
+        args, lambda t: t.detach().double().requires_grad_(t.requires_grad) if t.is_floating_point() else t
+    )
     expected = spec.reference(*args64, **kwargs)
     inputs64 = grad_leaves(args64)
     expected_grads = torch.autograd.grad((expected.double() * weights).sum(), inputs64) if inputs64 else ()

@@ -72,7 +72,9 @@ def _selfcheck(args) -> int:
                     continue
                 result = check_against_reference(spec, backend, device)
                 failures += not result.ok
-                print(f"  {spec.name:13s} {device:4s} {backend:7s} value {result.value_error:.1e}  grad {result.grad_error:.1e}  {'ok' if result.ok else 'FAIL'}")
+                print(
+                    f"  {spec.name:13s} {device:4s} {backend:7s} value {result.value_error:.1e}  grad {result.grad_error:.1e}  {'ok' if result.ok else 'FAIL'}"
+                )
     n, d = (256, 8192) if args.quick else (512, 32768)
     print(f"\nspeed: CKA forward+backward of x, y: ({n}, {d}) fp32, median of 5 (one process, same inputs):")
     for device in devices:
@@ -80,7 +82,9 @@ def _selfcheck(args) -> int:
         y = torch.randn(n, d, device=device, requires_grad=True)
         fused = _median_seconds(lambda: torch.autograd.grad(cka(x, y), (x, y)), 5, device)
         eager = _median_seconds(lambda: torch.autograd.grad(cka_reference(x, y), (x, y)), 5, device)
-        print(f"  {device:4s} fused {fused * 1e3:8.1f} ms   eager {eager * 1e3:8.1f} ms   fused is {eager / fused:.2f}x eager")
+        print(
+            f"  {device:4s} fused {fused * 1e3:8.1f} ms   eager {eager * 1e3:8.1f} ms   fused is {eager / fused:.2f}x eager"
+        )
     print("\nfull comparison with torch.compile: python benchmarks/run.py [--quick]")
     print("self-check " + ("passed" if failures == 0 else f"FAILED ({failures} backend(s))"))
     return 1 if failures else 0
@@ -131,7 +135,9 @@ def _evaluate(args) -> int:
     data = student.data if args.data is None else dataclasses.replace(student.data, dataset=args.data)
     data = dataclasses.replace(data, workers=args.workers)
     if dataset_classes(data) != student.classes:
-        raise ValueError(f"--data {data.dataset} has classes {dataset_classes(data)[:5]}... but the student was trained on {student.classes[:5]}...")
+        raise ValueError(
+            f"--data {data.dataset} has classes {dataset_classes(data)[:5]}... but the student was trained on {student.classes[:5]}..."
+        )
     results = evaluate_student(student, data, config, resolution=student.resolution)
     out = Path(args.out) if args.out else student_file.with_name("evaluation.json")
     write_json(out, results)
@@ -139,7 +145,11 @@ def _evaluate(args) -> int:
     table = markdown_table({name: results})
     text = f"Accuracy (%) on the test split of --data {data.dataset}\n\n{table}\n\nCW-L2 median L2 distortion: {results['distortion/cw_l2_median']:.3f}\n"
     if config.corruption_samples:
-        text += "\nPer corruption (mean over severities 1-5)\n\n" + markdown_table({name: results}, [f"corruption/{c}" for c in CORRUPTIONS]) + "\n"
+        text += (
+            "\nPer corruption (mean over severities 1-5)\n\n"
+            + markdown_table({name: results}, [f"corruption/{c}" for c in CORRUPTIONS])
+            + "\n"
+        )
     write_text(out.with_suffix(".md"), text)
     print(text)
     print(f"written to {out} and {out.with_suffix('.md')}")
@@ -156,7 +166,9 @@ def _demo(args) -> int:
 
     demo = config_from_args(DemoConfig, args)
     search = dataclasses.replace(SearchConfig(), teacher=demo.teacher, data=demo.data)
-    report = run_demo(args.run_dir, seeds=demo.seeds, search=search, distill=DistillConfig(epochs=demo.epochs, student=demo.student))
+    report = run_demo(
+        args.run_dir, seeds=demo.seeds, search=search, distill=DistillConfig(epochs=demo.epochs, student=demo.student)
+    )
     print(report.read_text())
     print(f"report: {report}")
     return 0
@@ -253,7 +265,10 @@ def _check_device(parser: argparse.ArgumentParser, args: argparse.Namespace) -> 
     if parsed.type == "cuda" and not torch.cuda.is_available():
         parser.exit(2, f"{prefix} {device!r} was asked for but no CUDA device is visible here; use --device cpu\n")
     if parsed.type == "cuda" and parsed.index is not None and parsed.index >= torch.cuda.device_count():
-        parser.exit(2, f"{prefix} {device!r} was asked for but only {torch.cuda.device_count()} CUDA device(s) are visible (cuda:0 ...)\n")
+        parser.exit(
+            2,
+            f"{prefix} {device!r} was asked for but only {torch.cuda.device_count()} CUDA device(s) are visible (cuda:0 ...)\n",
+        )
 
 
 def usable_cpus() -> int:
@@ -266,7 +281,10 @@ def usable_cpus() -> int:
             if parse is not None:
                 quota, period = parse(Path(path).read_text())
             else:
-                quota, period = Path(path).read_text().strip(), Path("/sys/fs/cgroup/cpu/cpu.cfs_period_us").read_text().strip()
+                quota, period = (
+                    Path(path).read_text().strip(),
+                    Path("/sys/fs/cgroup/cpu/cpu.cfs_period_us").read_text().strip(),
+                )
         except (OSError, ValueError):
             continue
         if quota not in ("max", "-1") and int(period) > 0:
@@ -294,12 +312,26 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return COMMANDS[args.command].run(args)
     except KeyboardInterrupt:
-        print(f"clarep-fast {args.command}: interrupted; what was finished is saved: rerun the same command to resume", file=sys.stderr)
+        print(
+            f"clarep-fast {args.command}: interrupted; what was finished is saved: rerun the same command to resume",
+            file=sys.stderr,
+        )
         return 130
     except Terminated:
-        print(f"clarep-fast {args.command}: terminated; what was finished is saved: rerun the same command to resume", file=sys.stderr)
+        print(
+            f"clarep-fast {args.command}: terminated; what was finished is saved: rerun the same command to resume",
+            file=sys.stderr,
+        )
         return 143
-    except (ValueError, LookupError, FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError, RunFolderBusy) as error:
+    except (
+        ValueError,
+        LookupError,
+        FileNotFoundError,
+        NotADirectoryError,
+        IsADirectoryError,
+        PermissionError,
+        RunFolderBusy,
+    ) as error:
         if debug:
             raise
         print(f"clarep-fast {args.command}: error: {error}", file=sys.stderr)
@@ -312,7 +344,10 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as error:  # a fault nobody foresaw: still one line, the traceback behind --debug
         if debug:
             raise
-        print(f"clarep-fast {args.command}: unexpected error: {type(error).__name__}: {error} (rerun with --debug for the traceback)", file=sys.stderr)
+        print(
+            f"clarep-fast {args.command}: unexpected error: {type(error).__name__}: {error} (rerun with --debug for the traceback)",
+            file=sys.stderr,
+        )
         return 1
     finally:
         signal.signal(signal.SIGTERM, previous)

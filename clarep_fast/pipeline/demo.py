@@ -37,7 +37,11 @@ from clarep_fast.pipeline.rundir import RunDir, as_json
 
 @dataclass(frozen=True)
 class DemoConfig:
-    seeds: int = option(1, "train the students with seeds 0..N-1 (mean and 95 percent interval over seeds; 5 or more for significance)", low=1)
+    seeds: int = option(
+        1,
+        "train the students with seeds 0..N-1 (mean and 95 percent interval over seeds; 5 or more for significance)",
+        low=1,
+    )
     epochs: int = option(DistillConfig().epochs, "student training epochs", low=1)
     student: str = option(DistillConfig().student, "timm model name of the students")
     teacher: str = option("default", "'default' (the embedded teacher), a diffusers model folder or a pipeline folder")
@@ -55,7 +59,9 @@ def _loss_curves(runs: dict[str, Path], path: Path) -> None:
 
     figure, (left, right) = plt.subplots(1, 2, figsize=(11, 3.6))
     for name, run in runs.items():
-        history = read_json(run / "metrics.json", "a student's per-epoch metrics", "delete the student's folder and rerun the demo")
+        history = read_json(
+            run / "metrics.json", "a student's per-epoch metrics", "delete the student's folder and rerun the demo"
+        )
         epochs = [r["epoch"] for r in history]
         style = {"baseline": "--", "ordinary": ":"}.get(name.rsplit("-s", 1)[0], "-")
         left.plot(epochs, [r["ce"] for r in history], style, label=f"{name}: CE")
@@ -68,8 +74,16 @@ def _loss_curves(runs: dict[str, Path], path: Path) -> None:
     save_figure(path, figure)
 
 
-STUDENTS = (("baseline", {"baseline": True}), ("ordinary", {"bank_samples": "ordinary"}), ("cadistill", {"bank_samples": "canonical"}))
-GROUPS = {"baseline": "baseline (CE only)", "ordinary": "control: CaDistill on ordinary samples", "cadistill": "CaDistill (CLAReps)"}
+STUDENTS = (
+    ("baseline", {"baseline": True}),
+    ("ordinary", {"bank_samples": "ordinary"}),
+    ("cadistill", {"bank_samples": "canonical"}),
+)
+GROUPS = {
+    "baseline": "baseline (CE only)",
+    "ordinary": "control: CaDistill on ordinary samples",
+    "cadistill": "CaDistill (CLAReps)",
+}
 
 
 class _StageTimes:
@@ -78,7 +92,11 @@ class _StageTimes:
 
     def __init__(self, run: RunDir):
         self.run = run
-        self.recorded = read_json(run / "timings.json", "the demo's stage times", "delete it (the next run records them again)") if (run / "timings.json").exists() else {}
+        self.recorded = (
+            read_json(run / "timings.json", "the demo's stage times", "delete it (the next run records them again)")
+            if (run / "timings.json").exists()
+            else {}
+        )
         self.seen: list[str] = []
 
     @contextlib.contextmanager
@@ -95,10 +113,19 @@ class _StageTimes:
         return {**times, "total": sum(times.values())}
 
 
-def run_demo(run_dir: str | Path, *, seeds: int = 1, search: SearchConfig | None = None, distill: DistillConfig | None = None,
-             evaluate: EvaluateConfig | None = None, progress: bool = True) -> Path:  # fmt: skip
+def run_demo(
+    run_dir: str | Path,
+    *,
+    seeds: int = 1,
+    search: SearchConfig | None = None,
+    distill: DistillConfig | None = None,
+    evaluate: EvaluateConfig | None = None,
+    progress: bool = True,
+) -> Path:
     run_dir = Path(run_dir)
-    run = RunDir(run_dir, command="demo", may_change=("seeds", "search.data.workers", "distill.data.workers"))  # more seeds add students; nothing else may change
+    run = RunDir(
+        run_dir, command="demo", may_change=("seeds", "search.data.workers", "distill.data.workers")
+    )  # more seeds add students; nothing else may change
     search = search or SearchConfig()
     distill = distill or DistillConfig()
     evaluate = evaluate or EvaluateConfig()
@@ -108,7 +135,11 @@ def run_demo(run_dir: str | Path, *, seeds: int = 1, search: SearchConfig | None
         bank_dir = run_search(search, run_dir / "bank", progress=progress)
     runs, results = {}, {}
     evaluation_file = run_dir / "evaluation.json"
-    cached = read_json(evaluation_file, "the demo's evaluations", "delete it and rerun the demo (the students are kept)") if evaluation_file.exists() else {}
+    cached = (
+        read_json(evaluation_file, "the demo's evaluations", "delete it and rerun the demo (the students are kept)")
+        if evaluation_file.exists()
+        else {}
+    )
     for seed in range(seeds):
         for kind, changes in STUDENTS:
             name = f"{kind}-s{seed}"
@@ -125,8 +156,12 @@ def run_demo(run_dir: str | Path, *, seeds: int = 1, search: SearchConfig | None
     timings = timings.report()
     for picture in ("canonical.png", "nmi.png"):
         atomic_write(run / picture, lambda temporary: shutil.copyfile(bank_dir / picture, temporary))
-    _loss_curves({name: path for name, path in runs.items() if name.endswith("-s0")}, run_dir / "losses.png")  # seed 0: one curve per student kind
-    summary = read_json(bank_dir / "summary.json", "the bank's summary", "delete it and rerun the demo (the shards are kept)")
+    _loss_curves(
+        {name: path for name, path in runs.items() if name.endswith("-s0")}, run_dir / "losses.png"
+    )  # seed 0: one curve per student kind
+    summary = read_json(
+        bank_dir / "summary.json", "the bank's summary", "delete it and rerun the demo (the shards are kept)"
+    )
     _write_report(run_dir, results, summary, timings, search, distill, evaluate, seeds)
     for stage, seconds in timings.items():
         print(f"{stage}: {seconds:.0f} s")
@@ -147,7 +182,11 @@ def _by_kind(results: dict[str, dict[str, float]], kind: str, measure: str) -> l
 def _table(results, measures: list[str], scale: float = 100.0, digits: int = 1) -> str:
     lines = ["| student | " + " | ".join(m.split("/")[-1] for m in measures) + " |", "|---|" + "---|" * len(measures)]
     for kind, title in GROUPS.items():
-        lines.append(f"| {title} | " + " | ".join(t_interval(_by_kind(results, kind, m)).describe(scale, digits) for m in measures) + " |")
+        lines.append(
+            f"| {title} | "
+            + " | ".join(t_interval(_by_kind(results, kind, m)).describe(scale, digits) for m in measures)
+            + " |"
+        )
     return "\n".join(lines)
 
 
@@ -164,9 +203,13 @@ def _differences(results, measures: list[str]) -> tuple[str, list[str]]:
                 significant.append(f"{measure} ({difference.describe()} points)")
         lines.append(f"| {GROUPS[control]} | " + " | ".join(cells) + " |")
         if significant:
-            words.append(f"Against the {GROUPS[control]}, the differences whose 95% interval excludes 0: {', '.join(significant)}; the others are not significant.")
+            words.append(
+                f"Against the {GROUPS[control]}, the differences whose 95% interval excludes 0: {', '.join(significant)}; the others are not significant."
+            )
         else:
-            words.append(f"Against the {GROUPS[control]}, no difference is significant (every 95% interval contains 0).")
+            words.append(
+                f"Against the {GROUPS[control]}, no difference is significant (every 95% interval contains 0)."
+            )
     return "\n".join(lines), words
 
 
@@ -176,21 +219,34 @@ def _write_report(run_dir, results, bank_summary, timings, search, distill, eval
     distortions = [m for m in first if m.startswith("distortion/")]
     difference_table, verdicts = _differences(results, measures)
     if seeds == 1:
-        verdicts = ["One seed cannot show significance: the differences above are single draws (rerun with `--seeds 5` for intervals)."]
-    teacher = "Embedded teacher (`clarep_fast/pipeline/assets/teacher`)" if search.teacher == "default" else f"Teacher `{search.teacher}`"
-    data = (f"the default background dataset (MNIST digits on class-correlated backgrounds, rho = {search.data.rho})"
-            if search.data.kind == "default" else f"`--data {search.data.dataset}`")  # fmt: skip
+        verdicts = [
+            "One seed cannot show significance: the differences above are single draws (rerun with `--seeds 5` for intervals)."
+        ]
+    teacher = (
+        "Embedded teacher (`clarep_fast/pipeline/assets/teacher`)"
+        if search.teacher == "default"
+        else f"Teacher `{search.teacher}`"
+    )
+    data = (
+        f"the default background dataset (MNIST digits on class-correlated backgrounds, rho = {search.data.rho})"
+        if search.data.kind == "default"
+        else f"`--data {search.data.dataset}`"
+    )
     attacked = "the whole test split" if evaluate.attack_samples is None else f"{evaluate.attack_samples} test images"
     corruption_lines = ""
     if evaluate.corruption_samples:
         columns = [f"corruption/{c}" for c in CORRUPTIONS]
-        corruption_lines = (f"\n\nPer corruption (accuracy, %, mean over severities 1–5, {evaluate.corruption_samples} test images):\n\n" + _table(results, columns))
+        corruption_lines = (
+            f"\n\nPer corruption (accuracy, %, mean over severities 1–5, {evaluate.corruption_samples} test images):\n\n"
+            + _table(results, columns)
+        )
     nmi = bank_summary["nmi"]
     spread = bank_summary["background_spread"]
     interval_words = "mean ± 95% interval over seeds (Student's t)" if seeds > 1 else "one seed, no interval"
-    text = f"""# clarep_fast demo report
+    text = (
+        f"""# clarep_fast demo report
 
-{teacher} on {data}. {bank_summary['count']} CLAReps (t_e = {search.t_e}, k = {search.k}, {search.directions} directions,
+{teacher} on {data}. {bank_summary["count"]} CLAReps (t_e = {search.t_e}, k = {search.k}, {search.directions} directions,
 layer {search.layer}), student `{distill.student}` ({distill.epochs} epochs, batch {distill.batch_size}),
 λ_align = {distill.lambda_align}, λ_cano = {distill.lambda_cano}, λ_dist = {distill.lambda_dist}; {seeds} seed(s): {interval_words}.
 Per seed, three students with the same initial weights and data order: cross-entropy only; the
@@ -201,28 +257,32 @@ canonical samples.
 
 {_table(results, measures)}
 
-Columns: clean test accuracy; {'for the default data, clean accuracy with the background removed (only_foreground), drawn at random (mixed_random) and swapped to another class (swapped); ' if 'swapped' in measures else ''}robust accuracy under
+Columns: clean test accuracy; {"for the default data, clean accuracy with the background removed (only_foreground), drawn at random (mixed_random) and swapped to another class (swapped); " if "swapped" in measures else ""}robust accuracy under
 PGD-{evaluate.pgd_steps} and APGD-CE (L∞ ε = {evaluate.epsilon * 255:.0f}/255) and APGD-L2 (ε₂ = 0.5·sqrt(d/3072)) on {attacked};
 corruption_mean: mean over 15 common corruptions × severities 1–5. Each student is the last
 epoch's (validation accuracy is logged, nothing is picked). CW-L2 median distortion (L2 norm of the
 perturbation it needed, on {attacked}; larger is more robust):
 
-{_table(results, distortions, scale=1.0, digits=3).replace('| cw_l2_median |', '| CW-L2 median L2 distortion |')}
+{_table(results, distortions, scale=1.0, digits=3).replace("| cw_l2_median |", "| CW-L2 median L2 distortion |")}
 
 ## CaDistill minus the controls (points, paired per seed; * = the 95% interval excludes 0)
 
 {difference_table}
 
-{' '.join(verdicts)}{corruption_lines}
+{" ".join(verdicts)}{corruption_lines}
 
 ## The CLARep bank
 
 ![canonical samples](canonical.png)
 
-NMI of k-means against the class, ordinary → canonical samples. On {bank_summary.get('nmi_features', 'teacher features')}: """ + ", ".join(
-        f"{layer} {_number(v['ordinary'])} → {_number(v['canonical'])}" for layer, v in nmi.items() if not layer.startswith("pixels")
-    ) + f""". On the samples' raw pixels (an independent feature): {_number(nmi['pixels (independent)']['ordinary'])} → {_number(nmi['pixels (independent)']['canonical'])}.
-Within-class background-color spread (pixels): {_number(spread['ordinary'])} → {_number(spread['canonical'])}.
+NMI of k-means against the class, ordinary → canonical samples. On {bank_summary.get("nmi_features", "teacher features")}: """
+        + ", ".join(
+            f"{layer} {_number(v['ordinary'])} → {_number(v['canonical'])}"
+            for layer, v in nmi.items()
+            if not layer.startswith("pixels")
+        )
+        + f""". On the samples' raw pixels (an independent feature): {_number(nmi["pixels (independent)"]["ordinary"])} → {_number(nmi["pixels (independent)"]["canonical"])}.
+Within-class background-color spread (pixels): {_number(spread["ordinary"])} → {_number(spread["canonical"])}.
 
 ![NMI](nmi.png)
 
@@ -232,5 +292,8 @@ Within-class background-color spread (pixels): {_number(spread['ordinary'])} →
 
 ## Wall-clock (seconds each stage took when it ran; RUN_DIR/timings.json)
 
-""" + "\n".join(f"- {stage}: {seconds:.0f} s" for stage, seconds in timings.items()) + "\n"
+"""
+        + "\n".join(f"- {stage}: {seconds:.0f} s" for stage, seconds in timings.items())
+        + "\n"
+    )
     write_text(run_dir / "report.md", text)

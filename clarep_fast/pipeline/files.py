@@ -68,8 +68,11 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
             raise
         written = temporary.stat().st_size if temporary.exists() else 0
         free = shutil.disk_usage(path.parent).free
-        raise OSError(error.errno, f"no space left to write {path}: {written:,} bytes were written before the disk filled and "
-                                   f"{free:,} bytes are free; nothing was replaced. Free some space and rerun the command") from None  # fmt: skip
+        raise OSError(
+            error.errno,
+            f"no space left to write {path}: {written:,} bytes were written before the disk filled and "
+            f"{free:,} bytes are free; nothing was replaced. Free some space and rerun the command",
+        ) from None
     finally:
         temporary.unlink(missing_ok=True)
 
@@ -130,7 +133,9 @@ def require_finite(path: Path, value, cause: str = TRAINING_DIVERGED, key: str =
             bad = ~torch.isfinite(value.detach())
             if bool(bad.any()):
                 index = tuple(int(i) for i in bad.nonzero()[0])
-                raise ValueError(f"refusing to write {path}: {key or 'the tensor'} holds NaN or Inf (first at index {index}); nothing was written ({cause})")
+                raise ValueError(
+                    f"refusing to write {path}: {key or 'the tensor'} holds NaN or Inf (first at index {index}); nothing was written ({cause})"
+                )
     elif isinstance(value, dict):
         for name, item in value.items():
             require_finite(path, item, cause, f"{key}.{name}" if key else str(name))
@@ -142,7 +147,15 @@ def require_finite(path: Path, value, cause: str = TRAINING_DIVERGED, key: str =
 def save_checked(path: Path, kind: str, payload) -> None:
     """Atomically write ``payload`` as a clarep_fast ``kind`` file with its version and digest (never NaN/Inf)."""
     require_finite(path, payload)
-    save_torch(path, {"format": f"clarep_fast.{kind}", "version": FORMAT_VERSION, "sha256": content_digest(payload), "payload": payload})
+    save_torch(
+        path,
+        {
+            "format": f"clarep_fast.{kind}",
+            "version": FORMAT_VERSION,
+            "sha256": content_digest(payload),
+            "payload": payload,
+        },
+    )
 
 
 def load_checked(path: Path, kind: str, *, remedy: str):
@@ -154,12 +167,18 @@ def load_checked(path: Path, kind: str, *, remedy: str):
     except FileNotFoundError:
         raise
     except Exception as error:  # truncated zip, garbled pickle, a foreign object: torch raises many kinds
-        raise DamagedFileError(f"{path} cannot be read as a clarep_fast {kind} file ({type(error).__name__}); it is damaged or not ours: {remedy}") from None
+        raise DamagedFileError(
+            f"{path} cannot be read as a clarep_fast {kind} file ({type(error).__name__}); it is damaged or not ours: {remedy}"
+        ) from None
     if not isinstance(stored, dict) or stored.get("format") != f"clarep_fast.{kind}":
         found = stored.get("format") if isinstance(stored, dict) else type(stored).__name__
-        raise DamagedFileError(f"{path} is not a clarep_fast {kind} file (found {found!r}; files written before format versions have none): {remedy}")
+        raise DamagedFileError(
+            f"{path} is not a clarep_fast {kind} file (found {found!r}; files written before format versions have none): {remedy}"
+        )
     if stored.get("version") != FORMAT_VERSION:
-        raise DamagedFileError(f"{path} was written in {kind} format version {stored.get('version')!r}; this clarep_fast reads version {FORMAT_VERSION}: {remedy}")
+        raise DamagedFileError(
+            f"{path} was written in {kind} format version {stored.get('version')!r}; this clarep_fast reads version {FORMAT_VERSION}: {remedy}"
+        )
     if content_digest(stored["payload"]) != stored.get("sha256"):
         raise DamagedFileError(f"{path} is damaged: its content does not match the digest written with it: {remedy}")
     return stored["payload"]
@@ -168,19 +187,34 @@ def load_checked(path: Path, kind: str, *, remedy: str):
 def shard_metadata(tensors: dict[str, torch.Tensor], bank_identity: str) -> dict[str, str]:
     """safetensors metadata (str -> str) for a bank shard: format, version, digest of the tensors and
     the identity of the bank it belongs to (a digest of that bank's config)."""
-    return {"format": "clarep_fast.bank-shard", "version": str(FORMAT_VERSION), "sha256": content_digest(tensors), "bank": bank_identity}
+    return {
+        "format": "clarep_fast.bank-shard",
+        "version": str(FORMAT_VERSION),
+        "sha256": content_digest(tensors),
+        "bank": bank_identity,
+    }
 
 
-def check_shard(path: Path, metadata: dict[str, str] | None, tensors: dict[str, torch.Tensor], remedy: str, bank_identity: str) -> None:
+def check_shard(
+    path: Path, metadata: dict[str, str] | None, tensors: dict[str, torch.Tensor], remedy: str, bank_identity: str
+) -> None:
     metadata = metadata or {}
     if metadata.get("format") != "clarep_fast.bank-shard":
-        raise DamagedFileError(f"{path} is not a clarep_fast bank shard (no format in its metadata; banks written before format versions have none): {remedy}")
+        raise DamagedFileError(
+            f"{path} is not a clarep_fast bank shard (no format in its metadata; banks written before format versions have none): {remedy}"
+        )
     if metadata.get("version") != str(FORMAT_VERSION):
-        raise DamagedFileError(f"{path} was written in bank-shard format version {metadata.get('version')!r}; this clarep_fast reads version {FORMAT_VERSION}: {remedy}")
+        raise DamagedFileError(
+            f"{path} was written in bank-shard format version {metadata.get('version')!r}; this clarep_fast reads version {FORMAT_VERSION}: {remedy}"
+        )
     if content_digest(tensors) != metadata.get("sha256"):
         raise DamagedFileError(f"{path} is damaged: its tensors do not match the digest written with them: {remedy}")
     if "bank" not in metadata:
-        raise DamagedFileError(f"{path} was written by an older clarep_fast (no bank identity in its metadata), so it cannot be checked against this bank: {remedy}")
+        raise DamagedFileError(
+            f"{path} was written by an older clarep_fast (no bank identity in its metadata), so it cannot be checked against this bank: {remedy}"
+        )
     if metadata["bank"] != bank_identity:  # intact, but made by a search of another config (or another teacher)
-        raise DamagedFileError(f"{path} belongs to another bank: it was written by a search with another config or teacher than this bank's "
-                               f"config.json (copied from another bank, or config.json was edited): {remedy}")  # fmt: skip
+        raise DamagedFileError(
+            f"{path} belongs to another bank: it was written by a search with another config or teacher than this bank's "
+            f"config.json (copied from another bank, or config.json was edited): {remedy}"
+        )

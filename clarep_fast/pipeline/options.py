@@ -50,14 +50,27 @@ class Range(NamedTuple):
     def describe(self, integer: bool) -> str:
         kind = "an int " if integer else ""
         if self.low is not None and self.high is not None:
-            return f"{kind}in {'(' if self.low_open else '['}{self.low:g}, {self.high:g}{')' if self.high_open else ']'}"
+            return (
+                f"{kind}in {'(' if self.low_open else '['}{self.low:g}, {self.high:g}{')' if self.high_open else ']'}"
+            )
         if self.low is not None:
             return f"{kind}{'>' if self.low_open else '>='} {self.low:g}"
         return f"{kind}{'<' if self.high_open else '<='} {self.high:g}"
 
 
-def option(default=MISSING, help: str = "", *, flag: str | None = None, choices=None, shared: tuple[str, ...] = (), default_factory=MISSING,
-           low: float | None = None, high: float | None = None, low_open: bool = False, high_open: bool = False):  # fmt: skip
+def option(
+    default=MISSING,
+    help: str = "",
+    *,
+    flag: str | None = None,
+    choices=None,
+    shared: tuple[str, ...] = (),
+    default_factory=MISSING,
+    low: float | None = None,
+    high: float | None = None,
+    low_open: bool = False,
+    high_open: bool = False,
+):
     """A config field with the help text (and optionally the flag, the choices, the range) of its CLI option."""
     bounds = Range(low, high, low_open, high_open) if low is not None or high is not None else None
     metadata = {HELP: help, FLAG: flag, CHOICES: choices, SHARED: shared, RANGE: bounds}
@@ -113,17 +126,30 @@ def add_options(parser: argparse.ArgumentParser, config_class, *, defaults=None)
         dest = "option:" + flag
         if kind is bool:
             if default:
-                parser.add_argument("--no-" + flag.removeprefix("--"), dest=dest, action="store_false", default=True, help=help_text)
+                parser.add_argument(
+                    "--no-" + flag.removeprefix("--"), dest=dest, action="store_false", default=True, help=help_text
+                )
             else:
                 parser.add_argument(flag, dest=dest, action="store_true", help=help_text)
             continue
         element, nargs = _value_type(kind)
         bounds = spec.metadata.get(RANGE)
         if bounds is not None:
-            help_text = f"{help_text}; {bounds.describe(element is int)}" if help_text else bounds.describe(element is int)
+            help_text = (
+                f"{help_text}; {bounds.describe(element is int)}" if help_text else bounds.describe(element is int)
+            )
         shown = f"{help_text} (default: {_show(default)})" if help_text else f"default: {_show(default)}"
         metavar = None if spec.metadata.get(CHOICES) else spec.name.upper()
-        parser.add_argument(flag, dest=dest, type=_parser_type(element, bounds), nargs=nargs, default=default, choices=spec.metadata.get(CHOICES), metavar=metavar, help=shown)
+        parser.add_argument(
+            flag,
+            dest=dest,
+            type=_parser_type(element, bounds),
+            nargs=nargs,
+            default=default,
+            choices=spec.metadata.get(CHOICES),
+            metavar=metavar,
+            help=shown,
+        )
 
 
 def _parser_type(element, bounds: Range | None):

@@ -83,7 +83,9 @@ class RunDir:
             return None
         config = read_json(file, f"the {self.command} run's config", "restore it, or use a new folder")
         if not isinstance(config, dict):
-            raise DamagedFileError(f"{file} is not a {self.command} config (a JSON object): restore it, or use a new folder")
+            raise DamagedFileError(
+                f"{file} is not a {self.command} config (a JSON object): restore it, or use a new folder"
+            )
         return config
 
     def claim(self, config, *, write: bool = True) -> bool:
@@ -96,10 +98,18 @@ class RunDir:
         new = {"command": self.command, **as_json(config)}
         old = self.existing_config()
         if old is not None:
-            if old.get("command", self.command) != self.command:  # folders written before the key was recorded have none
-                raise ValueError(f"{self.path} holds a {old['command']} run, not a {self.command} run; give {self.command} a folder of its own")
+            if (
+                old.get("command", self.command) != self.command
+            ):  # folders written before the key was recorded have none
+                raise ValueError(
+                    f"{self.path} holds a {old['command']} run, not a {self.command} run; give {self.command} a folder of its own"
+                )
             old_flat, new_flat = flatten_config({"command": self.command, **old}), flatten_config(new)
-            changed = sorted(key for key in set(old_flat) | set(new_flat) if key not in self.may_change and old_flat.get(key) != new_flat.get(key))
+            changed = sorted(
+                key
+                for key in set(old_flat) | set(new_flat)
+                if key not in self.may_change and old_flat.get(key) != new_flat.get(key)
+            )
             if changed:
                 shown = ", ".join(changed[:8]) + (f" and {len(changed) - 8} more" if len(changed) > 8 else "")
                 raise ValueError(
@@ -116,7 +126,9 @@ class RunDir:
         if key in _HELD_LOCKS:
             return
         if self.path.exists() and not self.path.is_dir():
-            raise NotADirectoryError(f"{self.path} is a file, not a run folder; give {self.command} a folder (a new one, or one of an earlier {self.command} run)")
+            raise NotADirectoryError(
+                f"{self.path} is a file, not a run folder; give {self.command} a folder (a new one, or one of an earlier {self.command} run)"
+            )
         self.path.mkdir(parents=True, exist_ok=True)
         handle = open(self.path / ".lock", "a+")
         try:
@@ -125,7 +137,9 @@ class RunDir:
             handle.seek(0)
             holder = handle.read().strip() or "unknown"
             handle.close()
-            raise RunFolderBusy(f"{self.path} is in use by another clarep-fast process (pid {holder}); wait for it to finish, or stop it and rerun") from None
+            raise RunFolderBusy(
+                f"{self.path} is in use by another clarep-fast process (pid {holder}); wait for it to finish, or stop it and rerun"
+            ) from None
         handle.seek(0)
         handle.truncate()
         handle.write(f"{os.getpid()}\n")
@@ -157,15 +171,19 @@ class RunDir:
             raise self.diverged(step, f"the loss is {value}")
 
     def diverged(self, step: int, what: str) -> ValueError:
-        return ValueError(f"training diverged at step {step} ({what}). Nothing after the last checkpoint in {self.path} "
-                          "is kept; rerun in a new folder with a lower --learning-rate")  # fmt: skip
+        return ValueError(
+            f"training diverged at step {step} ({what}). Nothing after the last checkpoint in {self.path} "
+            "is kept; rerun in a new folder with a lower --learning-rate"
+        )
 
     def load_checkpoint(self) -> dict | None:
         """The last checkpoint (tensors on the CPU), or None on a fresh run; a damaged one is refused."""
         file = self.path / self.CHECKPOINT
         if not file.exists():
             return None
-        return load_checked(file, f"{self.command}-checkpoint", remedy="delete it to restart this run from its beginning")
+        return load_checked(
+            file, f"{self.command}-checkpoint", remedy="delete it to restart this run from its beginning"
+        )
 
 
 def flatten_config(config: dict, prefix: str = "") -> dict:

@@ -40,7 +40,10 @@ import torch
 from clarep_fast.dtypes import accumulation_dtype
 
 DEGENERATE_RTOL = 1e-10  # the n×n kernels' guard: <C(K), C(K)> <= this · tr(K)² only when C(K) is 0
-SPREAD_RTOL = {torch.float32: (16 * torch.finfo(torch.float32).eps) ** 2, torch.float64: (16 * torch.finfo(torch.float64).eps) ** 2}
+SPREAD_RTOL = {
+    torch.float32: (16 * torch.finfo(torch.float32).eps) ** 2,
+    torch.float64: (16 * torch.finfo(torch.float64).eps) ** 2,
+}
 
 
 def center_gram(gram: torch.Tensor, unbiased: bool) -> torch.Tensor:
@@ -61,7 +64,9 @@ def center_gram(gram: torch.Tensor, unbiased: bool) -> torch.Tensor:
 STATS_FIELDS = ("cka", "hkl", "hkk", "hll", "trace_x", "trace_y", "sum_x", "sum_y")
 
 
-def gram_stats(gram_x: torch.Tensor, gram_y: torch.Tensor, unbiased: bool = False, rtol: float = DEGENERATE_RTOL) -> torch.Tensor:
+def gram_stats(
+    gram_x: torch.Tensor, gram_y: torch.Tensor, unbiased: bool = False, rtol: float = DEGENERATE_RTOL
+) -> torch.Tensor:
     """Per-pair statistics from uncentered Grams ``(..., n, n)`` -> ``(..., 8)`` in STATS_FIELDS order.
 
     hkl = <C(K), C(L)>, hkk = <C(K), C(K)>, hll = <C(L), C(L)>, trace_x = tr K, trace_y = tr L,
@@ -99,7 +104,9 @@ def cka_stats_reference(grams: torch.Tensor, unbiased: bool, rtol: float) -> tup
     return gram_stats(grams[:, 0], grams[:, 1], unbiased, rtol), rowsums
 
 
-def cka_grads_reference(grams: torch.Tensor, rowsums: torch.Tensor, stats: torch.Tensor, grad: torch.Tensor, unbiased: bool, rtol: float) -> torch.Tensor:
+def cka_grads_reference(
+    grams: torch.Tensor, rowsums: torch.Tensor, stats: torch.Tensor, grad: torch.Tensor, unbiased: bool, rtol: float
+) -> torch.Tensor:
     """The backward n×n kernel -> coefficients (P, 2, n, n): [p, 0] = 2 g_p dCKA_p/dK_p, [p, 1] = 2 g_p dCKA_p/dL_p.
 
     C is self-adjoint, so d hkl/dK = C(L) and d hkk/dK = 2 C(K):

@@ -29,7 +29,9 @@ KINDS = ("cosine", "mse")
 REDUCTIONS = ("mean", "none")
 
 
-def feature_align_reference(students: Sequence[Tensor], teachers: Sequence[Tensor], kind: str = "cosine", reduction: str = "mean") -> Tensor:
+def feature_align_reference(
+    students: Sequence[Tensor], teachers: Sequence[Tensor], kind: str = "cosine", reduction: str = "mean"
+) -> Tensor:
     """The eager formula: normalized copies for cosine, a difference tensor for mse."""
     accumulate = accumulation_dtype(*students, *teachers)
     per_pair = []

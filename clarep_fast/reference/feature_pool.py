@@ -48,7 +48,9 @@ def feature_pool_pack_reference(feature_map: torch.Tensor, packed: torch.Tensor,
     packed[:, offset : offset + width] = pooled.flatten(1)
 
 
-def feature_pool_spread_reference(grad: torch.Tensor, feature_map: torch.Tensor, offset: int, size: int) -> torch.Tensor:
+def feature_pool_spread_reference(
+    grad: torch.Tensor, feature_map: torch.Tensor, offset: int, size: int
+) -> torch.Tensor:
     """Gradient of one map (map dtype) from the packed gradient (B, total)."""
     batch, channels = feature_map.shape[:2]
     cells = grad[:, offset : offset + channels * size * size].reshape(batch, channels, size, size)

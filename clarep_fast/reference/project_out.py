@@ -39,7 +39,9 @@ def project_out_reference(x: Tensor, vectors: Tensor, rescale: bool = False) -> 
         x_norm = flat.norm(dim=1, keepdim=True)
         y_norm = projected.norm(dim=1, keepdim=True)
         scaled = y_norm > RESCALE_RTOL * x_norm
-        scale = torch.where(scaled, x_norm / torch.where(scaled, y_norm, torch.ones_like(y_norm)), torch.ones_like(y_norm))
+        scale = torch.where(
+            scaled, x_norm / torch.where(scaled, y_norm, torch.ones_like(y_norm)), torch.ones_like(y_norm)
+        )
         projected = projected * scale
     return projected.to(x.dtype).reshape(x.shape)
 
@@ -57,7 +59,16 @@ def project_out_apply_reference(x: Tensor, vectors: Tensor, rescale: bool, rtol:
     return (projected * scale[:, None]).to(x.dtype), coeffs, stats
 
 
-def project_out_grads_reference(grad: Tensor, x: Tensor, vectors: Tensor, coeffs: Tensor, stats: Tensor, rescale: bool, rtol: float, need_vectors_grad: bool):
+def project_out_grads_reference(
+    grad: Tensor,
+    x: Tensor,
+    vectors: Tensor,
+    coeffs: Tensor,
+    stats: Tensor,
+    rescale: bool,
+    rtol: float,
+    need_vectors_grad: bool,
+):
     """-> (grad_x (B, N), grad_vectors (B, N, K), or an empty tensor unless need_vectors_grad)."""
     accumulate = coeffs.dtype
     g, flat, basis = grad.to(accumulate), x.to(accumulate), vectors.to(accumulate)
@@ -71,5 +82,9 @@ def project_out_grads_reference(grad: Tensor, x: Tensor, vectors: Tensor, coeffs
     gy = torch.where(scaled[:, None], scale[:, None] * g - y_coeff[:, None] * projected, g)
     d = torch.einsum("bnk,bn->bk", basis, gy)
     grad_x = gy - torch.einsum("bnk,bk->bn", basis, d) + direct[:, None] * flat
-    grad_v = -(gy[:, :, None] * coeffs[:, None, :] + flat[:, :, None] * d[:, None, :]) if need_vectors_grad else grad_x.new_empty(0)
+    grad_v = (
+        -(gy[:, :, None] * coeffs[:, None, :] + flat[:, :, None] * d[:, None, :])
+        if need_vectors_grad
+        else grad_x.new_empty(0)
+    )
     return grad_x.to(x.dtype), grad_v.to(x.dtype)

@@ -49,7 +49,9 @@ class UNetStages:
             + ["conv_out"]
         )
 
-    def run(self, wanted: set[str], last: int, sample: Tensor, timestep, class_labels: Tensor | None = None) -> dict[str, Tensor]:
+    def run(
+        self, wanted: set[str], last: int, sample: Tensor, timestep, class_labels: Tensor | None = None
+    ) -> dict[str, Tensor]:
         model, captured = self.model, {}
         stage = iter(range(len(self.names)))
 
@@ -60,7 +62,9 @@ class UNetStages:
             return index >= last  # True: stop here
 
         # 1. time and class embedding
-        timesteps = timestep if torch.is_tensor(timestep) else torch.tensor([timestep], dtype=torch.long, device=sample.device)
+        timesteps = (
+            timestep if torch.is_tensor(timestep) else torch.tensor([timestep], dtype=torch.long, device=sample.device)
+        )
         if timesteps.dim() == 0:
             timesteps = timesteps[None].to(sample.device)
         timesteps = timesteps * torch.ones(sample.shape[0], dtype=timesteps.dtype, device=timesteps.device)
@@ -117,9 +121,13 @@ class DiTStages:
 
     def __init__(self, model: nn.Module):
         self.model = model
-        self.names = ["pos_embed"] + [f"transformer_blocks.{i}" for i in range(len(model.transformer_blocks))] + ["proj_out"]
+        self.names = (
+            ["pos_embed"] + [f"transformer_blocks.{i}" for i in range(len(model.transformer_blocks))] + ["proj_out"]
+        )
 
-    def run(self, wanted: set[str], last: int, hidden_states: Tensor, timestep, class_labels: Tensor) -> dict[str, Tensor]:
+    def run(
+        self, wanted: set[str], last: int, hidden_states: Tensor, timestep, class_labels: Tensor
+    ) -> dict[str, Tensor]:
         model, captured = self.model, {}
         tokens = model.pos_embed(hidden_states)  # (B, N, D)
         for index, name in enumerate(self.names[:-1]):

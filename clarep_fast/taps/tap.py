@@ -67,7 +67,9 @@ class FeatureTap(nn.Module):
         self._hooked: list[str] = []
         if self._timm:
             if not hasattr(model, "forward_intermediates"):
-                raise ValueError(f"integer layers need a timm model with forward_intermediates; {type(model).__name__} has none")
+                raise ValueError(
+                    f"integer layers need a timm model with forward_intermediates; {type(model).__name__} has none"
+                )
             return
         if any(isinstance(layer, int) for layer in layers):
             raise ValueError("layers mixes integer indices and names; use names, or indices for timm models")
@@ -80,14 +82,20 @@ class FeatureTap(nn.Module):
                 continue
             if layer not in modules or layer == "":
                 listing = stage_names or [name for name in modules if name and "." not in name]
-                raise ValueError(f"unknown layer {layer!r} of {type(model).__name__}; valid layers: {', '.join(listing)} (or a dotted submodule path)")
+                raise ValueError(
+                    f"unknown layer {layer!r} of {type(model).__name__}; valid layers: {', '.join(listing)} (or a dotted submodule path)"
+                )
             if self._stages is not None:
                 parents = [i for i, stage in enumerate(stage_names) if layer.startswith(stage + ".")]
                 if not parents:
-                    raise ValueError(f"layer {layer!r} lies outside the stages {stage_names}; tap a stage or a module inside one")
+                    raise ValueError(
+                        f"layer {layer!r} lies outside the stages {stage_names}; tap a stage or a module inside one"
+                    )
                 self._last_stage = max(self._last_stage, parents[0])
             elif stop_early:
-                raise ValueError(f"stop_early needs a staged forward, which {type(model).__name__} lacks; pass stop_early=False")
+                raise ValueError(
+                    f"stop_early needs a staged forward, which {type(model).__name__} lacks; pass stop_early=False"
+                )
             modules[layer].register_forward_hook(self._hook(layer))
             self._hooked.append(layer)
 
@@ -106,13 +114,17 @@ class FeatureTap(nn.Module):
         if self.fused:
             packed = feature_pool(maps, self.pool, normalize=self.normalize, out_dtype=self.out_dtype, names=names)
         else:  # the same checks as the fused op (adaptive pooling alone would upsample a map smaller than pool)
-            packed = feature_pool_reference(validated_maps(maps, self.pool, self.out_dtype, names), self.pool, self.normalize, self.out_dtype)
+            packed = feature_pool_reference(
+                validated_maps(maps, self.pool, self.out_dtype, names), self.pool, self.normalize, self.out_dtype
+            )
         views = split_packed(packed, [m.shape[1] for m in maps], self.pool)
         return TapOutput(packed, dict(zip(names, views)))
 
     def _maps(self, *args, **kwargs) -> list[Tensor]:
         if self._timm:
-            maps = self.model.forward_intermediates(args[0], indices=self.layers, stop_early=self.stop_early, intermediates_only=True, output_fmt="NCHW")
+            maps = self.model.forward_intermediates(
+                args[0], indices=self.layers, stop_early=self.stop_early, intermediates_only=True, output_fmt="NCHW"
+            )
             return [as_map(m, str(layer)) for m, layer in zip(maps, self.layers)]
         self._captured = {}
         self._active = True
@@ -147,7 +159,9 @@ class FeatureTap(nn.Module):
             elif class_labels.shape == (conditions, batch):
                 labels = class_labels.reshape(-1)
             else:
-                raise ValueError(f"class_labels must have shape ({batch},) or ({conditions}, {batch}), got {tuple(class_labels.shape)}")
+                raise ValueError(
+                    f"class_labels must have shape ({batch},) or ({conditions}, {batch}), got {tuple(class_labels.shape)}"
+                )
         return self(stacked, times, labels).packed.unflatten(0, (conditions, batch))
 
     def extra_repr(self) -> str:
@@ -162,4 +176,6 @@ def _check_batches(args, kwargs) -> None:
     batch = tensors[0].shape[0]
     for tensor in tensors[1:]:
         if tensor.dim() >= 1 and tensor.shape[0] not in (batch, 1):
-            raise ValueError(f"mismatched batch: the sample has {batch} entries but another input has shape {tuple(tensor.shape)}")
+            raise ValueError(
+                f"mismatched batch: the sample has {batch} entries but another input has shape {tuple(tensor.shape)}"
+            )

@@ -279,4 +279,6 @@ def test_tf32_does_not_degrade_fp32_cka_on_cuda(backend):
             value = cka(x, y)
     finally:
         torch.backends.cuda.matmul.allow_tf32 = previous
-    assert_close(value, cka_reference(x.double(), y.double()), TOLERANCES[torch.float32]["value"], "CKA under allow_tf32")
+    assert_close(
+        value, cka_reference(x.double(), y.double()), TOLERANCES[torch.float32]["value"], "CKA under allow_tf32"
+    )

@@ -11,7 +11,12 @@ from clarep_fast import cka, use_backend
 from clarep_fast.reference import cka_reference
 from tests.utils import TOLERANCES, usable_backends
 
-OFFSETS = {torch.float64: (0, 10, 1e2, 1e4, 1e6), torch.float32: (0, 10, 1e2, 1e3, 1e4), torch.bfloat16: (0, 10, 1e2), torch.float16: (0, 10, 1e2)}
+OFFSETS = {
+    torch.float64: (0, 10, 1e2, 1e4, 1e6),
+    torch.float32: (0, 10, 1e2, 1e3, 1e4),
+    torch.bfloat16: (0, 10, 1e2),
+    torch.float16: (0, 10, 1e2),
+}
 CASES = [(dtype, offset) for dtype, offsets in OFFSETS.items() for offset in offsets]
 
 
@@ -31,7 +36,9 @@ def check(x: torch.Tensor, y: torch.Tensor, backend: str, unbiased: bool) -> Non
     expected = cka_reference(x64, y64, unbiased=unbiased)
     expected_x, expected_y = torch.autograd.grad(expected, (x64, y64))
     value_tolerance, grad_tolerance = TOLERANCES[x.dtype]["value"], TOLERANCES[x.dtype]["grad"]
-    assert abs(value.item() - expected.item()) <= value_tolerance * max(1.0, abs(expected.item())), f"value {value.item()!r} vs {expected.item()!r}"
+    assert abs(value.item() - expected.item()) <= value_tolerance * max(1.0, abs(expected.item())), (
+        f"value {value.item()!r} vs {expected.item()!r}"
+    )
     for name, got, want in (("x", grad_x, expected_x), ("y", grad_y, expected_y)):
         error = (got.double() - want).abs().max().item() / want.abs().max().item()
         assert error <= grad_tolerance, f"gradient of {name}: relative error {error:.3g}"
@@ -66,7 +73,10 @@ def test_an_input_without_spread_gives_zero_and_a_zero_gradient(backend, dtype):
     """Exactly constant features, and constant features plus a wiggle below the accumulation's resolution."""
     y = torch.randn(20, 8, dtype=torch.float64).to(dtype)
     eps = torch.finfo(torch.float32 if dtype != torch.float64 else torch.float64).eps
-    for x in (torch.full((20, 30), 3.0, dtype=dtype), (1e3 * (1 + eps * torch.randn(20, 30, dtype=torch.float64) / 4)).to(dtype)):
+    for x in (
+        torch.full((20, 30), 3.0, dtype=dtype),
+        (1e3 * (1 + eps * torch.randn(20, 30, dtype=torch.float64) / 4)).to(dtype),
+    ):
         x.requires_grad_(True)
         with use_backend(backend):
             value = cka(x, y)

@@ -21,7 +21,10 @@ CASES = [(5, [(13,), (3, 2, 2)]), (3, [(1,)]), (2, [(5000,), (7,)])]
 def _pairs(batch, shapes, dtype, device="cpu", teacher_grad=True):
     students = [torch.randn(batch, *shape, device=device).to(dtype).requires_grad_(True) for shape in shapes]
     # teachers correlated with the students so that cosines are far from 0 and from 1
-    teachers = [(s.detach().float() + torch.randn_like(s, dtype=torch.float32)).to(dtype).requires_grad_(teacher_grad) for s in students]
+    teachers = [
+        (s.detach().float() + torch.randn_like(s, dtype=torch.float32)).to(dtype).requires_grad_(teacher_grad)
+        for s in students
+    ]
     return students, teachers
 
 
@@ -35,7 +38,9 @@ def _check(backend, batch, shapes, dtype, kind, reduction="none", device="cpu"):
     t64 = [t.detach().double().requires_grad_(True) for t in teachers]
     expected = feature_align_reference(s64, t64, kind, reduction)
     expected_grads = torch.autograd.grad(expected, s64 + t64, weights)
-    value_tolerance = TOLERANCES[dtype]["value"] if dtype in (torch.float32, torch.float64) else 1e-5  # fp32 accumulation of exact inputs
+    value_tolerance = (
+        TOLERANCES[dtype]["value"] if dtype in (torch.float32, torch.float64) else 1e-5
+    )  # fp32 accumulation of exact inputs
     assert_close(loss, expected, value_tolerance, f"{backend} {kind} loss")
     for index, (got, want) in enumerate(zip(grads, expected_grads)):
         assert got.dtype == dtype and got.shape == want.shape
@@ -71,14 +76,19 @@ def test_gradcheck_float64(backend, kind):
     students, teachers = _pairs(3, [(4,), (2, 3)], torch.float64)
     with use_backend(backend):
         assert torch.autograd.gradcheck(
-            lambda s1, s2, t1, t2: feature_align([s1, s2], [t1, t2], kind=kind, reduction="none"), (*students, *teachers), fast_mode=backend == "triton"
+            lambda s1, s2, t1, t2: feature_align([s1, s2], [t1, t2], kind=kind, reduction="none"),
+            (*students, *teachers),
+            fast_mode=backend == "triton",
         )
 
 
 @pytest.mark.parametrize("backend", [b for b in CPU_BACKENDS if b != "triton"])
 def test_opcheck(backend):
     students, teachers = _pairs(4, [(6,), (9,)], torch.float32)
-    torch.library.opcheck(feature_align_forward, ([s.detach().requires_grad_() for s in students], [t.detach() for t in teachers], backend))
+    torch.library.opcheck(
+        feature_align_forward,
+        ([s.detach().requires_grad_() for s in students], [t.detach() for t in teachers], backend),
+    )
     torch.library.opcheck(feature_align_forward, (students, teachers, backend))
 
 
@@ -90,8 +100,12 @@ def test_known_extremes(backend):
         opposite = feature_align([s], [-s.detach()], kind="cosine", reduction="none")  # cos -1: loss 2
         same_mse = feature_align([s], [s.detach()], kind="mse")
         (grad,) = torch.autograd.grad(same_mse + same_cos.sum(), s)
-    assert_close(same_cos, torch.zeros(6, dtype=torch.float64), 1e-12, "cos of parallel features", relative_to_max=False)
-    assert_close(opposite, torch.full((6,), 2.0, dtype=torch.float64), 1e-12, "cos of opposite features", relative_to_max=False)
+    assert_close(
+        same_cos, torch.zeros(6, dtype=torch.float64), 1e-12, "cos of parallel features", relative_to_max=False
+    )
+    assert_close(
+        opposite, torch.full((6,), 2.0, dtype=torch.float64), 1e-12, "cos of opposite features", relative_to_max=False
+    )
     assert same_mse.item() == 0.0
     assert_close(grad, torch.zeros_like(grad), 1e-10, "gradient at the optimum", relative_to_max=False)
 
@@ -124,7 +138,9 @@ def test_runs_under_torch_compile_fullgraph():
     value = torch.compile(loss_fn, fullgraph=True)(x)
     (grad,) = torch.autograd.grad(value, x)
     x_ref = x.detach().clone().requires_grad_(True)
-    expected = feature_align_reference([projector(x_ref)], [teacher]) + feature_align_reference([x_ref[:, :7]], [teacher], "mse")
+    expected = feature_align_reference([projector(x_ref)], [teacher]) + feature_align_reference(
+        [x_ref[:, :7]], [teacher], "mse"
+    )
     (expected_grad,) = torch.autograd.grad(expected, x_ref)
     assert_close(value, expected, 1e-5, "compiled value", relative_to_max=False)
     assert_close(grad, expected_grad, 1e-4, "compiled grad")

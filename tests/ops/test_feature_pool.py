@@ -77,7 +77,10 @@ def test_backend_matches_reference_gpu(backend, size, layer_shapes, dtype, norma
 @pytest.mark.parametrize("normalize", [False, True])
 @pytest.mark.parametrize("backend", CPU_BACKENDS)
 def test_gradcheck_float64(backend, normalize):
-    maps = [torch.randn(2, 3, 5, 4, dtype=torch.float64, requires_grad=True), torch.randn(2, 2, 3, 3, dtype=torch.float64, requires_grad=True)]
+    maps = [
+        torch.randn(2, 3, 5, 4, dtype=torch.float64, requires_grad=True),
+        torch.randn(2, 2, 3, 3, dtype=torch.float64, requires_grad=True),
+    ]
     fast = backend == "triton"  # the interpreter costs ~0.2 s a call: check random projections only
     with use_backend(backend):
         assert torch.autograd.gradcheck(lambda *m: feature_pool(m, 2, normalize=normalize), maps, fast_mode=fast)
@@ -156,7 +159,9 @@ def test_the_cuda_launch_limit_is_refused_before_launching():
     check_cuda_launch(110, torch.float32)
     check_cuda_launch(110, torch.bfloat16)
     check_cuda_launch(78, torch.float64)
-    with pytest.raises(ValueError, match=r"size 111 needs 49,284 bytes .* use size <= 110 for float32 maps, or the triton backend"):
+    with pytest.raises(
+        ValueError, match=r"size 111 needs 49,284 bytes .* use size <= 110 for float32 maps, or the triton backend"
+    ):
         check_cuda_launch(111, torch.float32)
     with pytest.raises(ValueError, match=r"size 79 .* use size <= 78 for float64"):
         check_cuda_launch(79, torch.float64)

@@ -30,7 +30,9 @@ def test_shifted_gram_matches_full_product(monkeypatch, n, d, dtype, split):
 
 def test_small_n_is_one_product_and_large_n_is_blocked(monkeypatch):
     calls, product = [], torch.mm
-    monkeypatch.setattr(torch, "mm", lambda *args, **kwargs: calls.append(1) or product(*args, **kwargs))  # the blocked path uses @
+    monkeypatch.setattr(
+        torch, "mm", lambda *args, **kwargs: calls.append(1) or product(*args, **kwargs)
+    )  # the blocked path uses @
     for n in (gram._SPLIT_MIN_ROWS["cpu"] - 1, gram._SPLIT_MIN_ROWS["cpu"]):
         calls.clear()
         x, out = torch.randn(n, 5), torch.empty(n, n)
@@ -67,7 +69,9 @@ def test_cpu_takes_the_plain_gram_only_when_the_spread_is_a_fair_share(offset, e
     assert gram.shifted_gram_into(x, out) is expect_shifted
     assert_close(out, shifted(x) @ shifted(x).T, 1e-5, "gram")
     coefficients = torch.randn(40, 40, dtype=torch.float64)
-    coefficients = coefficients - coefficients.mean(0) - coefficients.mean(1, keepdim=True) + coefficients.mean()  # centered, as the kernels' G
+    coefficients = (
+        coefficients - coefficients.mean(0) - coefficients.mean(1, keepdim=True) + coefficients.mean()
+    )  # centered, as the kernels' G
     result = gram.shifted_gram_backward(coefficients.float(), x, expect_shifted)
     assert_close(result, coefficients @ shifted(x), 1e-5, "backward")
 

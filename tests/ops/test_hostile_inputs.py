@@ -76,7 +76,11 @@ def test_cka_on_any_tensor(backend, dtype):
         grads = torch.autograd.grad(value, leaves)
         x64, y64 = (t.detach().double().requires_grad_(t.requires_grad) for t in (x, y))
         expected = cka_reference(x64, y64)
-        expected_grads = torch.autograd.grad(expected, [t for t in (x64, y64) if t.requires_grad]) if expected.requires_grad else [torch.zeros_like(g, dtype=torch.float64) for g in grads]
+        expected_grads = (
+            torch.autograd.grad(expected, [t for t in (x64, y64) if t.requires_grad])
+            if expected.requires_grad
+            else [torch.zeros_like(g, dtype=torch.float64) for g in grads]
+        )
         tolerance = TOLERANCES[dtype]
         assert abs(value.item() - expected.item()) <= 10 * tolerance["value"], (value.item(), expected.item())
         for got, want, leaf in zip(grads, expected_grads, [t for t in (x64, y64) if t.requires_grad]):
@@ -93,7 +97,13 @@ def test_cka_on_any_tensor(backend, dtype):
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 def test_project_out_on_any_tensor(backend, dtype):
     @sweep(backend)
-    @given(st.integers(1, 5), st.sampled_from([(1, 4, 4), (3, 5, 7), (4, 16, 16)]), st.integers(1, 6), st.booleans(), st.integers(0, 2**31 - 1))
+    @given(
+        st.integers(1, 5),
+        st.sampled_from([(1, 4, 4), (3, 5, 7), (4, 16, 16)]),
+        st.integers(1, 6),
+        st.booleans(),
+        st.integers(0, 2**31 - 1),
+    )
     def run(batch, sample_shape, rank, channels_last, seed):
         generator = torch.Generator().manual_seed(seed)
         size = sample_shape[0] * sample_shape[1] * sample_shape[2]
@@ -101,7 +111,9 @@ def test_project_out_on_any_tensor(backend, dtype):
         x = torch.randn(batch, *sample_shape, generator=generator, dtype=torch.float64).to(dtype)
         if channels_last:
             x = x.to(memory_format=torch.channels_last)
-        vectors = torch.linalg.qr(torch.randn(batch, size, rank, generator=generator, dtype=torch.float64)).Q.to(dtype)  # column-major Q
+        vectors = torch.linalg.qr(torch.randn(batch, size, rank, generator=generator, dtype=torch.float64)).Q.to(
+            dtype
+        )  # column-major Q
         x.requires_grad_(True)
         with use_backend(backend):
             out = clarep_fast.project_out(x, vectors, rescale=True)
@@ -119,10 +131,21 @@ def test_project_out_on_any_tensor(backend, dtype):
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 def test_feature_align_and_pool_on_any_tensor(backend, dtype):
     @sweep(backend)
-    @given(st.integers(1, 6), st.sampled_from([1, 3, 40, 1025]), st.sampled_from(["cosine", "mse"]), st.sampled_from([(5, 7, 9), (3, 4, 4), (1, 1, 1)]), st.integers(1, 3), st.integers(0, 2**31 - 1))
+    @given(
+        st.integers(1, 6),
+        st.sampled_from([1, 3, 40, 1025]),
+        st.sampled_from(["cosine", "mse"]),
+        st.sampled_from([(5, 7, 9), (3, 4, 4), (1, 1, 1)]),
+        st.integers(1, 3),
+        st.integers(0, 2**31 - 1),
+    )
     def run(batch, width, kind, map_shape, size, seed):
         generator = torch.Generator().manual_seed(seed)
-        student = laid_out(torch.randn(batch, width, generator=generator, dtype=torch.float64), "offset" if width > 1 else "contiguous", dtype).requires_grad_(True)
+        student = laid_out(
+            torch.randn(batch, width, generator=generator, dtype=torch.float64),
+            "offset" if width > 1 else "contiguous",
+            dtype,
+        ).requires_grad_(True)
         teacher = torch.randn(batch, width, generator=generator, dtype=torch.float64).to(dtype).requires_grad_(True)
         with use_backend(backend):
             loss = clarep_fast.feature_align([student], [teacher], kind=kind)
@@ -135,9 +158,16 @@ def test_feature_align_and_pool_on_any_tensor(backend, dtype):
             # a cosine's gradient can vanish exactly (width 1); its natural size is 1/‖s‖ per row
             natural = (1.0 / leaf.detach().norm(dim=1).clamp_min(1e-30)).max().item() if kind == "cosine" else 0.0
             scale = max(want.abs().max().item(), natural)
-            assert (got.double() - want).abs().max().item() <= 10 * TOLERANCES[dtype]["grad"] * scale + 1e-30, "alignment gradient"
+            assert (got.double() - want).abs().max().item() <= 10 * TOLERANCES[dtype]["grad"] * scale + 1e-30, (
+                "alignment gradient"
+            )
         size = min(size, map_shape[1], map_shape[2])
-        feature_map = torch.randn(batch, *map_shape, generator=generator, dtype=torch.float64).to(dtype).to(memory_format=torch.channels_last).requires_grad_(True)
+        feature_map = (
+            torch.randn(batch, *map_shape, generator=generator, dtype=torch.float64)
+            .to(dtype)
+            .to(memory_format=torch.channels_last)
+            .requires_grad_(True)
+        )
         with use_backend(backend):
             packed = clarep_fast.feature_pool([feature_map], size, normalize=True)
         (grad,) = torch.autograd.grad(packed.double().sum(), feature_map)
@@ -165,7 +195,9 @@ def test_integer_and_bool_tensors_are_refused_by_name(dtype):
 
 
 def test_finite_values_too_large_for_squares_are_named_as_such():
-    with pytest.raises(ValueError, match=r"x of sample 0 holds values up to 1e\+20, too large for sums of squares in float32"):
+    with pytest.raises(
+        ValueError, match=r"x of sample 0 holds values up to 1e\+20, too large for sums of squares in float32"
+    ):
         clarep_fast.project_out(torch.full((2, 8), 1e20), torch.linalg.qr(torch.randn(2, 8, 2)).Q)
     with pytest.raises(ValueError, match=r"students\[0\] holds values up to 1e\+20"):
         clarep_fast.feature_align([torch.full((2, 4), 1e20)], [torch.ones(2, 4)])
@@ -175,7 +207,9 @@ def test_finite_values_too_large_for_squares_are_named_as_such():
 
 def test_sparse_tensors_and_non_bool_flags_are_refused_by_name():
     x = torch.randn(8, 4)
-    with pytest.raises(TypeError, match=r"x must be a dense \(strided\) tensor, got layout torch.sparse_coo; pass x.to_dense\(\)"):
+    with pytest.raises(
+        TypeError, match=r"x must be a dense \(strided\) tensor, got layout torch.sparse_coo; pass x.to_dense\(\)"
+    ):
         clarep_fast.cka(x.to_sparse(), x)
     with pytest.raises(TypeError, match=r"maps\[0\] must be a dense"):
         clarep_fast.feature_pool([torch.randn(2, 3, 4, 4).to_sparse()], 2)

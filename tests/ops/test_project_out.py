@@ -71,9 +71,13 @@ def test_backend_matches_reference_gpu(backend, shape, rank, dtype, rescale):
 @pytest.mark.parametrize("backend", CPU_BACKENDS)
 def test_gradcheck_float64(backend, rescale):
     x = torch.randn(2, 3, 2, 2, dtype=torch.float64, requires_grad=True)
-    vectors = torch.randn(2, 12, 3, dtype=torch.float64).requires_grad_(True)  # any V: the formulas hold beyond orthonormal
+    vectors = torch.randn(2, 12, 3, dtype=torch.float64).requires_grad_(
+        True
+    )  # any V: the formulas hold beyond orthonormal
     with use_backend(backend):
-        assert torch.autograd.gradcheck(lambda a, b: project_out(a, b, rescale=rescale), (x, vectors), fast_mode=backend == "triton")
+        assert torch.autograd.gradcheck(
+            lambda a, b: project_out(a, b, rescale=rescale), (x, vectors), fast_mode=backend == "triton"
+        )
 
 
 @pytest.mark.parametrize("backend", [b for b in CPU_BACKENDS if b != "triton"])
@@ -93,12 +97,28 @@ def test_removes_exactly_the_span(backend):
         again = project_out(out, vectors)
         rescaled = project_out(x, vectors, rescale=True)
     flat = out.reshape(4, -1)
-    assert_close(torch.einsum("bnk,bn->bk", vectors, flat), torch.zeros(4, 7, dtype=torch.float64), 1e-12, "Vᵀ out", relative_to_max=False)
+    assert_close(
+        torch.einsum("bnk,bn->bk", vectors, flat),
+        torch.zeros(4, 7, dtype=torch.float64),
+        1e-12,
+        "Vᵀ out",
+        relative_to_max=False,
+    )
     # what is left is x's component orthogonal to the span: x = out + V Vᵀ x
-    assert_close(flat + torch.einsum("bnk,bk->bn", vectors, torch.einsum("bnk,bn->bk", vectors, x.reshape(4, -1))), x.reshape(4, -1), 1e-12, "split")
+    assert_close(
+        flat + torch.einsum("bnk,bk->bn", vectors, torch.einsum("bnk,bn->bk", vectors, x.reshape(4, -1))),
+        x.reshape(4, -1),
+        1e-12,
+        "split",
+    )
     assert_close(again, out, 1e-12, "idempotent")
     assert_close(rescaled.reshape(4, -1).norm(dim=1), x.reshape(4, -1).norm(dim=1), 1e-12, "rescaled norm")
-    assert_close(rescaled / rescaled.reshape(4, -1).norm(dim=1)[:, None, None, None], out / flat.norm(dim=1)[:, None, None, None], 1e-12, "same direction")
+    assert_close(
+        rescaled / rescaled.reshape(4, -1).norm(dim=1)[:, None, None, None],
+        out / flat.norm(dim=1)[:, None, None, None],
+        1e-12,
+        "same direction",
+    )
 
 
 @pytest.mark.parametrize("backend", CPU_BACKENDS)

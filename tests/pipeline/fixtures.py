@@ -34,7 +34,7 @@ def shape_image(kind: str, side: int, rng: np.random.Generator) -> np.ndarray:
 def write_image_folder(root: Path, per_class: int = 12, side: int = 20, split: bool = True, seed: int = 0) -> Path:
     """root/train/<shape>/*.png and root/test/<shape>/*.png (or root/<shape>/*.png when not split)."""
     rng = np.random.default_rng(seed)
-    for part, count in ((("train", per_class), ("test", max(2, per_class // 3))) if split else (("", per_class),)):
+    for part, count in (("train", per_class), ("test", max(2, per_class // 3))) if split else (("", per_class),):
         for kind in SHAPES:
             folder = root / part / kind
             folder.mkdir(parents=True, exist_ok=True)
@@ -58,18 +58,35 @@ def write_cifar10_layout(root: Path, per_batch: int = 20, seed: int = 0) -> Path
     return root
 
 
-def write_pixel_pipeline(root: Path, classes: int, side: int, beta_schedule: str = "linear", prediction_type: str = "epsilon") -> Path:
+def write_pixel_pipeline(
+    root: Path, classes: int, side: int, beta_schedule: str = "linear", prediction_type: str = "epsilon"
+) -> Path:
     """A diffusers pipeline folder: unet/ (a small class-conditional UNet2DModel) and scheduler/."""
     from diffusers import DDIMScheduler, UNet2DModel
 
     torch.manual_seed(0)
-    unet = UNet2DModel(sample_size=side, in_channels=3, out_channels=3, layers_per_block=1, block_out_channels=(16, 32),
-                       down_block_types=("DownBlock2D", "AttnDownBlock2D"), up_block_types=("AttnUpBlock2D", "UpBlock2D"),
-                       num_class_embeds=classes + 1, norm_num_groups=8)  # fmt: skip
+    unet = UNet2DModel(
+        sample_size=side,
+        in_channels=3,
+        out_channels=3,
+        layers_per_block=1,
+        block_out_channels=(16, 32),
+        down_block_types=("DownBlock2D", "AttnDownBlock2D"),
+        up_block_types=("AttnUpBlock2D", "UpBlock2D"),
+        num_class_embeds=classes + 1,
+        norm_num_groups=8,
+    )
     unet.save_pretrained(root / "unet", safe_serialization=True)
     DDIMScheduler(beta_schedule=beta_schedule, prediction_type=prediction_type).save_pretrained(root / "scheduler")
-    (root / "model_index.json").write_text(json.dumps({"_class_name": "DDIMPipeline", "unet": ["diffusers", "UNet2DModel"],
-                                                       "scheduler": ["diffusers", "DDIMScheduler"]}))  # fmt: skip
+    (root / "model_index.json").write_text(
+        json.dumps(
+            {
+                "_class_name": "DDIMPipeline",
+                "unet": ["diffusers", "UNet2DModel"],
+                "scheduler": ["diffusers", "DDIMScheduler"],
+            }
+        )
+    )
     return root
 
 
@@ -78,14 +95,39 @@ def write_latent_pipeline(root: Path, classes: int, beta_schedule: str = "scaled
     from diffusers import AutoencoderKL, DDIMScheduler, DiTTransformer2DModel
 
     torch.manual_seed(0)
-    DiTTransformer2DModel(num_attention_heads=2, attention_head_dim=8, in_channels=4, out_channels=8, num_layers=2, sample_size=4,
-                          patch_size=2, num_embeds_ada_norm=classes, norm_num_groups=8).save_pretrained(root / "transformer")  # fmt: skip
-    AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(8, 16, 16), layers_per_block=1, norm_num_groups=8,
-                  down_block_types=("DownEncoderBlock2D",) * 3, up_block_types=("UpDecoderBlock2D",) * 3,
-                  scaling_factor=0.5).save_pretrained(root / "vae")  # fmt: skip
+    DiTTransformer2DModel(
+        num_attention_heads=2,
+        attention_head_dim=8,
+        in_channels=4,
+        out_channels=8,
+        num_layers=2,
+        sample_size=4,
+        patch_size=2,
+        num_embeds_ada_norm=classes,
+        norm_num_groups=8,
+    ).save_pretrained(root / "transformer")
+    AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        latent_channels=4,
+        block_out_channels=(8, 16, 16),
+        layers_per_block=1,
+        norm_num_groups=8,
+        down_block_types=("DownEncoderBlock2D",) * 3,
+        up_block_types=("UpDecoderBlock2D",) * 3,
+        scaling_factor=0.5,
+    ).save_pretrained(root / "vae")
     DDIMScheduler(beta_schedule=beta_schedule, beta_start=0.00085, beta_end=0.012).save_pretrained(root / "scheduler")
-    (root / "model_index.json").write_text(json.dumps({"_class_name": "DiTPipeline", "transformer": ["diffusers", "DiTTransformer2DModel"],
-                                                       "vae": ["diffusers", "AutoencoderKL"], "scheduler": ["diffusers", "DDIMScheduler"]}))  # fmt: skip
+    (root / "model_index.json").write_text(
+        json.dumps(
+            {
+                "_class_name": "DiTPipeline",
+                "transformer": ["diffusers", "DiTTransformer2DModel"],
+                "vae": ["diffusers", "AutoencoderKL"],
+                "scheduler": ["diffusers", "DDIMScheduler"],
+            }
+        )
+    )
     return root
 
 
@@ -100,8 +142,10 @@ def main(argv: list[str] | None = None) -> None:
     write_cifar10_layout(out / "cifar10", per_batch=60)
     write_pixel_pipeline(out / "unet-pipeline", classes=10, side=32)
     write_latent_pipeline(out / "dit-pipeline", classes=len(SHAPES))
-    print(f"wrote {out}/shapes (folder data, 3 classes, 16×16), {out}/cifar10 (CIFAR-10 layout), "
-          f"{out}/unet-pipeline (pixel UNet, 10 classes, 32×32) and {out}/dit-pipeline (latent DiT + VAE, 3 classes, 16×16)")
+    print(
+        f"wrote {out}/shapes (folder data, 3 classes, 16×16), {out}/cifar10 (CIFAR-10 layout), "
+        f"{out}/unet-pipeline (pixel UNet, 10 classes, 32×32) and {out}/dit-pipeline (latent DiT + VAE, 3 classes, 16×16)"
+    )
 
 
 if __name__ == "__main__":

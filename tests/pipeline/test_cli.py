@@ -14,7 +14,9 @@ def test_selfcheck_passes(capsys):
     assert main(["selfcheck", "--quick"]) == 0
     printed = capsys.readouterr().out
     assert "self-check passed" in printed
-    assert all(op in printed for op in ("cka", "feature_pool", "project_out", "feature_align")) and "fused is" in printed
+    assert (
+        all(op in printed for op in ("cka", "feature_pool", "project_out", "feature_align")) and "fused is" in printed
+    )
 
 
 def test_threads_follow_a_cgroup_cpu_quota(monkeypatch):
@@ -36,5 +38,7 @@ def test_threads_follow_a_cgroup_cpu_quota(monkeypatch):
     files["/sys/fs/cgroup/cpu.max"] = "max 100000\n"
     assert cli.usable_cpus() == 64
     files.clear()
-    files.update({"/sys/fs/cgroup/cpu/cpu.cfs_quota_us": "150000", "/sys/fs/cgroup/cpu/cpu.cfs_period_us": "100000"})  # cgroup v1, 1.5 CPUs
+    files.update(
+        {"/sys/fs/cgroup/cpu/cpu.cfs_quota_us": "150000", "/sys/fs/cgroup/cpu/cpu.cfs_period_us": "100000"}
+    )  # cgroup v1, 1.5 CPUs
     assert cli.usable_cpus() == 2

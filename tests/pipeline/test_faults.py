@@ -49,7 +49,9 @@ def run_cli(args: list[str], expect: int = 0) -> subprocess.CompletedProcess:
     return result
 
 
-def start_and_stop(args: list[str], started: Path, delay: float, how: int = signal.SIGKILL) -> subprocess.CompletedProcess:
+def start_and_stop(
+    args: list[str], started: Path, delay: float, how: int = signal.SIGKILL
+) -> subprocess.CompletedProcess:
     """Start the command, wait until it has begun work (``started`` exists), then send ``how`` after ``delay`` seconds."""
     process = subprocess.Popen(CLI + args, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 120
@@ -108,9 +110,16 @@ def test_train_teacher_survives_kills(tmp_path):
     whole, killed = tmp_path / "whole", tmp_path / "killed"
     work = timed_work(teacher_args(whole), whole / "config.json")
     killed_then_resumed(teacher_args(killed), killed / "config.json", work, seed=1)
-    same_tensors(load_file(str(whole / "teacher" / "diffusion_pytorch_model.safetensors")), load_file(str(killed / "teacher" / "diffusion_pytorch_model.safetensors")))
+    same_tensors(
+        load_file(str(whole / "teacher" / "diffusion_pytorch_model.safetensors")),
+        load_file(str(killed / "teacher" / "diffusion_pytorch_model.safetensors")),
+    )
     assert (whole / "loss.csv").read_text() == (killed / "loss.csv").read_text()
-    assert sorted(p.name for p in whole.glob("samples_*.png")) == sorted(p.name for p in killed.glob("samples_*.png")) == ["samples_000008.png", "samples_000016.png", "samples_000024.png"]
+    assert (
+        sorted(p.name for p in whole.glob("samples_*.png"))
+        == sorted(p.name for p in killed.glob("samples_*.png"))
+        == ["samples_000008.png", "samples_000016.png", "samples_000024.png"]
+    )
     assert not list(killed.rglob(".*.tmp*")), "a temporary file was left behind"
 
 
@@ -120,14 +129,19 @@ def test_search_survives_kills(teacher_dir, bank_dir, tmp_path):
     killed_then_resumed(search_args(teacher_dir, killed), killed / "config.json", work, seed=2)
     for shard in sorted((bank_dir / "shards").glob("*.safetensors")):
         same_tensors(load_file(str(shard)), load_file(str(killed / "shards" / shard.name)))
-    assert sorted(p.name for p in (killed / "shards").iterdir()) == sorted(p.name for p in (bank_dir / "shards").iterdir())
+    assert sorted(p.name for p in (killed / "shards").iterdir()) == sorted(
+        p.name for p in (bank_dir / "shards").iterdir()
+    )
 
 
 def test_distill_survives_kills(bank_dir, tmp_path):
     whole, killed = tmp_path / "whole", tmp_path / "killed"
     work = timed_work(distill_args(bank_dir, whole), whole / "config.json")
     killed_then_resumed(distill_args(bank_dir, killed), killed / "config.json", work, seed=3)
-    same_tensors(load_checked(whole / "student.pt", "student", remedy="")["student"], load_checked(killed / "student.pt", "student", remedy="")["student"])
+    same_tensors(
+        load_checked(whole / "student.pt", "student", remedy="")["student"],
+        load_checked(killed / "student.pt", "student", remedy="")["student"],
+    )
     strip = lambda text: [line.rsplit(",", 1)[0] for line in text.splitlines()]  # noqa: E731  (the last column is seconds)
     assert strip((whole / "metrics.csv").read_text()) == strip((killed / "metrics.csv").read_text())
 
@@ -181,8 +195,14 @@ def test_a_damaged_shard_is_named_and_refused(bank_dir, tmp_path, how):
     shutil.copytree(bank_dir, bank)
     (bank / ".lock").unlink(missing_ok=True)
     damage(bank / "shards" / "shard_00001.safetensors", how)
-    result = run_cli(["distill", str(tmp_path / "run"), "--bank", str(bank), "--student", "test_resnet", "--epochs", "1"], expect=2)
-    assert "shard_00001.safetensors" in result.stderr and "delete it and rerun" in result.stderr and "Traceback" not in result.stderr
+    result = run_cli(
+        ["distill", str(tmp_path / "run"), "--bank", str(bank), "--student", "test_resnet", "--epochs", "1"], expect=2
+    )
+    assert (
+        "shard_00001.safetensors" in result.stderr
+        and "delete it and rerun" in result.stderr
+        and "Traceback" not in result.stderr
+    )
 
 
 @pytest.mark.parametrize("how", ["truncate", "garble"])
@@ -236,7 +256,12 @@ def test_a_full_disk_names_the_file_and_replaces_nothing(tmp_path, monkeypatch):
     [
         (["train-teacher", "{run}", "--steps", "-5"], "--steps"),
         (["train-teacher", "{run}", "--checkpoint-every", "0"], "--checkpoint-every"),
-        (["train-teacher", "{run}", "--device", "cuda"] if not torch.cuda.is_available() else ["train-teacher", "{run}", "--device", "nope"], "--device"),
+        (
+            ["train-teacher", "{run}", "--device", "cuda"]
+            if not torch.cuda.is_available()
+            else ["train-teacher", "{run}", "--device", "nope"],
+            "--device",
+        ),
         (["train-teacher", "{run}", "--device", "mps"], "--device"),
         (["train-teacher", "{run}", "--learning-rate", "nan"], "--learning-rate"),
         (["train-teacher", "{run}", "--channels", "8", "16", "--norm-groups", "3"], "--norm-groups"),
@@ -258,8 +283,15 @@ def test_bad_flags_are_one_line_exit_2_and_leave_no_folder(tmp_path, args, flag)
     assert not run.exists()
 
 
-@pytest.mark.parametrize("changes,what", [(["-k", "768"], "k must be in"), (["--t-e", "999"], "t_e must be inside"), (["--layer", "up_blocks.9"], "unknown layer"),
-                                          (["--pool", "100"], "pool size 100 is larger")])
+@pytest.mark.parametrize(
+    "changes,what",
+    [
+        (["-k", "768"], "k must be in"),
+        (["--t-e", "999"], "t_e must be inside"),
+        (["--layer", "up_blocks.9"], "unknown layer"),
+        (["--pool", "100"], "pool size 100 is larger"),
+    ],
+)
 def test_values_the_teacher_cannot_take_leave_no_folder(teacher_dir, tmp_path, changes, what):
     bank = tmp_path / "bank"
     result = run_cli(search_args(teacher_dir, bank) + changes, expect=2)
@@ -298,7 +330,10 @@ def test_demo_survives_kills(teacher_dir, tmp_path):
     subprocess.run(args(killed), env=ENV, check=True, capture_output=True, timeout=600)
     assert (whole / "evaluation.json").read_text() == (killed / "evaluation.json").read_text()
     for name in ("baseline-s0", "cadistill-s0"):
-        same_tensors(load_checked(whole / name / "student.pt", "student", remedy="")["student"], load_checked(killed / name / "student.pt", "student", remedy="")["student"])
+        same_tensors(
+            load_checked(whole / name / "student.pt", "student", remedy="")["student"],
+            load_checked(killed / name / "student.pt", "student", remedy="")["student"],
+        )
     assert (killed / "report.md").exists() and not list(killed.rglob(".*.tmp*"))
 
 
@@ -334,22 +369,33 @@ def test_a_diverging_teacher_stops_with_one_line_and_writes_no_nan(tmp_path):
     args[args.index("--steps") + 1] = "6"
     result = run_cli(args + ["--learning-rate", "1e30"], expect=2)
     lines = result.stderr.strip().splitlines()
-    assert "training diverged at step" in lines[-1] and "lower --learning-rate" in lines[-1] and "Traceback" not in result.stderr, result.stderr
+    assert (
+        "training diverged at step" in lines[-1]
+        and "lower --learning-rate" in lines[-1]
+        and "Traceback" not in result.stderr
+    ), result.stderr
     assert not (run / "teacher").exists()
-    checkpoint = RunDir(run, command="train-teacher").load_checkpoint()  # what was saved before the divergence is finite
+    checkpoint = RunDir(
+        run, command="train-teacher"
+    ).load_checkpoint()  # what was saved before the divergence is finite
     assert checkpoint is None or all(bool(torch.isfinite(v).all()) for v in checkpoint["model"].values())
 
 
 def test_nothing_non_finite_is_written(tmp_path):
     from clarep_fast.pipeline.clarid.bank import shard_path, write_shard
 
-    with pytest.raises(ValueError, match=r"refusing to write .*student.pt: student.fc.weight holds NaN or Inf \(first at index \(1, 2\)\); nothing was written"):
+    with pytest.raises(
+        ValueError,
+        match=r"refusing to write .*student.pt: student.fc.weight holds NaN or Inf \(first at index \(1, 2\)\); nothing was written",
+    ):
         weights = torch.zeros(3, 4)
         weights[1, 2] = float("inf")
         save_checked(tmp_path / "student.pt", "student", {"student": {"fc.weight": weights}, "epoch": 1})
     samples = torch.rand(4, 3, 8, 8)
     samples[2, 0, 1, 1] = float("nan")
-    with pytest.raises(ValueError, match=r"shard_00000.safetensors: samples holds NaN or Inf \(first at index \(2, 0, 1, 1\)\)"):
+    with pytest.raises(
+        ValueError, match=r"shard_00000.safetensors: samples holds NaN or Inf \(first at index \(2, 0, 1, 1\)\)"
+    ):
         write_shard(tmp_path, 0, {"samples": samples, "classes": torch.arange(4)}, identity="0" * 64)
     assert not (tmp_path / "student.pt").exists() and not shard_path(tmp_path, 0).exists()
 
@@ -361,7 +407,9 @@ def test_a_teacher_with_nan_weights_is_refused(teacher_dir, tmp_path):
     with torch.no_grad():
         model.conv_in.weight[0, 0, 0, 0] = float("nan")
     model.save_pretrained(tmp_path / "teacher", safe_serialization=True)
-    with pytest.raises(ValueError, match=r"teacher: its weight conv_in.weight holds NaN or Inf; the model diverged in training"):
+    with pytest.raises(
+        ValueError, match=r"teacher: its weight conv_in.weight holds NaN or Inf; the model diverged in training"
+    ):
         load_teacher(tmp_path / "teacher")
 
 
@@ -383,22 +431,39 @@ def test_a_bank_config_or_shard_that_does_not_belong_is_named(bank_dir, tmp_path
     bank = tmp_path / "bank"
     shutil.copytree(bank_dir, bank)
     config = json.loads((bank / "config.json").read_text())
-    other = tmp_path / "other"  # a bank of another seed: its shards have this bank's indices and shapes, not its identity
+    other = (
+        tmp_path / "other"
+    )  # a bank of another seed: its shards have this bank's indices and shapes, not its identity
     shutil.copytree(bank_dir, other)
     (other / "config.json").write_text(json.dumps({**config, "seed": config["seed"] + 1}))
-    with pytest.raises(DamagedFileError, match=r"shard_00000.safetensors belongs to another bank: it was written by a search with another config or teacher"):
+    with pytest.raises(
+        DamagedFileError,
+        match=r"shard_00000.safetensors belongs to another bank: it was written by a search with another config or teacher",
+    ):
         load_bank(other)
-    (other / "config.json").write_text(json.dumps({**config, "teacher": "/moved/teacher", "data": {**config["data"], "workers": 3}}))
+    (other / "config.json").write_text(
+        json.dumps({**config, "teacher": "/moved/teacher", "data": {**config["data"], "workers": 3}})
+    )
     load_bank(other)  # the keys a resume may change are not part of the identity
     tensors = load_file(str(shard_path(other, 0)))
-    older = {key: value for key, value in shard_metadata(tensors, "unused").items() if key != "bank"}  # as shards were written before identities
+    older = {
+        key: value for key, value in shard_metadata(tensors, "unused").items() if key != "bank"
+    }  # as shards were written before identities
     save_file(tensors, str(shard_path(other, 0)), metadata=older)
-    with pytest.raises(DamagedFileError, match=r"shard_00000.safetensors was written by an older clarep_fast \(no bank identity in its metadata\)"):
+    with pytest.raises(
+        DamagedFileError,
+        match=r"shard_00000.safetensors was written by an older clarep_fast \(no bank identity in its metadata\)",
+    ):
         load_bank(other)
     shutil.copy(shard_path(bank, 0), shard_path(bank, 1))  # intact by its digest, but the wrong CLAReps
-    with pytest.raises(DamagedFileError, match=r"shard_00001.safetensors holds CLAReps 0..1 but shard 1 of this bank holds 2..3"):
+    with pytest.raises(
+        DamagedFileError, match=r"shard_00001.safetensors holds CLAReps 0..1 but shard 1 of this bank holds 2..3"
+    ):
         load_bank(bank)
-    for key, value, message in (("shards", "4", "shards must be a positive int"), ("feature_layers", "mid_block", "feature_layers must be a non-empty list")):
+    for key, value, message in (
+        ("shards", "4", "shards must be a positive int"),
+        ("feature_layers", "mid_block", "feature_layers must be a non-empty list"),
+    ):
         (bank / "config.json").write_text(json.dumps({**config, key: value}))
         with pytest.raises(DamagedFileError, match=message):
             load_bank(bank)
@@ -411,7 +476,9 @@ def test_a_file_for_a_run_folder_and_a_run_for_a_bank_are_named(tmp_path):
     with pytest.raises(NotADirectoryError, match=r"afile is a file, not a run folder; give search a folder"):
         RunDir(tmp_path / "afile", command="search").claim({"k": 3})
     RunDir(tmp_path / "student", command="distill").claim({"epochs": 2})
-    with pytest.raises(ValueError, match=r"student holds a distill run, not a CLARep bank; give the folder a `clarep-fast search` made"):
+    with pytest.raises(
+        ValueError, match=r"student holds a distill run, not a CLARep bank; give the folder a `clarep-fast search` made"
+    ):
         load_bank(tmp_path / "student")
 
 
@@ -424,6 +491,8 @@ def test_an_unforeseen_error_is_one_line_and_debug_shows_the_traceback(monkeypat
     monkeypatch.setitem(cli.COMMANDS, "backends", cli.COMMANDS["backends"]._replace(run=broken))
     assert cli.main(["backends"]) == 1
     lines = capsys.readouterr().err.strip().splitlines()
-    assert lines == ["clarep-fast backends: unexpected error: RuntimeError: something nobody foresaw (rerun with --debug for the traceback)"]
+    assert lines == [
+        "clarep-fast backends: unexpected error: RuntimeError: something nobody foresaw (rerun with --debug for the traceback)"
+    ]
     with pytest.raises(RuntimeError, match="nobody foresaw"):
         cli.main(["backends", "--debug"])

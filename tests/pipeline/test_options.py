@@ -27,9 +27,37 @@ def test_no_flags_give_the_defaults(config_class):
 
 
 def test_every_kind_of_field():
-    config = parse(SearchConfig, ["--t-e", "500", "-k", "8", "--no-rescale", "--feature-layers", "mid_block", "down_blocks.1",
-                                  "--count", "12", "--mode", "exact", "--rho", "0.5", "--seed", "3", "--data-seed", "2"])  # fmt: skip
-    assert (config.t_e, config.k, config.rescale, config.count, config.mode, config.seed) == (500, 8, False, 12, "exact", 3)
+    config = parse(
+        SearchConfig,
+        [
+            "--t-e",
+            "500",
+            "-k",
+            "8",
+            "--no-rescale",
+            "--feature-layers",
+            "mid_block",
+            "down_blocks.1",
+            "--count",
+            "12",
+            "--mode",
+            "exact",
+            "--rho",
+            "0.5",
+            "--seed",
+            "3",
+            "--data-seed",
+            "2",
+        ],
+    )
+    assert (config.t_e, config.k, config.rescale, config.count, config.mode, config.seed) == (
+        500,
+        8,
+        False,
+        12,
+        "exact",
+        3,
+    )
     assert config.feature_layers == ("mid_block", "down_blocks.1")
     assert config.data == DataConfig(rho=0.5, seed=2)
     assert parse(DistillConfig, ["--baseline", "--student-layers", "1", "2"]).baseline is True

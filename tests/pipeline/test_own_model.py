@@ -15,17 +15,57 @@ from clarep_fast.pipeline.clarid import load_bank
 from clarep_fast.pipeline.teacher.ddim import ddim_sample
 from clarep_fast.pipeline.teacher.load import load_teacher
 from clarep_fast.pipeline.teacher.schedule import NoiseSchedule
-from tests.pipeline.fixtures import SHAPES, write_cifar10_layout, write_image_folder, write_latent_pipeline, write_pixel_pipeline
+from tests.pipeline.fixtures import (
+    SHAPES,
+    write_cifar10_layout,
+    write_image_folder,
+    write_latent_pipeline,
+    write_pixel_pipeline,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
-FAST_SEARCH = ["-k", "3", "--steps", "4", "--count", "6", "--shard-size", "3", "--oversample", "3", "--tol", "1e-2", "--max-iters", "3", "--jacobian-batch", "3"]
+FAST_SEARCH = [
+    "-k",
+    "3",
+    "--steps",
+    "4",
+    "--count",
+    "6",
+    "--shard-size",
+    "3",
+    "--oversample",
+    "3",
+    "--tol",
+    "1e-2",
+    "--max-iters",
+    "3",
+    "--jacobian-batch",
+    "3",
+]
 FAST_DISTILL = ["--student", "test_resnet", "--epochs", "1", "--batch-size", "8", "--bank-batch-size", "4"]
-FAST_EVALUATE = ["--pgd-steps", "1", "--apgd-steps", "1", "--cw-steps", "1", "--attack-samples", "4", "--corruption-samples", "2"]
+FAST_EVALUATE = [
+    "--pgd-steps",
+    "1",
+    "--apgd-steps",
+    "1",
+    "--cw-steps",
+    "1",
+    "--attack-samples",
+    "4",
+    "--corruption-samples",
+    "2",
+]
 
 
 def _cli(*args) -> str:
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
-    result = subprocess.run([sys.executable, "-m", "clarep_fast.pipeline.cli", *map(str, args)], env=env, capture_output=True, text=True, timeout=600)
+    result = subprocess.run(
+        [sys.executable, "-m", "clarep_fast.pipeline.cli", *map(str, args)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return result.stdout
 
@@ -34,22 +74,49 @@ def test_latent_dit_pipeline_on_an_image_folder(tmp_path):
     teacher = write_latent_pipeline(tmp_path / "dit", classes=len(SHAPES))
     data = f"folder:{write_image_folder(tmp_path / 'shapes', per_class=10, side=24)}"
     bank = tmp_path / "bank"
-    _cli("search", bank, "--teacher", teacher, "--data", data, "--route", "inversion", "--layer", "transformer_blocks.0",
-         "--feature-layers", "transformer_blocks.0", "transformer_blocks.1", "--pool", "1", "--feature-pool", "1", *FAST_SEARCH)  # fmt: skip
+    _cli(
+        "search",
+        bank,
+        "--teacher",
+        teacher,
+        "--data",
+        data,
+        "--route",
+        "inversion",
+        "--layer",
+        "transformer_blocks.0",
+        "--feature-layers",
+        "transformer_blocks.0",
+        "transformer_blocks.1",
+        "--pool",
+        "1",
+        "--feature-pool",
+        "1",
+        *FAST_SEARCH,
+    )
     loaded = load_bank(bank)
     assert loaded.latents.shape == (6, 4, 4, 4)  # CLAReps live in the VAE latent
-    assert loaded.samples.shape == (6, 3, 16, 16)  # resolution from the VAE: 4 · 2² (the folder's 24×24 images are resized)
+    assert loaded.samples.shape == (
+        6,
+        3,
+        16,
+        16,
+    )  # resolution from the VAE: 4 · 2² (the folder's 24×24 images are resized)
     assert loaded.samples.min() >= 0 and loaded.samples.max() <= 1 and loaded.ordinary_samples.max() <= 1
     config = json.loads((bank / "config.json").read_text())
     assert config["latent_teacher"] and config["classes"] == sorted(SHAPES) and config["resolution"] == 16
-    assert config["schedule"]["alpha_bar_last"] == pytest.approx(float(load_teacher(teacher).schedule.alphas_cumprod[-1]))
+    assert config["schedule"]["alpha_bar_last"] == pytest.approx(
+        float(load_teacher(teacher).schedule.alphas_cumprod[-1])
+    )
     run = tmp_path / "student"
     _cli("distill", run, "--bank", bank, "--data", data, "--student-layers", "3", "4", *FAST_DISTILL)
     metrics = json.loads((run / "metrics.json").read_text())
     assert "val_accuracy" in metrics[0] and "test_accuracy" not in metrics[0]
     out = _cli("evaluate", run / "student.pt", *FAST_EVALUATE)
     results = json.loads((run / "evaluation.json").read_text())
-    assert {"clean", "pgd1", "corruption_mean"} <= set(results) and "swapped" not in results  # background variants: default data only
+    assert {"clean", "pgd1", "corruption_mean"} <= set(
+        results
+    ) and "swapped" not in results  # background variants: default data only
     assert "test split of --data folder:" in (run / "evaluation.md").read_text() and "| student |" in out
 
 
@@ -57,9 +124,26 @@ def test_pixel_unet_pipeline_on_cifar10_layout(tmp_path):
     teacher = write_pixel_pipeline(tmp_path / "unet", classes=10, side=32, prediction_type="v_prediction")
     data = f"cifar10:{write_cifar10_layout(tmp_path / 'cifar', per_batch=10)}"
     bank = tmp_path / "bank"
-    _cli("search", bank, "--teacher", teacher, "--data", data, "--layer", "down_blocks.1", "--feature-layers", "down_blocks.1", "mid_block", *FAST_SEARCH)
+    _cli(
+        "search",
+        bank,
+        "--teacher",
+        teacher,
+        "--data",
+        data,
+        "--layer",
+        "down_blocks.1",
+        "--feature-layers",
+        "down_blocks.1",
+        "mid_block",
+        *FAST_SEARCH,
+    )
     loaded = load_bank(bank)
-    assert loaded.samples.shape == loaded.latents.shape == (6, 3, 32, 32) and 0 <= loaded.samples.min() and loaded.samples.max() <= 1
+    assert (
+        loaded.samples.shape == loaded.latents.shape == (6, 3, 32, 32)
+        and 0 <= loaded.samples.min()
+        and loaded.samples.max() <= 1
+    )
     assert json.loads((bank / "config.json").read_text())["schedule"]["prediction_type"] == "v_prediction"
     run = tmp_path / "student"
     _cli("distill", run, "--bank", bank, "--data", data, "--student-layers", "3", "4", *FAST_DISTILL)
@@ -71,8 +155,10 @@ def test_a_teacher_that_does_not_fit_the_data_is_refused_naming_both(tmp_path):
     teacher = write_latent_pipeline(tmp_path / "dit", classes=5)
     data = f"folder:{write_image_folder(tmp_path / 'shapes', per_class=4)}"
     env = dict(os.environ, PYTHONPATH=str(ROOT))
-    for extra, message in ((["--data", data], "knows 5 classes but the data has 3"),
-                           (["--data", data, "--resolution", "32"], "--resolution 32 but the teacher makes 16×16")):  # fmt: skip
+    for extra, message in (
+        (["--data", data], "knows 5 classes but the data has 3"),
+        (["--data", data, "--resolution", "32"], "--resolution 32 but the teacher makes 16×16"),
+    ):
         result = subprocess.run([sys.executable, "-m", "clarep_fast.pipeline.cli", "search", str(tmp_path / "bank"), "--teacher", str(teacher), *extra],
                                 env=env, capture_output=True, text=True, timeout=300)  # fmt: skip
         assert result.returncode == 2 and message in result.stderr, result.stderr
@@ -106,7 +192,12 @@ def test_the_scheduler_is_read_and_changes_the_result(tmp_path):
 
 def test_latent_teacher_encodes_and_decodes_through_its_vae(tmp_path):
     teacher = load_teacher(write_latent_pipeline(tmp_path / "dit", classes=3))
-    assert teacher.is_latent and teacher.latent_shape == (4, 4, 4) and teacher.resolution == 16 and teacher.num_classes == 3
+    assert (
+        teacher.is_latent
+        and teacher.latent_shape == (4, 4, 4)
+        and teacher.resolution == 16
+        and teacher.num_classes == 3
+    )
     images = torch.rand(2, 3, 16, 16) * 2 - 1
     latents = teacher.encode(images)
     vae = teacher.vae
@@ -123,7 +214,9 @@ def test_damaged_or_unsupported_scheduler_configs_are_refused_by_name(tmp_path):
     with pytest.raises(ValueError, match="scheduler_config.json: zero-terminal-SNR schedules"):
         load_teacher(root)
     config_file.write_text('{"beta_schedule": "linear", ')
-    with pytest.raises(ValueError, match=r"scheduler_config.json \(a diffusers scheduler config\) is not readable JSON"):
+    with pytest.raises(
+        ValueError, match=r"scheduler_config.json \(a diffusers scheduler config\) is not readable JSON"
+    ):
         load_teacher(root)
     config_file.write_text(json.dumps({**original, "prediction_type": "flow"}))
     with pytest.raises(ValueError, match="prediction_type must be one of"):

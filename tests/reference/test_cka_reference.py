@@ -15,7 +15,11 @@ def _hsic_textbook(K: np.ndarray, L: np.ndarray, unbiased: bool) -> float:
         return float(np.trace(K @ H @ L @ H)) / (n - 1) ** 2
     Kt, Lt = K - np.diag(np.diag(K)), L - np.diag(np.diag(L))  # Song et al. 2012, eq. (5)
     one = np.ones(n)
-    term = np.trace(Kt @ Lt) + (one @ Kt @ one) * (one @ Lt @ one) / ((n - 1) * (n - 2)) - 2 / (n - 2) * (one @ Kt @ Lt @ one)
+    term = (
+        np.trace(Kt @ Lt)
+        + (one @ Kt @ one) * (one @ Lt @ one) / ((n - 1) * (n - 2))
+        - 2 / (n - 2) * (one @ Kt @ Lt @ one)
+    )
     return float(term) / (n * (n - 3))
 
 

@@ -26,7 +26,9 @@ def _hooked_reference(model, layers, pool, normalize, call):
     captured, handles = {}, []
     for name in layers:
         module = model.get_submodule(name)
-        handles.append(module.register_forward_hook(lambda m, i, out, name=name: captured.__setitem__(name, as_map(out, name))))
+        handles.append(
+            module.register_forward_hook(lambda m, i, out, name=name: captured.__setitem__(name, as_map(out, name)))
+        )
     try:
         call()
     finally:
@@ -57,7 +59,9 @@ def test_early_exit_skips_later_blocks_and_matches_full_forward():
     model = tiny_unet()
     x, t, c = _unet_inputs()
     calls = []
-    handles = [block.register_forward_hook(lambda *a: calls.append(1)) for block in list(model.up_blocks) + [model.mid_block]]
+    handles = [
+        block.register_forward_hook(lambda *a: calls.append(1)) for block in list(model.up_blocks) + [model.mid_block]
+    ]
     with torch.no_grad():
         early = FeatureTap(model, ["down_blocks.1"], stop_early=True)(x, t, c).packed
         assert not calls, "blocks after the deepest tapped layer ran"

@@ -35,7 +35,15 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import Tensor
 
-from clarep_fast.pipeline.files import FORMAT_VERSION, DamagedFileError, atomic_write, check_shard, read_json, require_finite, shard_metadata
+from clarep_fast.pipeline.files import (
+    FORMAT_VERSION,
+    DamagedFileError,
+    atomic_write,
+    check_shard,
+    read_json,
+    require_finite,
+    shard_metadata,
+)
 from clarep_fast.pipeline.rundir import flatten_config
 
 SHARDS = "shards"
@@ -86,14 +94,20 @@ def read_bank_config(bank: Path) -> dict:
     """config.json of a bank, refused unless it is a readable bank config of this format version."""
     config_file = bank / "config.json"
     if not config_file.exists():
-        raise FileNotFoundError(f"{bank} is not a CLARep bank (no config.json); create one with `clarep-fast search {bank}`")
+        raise FileNotFoundError(
+            f"{bank} is not a CLARep bank (no config.json); create one with `clarep-fast search {bank}`"
+        )
     remedy = "restore it, or make the bank anew with `clarep-fast search` into a new folder"
     config = read_json(config_file, "a CLARep bank's config", remedy)
     if isinstance(config, dict) and config.get("command", "search") != "search":  # e.g. --bank pointed at a distill run
-        raise ValueError(f"{bank} holds a {config['command']} run, not a CLARep bank; give the folder a `clarep-fast search` made")
+        raise ValueError(
+            f"{bank} holds a {config['command']} run, not a CLARep bank; give the folder a `clarep-fast search` made"
+        )
     if not isinstance(config, dict) or config.get("bank_format") != FORMAT_VERSION:
         found = config.get("bank_format") if isinstance(config, dict) else None
-        raise DamagedFileError(f"{config_file} is not a bank config of format version {FORMAT_VERSION} (found {found!r}; banks written before format versions have none): {remedy}")
+        raise DamagedFileError(
+            f"{config_file} is not a bank config of format version {FORMAT_VERSION} (found {found!r}; banks written before format versions have none): {remedy}"
+        )
     missing = [key for key in ("shards", "feature_layers") if key not in config]
     if missing:
         raise DamagedFileError(f"{config_file} lacks {', '.join(missing)}: {remedy}")
@@ -101,7 +115,9 @@ def read_bank_config(bank: Path) -> dict:
     if isinstance(shards, bool) or not isinstance(shards, int) or shards < 1:
         raise DamagedFileError(f"{config_file}: shards must be a positive int, found {shards!r}: {remedy}")
     if not isinstance(layers, list) or not layers or not all(isinstance(layer, str) for layer in layers):
-        raise DamagedFileError(f"{config_file}: feature_layers must be a non-empty list of layer names, found {layers!r}: {remedy}")
+        raise DamagedFileError(
+            f"{config_file}: feature_layers must be a non-empty list of layer names, found {layers!r}: {remedy}"
+        )
     return config
 
 
@@ -109,7 +125,16 @@ def _span(index: Tensor) -> str:
     return f"{int(index[0])}..{int(index[-1])}" if len(index) else "none"
 
 
-SHARD_ENTRIES = ("index", "classes", "latents", "start_latents", "samples", "ordinary_samples", "singular_values", "iterations")  # + per-layer features
+SHARD_ENTRIES = (
+    "index",
+    "classes",
+    "latents",
+    "start_latents",
+    "samples",
+    "ordinary_samples",
+    "singular_values",
+    "iterations",
+)  # + per-layer features
 
 
 class Bank(NamedTuple):
@@ -133,7 +158,9 @@ def load_bank(path: str | Path) -> Bank:
     shards = config["shards"]
     missing = [shard for shard in range(shards) if not shard_path(bank, shard).exists()]
     if missing:
-        raise FileNotFoundError(f"bank {bank} is incomplete: {len(missing)} of {shards} shards missing (first: {missing[0]}); rerun `clarep-fast search {bank}` to finish it")
+        raise FileNotFoundError(
+            f"bank {bank} is incomplete: {len(missing)} of {shards} shards missing (first: {missing[0]}); rerun `clarep-fast search {bank}` to finish it"
+        )
     layers = config["feature_layers"]
     identity = bank_identity(config)
     parts = [read_shard(bank, shard, identity) for shard in range(shards)]
@@ -142,21 +169,35 @@ def load_bank(path: str | Path) -> Bank:
     for shard, part in enumerate(parts):  # each shard is intact (digest); together they must form one bank
         absent = [name for name in needed if name not in part]
         if absent:
-            raise DamagedFileError(f"{shard_path(bank, shard)} lacks {', '.join(absent)} (the bank's config.json names layers {layers}): "
-                                   f"it belongs to another bank; delete it and rerun `clarep-fast search {bank}`")  # fmt: skip
+            raise DamagedFileError(
+                f"{shard_path(bank, shard)} lacks {', '.join(absent)} (the bank's config.json names layers {layers}): "
+                f"it belongs to another bank; delete it and rerun `clarep-fast search {bank}`"
+            )
         if isinstance(size, int) and isinstance(count, int):
             expected = torch.arange(shard * size, min((shard + 1) * size, count))
             if not torch.equal(part["index"], expected):
-                raise DamagedFileError(f"{shard_path(bank, shard)} holds CLAReps {_span(part['index'])} but shard {shard} of this bank holds "
-                                       f"{_span(expected)}: it was copied from another shard or bank; delete it and rerun `clarep-fast search {bank}`")  # fmt: skip
+                raise DamagedFileError(
+                    f"{shard_path(bank, shard)} holds CLAReps {_span(part['index'])} but shard {shard} of this bank holds "
+                    f"{_span(expected)}: it was copied from another shard or bank; delete it and rerun `clarep-fast search {bank}`"
+                )
         for name in needed:
             if part[name].shape[1:] != parts[0][name].shape[1:] or part[name].dtype != parts[0][name].dtype:
-                raise DamagedFileError(f"{shard_path(bank, shard)} holds {name} of shape {tuple(part[name].shape)} ({part[name].dtype}) but shard 0 has "
-                                       f"{tuple(parts[0][name].shape)} ({parts[0][name].dtype}): the shards come from different searches; "
-                                       f"delete the odd ones and rerun `clarep-fast search {bank}`")  # fmt: skip
+                raise DamagedFileError(
+                    f"{shard_path(bank, shard)} holds {name} of shape {tuple(part[name].shape)} ({part[name].dtype}) but shard 0 has "
+                    f"{tuple(parts[0][name].shape)} ({parts[0][name].dtype}): the shards come from different searches; "
+                    f"delete the odd ones and rerun `clarep-fast search {bank}`"
+                )
     merged = {name: torch.cat([part[name] for part in parts]) for name in needed}
     return Bank(
-        config, merged["index"], merged["classes"], merged["latents"], merged["start_latents"], merged["samples"],
-        merged["ordinary_samples"], merged["singular_values"], merged["iterations"],
-        {layer: merged[f"features.{layer}"] for layer in layers}, {layer: merged[f"ordinary_features.{layer}"] for layer in layers},
-    )  # fmt: skip
+        config,
+        merged["index"],
+        merged["classes"],
+        merged["latents"],
+        merged["start_latents"],
+        merged["samples"],
+        merged["ordinary_samples"],
+        merged["singular_values"],
+        merged["iterations"],
+        {layer: merged[f"features.{layer}"] for layer in layers},
+        {layer: merged[f"ordinary_features.{layer}"] for layer in layers},
+    )

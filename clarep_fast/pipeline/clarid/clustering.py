@@ -22,7 +22,9 @@ def kmeans(features: Tensor, clusters: int, *, restarts: int = 10, iterations: i
         centers = _plus_plus(points, clusters, generator)
         for _ in range(iterations):
             assignment = torch.cdist(points, centers).argmin(1)
-            moved = torch.stack([points[assignment == j].mean(0) if (assignment == j).any() else centers[j] for j in range(clusters)])
+            moved = torch.stack(
+                [points[assignment == j].mean(0) if (assignment == j).any() else centers[j] for j in range(clusters)]
+            )
             if torch.allclose(moved, centers):
                 break
             centers = moved
@@ -46,7 +48,9 @@ def _plus_plus(points: Tensor, clusters: int, generator: torch.Generator) -> Ten
 def normalized_mutual_information(labels: Tensor, clusters: Tensor) -> float:
     """NMI (arithmetic normalization) of two labelings of the same n items."""
     if labels.shape != clusters.shape or labels.dim() != 1:
-        raise ValueError(f"labels and clusters must be (n,) of one length, got {tuple(labels.shape)} and {tuple(clusters.shape)}")
+        raise ValueError(
+            f"labels and clusters must be (n,) of one length, got {tuple(labels.shape)} and {tuple(clusters.shape)}"
+        )
     _, a = labels.unique(return_inverse=True)
     _, b = clusters.unique(return_inverse=True)
     joint = torch.zeros(int(a.max()) + 1, int(b.max()) + 1, dtype=torch.float64)
@@ -72,7 +76,9 @@ def background_spread(images: Tensor, labels: Tensor) -> float | None:
     (the digits of the default dataset never touch it): the standard deviation of the border's
     mean RGB over a class's images, averaged over channels and classes. Images in [-1, 1] or [0, 1].
     None when no class has two images."""
-    border = torch.cat([images[:, :, 0], images[:, :, -1], images[:, :, 1:-1, 0], images[:, :, 1:-1, -1]], dim=2)  # (n, 3, border)
+    border = torch.cat(
+        [images[:, :, 0], images[:, :, -1], images[:, :, 1:-1, 0], images[:, :, 1:-1, -1]], dim=2
+    )  # (n, 3, border)
     colors = border.double().mean(2)  # (n, 3)
     spreads = [colors[labels == c].std(0).mean() for c in labels.unique() if (labels == c).sum() > 1]
     return float(torch.stack(spreads).mean()) if spreads else None

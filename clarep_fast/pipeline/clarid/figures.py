@@ -43,7 +43,9 @@ def class_picture(samples: torch.Tensor, ordinary: torch.Tensor, classes: torch.
     grid = make_grid(torch.cat(rows).clamp(0, 1), nrow=2 * PER_CLASS + 1, padding=1, pad_value=1.0)
     figure, axis = plt.subplots(figsize=(8, 0.65 * len(labels) + 0.6))
     axis.imshow(grid.permute(1, 2, 0).numpy(), interpolation="nearest")
-    axis.set_xticks([grid.shape[2] * 0.25, grid.shape[2] * 0.75], ["ordinary CFG samples", "canonical samples (CLAReps)"])
+    axis.set_xticks(
+        [grid.shape[2] * 0.25, grid.shape[2] * 0.75], ["ordinary CFG samples", "canonical samples (CLAReps)"]
+    )
     step = grid.shape[1] / len(labels)
     axis.set_yticks([step * (i + 0.5) for i in range(len(labels))], [f"class {label}" for label in labels])
     axis.tick_params(length=0)
@@ -77,7 +79,9 @@ def nmi_figure(scores: dict[str, dict[str, float]], spread: dict[str, float], pa
     left.set_ylim(0, 1)
     left.legend(loc="lower right", framealpha=0.9)
     left.set_title(description, fontsize=9)
-    right.bar([0, 1], [spread["ordinary"] or 0.0, spread["canonical"] or 0.0], color=["C0", "C1"])  # None: too few per class
+    right.bar(
+        [0, 1], [spread["ordinary"] or 0.0, spread["canonical"] or 0.0], color=["C0", "C1"]
+    )  # None: too few per class
     right.set_xticks([0, 1], ["ordinary", "canonical"])
     right.set_title("background color spread\nwithin a class")
     save_figure(path, figure)
@@ -92,12 +96,17 @@ def write_bank_figures(bank_dir: str | Path) -> dict:
     for layer in bank.features:
         scores[layer] = {"ordinary": feature_nmi(bank.ordinary_features[layer], bank.classes),
                          "canonical": feature_nmi(bank.features[layer], bank.classes)}  # fmt: skip
-    together = {kind: torch.cat([(f - f.mean(0)) / f.std(0).clamp_min(1e-8) for f in source.values()], 1)
-                for kind, source in (("ordinary", bank.ordinary_features), ("canonical", bank.features))}  # fmt: skip
+    together = {
+        kind: torch.cat([(f - f.mean(0)) / f.std(0).clamp_min(1e-8) for f in source.values()], 1)
+        for kind, source in (("ordinary", bank.ordinary_features), ("canonical", bank.features))
+    }
     scores["all layers"] = {kind: feature_nmi(features, bank.classes) for kind, features in together.items()}
     scores["pixels (independent)"] = {"ordinary": feature_nmi(bank.ordinary_samples.flatten(1), bank.classes),
                                       "canonical": feature_nmi(bank.samples.flatten(1), bank.classes)}  # fmt: skip
-    spread = {"ordinary": background_spread(bank.ordinary_samples, bank.classes), "canonical": background_spread(bank.samples, bank.classes)}
+    spread = {
+        "ordinary": background_spread(bank.ordinary_samples, bank.classes),
+        "canonical": background_spread(bank.samples, bank.classes),
+    }
     description = feature_description(bank.config)
     nmi_figure(scores, spread, bank_dir / "nmi.png", description)
     return {"count": len(bank.classes), "nmi": scores, "nmi_features": description, "background_spread": spread,

@@ -88,7 +88,9 @@ def topk_right_singular(
         raise ValueError(f"need oversample >= 0, max_iters >= 1, tol > 0; got {oversample}, {max_iters}, {tol}")
     for index, condition in enumerate(conditions):
         if not isinstance(condition, Tensor) or condition.dim() < 1 or condition.shape[0] != batch:
-            raise ValueError(f"conditions[{index}] must be a tensor with leading batch dimension {batch}, got {getattr(condition, 'shape', condition)!r}")
+            raise ValueError(
+                f"conditions[{index}] must be a tensor with leading batch dimension {batch}, got {getattr(condition, 'shape', condition)!r}"
+            )
     x = x.detach()
     with sdpa_kernel(SDPBackend.MATH), torch.enable_grad():
         linear = _Linearization(fn, x, conditions, mode)
@@ -97,7 +99,9 @@ def topk_right_singular(
             raise ValueError(f"fn must return features of shape ({batch}, D), got {tuple(features.shape)}")
         width = features.shape[1]
         if k > width:
-            raise ValueError(f"k = {k} exceeds the feature size D = {width}: J has at most {width} nonzero singular values")
+            raise ValueError(
+                f"k = {k} exceeds the feature size D = {width}: J has at most {width} nonzero singular values"
+            )
         probes = min(k + oversample, latent, width)
         if mode == "auto":
             mode = linear.mode = "exact" if width <= 6 * probes else "jvp"

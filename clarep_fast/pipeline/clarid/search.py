@@ -59,10 +59,21 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 
 @dataclass(frozen=True)
 class SearchConfig:
-    teacher: str = option("default", "'default' (the embedded teacher), a diffusers model folder or a pipeline folder (model_index.json)")
-    route: str = option("generative", "where x_{t_e} comes from: CFG sampling from noise, or DDIM inversion of real images", choices=ROUTES)
+    teacher: str = option(
+        "default", "'default' (the embedded teacher), a diffusers model folder or a pipeline folder (model_index.json)"
+    )
+    route: str = option(
+        "generative",
+        "where x_{t_e} comes from: CFG sampling from noise, or DDIM inversion of real images",
+        choices=ROUTES,
+    )
     t_e: int = option(600, "time of the projection, in [1, T-2] of the teacher's schedule", flag="--t-e")
-    k: int = option(96, "directions projected out (docs/runs/clarid/sweep.md: the background spread falls with k, digits stay)", flag="-k", low=1)
+    k: int = option(
+        96,
+        "directions projected out (docs/runs/clarid/sweep.md: the background spread falls with k, digits stay)",
+        flag="-k",
+        low=1,
+    )
     layer: str = option("mid_block", "teacher feature whose Jacobian is searched")
     pool: int = option(2, "that feature pooled to pool×pool", low=1)
     guidance: float = option(3.0, "CFG scale of every DDIM move", low=0)
@@ -70,19 +81,39 @@ class SearchConfig:
     steps: int = option(30, "DDIM steps of a full T -> 0 trajectory, split at t_e", low=2)
     count: int | None = option(None, "CLAReps in all (default: --fraction of the training set)", low=1)
     fraction: float = option(0.1, "CLAReps per class as a share of its training images", low=0, high=1, low_open=True)
-    feature_layers: tuple[str, ...] = option(("down_blocks.1", "down_blocks.2", "mid_block"), "layers of the cached canonical features")
+    feature_layers: tuple[str, ...] = option(
+        ("down_blocks.1", "down_blocks.2", "mid_block"), "layers of the cached canonical features"
+    )
     feature_pool: int = option(2, "cached features pooled to feature_pool×feature_pool", low=1)
-    feature_from: str = option("sample", "cached features of the samples re-noised to --feature-time (sample), or of the projected latent at t_e (latent: the earlier form)", choices=("sample", "latent"))
-    feature_time: int = option(200, "t_f, the time the samples are re-noised to for their features (chosen on the validation split: docs/runs/clarid/feature_time.md)", low=0)
-    feature_label: str = option("null", "label the feature taps see: null (content only) or true (the class label: features largely read the label)", choices=("null", "true"))
-    directions: str = option("top", "directions projected out: the Jacobian's top-k (CLARID), or k random orthonormal ones (the control)", choices=("top", "random"))
+    feature_from: str = option(
+        "sample",
+        "cached features of the samples re-noised to --feature-time (sample), or of the projected latent at t_e (latent: the earlier form)",
+        choices=("sample", "latent"),
+    )
+    feature_time: int = option(
+        200,
+        "t_f, the time the samples are re-noised to for their features (chosen on the validation split: docs/runs/clarid/feature_time.md)",
+        low=0,
+    )
+    feature_label: str = option(
+        "null",
+        "label the feature taps see: null (content only) or true (the class label: features largely read the label)",
+        choices=("null", "true"),
+    )
+    directions: str = option(
+        "top",
+        "directions projected out: the Jacobian's top-k (CLARID), or k random orthonormal ones (the control)",
+        choices=("top", "random"),
+    )
     mode: str = option("auto", "top-k method (auto: exact for narrow features; vjp: VJP-only)", choices=MODES)
     oversample: int = option(20, "extra probe vectors of the subspace iteration", low=0)
     tol: float = option(3e-3, "stop when successive top-k subspaces are this close (radians)", low=0, low_open=True)
     max_iters: int = option(50, "subspace iterations at most", low=1)
     shard_size: int = option(40, "CLAReps per bank shard (the unit of resume and of torchrun's split)", low=1)
     jacobian_batch: int = option(20, "images per batched Jacobian call (halved on a GPU out-of-memory error)", low=1)
-    dtype: str = option("float32", "the teacher network's precision (bfloat16/float16: for GPUs)", choices=tuple(DTYPES))
+    dtype: str = option(
+        "float32", "the teacher network's precision (bfloat16/float16: for GPUs)", choices=tuple(DTYPES)
+    )
     seed: int = option(0, "seed of the plan and of every shard's noise")
     data: DataConfig = option(default_factory=DataConfig)
 
@@ -126,22 +157,35 @@ def validate(config: SearchConfig, teacher: Teacher) -> tuple[FeatureTap, Featur
     if not 1 <= config.t_e <= last - 1:
         raise ValueError(f"t_e must be inside the teacher's schedule, in [1, {last - 1}], got {config.t_e}")
     if config.feature_time > last:
-        raise ValueError(f"feature_time must be inside the teacher's schedule, in [0, {last}], got {config.feature_time}")
+        raise ValueError(
+            f"feature_time must be inside the teacher's schedule, in [0, {last}], got {config.feature_time}"
+        )
     channels, size, _ = teacher.latent_shape
     latent = channels * size * size
     if not 1 <= config.k < latent:
         what = "VAE latent" if teacher.is_latent else "latent"
-        raise ValueError(f"k must be in [1, {latent}) (the {what} has {channels}×{size}×{size} = {latent} entries), got {config.k}")
+        raise ValueError(
+            f"k must be in [1, {latent}) (the {what} has {channels}×{size}×{size} = {latent} entries), got {config.k}"
+        )
     taps = []
     # the search tap runs under torch.func.jvp: it pools with the reference (custom ops have no forward-mode AD)
-    for name, layers, pool, fused in (("layer", [config.layer], config.pool, False), ("feature_layers", list(config.feature_layers), config.feature_pool, True)):
+    for name, layers, pool, fused in (
+        ("layer", [config.layer], config.pool, False),
+        ("feature_layers", list(config.feature_layers), config.feature_pool, True),
+    ):
         try:
             taps.append(FeatureTap(teacher.denoiser, layers, pool=pool, fused=fused))
         except ValueError as error:
             raise ValueError(f"{name}: {error}") from None
     device = teacher.device
-    probe = (torch.zeros(1, channels, size, size, device=device, dtype=teacher.dtype), torch.tensor([config.t_e], device=device), torch.zeros(1, dtype=torch.long, device=device))
-    for name, tap in zip(("pool", "feature_pool"), taps):  # one tiny forward: a pool size the maps cannot take fails here, before any file
+    probe = (
+        torch.zeros(1, channels, size, size, device=device, dtype=teacher.dtype),
+        torch.tensor([config.t_e], device=device),
+        torch.zeros(1, dtype=torch.long, device=device),
+    )
+    for name, tap in zip(
+        ("pool", "feature_pool"), taps
+    ):  # one tiny forward: a pool size the maps cannot take fails here, before any file
         try:
             with torch.no_grad():
                 tap(*probe)
@@ -153,13 +197,25 @@ def validate(config: SearchConfig, teacher: Teacher) -> tuple[FeatureTap, Featur
 def resolved_config(config: SearchConfig, count: int, teacher: Teacher, resolution: int, classes: list[str]) -> dict:
     before, after = split_steps(config, teacher.schedule.num_train_timesteps)
     resolved = dataclasses.asdict(config)
-    resolved.update(count=count, shards=math.ceil(count / config.shard_size), steps_before=before, steps_after=after,
-                    resolution=resolution, classes=classes, latent_shape=list(teacher.latent_shape), latent_teacher=teacher.is_latent,
-                    schedule=teacher.schedule.describe(), teacher_sha256=teacher_fingerprint(config.teacher), bank_format=FORMAT_VERSION)  # fmt: skip
+    resolved.update(
+        count=count,
+        shards=math.ceil(count / config.shard_size),
+        steps_before=before,
+        steps_after=after,
+        resolution=resolution,
+        classes=classes,
+        latent_shape=list(teacher.latent_shape),
+        latent_teacher=teacher.is_latent,
+        schedule=teacher.schedule.describe(),
+        teacher_sha256=teacher_fingerprint(config.teacher),
+        bank_format=FORMAT_VERSION,
+    )
     return as_json(resolved)
 
 
-def search_directions(features, start: Tensor, times: Tensor, labels: Tensor, config: SearchConfig, generator: torch.Generator):
+def search_directions(
+    features, start: Tensor, times: Tensor, labels: Tensor, config: SearchConfig, generator: torch.Generator
+):
     """Step 2 over the shard in Jacobian batches of at most ``jacobian_batch`` images. A batch that
     runs out of GPU memory is halved and retried from the same generator state."""
     batch, first = config.jacobian_batch, 0
@@ -169,12 +225,21 @@ def search_directions(features, start: Tensor, times: Tensor, labels: Tensor, co
         state = generator.get_state()
         try:
             found = topk_right_singular(
-                features, start[part], config.k, conditions=(times[part], labels[part]), oversample=config.oversample,
-                max_iters=config.max_iters, tol=config.tol, mode=config.mode, generator=generator,
-            )  # fmt: skip
+                features,
+                start[part],
+                config.k,
+                conditions=(times[part], labels[part]),
+                oversample=config.oversample,
+                max_iters=config.max_iters,
+                tol=config.tol,
+                mode=config.mode,
+                generator=generator,
+            )
         except torch.OutOfMemoryError:
             if batch == 1:
-                raise MemoryError("one image's Jacobian products do not fit in GPU memory: lower --oversample or -k, or use --dtype bfloat16") from None
+                raise MemoryError(
+                    "one image's Jacobian products do not fit in GPU memory: lower --oversample or -k, or use --dtype bfloat16"
+                ) from None
             generator.set_state(state)
             batch = max(1, batch // 2)
             torch.cuda.empty_cache()
@@ -193,7 +258,15 @@ def random_directions(count: int, latent_shape: tuple[int, ...], k: int, generat
     return torch.linalg.qr(gaussian).Q.float()
 
 
-def cached_features(teacher: Teacher, feature_tap: FeatureTap, config: SearchConfig, latent: Tensor, clean: Tensor, noise: Tensor, labels: Tensor) -> dict[str, Tensor]:
+def cached_features(
+    teacher: Teacher,
+    feature_tap: FeatureTap,
+    config: SearchConfig,
+    latent: Tensor,
+    clean: Tensor,
+    noise: Tensor,
+    labels: Tensor,
+) -> dict[str, Tensor]:
     """Step 5 for one kind of sample: {layer: (n, C_l·s²)} float32."""
     if config.feature_from == "latent":
         inputs, t = latent, config.t_e
@@ -207,7 +280,15 @@ def cached_features(teacher: Teacher, feature_tap: FeatureTap, config: SearchCon
     return {layer: found[layer].flatten(1).float() for layer in config.feature_layers}
 
 
-def search_shard(teacher: Teacher, taps: tuple[FeatureTap, FeatureTap], config: SearchConfig, classes: Tensor, sources: Tensor, train, shard: int) -> dict[str, Tensor]:
+def search_shard(
+    teacher: Teacher,
+    taps: tuple[FeatureTap, FeatureTap],
+    config: SearchConfig,
+    classes: Tensor,
+    sources: Tensor,
+    train,
+    shard: int,
+) -> dict[str, Tensor]:
     """Steps 1–5 of the module docstring for one shard's items; the shard's tensors."""
     device = teacher.device
     generator = torch.Generator().manual_seed(config.seed * 1_000_003 + shard)
@@ -219,7 +300,14 @@ def search_shard(teacher: Teacher, taps: tuple[FeatureTap, FeatureTap], config: 
     clip = not teacher.is_latent  # x̂_0 lies in [-1, 1] for pixels only
     if config.route == "generative":  # step 1
         noise = torch.randn(count, *teacher.latent_shape, generator=generator).to(device)
-        start = ddim_move(teacher, noise, labels, time_grid(steps_total - 1, config.t_e, before, steps_total), config.guidance, clip=clip)
+        start = ddim_move(
+            teacher,
+            noise,
+            labels,
+            time_grid(steps_total - 1, config.t_e, before, steps_total),
+            config.guidance,
+            clip=clip,
+        )
     else:
         clean = teacher.encode((train.take(sources, config.data.workers) * 2 - 1).to(device))
         start = ddim_invert(teacher, clean, labels, end=config.t_e, steps=before)
@@ -257,7 +345,9 @@ def prepare(config: SearchConfig, device: str) -> tuple[Teacher, tuple[FeatureTa
     checked against each other before any file is written."""
     teacher = load_teacher(config.teacher).to(device=device, dtype=DTYPES[config.dtype]).requires_grad_(False)
     resolution = resolve(config.data, teacher.resolution)
-    check_fits(teacher, classes=len(dataset_classes(config.data)), resolution=resolution, where=f"teacher {config.teacher}")
+    check_fits(
+        teacher, classes=len(dataset_classes(config.data)), resolution=resolution, where=f"teacher {config.teacher}"
+    )
     taps = validate(config, teacher)
     return teacher, taps, load_splits(config.data, resolution)["train"], resolution
 
@@ -282,7 +372,14 @@ def run_search(config: SearchConfig, bank_dir: str | Path, *, device: str | None
         read_shard(bank, shard, identity)
     sizes = {s: len(classes[s * config.shard_size : (s + 1) * config.shard_size]) for s in mine}
     done = sum(sizes[s] for s in mine if s not in todo)
-    bar = tqdm(total=sum(sizes.values()), initial=done, desc=f"CLARID rank {rank}" if world > 1 else "CLARID", unit="CLARep", disable=not progress, position=rank)
+    bar = tqdm(
+        total=sum(sizes.values()),
+        initial=done,
+        desc=f"CLARID rank {rank}" if world > 1 else "CLARID",
+        unit="CLARep",
+        disable=not progress,
+        position=rank,
+    )
     started = time.perf_counter()
     for shard in todo:
         part = slice(shard * config.shard_size, (shard + 1) * config.shard_size)

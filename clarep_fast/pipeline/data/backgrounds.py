@@ -42,7 +42,9 @@ def swapped_indices(labels: torch.Tensor, generator: torch.Generator) -> torch.T
     return (labels + shift) % len(PALETTE)
 
 
-def composite(masks: torch.Tensor, colors: torch.Tensor, generator: torch.Generator, texture: float = 0.15) -> torch.Tensor:
+def composite(
+    masks: torch.Tensor, colors: torch.Tensor, generator: torch.Generator, texture: float = 0.15
+) -> torch.Tensor:
     """masks (N, 1, R, R) in [0, 1], colors (N, 3) -> images (N, 3, R, R) in [0, 1]."""
     count, _, size, _ = masks.shape
     noise = torch.randn(count, 1, max(2, size // 4), max(2, size // 4), generator=generator)

@@ -13,7 +13,14 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from clarep_fast.pipeline.data.backgrounds import PALETTE, PLAIN_BLACK, VARIANTS, background_indices, composite, swapped_indices
+from clarep_fast.pipeline.data.backgrounds import (
+    PALETTE,
+    PLAIN_BLACK,
+    VARIANTS,
+    background_indices,
+    composite,
+    swapped_indices,
+)
 from clarep_fast.pipeline.data.images import TensorImages, stratified_split
 from clarep_fast.pipeline.data.mnist import NUM_CLASSES, load_mnist5k
 
@@ -27,11 +34,15 @@ def digit_masks(resolution: int) -> tuple[torch.Tensor, torch.Tensor]:
     images, labels = load_mnist5k()
     masks = images[:, None].float() / 255.0
     if resolution != 28:
-        masks = F.interpolate(masks, size=(resolution, resolution), mode="bilinear", antialias=True, align_corners=False)
+        masks = F.interpolate(
+            masks, size=(resolution, resolution), mode="bilinear", antialias=True, align_corners=False
+        )
     return masks.clamp(0, 1), labels
 
 
-def default_splits(resolution: int = 16, rho: float = 0.8, test_fraction: float = 0.2, val_fraction: float = 0.1, seed: int = 0) -> dict[str, TensorImages]:
+def default_splits(
+    resolution: int = 16, rho: float = 0.8, test_fraction: float = 0.2, val_fraction: float = 0.1, seed: int = 0
+) -> dict[str, TensorImages]:
     """{"train", "val", "test"} (all drawn with rho) and every test variant under "test_<variant>".
 
     Test is cut first (test_fraction of every class), then validation from the rest (val_fraction
@@ -45,7 +56,9 @@ def default_splits(resolution: int = 16, rho: float = 0.8, test_fraction: float 
     splits = {}
     for name, index in (("train", train_index), ("val", val_index), ("test", test_index)):
         backgrounds = background_indices(labels[index], rho, generator)
-        splits[name] = _images(composite(masks[index], PALETTE[backgrounds], generator), labels[index], masks[index], backgrounds)
+        splits[name] = _images(
+            composite(masks[index], PALETTE[backgrounds], generator), labels[index], masks[index], backgrounds
+        )
     test_masks, test_labels = masks[test_index], labels[test_index]
     for variant in VARIANTS:
         if variant == "in_distribution":
@@ -56,7 +69,11 @@ def default_splits(resolution: int = 16, rho: float = 0.8, test_fraction: float 
             colors = PLAIN_BLACK.expand(len(test_labels), 3)
             images = composite(test_masks, colors, generator, texture=0.0)
         else:
-            backgrounds = background_indices(test_labels, 0.0, generator) if variant == "mixed_random" else swapped_indices(test_labels, generator)
+            backgrounds = (
+                background_indices(test_labels, 0.0, generator)
+                if variant == "mixed_random"
+                else swapped_indices(test_labels, generator)
+            )
             images = composite(test_masks, PALETTE[backgrounds], generator)
         splits[f"test_{variant}"] = _images(images, test_labels, test_masks, backgrounds)
     return splits

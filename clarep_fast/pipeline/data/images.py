@@ -53,8 +53,15 @@ class TensorImages(ImageSet):
     that travel with each subset (the default dataset's digit masks and background indices)."""
 
     def __init__(self, images: Tensor, labels: Tensor, classes: list[str], **extras: Tensor):
-        if images.dim() != 4 or images.shape[1] != 3 or images.shape[2] != images.shape[3] or len(images) != len(labels):
-            raise ValueError(f"images must be (N, 3, R, R) with one label each, got {tuple(images.shape)} and {len(labels)} labels")
+        if (
+            images.dim() != 4
+            or images.shape[1] != 3
+            or images.shape[2] != images.shape[3]
+            or len(images) != len(labels)
+        ):
+            raise ValueError(
+                f"images must be (N, 3, R, R) with one label each, got {tuple(images.shape)} and {len(labels)} labels"
+            )
         self.images, self.labels, self.classes, self.extras = images, labels, list(classes), extras
         self.resolution = images.shape[-1]
 
@@ -68,7 +75,9 @@ class TensorImages(ImageSet):
         raise AttributeError(name)
 
     def subset(self, indices: Tensor) -> "TensorImages":
-        return TensorImages(self.images[indices], self.labels[indices], self.classes, **{k: v[indices] for k, v in self.extras.items()})
+        return TensorImages(
+            self.images[indices], self.labels[indices], self.classes, **{k: v[indices] for k, v in self.extras.items()}
+        )
 
     def batches(self, index_batches, workers: int = 0):
         for index in index_batches:
@@ -81,10 +90,14 @@ def _rgb_array(image, path: Path) -> np.ndarray:
     if image.mode.startswith("I;16") or image.mode == "I":
         gray = np.asarray(image, dtype=np.float64)
         if gray.min() < 0 or gray.max() > 65535:
-            raise ValueError(f"cannot read image {path}: 32-bit integer pixels outside 0..65535 have no known range; save it as an 8- or 16-bit image")
+            raise ValueError(
+                f"cannot read image {path}: 32-bit integer pixels outside 0..65535 have no known range; save it as an 8- or 16-bit image"
+            )
         return np.repeat((gray / 65535.0).astype(np.float32)[..., None], 3, axis=2)
     if image.mode == "F":
-        raise ValueError(f"cannot read image {path}: floating-point pixels have no known range; save it as an 8- or 16-bit image")
+        raise ValueError(
+            f"cannot read image {path}: floating-point pixels have no known range; save it as an 8- or 16-bit image"
+        )
     return np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0
 
 
@@ -95,11 +108,17 @@ def decode_image(path: Path, resolution: int) -> Tensor:
     try:
         with Image.open(path) as image:
             array = _rgb_array(image, path)
-    except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as error:  # not an image, truncated, or too large to decode safely
+    except (
+        UnidentifiedImageError,
+        OSError,
+        Image.DecompressionBombError,
+    ) as error:  # not an image, truncated, or too large to decode safely
         raise ValueError(f"cannot read image {path}: {error}") from None
     tensor = torch.from_numpy(array).permute(2, 0, 1)[None]
     if tensor.shape[-2:] != (resolution, resolution):
-        tensor = F.interpolate(tensor, size=(resolution, resolution), mode="bilinear", antialias=True, align_corners=False)
+        tensor = F.interpolate(
+            tensor, size=(resolution, resolution), mode="bilinear", antialias=True, align_corners=False
+        )
     return tensor[0].clamp(0, 1)
 
 
@@ -113,7 +132,9 @@ class FolderImages(ImageSet):
         return decode_image(self.files[index], self.resolution), int(self.labels[index])
 
     def subset(self, indices: Tensor) -> "FolderImages":
-        return FolderImages([self.files[i] for i in indices.tolist()], self.labels[indices], self.classes, self.resolution)
+        return FolderImages(
+            [self.files[i] for i in indices.tolist()], self.labels[indices], self.classes, self.resolution
+        )
 
     def batches(self, index_batches, workers: int = 0):
         batch_lists = [index.tolist() for index in index_batches]

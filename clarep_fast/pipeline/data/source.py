@@ -31,11 +31,21 @@ CIFAR_RESOLUTION = 32
 @dataclass(frozen=True)
 class DataConfig:
     dataset: str = option("default", "dataset: default | folder:PATH | cifar10:PATH", flag="--data")
-    resolution: int | None = option(None, "image side in pixels (default: the teacher's, else the data's own)", low=8, high=4096)
+    resolution: int | None = option(
+        None, "image side in pixels (default: the teacher's, else the data's own)", low=8, high=4096
+    )
     rho: float = option(0.8, "class correlation of the default dataset's backgrounds", low=0, high=1)
-    test_fraction: float = option(0.2, "share of every class held out for test (default data; a folder without train/ and test/)",
-                                  low=0, high=1, low_open=True, high_open=True)  # fmt: skip
-    val_fraction: float = option(0.1, "share of every class of train held out for validation", low=0, high=1, low_open=True, high_open=True)
+    test_fraction: float = option(
+        0.2,
+        "share of every class held out for test (default data; a folder without train/ and test/)",
+        low=0,
+        high=1,
+        low_open=True,
+        high_open=True,
+    )
+    val_fraction: float = option(
+        0.1, "share of every class of train held out for validation", low=0, high=1, low_open=True, high_open=True
+    )
     seed: int = option(0, "seed of the splits")
     workers: int = option(0, "DataLoader workers decoding folder images (0: in the main process)", low=0)
 
@@ -76,7 +86,9 @@ def native_resolution(config: DataConfig) -> int:
     with Image.open(files[0]) as image:
         width, height = image.size
     if width != height:
-        raise ValueError(f"{files[0]} is {width}×{height}: folder images are not square, so give --resolution (they are resized to R×R)")
+        raise ValueError(
+            f"{files[0]} is {width}×{height}: folder images are not square, so give --resolution (they are resized to R×R)"
+        )
     return width
 
 
@@ -85,7 +97,9 @@ def resolve(config: DataConfig, teacher_resolution: int | None = None, source: s
     own; a --resolution that does not match the teacher is refused naming both."""
     if config.resolution is not None:
         if teacher_resolution is not None and config.resolution != teacher_resolution:
-            raise ValueError(f"--resolution {config.resolution} but {source} makes {teacher_resolution}×{teacher_resolution} images")
+            raise ValueError(
+                f"--resolution {config.resolution} but {source} makes {teacher_resolution}×{teacher_resolution} images"
+            )
         return config.resolution
     return teacher_resolution if teacher_resolution is not None else native_resolution(config)
 
@@ -100,7 +114,9 @@ def load_splits(config: DataConfig, resolution: int) -> dict[str, ImageSet]:
         for split in ("train", "test"):
             images, labels, classes = load_cifar10(config.path, split)
             if resolution != CIFAR_RESOLUTION:
-                images = F.interpolate(images, size=(resolution, resolution), mode="bilinear", antialias=True, align_corners=False).clamp(0, 1)
+                images = F.interpolate(
+                    images, size=(resolution, resolution), mode="bilinear", antialias=True, align_corners=False
+                ).clamp(0, 1)
             parts[split] = TensorImages(images, labels, classes)
         train, test = parts["train"], parts["test"]
     else:
@@ -108,7 +124,9 @@ def load_splits(config: DataConfig, resolution: int) -> dict[str, ImageSet]:
         if not root.is_dir():
             raise FileNotFoundError(f"--data {config.dataset}: {root} does not exist or is not a directory")
         if (root / "train").is_dir() != (root / "test").is_dir():
-            raise ValueError(f"--data {config.dataset}: {root} has only one of train/ and test/; give both, or class folders directly")
+            raise ValueError(
+                f"--data {config.dataset}: {root} has only one of train/ and test/; give both, or class folders directly"
+            )
         if (root / "train").is_dir():
             files, labels, classes = list_image_folder(root / "train")
             train = FolderImages(files, labels, classes, resolution)
@@ -133,4 +151,3 @@ def dataset_classes(config: DataConfig) -> list[str]:
     if not config.path.is_dir():
         raise FileNotFoundError(f"--data {config.dataset}: {config.path} does not exist or is not a directory")
     return list_image_folder(root)[2]
-

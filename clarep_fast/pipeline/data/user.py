@@ -37,7 +37,9 @@ def list_image_folder(root: str | Path, classes: list[str] | None = None) -> tup
     return files, torch.tensor(labels), found
 
 
-def load_image_folder(root: str | Path, resolution: int, num_classes: int | None = None) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+def load_image_folder(
+    root: str | Path, resolution: int, num_classes: int | None = None
+) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
     """Decode a whole root/<class>/<image> tree into memory: (images (N, 3, R, R) in [0, 1], labels, class names)."""
     files, labels, classes = list_image_folder(root)
     if num_classes is not None and len(classes) != num_classes:
@@ -60,7 +62,9 @@ def load_cifar10(root: str | Path, split: str = "train") -> tuple[torch.Tensor, 
         batch = _read_cifar_pickle(root / name)
         data, batch_labels = batch[b"data"], batch[b"labels"]
         if data.shape[1] != 3 * 32 * 32 or len(batch_labels) != data.shape[0]:
-            raise ValueError(f"{root / name}: expected rows of 3072 pixels with one label each, got {data.shape} and {len(batch_labels)} labels")
+            raise ValueError(
+                f"{root / name}: expected rows of 3072 pixels with one label each, got {data.shape} and {len(batch_labels)} labels"
+            )
         arrays.append(data)
         labels.extend(batch_labels)
     labels = torch.tensor(labels)
@@ -100,7 +104,9 @@ def _read_cifar_pickle(path: Path) -> dict:
         with open(path, "rb") as handle:
             content = _CifarUnpickler(handle, encoding="bytes").load()
     except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError) as error:
-        raise ValueError(f"{path} is not a CIFAR-10 python file ({error}); such files hold only dicts, lists, bytes and numpy arrays") from None
+        raise ValueError(
+            f"{path} is not a CIFAR-10 python file ({error}); such files hold only dicts, lists, bytes and numpy arrays"
+        ) from None
     if not isinstance(content, dict):
         raise ValueError(f"{path} is not a CIFAR-10 python file (it holds a {type(content).__name__}, not a dict)")
     return content

@@ -26,11 +26,19 @@ class Student(nn.Module):
         except RuntimeError as error:
             raise ValueError(f"unknown timm model {name!r}: {error}") from None
         if not hasattr(self.model, "forward_intermediates"):
-            raise ValueError(f"timm model {name!r} has no forward_intermediates; pick a model that has (resnet18, convnext, vit ...)")
+            raise ValueError(
+                f"timm model {name!r} has no forward_intermediates; pick a model that has (resnet18, convnext, vit ...)"
+            )
         stages = len(getattr(self.model, "feature_info", []))
-        bad = [layer for layer in layers if isinstance(layer, bool) or not isinstance(layer, int) or (stages and not -stages <= layer < stages)]
+        bad = [
+            layer
+            for layer in layers
+            if isinstance(layer, bool) or not isinstance(layer, int) or (stages and not -stages <= layer < stages)
+        ]
         if bad or not layers:
-            raise ValueError(f"student_layers {list(layers)}: timm model {name!r} has feature stages 0..{stages - 1} (forward_intermediates indices; negative ones count from the end); got {bad or 'none'}")
+            raise ValueError(
+                f"student_layers {list(layers)}: timm model {name!r} has feature stages 0..{stages - 1} (forward_intermediates indices; negative ones count from the end); got {bad or 'none'}"
+            )
         self.name, self.layers, self.pool = name, list(layers), pool
         self.register_buffer("mean", torch.tensor([0.5, 0.5, 0.5]).view(1, 3, 1, 1))
         self.register_buffer("std", torch.tensor([0.5, 0.5, 0.5]).view(1, 3, 1, 1))
@@ -41,7 +49,9 @@ class Student(nn.Module):
 
     def features(self, images: Tensor) -> tuple[Tensor, list[Tensor]]:
         """(logits, [pooled tapped features (B, C_l·pool²)]) from one forward."""
-        final, maps = self.model.forward_intermediates((images - self.mean) / self.std, indices=self.layers, output_fmt="NCHW")
+        final, maps = self.model.forward_intermediates(
+            (images - self.mean) / self.std, indices=self.layers, output_fmt="NCHW"
+        )
         pooled = feature_pool(maps, self.pool)
         widths = [m.shape[1] * self.pool * self.pool for m in maps]
         return self.model.forward_head(final), list(pooled.split(widths, dim=1))

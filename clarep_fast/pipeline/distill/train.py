@@ -56,8 +56,12 @@ from clarep_fast.finite import finite_check
 class DistillConfig:
     bank: str = option("runs/default-bank", "CLARep bank folder (clarep-fast search)")
     student: str = option("resnet18", "timm model name")
-    student_layers: tuple[int, ...] = option((2, 3, 4), "timm forward_intermediates indices, paired in order with the teacher layers")
-    teacher_layers: tuple[str, ...] | None = option(None, "the bank's feature layers to distill (default: all of them, in order)")
+    student_layers: tuple[int, ...] = option(
+        (2, 3, 4), "timm forward_intermediates indices, paired in order with the teacher layers"
+    )
+    teacher_layers: tuple[str, ...] | None = option(
+        None, "the bank's feature layers to distill (default: all of them, in order)"
+    )
     student_pool: int = option(1, "student features pooled to this size", low=1)
     epochs: int = option(8, "training epochs (the learning-rate schedule spans them)", low=1)
     batch_size: int = option(128, "real images per step", low=1)
@@ -68,9 +72,19 @@ class DistillConfig:
     lambda_cano: float = option(0.5, "weight of L_cano", low=0)
     lambda_dist: float = option(0.5, "weight of L_dist (1 - CKA)", low=0)
     temperature: float = option(0.1, "temperature of L_cano", low=0, low_open=True)
-    baseline: bool = option(False, "cross-entropy only (same student, schedule and seed): every λ treated as 0, the bank never read")
-    bank_samples: str = option("canonical", "distill the bank's canonical samples (CaDistill) or its ordinary CFG samples (the control)", choices=("canonical", "ordinary"))
-    canonical_bn: str = option("frozen", "whether the canonical forward updates BatchNorm's running statistics (update: the earlier behaviour)", choices=("frozen", "update"))
+    baseline: bool = option(
+        False, "cross-entropy only (same student, schedule and seed): every λ treated as 0, the bank never read"
+    )
+    bank_samples: str = option(
+        "canonical",
+        "distill the bank's canonical samples (CaDistill) or its ordinary CFG samples (the control)",
+        choices=("canonical", "ordinary"),
+    )
+    canonical_bn: str = option(
+        "frozen",
+        "whether the canonical forward updates BatchNorm's running statistics (update: the earlier behaviour)",
+        choices=("frozen", "update"),
+    )
     seed: int = option(0, "seed of the initial weights and the data order")
     data: DataConfig = option(default_factory=DataConfig)
 
@@ -92,28 +106,47 @@ class BankBatches:
         bank = load_bank(config.bank)
         num_classes = len(classes)
         if bank.config.get("classes") not in (None, classes):
-            raise ValueError(f"the bank {config.bank} was searched on classes {bank.config['classes'][:5]}... but the data has {classes[:5]}...")
+            raise ValueError(
+                f"the bank {config.bank} was searched on classes {bank.config['classes'][:5]}... but the data has {classes[:5]}..."
+            )
         layers = list(config.teacher_layers or bank.config["feature_layers"])
         missing = [layer for layer in layers if layer not in bank.features]
         if missing:
-            raise ValueError(f"teacher layers {missing} are not in the bank {config.bank} (it has {list(bank.features)})")
+            raise ValueError(
+                f"teacher layers {missing} are not in the bank {config.bank} (it has {list(bank.features)})"
+            )
         if len(layers) != len(config.student_layers):
-            raise ValueError(f"{len(config.student_layers)} student layers {list(config.student_layers)} but {len(layers)} teacher layers {layers}: they pair in order")
+            raise ValueError(
+                f"{len(config.student_layers)} student layers {list(config.student_layers)} but {len(layers)} teacher layers {layers}: they pair in order"
+            )
         bank_classes = int(bank.classes.max()) + 1
         if bank_classes > num_classes:
-            raise ValueError(f"the bank {config.bank} has class {bank_classes - 1} but the data has {num_classes} classes")
+            raise ValueError(
+                f"the bank {config.bank} has class {bank_classes - 1} but the data has {num_classes} classes"
+            )
         if bank.samples.shape[-1] != resolution:
-            raise ValueError(f"the bank's canonical samples are {bank.samples.shape[-1]}×{bank.samples.shape[-1]} but the data is {resolution}×{resolution}")
+            raise ValueError(
+                f"the bank's canonical samples are {bank.samples.shape[-1]}×{bank.samples.shape[-1]} but the data is {resolution}×{resolution}"
+            )
         if len(bank.classes) < config.bank_batch_size:
             raise ValueError(f"bank_batch_size {config.bank_batch_size} exceeds the bank's {len(bank.classes)} CLAReps")
         self.layers = layers
         self.config_sha256 = hashlib.sha256(json.dumps(bank.config, sort_keys=True).encode()).hexdigest()
-        samples, features = (bank.samples, bank.features) if config.bank_samples == "canonical" else (bank.ordinary_samples, bank.ordinary_features)
+        samples, features = (
+            (bank.samples, bank.features)
+            if config.bank_samples == "canonical"
+            else (bank.ordinary_samples, bank.ordinary_features)
+        )
         self.images = samples.clamp(0, 1).to(device)
         self.classes = bank.classes.to(device)
         self.features = [features[layer].float().to(device) for layer in layers]
         last = self.features[-1]
-        self.prototypes = torch.stack([last[self.classes == k].mean(0) if (self.classes == k).any() else torch.zeros_like(last[0]) for k in range(num_classes)])
+        self.prototypes = torch.stack(
+            [
+                last[self.classes == k].mean(0) if (self.classes == k).any() else torch.zeros_like(last[0])
+                for k in range(num_classes)
+            ]
+        )
         self.has_prototype = torch.stack([(self.classes == k).any() for k in range(num_classes)])
 
     def widths(self) -> list[int]:
@@ -124,7 +157,11 @@ class BankBatches:
 def frozen_batchnorm_statistics(model: torch.nn.Module, frozen: bool = True):
     """Inside: BatchNorm layers still normalize with the batch's statistics (train mode) but leave
     their running mean, variance and batch count as they were (momentum 0, count restored)."""
-    norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and m.track_running_stats] if frozen else []
+    norms = (
+        [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+        if frozen
+        else []
+    )
     saved = [(m.momentum, m.num_batches_tracked.clone() if m.num_batches_tracked is not None else None) for m in norms]
     for m in norms:
         m.momentum = 0.0
@@ -137,7 +174,9 @@ def frozen_batchnorm_statistics(model: torch.nn.Module, frozen: bool = True):
                 m.num_batches_tracked.copy_(count)
 
 
-def _losses(model, images: Tensor, labels: Tensor, bank: BankBatches | None, bank_index: Tensor | None, config: DistillConfig) -> dict[str, Tensor]:
+def _losses(
+    model, images: Tensor, labels: Tensor, bank: BankBatches | None, bank_index: Tensor | None, config: DistillConfig
+) -> dict[str, Tensor]:
     lambda_align, lambda_cano, lambda_dist = config.lambdas
     logits, _, projected = model(images)
     terms = {"ce": F.cross_entropy(logits, labels)}
@@ -155,11 +194,15 @@ def _losses(model, images: Tensor, labels: Tensor, bank: BankBatches | None, ban
             similarity = F.normalize(projected[-1], dim=1) @ F.normalize(bank.prototypes, dim=1).T  # (B, K)
             similarity = similarity.masked_fill(~bank.has_prototype, -1.0)
             terms["cano"] = F.cross_entropy(similarity / config.temperature, labels)
-    terms["total"] = terms["ce"] + lambda_align * terms["align"] + lambda_cano * terms["cano"] + lambda_dist * terms["dist"]
+    terms["total"] = (
+        terms["ce"] + lambda_align * terms["align"] + lambda_cano * terms["cano"] + lambda_dist * terms["dist"]
+    )
     return terms
 
 
-def train_student(config: DistillConfig, run_dir: str | Path, *, device: str | None = None, progress: bool = True) -> Path:
+def train_student(
+    config: DistillConfig, run_dir: str | Path, *, device: str | None = None, progress: bool = True
+) -> Path:
     """Train (or resume) in ``run_dir``; returns the path of student.pt."""
     rank, world = rank_and_world()
     if device is None:
@@ -171,14 +214,22 @@ def train_student(config: DistillConfig, run_dir: str | Path, *, device: str | N
     train, val = splits["train"], splits["val"]
     num_classes = len(train.classes)
     if config.batch_size % world or config.bank_batch_size % world:
-        raise ValueError(f"batch_size {config.batch_size} and bank_batch_size {config.bank_batch_size} must divide by the {world} ranks")
+        raise ValueError(
+            f"batch_size {config.batch_size} and bank_batch_size {config.bank_batch_size} must divide by the {world} ranks"
+        )
     if len(train) < config.batch_size:
         raise ValueError(f"batch_size {config.batch_size} exceeds the {len(train)} training images")
     bank = BankBatches(config, train.classes, resolution, device) if uses_bank else None
     resolved = {**as_json(config), "resolution": resolution, "classes": train.classes}
     if bank is not None:  # a bank rebuilt in place with other features must not meet an old checkpoint
-        resolved["bank_layers"], resolved["bank_widths"], resolved["bank_count"] = bank.layers, bank.widths(), len(bank.classes)
-        resolved["bank_config_sha256"] = bank.config_sha256  # the bank's whole search config, teacher fingerprint included
+        resolved["bank_layers"], resolved["bank_widths"], resolved["bank_count"] = (
+            bank.layers,
+            bank.widths(),
+            len(bank.classes),
+        )
+        resolved["bank_config_sha256"] = (
+            bank.config_sha256
+        )  # the bank's whole search config, teacher fingerprint included
     # the bank's path may change (bank_config_sha256 and its sizes are its identity); epochs may not: the one-cycle schedule spans them all
     run = RunDir(run_dir, command="distill", may_change=("data.workers", "bank"))
 
@@ -189,29 +240,51 @@ def train_student(config: DistillConfig, run_dir: str | Path, *, device: str | N
         raise ValueError(f"student layers {list(config.student_layers)} gave {len(student_widths)} features")
     teacher_widths = bank.widths() if bank is not None else [1] * len(student_widths)
     model = DistillModel(student, student_widths, teacher_widths).to(device)
-    optimizer = torch.optim.SGD(model.parameters(), lr=config.learning_rate, momentum=0.9, nesterov=True, weight_decay=config.weight_decay)
+    optimizer = torch.optim.SGD(
+        model.parameters(), lr=config.learning_rate, momentum=0.9, nesterov=True, weight_decay=config.weight_decay
+    )
     steps_per_epoch = len(train) // config.batch_size
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=config.learning_rate, total_steps=config.epochs * steps_per_epoch, pct_start=0.15)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(
+        optimizer, max_lr=config.learning_rate, total_steps=config.epochs * steps_per_epoch, pct_start=0.15
+    )
     run.claim(resolved, write=rank == 0)
     start = run.restore({"model": model, "optimizer": optimizer, "schedule": schedule}, counter="epoch")
     wrapped = model
     if world > 1:
         # projectors without a loss term (the baseline, or a λ set to 0) get no gradient: tell DDP
         wrapped = torch.nn.parallel.DistributedDataParallel(model, find_unused_parameters=not all(config.lambdas))
-    history = read_json(run / "metrics.json", "the per-epoch metrics", "delete it and rerun (training resumes from the checkpoint)")[:start] if (run / "metrics.json").exists() else []
+    history = (
+        read_json(
+            run / "metrics.json", "the per-epoch metrics", "delete it and rerun (training resumes from the checkpoint)"
+        )[:start]
+        if (run / "metrics.json").exists()
+        else []
+    )
     model.train()
     for epoch in range(start, config.epochs):
         began = time.perf_counter()
         generator = torch.Generator().manual_seed(config.seed * 1_000_003 + epoch)
-        bank_generator = torch.Generator().manual_seed(config.seed * 1_000_033 + epoch + 7)  # its own stream: baseline data order unchanged
+        bank_generator = torch.Generator().manual_seed(
+            config.seed * 1_000_033 + epoch + 7
+        )  # its own stream: baseline data order unchanged
         order = torch.randperm(len(train), generator=generator)
         sums = dict.fromkeys(TERMS, 0.0)
-        bar = tqdm(range(steps_per_epoch), desc=f"{'baseline' if config.baseline else 'cadistill' if config.bank_samples == 'canonical' else 'ordinary control'} epoch {epoch + 1}/{config.epochs}", disable=not progress or rank != 0, mininterval=2)
-        steps = [order[step * config.batch_size : (step + 1) * config.batch_size][rank::world] for step in range(steps_per_epoch)]
+        bar = tqdm(
+            range(steps_per_epoch),
+            desc=f"{'baseline' if config.baseline else 'cadistill' if config.bank_samples == 'canonical' else 'ordinary control'} epoch {epoch + 1}/{config.epochs}",
+            disable=not progress or rank != 0,
+            mininterval=2,
+        )
+        steps = [
+            order[step * config.batch_size : (step + 1) * config.batch_size][rank::world]
+            for step in range(steps_per_epoch)
+        ]
         for step, (images, labels) in zip(bar, train.batches(steps, config.data.workers)):
             bank_index = None
             if bank is not None:
-                bank_index = torch.randperm(len(bank.classes), generator=bank_generator)[: config.bank_batch_size][rank::world].to(device)
+                bank_index = torch.randperm(len(bank.classes), generator=bank_generator)[: config.bank_batch_size][
+                    rank::world
+                ].to(device)
             global_step = epoch * steps_per_epoch + step + 1
             try:
                 # the loop reads the loss every step anyway: a synchronous NaN check costs nothing here,
@@ -243,13 +316,34 @@ def train_student(config: DistillConfig, run_dir: str | Path, *, device: str | N
         if rank == 0:
             run.write_json("metrics.json", history)
             columns = ("epoch",) + TERMS + ("train_accuracy", "val_accuracy", "seconds")
-            lines = [",".join(columns)] + [",".join(f"{r[key]:.6g}" if isinstance(r[key], float) else str(r[key]) for key in columns) for r in history]
+            lines = [",".join(columns)] + [
+                ",".join(f"{r[key]:.6g}" if isinstance(r[key], float) else str(r[key]) for key in columns)
+                for r in history
+            ]
             run.write_text("metrics.csv", "\n".join(lines) + "\n")
-            run.save_checkpoint({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(), "epoch": epoch + 1})
+            run.save_checkpoint(
+                {
+                    "model": model.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "schedule": schedule.state_dict(),
+                    "epoch": epoch + 1,
+                }
+            )
     if rank == 0:
-        save_checked(run / "student.pt", "student", {"student": student.state_dict(), "name": config.student, "layers": list(config.student_layers),
-                                                     "pool": config.student_pool, "num_classes": num_classes, "resolution": resolution,
-                                                     "classes": train.classes, "data": as_json(config.data)})  # fmt: skip
+        save_checked(
+            run / "student.pt",
+            "student",
+            {
+                "student": student.state_dict(),
+                "name": config.student,
+                "layers": list(config.student_layers),
+                "pool": config.student_pool,
+                "num_classes": num_classes,
+                "resolution": resolution,
+                "classes": train.classes,
+                "data": as_json(config.data),
+            },
+        )
     barrier(world)
     return run / "student.pt"
 
@@ -259,7 +353,11 @@ def load_student(path: str | Path, device: str = "cpu") -> Student:
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{path} does not exist; train a student with `clarep-fast distill RUN_DIR`")
-    state = load_checked(path, "student", remedy="retrain it with `clarep-fast distill` (its run folder resumes from the last checkpoint)")
+    state = load_checked(
+        path,
+        "student",
+        remedy="retrain it with `clarep-fast distill` (its run folder resumes from the last checkpoint)",
+    )
     student = Student(state["name"], state["num_classes"], state["layers"], state["pool"])
     student.load_state_dict(state["student"])
     student.resolution = int(state["resolution"])

@@ -33,7 +33,9 @@ MIN_SIDE = 32  # the package refuses smaller images
 def corrupt(images: Tensor, name: str, severity: int, seed: int = 0) -> Tensor:
     """images (n, 3, R, R) in [0, 1] -> the same corrupted, float in [0, 1]."""
     if name not in CORRUPTIONS:
-        raise ValueError(f"corruption must be one of {CORRUPTIONS} ({', '.join(LEFT_OUT)} are left out: they fail with current numpy/scikit-image), got {name!r}")
+        raise ValueError(
+            f"corruption must be one of {CORRUPTIONS} ({', '.join(LEFT_OUT)} are left out: they fail with current numpy/scikit-image), got {name!r}"
+        )
     if severity not in SEVERITIES:
         raise ValueError(f"severity must be one of {SEVERITIES}, got {severity!r}")
     import warnings
@@ -43,7 +45,11 @@ def corrupt(images: Tensor, name: str, severity: int, seed: int = 0) -> Tensor:
         from imagecorruptions import corrupt as corrupt_one
 
     side = images.shape[-1]
-    work = images if side >= MIN_SIDE else F.interpolate(images, size=(MIN_SIDE, MIN_SIDE), mode="bicubic", align_corners=False)
+    work = (
+        images
+        if side >= MIN_SIDE
+        else F.interpolate(images, size=(MIN_SIDE, MIN_SIDE), mode="bicubic", align_corners=False)
+    )
     pixels = (work.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()  # (n, H, W, 3)
     import skimage.util
 

@@ -23,7 +23,11 @@ from torch import fx, nn
 
 def _fold_pair(conv: nn.Conv2d, norm: nn.BatchNorm2d) -> nn.Conv2d:
     folded = copy.deepcopy(conv)
-    scale = norm.weight / torch.sqrt(norm.running_var + norm.eps) if norm.affine else torch.rsqrt(norm.running_var + norm.eps)
+    scale = (
+        norm.weight / torch.sqrt(norm.running_var + norm.eps)
+        if norm.affine
+        else torch.rsqrt(norm.running_var + norm.eps)
+    )
     bias = conv.bias if conv.bias is not None else torch.zeros_like(norm.running_mean)
     shift = norm.bias if norm.affine else torch.zeros_like(norm.running_mean)
     folded.weight = nn.Parameter(conv.weight * scale.reshape(-1, 1, 1, 1))
@@ -41,14 +45,22 @@ def fold_batchnorm(model: nn.Module) -> nn.Module:
     try:
         graph = fx.symbolic_trace(model)
     except Exception as error:  # fx raises many kinds on dynamic control flow
-        warnings.warn(f"fold_batchnorm: {type(model).__name__} cannot be traced by torch.fx ({type(error).__name__}); evaluating it unfolded", stacklevel=2)
+        warnings.warn(
+            f"fold_batchnorm: {type(model).__name__} cannot be traced by torch.fx ({type(error).__name__}); evaluating it unfolded",
+            stacklevel=2,
+        )
         return model.requires_grad_(False)
     modules = dict(graph.named_modules())
     for node in list(graph.graph.nodes):
         if node.op != "call_module" or not isinstance(modules[node.target], nn.BatchNorm2d):
             continue
         source = node.args[0]
-        if not (isinstance(source, fx.Node) and source.op == "call_module" and isinstance(modules[source.target], nn.Conv2d) and len(source.users) == 1):
+        if not (
+            isinstance(source, fx.Node)
+            and source.op == "call_module"
+            and isinstance(modules[source.target], nn.Conv2d)
+            and len(source.users) == 1
+        ):
             continue
         norm = modules[node.target]
         if not norm.track_running_stats or norm.running_mean is None:

@@ -42,7 +42,9 @@ class EvaluateConfig:
     cw_steps: int = option(30, "CW-L2 steps", low=1)
     attack_samples: int | None = option(None, "test images attacked (default: all of them)", low=1)
     autoattack: bool = option(False, "also run AutoAttack (slow)")
-    corruption_samples: int = option(500, "test images under each corruption and severity (0: no corruption evaluation)", low=0)
+    corruption_samples: int = option(
+        500, "test images under each corruption and severity (0: no corruption evaluation)", low=0
+    )
     batch: int = option(250, "images per forward", low=1)
     seed: int = option(0, "seed of the attacks' random starts and the attacked subset")
 
@@ -67,16 +69,26 @@ def attacks(model: nn.Module, config: EvaluateConfig, num_classes: int, input_si
     import torchattacks
 
     chosen = {
-        f"pgd{config.pgd_steps}": torchattacks.PGD(model, eps=config.epsilon, alpha=config.pgd_step_size, steps=config.pgd_steps, random_start=True),
-        "apgd_ce": torchattacks.APGD(model, norm="Linf", eps=config.epsilon, steps=config.apgd_steps, loss="ce", seed=config.seed),
-        "apgd_l2": torchattacks.APGD(model, norm="L2", eps=l2_budget(config, input_size), steps=config.apgd_steps, loss="ce", seed=config.seed),
+        f"pgd{config.pgd_steps}": torchattacks.PGD(
+            model, eps=config.epsilon, alpha=config.pgd_step_size, steps=config.pgd_steps, random_start=True
+        ),
+        "apgd_ce": torchattacks.APGD(
+            model, norm="Linf", eps=config.epsilon, steps=config.apgd_steps, loss="ce", seed=config.seed
+        ),
+        "apgd_l2": torchattacks.APGD(
+            model, norm="L2", eps=l2_budget(config, input_size), steps=config.apgd_steps, loss="ce", seed=config.seed
+        ),
     }
     if config.autoattack:
-        chosen["autoattack"] = torchattacks.AutoAttack(model, norm="Linf", eps=config.epsilon, version="standard", n_classes=num_classes, seed=config.seed)
+        chosen["autoattack"] = torchattacks.AutoAttack(
+            model, norm="Linf", eps=config.epsilon, version="standard", n_classes=num_classes, seed=config.seed
+        )
     return chosen
 
 
-def median_distortion(model: nn.Module, attack, images: Tensor, labels: Tensor, batch: int, name: str = "attack") -> float:
+def median_distortion(
+    model: nn.Module, attack, images: Tensor, labels: Tensor, batch: int, name: str = "attack"
+) -> float:
     """Median over images of ‖x_adv - x‖₂ where the attack turned the prediction (0 where the student was
     already wrong); images it did not turn are left out, and their share is the attack's failure rate."""
     distances = []
@@ -87,12 +99,16 @@ def median_distortion(model: nn.Module, attack, images: Tensor, labels: Tensor, 
             wrong_before = model(clean).argmax(1) != truth
             wrong_after = model(adversarial).argmax(1) != truth
         distance = (adversarial - clean).flatten(1).norm(dim=1)
-        distances.append(torch.where(wrong_before, torch.zeros_like(distance), distance)[wrong_before | wrong_after].cpu())
+        distances.append(
+            torch.where(wrong_before, torch.zeros_like(distance), distance)[wrong_before | wrong_after].cpu()
+        )
     distances = torch.cat(distances)
     return float(distances.median()) if len(distances) else float("inf")
 
 
-def adversarial_accuracy(model: nn.Module, attack, images: Tensor, labels: Tensor, batch: int, name: str = "attack") -> float:
+def adversarial_accuracy(
+    model: nn.Module, attack, images: Tensor, labels: Tensor, batch: int, name: str = "attack"
+) -> float:
     correct = 0
     for i in tqdm(range(0, len(labels), batch), desc=name, leave=False):
         adversarial = attack(images[i : i + batch], labels[i : i + batch])
@@ -101,7 +117,9 @@ def adversarial_accuracy(model: nn.Module, attack, images: Tensor, labels: Tenso
     return correct / len(labels)
 
 
-def evaluate_student(model: nn.Module, data: DataConfig, config: EvaluateConfig = EvaluateConfig(), *, resolution: int) -> dict[str, float]:
+def evaluate_student(
+    model: nn.Module, data: DataConfig, config: EvaluateConfig = EvaluateConfig(), *, resolution: int
+) -> dict[str, float]:
     """Accuracies of ``model`` (images in [0, 1] -> logits) on the test split of ``data``:
     "clean", each background variant (default dataset), each attack, "corruption_mean", and per
     corruption "corruption/<name>" and per severity "corruption_severity/<s>" (means over the rest).
@@ -123,10 +141,16 @@ def evaluate_student(model: nn.Module, data: DataConfig, config: EvaluateConfig 
     torch.manual_seed(config.seed)  # PGD's random start
     for name, attack in attacks(model, config, len(test.classes), images[0].numel()).items():
         results[name] = adversarial_accuracy(model, attack, images, labels, config.batch, name)
-    results["distortion/cw_l2_median"] = median_distortion(model, cw_attack(model, config), images, labels, config.batch, "cw_l2")
+    results["distortion/cw_l2_median"] = median_distortion(
+        model, cw_attack(model, config), images, labels, config.batch, "cw_l2"
+    )
     if config.corruption_samples:
         chosen = order[: config.corruption_samples]
-        results.update(corruption_accuracy(model, TensorImages(test.take(chosen, data.workers), test.labels[chosen], test.classes), config))
+        results.update(
+            corruption_accuracy(
+                model, TensorImages(test.take(chosen, data.workers), test.labels[chosen], test.classes), config
+            )
+        )
     return results
 
 
@@ -147,7 +171,11 @@ class _CorruptedSets:
         key = (hashlib.sha256(images.cpu().contiguous().numpy().tobytes()).hexdigest(), seed)
         if key == cls.key:
             return cls.sets
-        sets = {(name, severity): corrupt(images, name, severity, seed) for name in tqdm(CORRUPTIONS, desc="corruptions", leave=False) for severity in SEVERITIES}
+        sets = {
+            (name, severity): corrupt(images, name, severity, seed)
+            for name in tqdm(CORRUPTIONS, desc="corruptions", leave=False)
+            for severity in SEVERITIES
+        }
         keep = images.numel() * images.element_size() * len(sets) <= CORRUPTION_CACHE_BYTES
         cls.key, cls.sets = (key, sets) if keep else (None, {})
         return sets
@@ -156,7 +184,10 @@ class _CorruptedSets:
 def corruption_accuracy(model: nn.Module, test: TensorImages, config: EvaluateConfig) -> dict[str, float]:
     """Accuracy under every corruption and severity; means per corruption, per severity and overall."""
     sets = _CorruptedSets.get(test.images, config.seed)
-    table = {(name, severity): accuracy(model, TensorImages(images, test.labels, test.classes), config.batch) for (name, severity), images in sets.items()}
+    table = {
+        (name, severity): accuracy(model, TensorImages(images, test.labels, test.classes), config.batch)
+        for (name, severity), images in sets.items()
+    }
     results = {"corruption_mean": sum(table.values()) / len(table)}
     for name in CORRUPTIONS:
         results[f"corruption/{name}"] = sum(table[name, s] for s in SEVERITIES) / len(SEVERITIES)
@@ -175,5 +206,11 @@ def markdown_table(rows: dict[str, dict[str, float]], measures: list[str] | None
     measures = measures or headline(next(iter(rows.values())))
     lines = ["| student | " + " | ".join(measures) + " |", "|---|" + "---|" * len(measures)]
     for name, results in rows.items():
-        lines.append(f"| {name} | " + " | ".join(f"{100 * results[m]:.1f}" if isinstance(results[m], float) else str(results[m]) for m in measures) + " |")
+        lines.append(
+            f"| {name} | "
+            + " | ".join(
+                f"{100 * results[m]:.1f}" if isinstance(results[m], float) else str(results[m]) for m in measures
+            )
+            + " |"
+        )
     return "\n".join(lines)

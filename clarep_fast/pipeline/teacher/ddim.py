@@ -28,7 +28,15 @@ def time_grid(start: int, end: int, steps: int, num_train_timesteps: int = 1000)
     return list(dict.fromkeys(grid))  # drop repeats if steps exceed the distance
 
 
-def ddim_move(model: nn.Module, x: Tensor, labels: Tensor, grid: list[int], guidance: float = 1.0, clip: bool = False, progress=None) -> Tensor:
+def ddim_move(
+    model: nn.Module,
+    x: Tensor,
+    labels: Tensor,
+    grid: list[int],
+    guidance: float = 1.0,
+    clip: bool = False,
+    progress=None,
+) -> Tensor:
     """Follow the DDIM update along ``grid`` (descending: sampling, ascending: inversion), in float32.
 
     ``model``: a Teacher (its schedule and prediction type) or a bare ε-prediction denoiser (the
@@ -52,19 +60,30 @@ def ddim_move(model: nn.Module, x: Tensor, labels: Tensor, grid: list[int], guid
 
 
 def ddim_sample(
-    model: nn.Module, noise: Tensor, labels: Tensor, *, guidance: float = 3.0, steps: int = 50,
-    start: int | None = None, end: int = -1, clip: bool = True,
-) -> Tensor:  # fmt: skip
+    model: nn.Module,
+    noise: Tensor,
+    labels: Tensor,
+    *,
+    guidance: float = 3.0,
+    steps: int = 50,
+    start: int | None = None,
+    end: int = -1,
+    clip: bool = True,
+) -> Tensor:
     """From x_start (pure noise at the default start T-1) down to time ``end`` (-1: clean, in [-1, 1] for a pixel teacher)."""
     teacher = as_teacher(model)
     last = teacher.schedule.num_train_timesteps - 1
     start = last if start is None else start
     if end >= start:
         raise ValueError(f"sampling goes down in time: end ({end}) must be below start ({start})")
-    return ddim_move(teacher, noise, labels, time_grid(start, end, steps, last + 1), guidance, clip and not teacher.is_latent)
+    return ddim_move(
+        teacher, noise, labels, time_grid(start, end, steps, last + 1), guidance, clip and not teacher.is_latent
+    )
 
 
-def ddim_invert(model: nn.Module, images: Tensor, labels: Tensor, *, end: int, guidance: float = 1.0, steps: int = 50) -> Tensor:
+def ddim_invert(
+    model: nn.Module, images: Tensor, labels: Tensor, *, end: int, guidance: float = 1.0, steps: int = 50
+) -> Tensor:
     """Deterministic DDIM inversion of clean inputs (time -1; latents for a latent teacher) up to time ``end``."""
     teacher = as_teacher(model)
     if end < 0:

@@ -37,7 +37,9 @@ def load_teacher(spec: str | Path) -> Teacher:
     if not (path / "config.json").exists():
         if spec == "default":
             raise FileNotFoundError(f"the embedded teacher is missing from {path}; reinstall clarep_fast")
-        raise FileNotFoundError(f"teacher {path} is neither a diffusers model folder (config.json) nor a pipeline folder (model_index.json)")
+        raise FileNotFoundError(
+            f"teacher {path} is neither a diffusers model folder (config.json) nor a pipeline folder (model_index.json)"
+        )
     return Teacher(load_model(path, DENOISERS), _schedule(path / "scheduler_config.json"))
 
 
@@ -45,7 +47,9 @@ def _load_pipeline(path: Path) -> Teacher:
     index = _read_config(path / "model_index.json", "a diffusers pipeline index")
     parts = [name for name in ("unet", "transformer") if name in index and (path / name / "config.json").exists()]
     if len(parts) != 1:
-        raise ValueError(f"pipeline {path} must hold exactly one denoiser folder, unet/ or transformer/ (found {parts or 'none'})")
+        raise ValueError(
+            f"pipeline {path} must hold exactly one denoiser folder, unet/ or transformer/ (found {parts or 'none'})"
+        )
     denoiser = load_model(path / parts[0], DENOISERS)
     vae = load_model(path / "vae", ("AutoencoderKL",)) if (path / "vae" / "config.json").exists() else None
     return Teacher(denoiser, _schedule(path / "scheduler" / "scheduler_config.json"), vae)
@@ -53,7 +57,11 @@ def _load_pipeline(path: Path) -> Teacher:
 
 def _schedule(file: Path) -> NoiseSchedule:
     """The schedule a scheduler config sets, or DDPM's linear one where there is none."""
-    return NoiseSchedule.from_scheduler_config(_read_config(file, "a diffusers scheduler config"), file) if file.exists() else NoiseSchedule.default()
+    return (
+        NoiseSchedule.from_scheduler_config(_read_config(file, "a diffusers scheduler config"), file)
+        if file.exists()
+        else NoiseSchedule.default()
+    )
 
 
 def _read_config(path: Path, what: str) -> dict:
@@ -71,22 +79,43 @@ def load_model(path: Path, kinds: tuple[str, ...]) -> nn.Module:
     if kind not in kinds:
         raise ValueError(f"{path}: expected a {' or '.join(kinds)}, found {kind!r}")
     try:
-        model = getattr(diffusers, kind).from_pretrained(path, low_cpu_mem_usage=False).eval()  # plain loading: no advice to install accelerate
-    except (OSError, ValueError, RuntimeError, TypeError, KeyError) as error:  # a truncated or garbled weight file, a config that does not build
+        model = (
+            getattr(diffusers, kind).from_pretrained(path, low_cpu_mem_usage=False).eval()
+        )  # plain loading: no advice to install accelerate
+    except (
+        OSError,
+        ValueError,
+        RuntimeError,
+        TypeError,
+        KeyError,
+    ) as error:  # a truncated or garbled weight file, a config that does not build
         first = str(error).splitlines()[0] if str(error) else ""
-        raise ValueError(f"{path} cannot be loaded ({type(error).__name__}: {first}); the folder's config.json or weights are damaged or not a diffusers model") from None
-    for name, tensor in model.state_dict().items():  # a diverged training run saves NaN weights that load without complaint
+        raise ValueError(
+            f"{path} cannot be loaded ({type(error).__name__}: {first}); the folder's config.json or weights are damaged or not a diffusers model"
+        ) from None
+    for (
+        name,
+        tensor,
+    ) in model.state_dict().items():  # a diverged training run saves NaN weights that load without complaint
         if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
-            raise ValueError(f"{path}: its weight {name} holds NaN or Inf; the model diverged in training or its weights are damaged")
+            raise ValueError(
+                f"{path}: its weight {name} holds NaN or Inf; the model diverged in training or its weights are damaged"
+            )
     return model
 
 
-def check_fits(teacher: Teacher, *, classes: int | None = None, resolution: int | None = None, where: str = "the teacher") -> None:
+def check_fits(
+    teacher: Teacher, *, classes: int | None = None, resolution: int | None = None, where: str = "the teacher"
+) -> None:
     """A teacher whose class count or image size does not fit the data is refused, naming both."""
     if classes is not None and teacher.num_classes != classes:
         raise ValueError(f"{where} knows {teacher.num_classes} classes but the data has {classes}")
     if resolution is not None and teacher.resolution != resolution:
-        kind = f"its VAE decodes {teacher.resolution}×{teacher.resolution}" if teacher.is_latent else f"it works at {teacher.resolution}×{teacher.resolution}"
+        kind = (
+            f"its VAE decodes {teacher.resolution}×{teacher.resolution}"
+            if teacher.is_latent
+            else f"it works at {teacher.resolution}×{teacher.resolution}"
+        )
         raise ValueError(f"{where} does not fit the data: {kind}, the data is {resolution}×{resolution} (--resolution)")
 
 

@@ -31,24 +31,36 @@ class TeacherConfig:
     def __post_init__(self):
         check_ranges(self)
         if not self.attention_level < len(self.channels):
-            raise ValueError(f"--attention-level {self.attention_level} must name one of the {len(self.channels)} levels of --channels, in [0, {len(self.channels)})")
+            raise ValueError(
+                f"--attention-level {self.attention_level} must name one of the {len(self.channels)} levels of --channels, in [0, {len(self.channels)})"
+            )
         if any(width % self.norm_groups for width in self.channels):
-            raise ValueError(f"--norm-groups {self.norm_groups} must divide every --channels width, got {' '.join(map(str, self.channels))}")
+            raise ValueError(
+                f"--norm-groups {self.norm_groups} must divide every --channels width, got {' '.join(map(str, self.channels))}"
+            )
 
 
 def build_teacher(config: TeacherConfig = TeacherConfig()) -> nn.Module:
     from diffusers import UNet2DModel
 
     if config.resolution is None or config.num_classes is None:
-        raise ValueError(f"build_teacher needs the resolution and the class count (the data's), got {config.resolution} and {config.num_classes}")
+        raise ValueError(
+            f"build_teacher needs the resolution and the class count (the data's), got {config.resolution} and {config.num_classes}"
+        )
     levels = len(config.channels)
     down = tuple("AttnDownBlock2D" if i == config.attention_level else "DownBlock2D" for i in range(levels))
     up = tuple("AttnUpBlock2D" if i == levels - 1 - config.attention_level else "UpBlock2D" for i in range(levels))
     return UNet2DModel(
-        sample_size=config.resolution, in_channels=3, out_channels=3, layers_per_block=config.layers_per_block,
-        block_out_channels=tuple(config.channels), down_block_types=down, up_block_types=up,
-        num_class_embeds=config.num_classes + 1, norm_num_groups=config.norm_groups,
-    )  # fmt: skip
+        sample_size=config.resolution,
+        in_channels=3,
+        out_channels=3,
+        layers_per_block=config.layers_per_block,
+        block_out_channels=tuple(config.channels),
+        down_block_types=down,
+        up_block_types=up,
+        num_class_embeds=config.num_classes + 1,
+        norm_num_groups=config.norm_groups,
+    )
 
 
 def num_classes_of(model: nn.Module) -> int:
@@ -63,7 +75,9 @@ def num_classes_of(model: nn.Module) -> int:
     if labels is None:
         raise ValueError(f"{name} is not class-conditional (no label embedding)")
     if labels.embedding_table.num_embeddings != labels.num_classes + 1:
-        raise ValueError(f"{name} embeds {labels.num_classes} classes but no null label (it was built without class dropout), so CFG cannot run")
+        raise ValueError(
+            f"{name} embeds {labels.num_classes} classes but no null label (it was built without class dropout), so CFG cannot run"
+        )
     return int(labels.num_classes)
 
 
@@ -93,14 +107,18 @@ class Teacher(nn.Module):
         self.latent_shape = (int(config.in_channels), int(config.sample_size), int(config.sample_size))
         if vae is not None:
             if vae.config.latent_channels != self.latent_shape[0]:
-                raise ValueError(f"the VAE makes {vae.config.latent_channels}-channel latents but the denoiser takes {self.latent_shape[0]} channels")
+                raise ValueError(
+                    f"the VAE makes {vae.config.latent_channels}-channel latents but the denoiser takes {self.latent_shape[0]} channels"
+                )
             if vae.config.in_channels != 3:
                 raise ValueError(f"the VAE encodes {vae.config.in_channels}-channel images; the pipeline needs RGB (3)")
             self.scaling_factor = float(vae.config.get("scaling_factor", 1.0))
             self.resolution = self.latent_shape[1] * 2 ** (len(vae.config.block_out_channels) - 1)
         else:
             if self.latent_shape[0] != 3:
-                raise ValueError(f"a pixel teacher must take RGB images (3 channels), this one takes {self.latent_shape[0]}; a latent teacher needs its vae/")
+                raise ValueError(
+                    f"a pixel teacher must take RGB images (3 channels), this one takes {self.latent_shape[0]}; a latent teacher needs its vae/"
+                )
             self.resolution = self.latent_shape[1]
 
     @property
@@ -144,13 +162,17 @@ def as_teacher(model: nn.Module) -> Teacher:
     return model if isinstance(model, Teacher) else Teacher(model)
 
 
-def guided_noise(model: nn.Module, x: Tensor, t: Tensor, labels: Tensor, guidance: float, null_label: int | None = None) -> Tensor:
+def guided_noise(
+    model: nn.Module, x: Tensor, t: Tensor, labels: Tensor, guidance: float, null_label: int | None = None
+) -> Tensor:
     """The CFG mix of a denoiser's raw outputs at per-sample times ``t``, in float32 (see the module
     docstring); guidance 1 is the conditional output (one forward), else the conditional and null
     halves run as one batch. ``null_label`` defaults to the model's (num_classes_of)."""
     if guidance == 1.0:
         return noise_prediction(model, x, t, labels).float()
     null = torch.full_like(labels, num_classes_of(model) if null_label is None else null_label)
-    both = noise_prediction(model, torch.cat([x, x]), torch.cat([t, t]), torch.cat([labels, null])).float()  # (2B, C, H, W)
+    both = noise_prediction(
+        model, torch.cat([x, x]), torch.cat([t, t]), torch.cat([labels, null])
+    ).float()  # (2B, C, H, W)
     conditional, unconditional = both.chunk(2)
     return unconditional + guidance * (conditional - unconditional)

@@ -20,7 +20,9 @@ from clarep_fast.pipeline.teacher.model import Teacher
 
 
 def _block(inputs: int, outputs: int, stride: int) -> nn.Sequential:
-    return nn.Sequential(nn.Conv2d(inputs, outputs, 3, stride=stride, padding=1, bias=False), nn.BatchNorm2d(outputs), nn.ReLU())
+    return nn.Sequential(
+        nn.Conv2d(inputs, outputs, 3, stride=stride, padding=1, bias=False), nn.BatchNorm2d(outputs), nn.ReLU()
+    )
 
 
 class Judge(nn.Module):
@@ -29,16 +31,24 @@ class Judge(nn.Module):
     def __init__(self, num_classes: int = 10):
         super().__init__()
         self.features = nn.Sequential(
-            _block(3, 48, 1), _block(48, 48, 1), _block(48, 96, 2), _block(96, 96, 1), _block(96, 128, 2),
-            nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(0.2),
-        )  # fmt: skip
+            _block(3, 48, 1),
+            _block(48, 48, 1),
+            _block(48, 96, 2),
+            _block(96, 96, 1),
+            _block(96, 128, 2),
+            nn.AdaptiveAvgPool2d(1),
+            nn.Flatten(),
+            nn.Dropout(0.2),
+        )
         self.head = nn.Linear(128, num_classes)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:  # images in [0, 1]
         return self.head(self.features(images * 2 - 1))
 
 
-def train_judge(resolution: int = 16, epochs: int = 20, seed: int = 0, progress: bool = True) -> tuple[Judge, dict[str, float]]:
+def train_judge(
+    resolution: int = 16, epochs: int = 20, seed: int = 0, progress: bool = True
+) -> tuple[Judge, dict[str, float]]:
     """Judge trained on the default dataset's training digits with class-independent backgrounds; its test accuracies."""
     torch.manual_seed(seed)
     splits = default_splits(resolution, rho=0.0)
@@ -70,8 +80,16 @@ def train_judge(resolution: int = 16, epochs: int = 20, seed: int = 0, progress:
 
 
 @torch.no_grad()
-def class_consistency(teacher: Teacher, judge: Judge, *, per_class: int = 50,
-                      guidance: float = 3.0, steps: int = 50, seed: int = 0, batch: int = 100) -> tuple[float, torch.Tensor, torch.Tensor]:  # fmt: skip
+def class_consistency(
+    teacher: Teacher,
+    judge: Judge,
+    *,
+    per_class: int = 50,
+    guidance: float = 3.0,
+    steps: int = 50,
+    seed: int = 0,
+    batch: int = 100,
+) -> tuple[float, torch.Tensor, torch.Tensor]:
     """(overall consistency, per-class consistency (K,), samples (K·per_class, 3, R, R) in [0, 1])."""
     num_classes = teacher.num_classes
     labels = torch.arange(num_classes).repeat_interleave(per_class)

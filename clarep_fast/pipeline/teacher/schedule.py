@@ -26,9 +26,15 @@ class NoiseSchedule:
         if prediction_type not in PREDICTION_TYPES:
             raise ValueError(f"prediction_type must be one of {PREDICTION_TYPES}, got {prediction_type!r}")
         alphas_cumprod = alphas_cumprod.double().cpu()
-        if alphas_cumprod.dim() != 1 or len(alphas_cumprod) < 3 or not bool(((alphas_cumprod > 0) & (alphas_cumprod < 1)).all()):
-            raise ValueError("the schedule's ā_t must be a vector of at least 3 values strictly inside (0, 1) "
-                             "(zero-terminal-SNR schedules, where ā_T = 0, are not supported)")  # fmt: skip
+        if (
+            alphas_cumprod.dim() != 1
+            or len(alphas_cumprod) < 3
+            or not bool(((alphas_cumprod > 0) & (alphas_cumprod < 1)).all())
+        ):
+            raise ValueError(
+                "the schedule's ā_t must be a vector of at least 3 values strictly inside (0, 1) "
+                "(zero-terminal-SNR schedules, where ā_T = 0, are not supported)"
+            )
         self.alphas_cumprod, self.prediction_type = alphas_cumprod, prediction_type
 
     @property
@@ -67,7 +73,11 @@ class NoiseSchedule:
 
         if config.get("rescale_betas_zero_snr"):
             raise ValueError(f"{path}: zero-terminal-SNR schedules (rescale_betas_zero_snr) are not supported")
-        known = {key: value for key, value in config.items() if key in ("num_train_timesteps", "beta_start", "beta_end", "beta_schedule", "trained_betas")}
+        known = {
+            key: value
+            for key, value in config.items()
+            if key in ("num_train_timesteps", "beta_start", "beta_end", "beta_schedule", "trained_betas")
+        }
         verbosity = logging.get_verbosity()
         logging.set_verbosity_error()  # diffusers lists every config key it does not use
         try:

@@ -37,15 +37,21 @@ class TrainTeacherConfig:
     steps: int = option(10000, "training steps in all (a rerun may raise or lower it)", low=1)
     batch_size: int = option(128, "images per step", low=1)
     learning_rate: float = option(2e-4, "AdamW learning rate", low=0, low_open=True)
-    label_dropout: float = option(0.1, "probability of the null label (what makes CFG possible)", low=0, high=1, high_open=True)
-    ema_decay: float = option(0.999, "decay of the weights' moving average (the EMA model is the teacher)", low=0, high=1, high_open=True)
+    label_dropout: float = option(
+        0.1, "probability of the null label (what makes CFG possible)", low=0, high=1, high_open=True
+    )
+    ema_decay: float = option(
+        0.999, "decay of the weights' moving average (the EMA model is the teacher)", low=0, high=1, high_open=True
+    )
     checkpoint_every: int = option(500, "steps between checkpoints", low=1)
     sample_every: int = option(1000, "steps between sample grids", low=1)
     sample_guidance: float = option(3.0, "CFG scale of the sample grids", low=0)
     seed: int = option(0, "seed of the initial weights, batches and noise")
     device: str = option("cuda" if torch.cuda.is_available() else "cpu", "torch device")
     data: DataConfig = option(DataConfig())
-    teacher: TeacherConfig = option(TeacherConfig(), shared=("resolution",))  # one --resolution: the teacher's is the data's
+    teacher: TeacherConfig = option(
+        TeacherConfig(), shared=("resolution",)
+    )  # one --resolution: the teacher's is the data's
 
     def __post_init__(self):
         check_ranges(self)
@@ -57,7 +63,9 @@ def _sample_grid(model, config: TrainTeacherConfig, path: Path) -> None:
     classes = min(config.teacher.num_classes, 16)  # one row per class, the first 16 classes
     generator = torch.Generator().manual_seed(1234)
     labels = torch.arange(classes).repeat_interleave(8).to(config.device)
-    noise = torch.randn(len(labels), 3, config.teacher.resolution, config.teacher.resolution, generator=generator).to(config.device)
+    noise = torch.randn(len(labels), 3, config.teacher.resolution, config.teacher.resolution, generator=generator).to(
+        config.device
+    )
     images = ddim_sample(model, noise, labels, guidance=config.sample_guidance, steps=25)
     atomic_write(path, lambda temporary: save_image((images.clamp(-1, 1) + 1) / 2, temporary, nrow=8))
 
@@ -87,32 +95,49 @@ def _step_indices(config: TrainTeacherConfig, start: int, count: int):
 
 def train_teacher(config: TrainTeacherConfig, run_dir: str | Path, *, progress: bool = True) -> Path:
     """Train (or resume) in ``run_dir``; returns the folder of the saved EMA teacher."""
-    run = RunDir(run_dir, command="train-teacher", may_change=("steps", "data.workers"))  # a run may be extended or cut short
+    run = RunDir(
+        run_dir, command="train-teacher", may_change=("steps", "data.workers")
+    )  # a run may be extended or cut short
     device = torch.device(config.device)
     resolution = resolve(config.data)
     train = load_splits(config.data, resolution)["train"]
     classes = len(train.classes)
     if config.teacher.num_classes not in (None, classes):
         raise ValueError(f"--num-classes {config.teacher.num_classes} but the data has {classes} classes")
-    config = dataclasses.replace(config, teacher=dataclasses.replace(config.teacher, resolution=resolution, num_classes=classes))
+    config = dataclasses.replace(
+        config, teacher=dataclasses.replace(config.teacher, resolution=resolution, num_classes=classes)
+    )
     torch.manual_seed(config.seed)  # the initial weights
     model = build_teacher(config.teacher).to(device)
     ema = copy.deepcopy(model).eval().requires_grad_(False)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=0.0)
-    run.claim({**as_json(config), "classes": train.classes})  # after everything that can refuse the config: a refused start leaves no folder
+    run.claim(
+        {**as_json(config), "classes": train.classes}
+    )  # after everything that can refuse the config: a refused start leaves no folder
     schedule = NoiseSchedule.default().alphas_cumprod.float().to(device)
     null_label = config.teacher.num_classes
 
     start = run.restore({"model": model, "ema": ema, "optimizer": optimizer}, counter="step")
     _keep_logged_steps(run / "loss.csv", start)  # steps after the checkpoint are trained (and logged) again
-    loss_log = open(run / "loss.csv", "a", buffering=1)  # line-buffered: `tail -f` shows progress, a kill keeps every finished line
+    loss_log = open(
+        run / "loss.csv", "a", buffering=1
+    )  # line-buffered: `tail -f` shows progress, a kill keeps every finished line
 
-    bar = tqdm(range(start, config.steps), initial=start, total=config.steps, desc="teacher", disable=not progress, mininterval=5)
+    bar = tqdm(
+        range(start, config.steps),
+        initial=start,
+        total=config.steps,
+        desc="teacher",
+        disable=not progress,
+        mininterval=5,
+    )
     model.train()
     batches = train.batches(_step_indices(config, start, len(train)), config.data.workers)
     for step, (x0, c) in zip(bar, batches):
         generator = _step_generator(config, step)
-        torch.randint(0, len(train), (config.batch_size,), generator=generator)  # the batch's draw (_step_indices): the rest follows it
+        torch.randint(
+            0, len(train), (config.batch_size,), generator=generator
+        )  # the batch's draw (_step_indices): the rest follows it
         x0, c = (x0 * 2 - 1).to(device), c.to(device)  # images in [-1, 1]
         drop = (torch.rand(config.batch_size, generator=generator) < config.label_dropout).to(device)
         c = torch.where(drop, torch.full_like(c, null_label), c)  # step 1
@@ -132,11 +157,20 @@ def train_teacher(config: TrainTeacherConfig, run_dir: str | Path, *, progress: 
         loss_log.write(f"{step + 1},{value:.6f}\n")
         bar.set_postfix(loss=f"{value:.4f}", refresh=False)
         done = step + 1
-        if done % config.sample_every == 0 or done == config.steps:  # before the checkpoint: a kill between them redraws it
+        if (
+            done % config.sample_every == 0 or done == config.steps
+        ):  # before the checkpoint: a kill between them redraws it
             _sample_grid(ema, config, run / f"samples_{done:06d}.png")
         if done % config.checkpoint_every == 0 or done == config.steps:
             loss_log.flush()
-            run.save_checkpoint({"model": model.state_dict(), "ema": ema.state_dict(), "optimizer": optimizer.state_dict(), "step": done})
+            run.save_checkpoint(
+                {
+                    "model": model.state_dict(),
+                    "ema": ema.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "step": done,
+                }
+            )
     loss_log.close()
 
     teacher_dir = run / "teacher"

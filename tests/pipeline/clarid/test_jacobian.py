@@ -41,7 +41,9 @@ def test_subspace_matches_exact_svd_small_net(mode):
     scale = torch.linspace(0.5, 1.5, 5, dtype=torch.float64)
     net = net.double()
     k = 4
-    found = topk_right_singular(net, x, k, conditions=(scale,), mode=mode, tol=1e-6, max_iters=200, generator=torch.Generator().manual_seed(0))
+    found = topk_right_singular(
+        net, x, k, conditions=(scale,), mode=mode, tol=1e-6, max_iters=200, generator=torch.Generator().manual_seed(0)
+    )
     vectors, values = _exact_svd(net, x, (scale,))
     assert found.vectors.shape == (5, 72, k) and found.values.shape == (5, k)
     angles = principal_angle(vectors[:, :, :k], found.vectors)
@@ -65,7 +67,9 @@ def test_subspace_matches_exact_through_an_early_exit_tap(model, mode):
         return tap(z, t, c).packed
 
     exact = topk_right_singular(features, x, 6, conditions=(times, labels), mode="exact")
-    found = topk_right_singular(features, x, 6, conditions=(times, labels), mode=mode, tol=1e-4, generator=torch.Generator().manual_seed(0))
+    found = topk_right_singular(
+        features, x, 6, conditions=(times, labels), mode=mode, tol=1e-4, generator=torch.Generator().manual_seed(0)
+    )
     assert principal_angle(exact.vectors, found.vectors).max() < 1e-2
     assert ((found.values - exact.values).abs() / exact.values).max() < 1e-2
     assert found.calls >= 3 and found.products > 0 and (found.iterations >= 2).all()
@@ -76,7 +80,9 @@ def test_converged_images_leave_the_batch():
     net = SmallNet().double()
     x = torch.randn(3, 2, 6, 6, dtype=torch.float64)
     scale = torch.tensor([1.0, 1.0, 0.0], dtype=torch.float64)  # scale 0: J = 0, nothing to refine
-    found = topk_right_singular(net, x, 3, conditions=(scale,), mode="jvp", tol=1e-6, max_iters=200, generator=torch.Generator().manual_seed(0))
+    found = topk_right_singular(
+        net, x, 3, conditions=(scale,), mode="jvp", tol=1e-6, max_iters=200, generator=torch.Generator().manual_seed(0)
+    )
     assert found.iterations[2] <= 3 and (found.iterations[:2] > 3).all()
     assert torch.isfinite(found.vectors).all() and (found.values[2] == 0).all()
 

@@ -29,16 +29,38 @@ def teacher_dir(tmp_path_factory):
 
 def small_config(teacher_dir, **changes) -> SearchConfig:
     config = SearchConfig(
-        teacher=str(teacher_dir), t_e=500, k=3, layer="down_blocks.1", steps=4, count=6, shard_size=2,
-        feature_layers=("down_blocks.1", "mid_block"), oversample=4, tol=1e-2, max_iters=6, jacobian_batch=2,
-    )  # fmt: skip
+        teacher=str(teacher_dir),
+        t_e=500,
+        k=3,
+        layer="down_blocks.1",
+        steps=4,
+        count=6,
+        shard_size=2,
+        feature_layers=("down_blocks.1", "mid_block"),
+        oversample=4,
+        tol=1e-2,
+        max_iters=6,
+        jacobian_batch=2,
+    )
     return dataclasses.replace(config, **changes)
 
 
 def _cli(args, env_extra=None, torchrun=0):
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
     env.update(env_extra or {})
-    prefix = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={torchrun}", "-m", "clarep_fast.pipeline.cli"] if torchrun else [sys.executable, "-m", "clarep_fast.pipeline.cli"]
+    prefix = (
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            f"--nproc_per_node={torchrun}",
+            "-m",
+            "clarep_fast.pipeline.cli",
+        ]
+        if torchrun
+        else [sys.executable, "-m", "clarep_fast.pipeline.cli"]
+    )
     result = subprocess.run(prefix + args, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
 
@@ -59,22 +81,41 @@ def test_search_writes_a_complete_bank(teacher_dir, tmp_path):
     assert bank.samples.abs().max() <= 1 and torch.isfinite(bank.latents).all()
     # the projection removed something and the rescale kept each latent's norm
     assert (bank.latents - bank.start_latents).flatten(1).norm(dim=1).min() > 0
-    torch.testing.assert_close(bank.latents.flatten(1).norm(dim=1), bank.start_latents.flatten(1).norm(dim=1), rtol=1e-5, atol=0)
+    torch.testing.assert_close(
+        bank.latents.flatten(1).norm(dim=1), bank.start_latents.flatten(1).norm(dim=1), rtol=1e-5, atol=0
+    )
     for name in ("canonical.png", "nmi.png", "summary.json"):
         assert (bank_dir / name).stat().st_size > 0
     summary = json.loads((bank_dir / "summary.json").read_text())
     assert set(summary["nmi"]) == {"down_blocks.1", "mid_block", "all layers", "pixels (independent)"}
     assert 0 <= summary["nmi"]["mid_block"]["canonical"] <= 1
-    assert summary["nmi_features"] == "teacher features of the samples re-noised to t_f = 200 (null label: content only)"
+    assert (
+        summary["nmi_features"] == "teacher features of the samples re-noised to t_f = 200 (null label: content only)"
+    )
     config = json.loads((bank_dir / "config.json").read_text())
-    assert (config["feature_from"], config["feature_time"], config["feature_label"], config["directions"]) == ("sample", 200, "null", "top")
+    assert (config["feature_from"], config["feature_time"], config["feature_label"], config["directions"]) == (
+        "sample",
+        200,
+        "null",
+        "top",
+    )
 
 
 def test_random_direction_control_projects_out_random_directions(teacher_dir, tmp_path):
-    bank = load_bank(run_search(small_config(teacher_dir, count=2, shard_size=2, directions="random", rescale=False), tmp_path / "bank", progress=False))
+    bank = load_bank(
+        run_search(
+            small_config(teacher_dir, count=2, shard_size=2, directions="random", rescale=False),
+            tmp_path / "bank",
+            progress=False,
+        )
+    )
     assert (bank.singular_values == 0).all() and (bank.iterations == 0).all()
     removed = (bank.start_latents - bank.latents).flatten(1)
-    assert torch.allclose(removed.norm(dim=1) ** 2 + bank.latents.flatten(1).norm(dim=1) ** 2, bank.start_latents.flatten(1).norm(dim=1) ** 2, rtol=1e-4)  # an orthogonal projection
+    assert torch.allclose(
+        removed.norm(dim=1) ** 2 + bank.latents.flatten(1).norm(dim=1) ** 2,
+        bank.start_latents.flatten(1).norm(dim=1) ** 2,
+        rtol=1e-4,
+    )  # an orthogonal projection
     assert 0 <= bank.samples.min() and bank.samples.max() <= 1
 
 
@@ -105,7 +146,9 @@ def test_two_torchrun_ranks_give_the_same_bank_as_one_process(teacher_dir, tmp_p
 
 
 def test_inversion_route_starts_from_real_images(teacher_dir, tmp_path):
-    bank = load_bank(run_search(small_config(teacher_dir, route="inversion", count=4), tmp_path / "bank", progress=False))
+    bank = load_bank(
+        run_search(small_config(teacher_dir, route="inversion", count=4), tmp_path / "bank", progress=False)
+    )
     assert bank.latents.shape == (4, 3, 16, 16) and torch.isfinite(bank.samples).all()
 
 
@@ -144,7 +187,9 @@ def test_bank_made_with_another_config_or_teacher_is_refused(teacher_dir, tmp_pa
     with torch.no_grad():
         next(model.parameters()).add_(1.0)
     model.save_pretrained(other, safe_serialization=True)
-    with pytest.raises(ValueError, match=r"differs in: teacher_sha256\)"):  # another teacher: its fingerprint differs, not only its path
+    with pytest.raises(
+        ValueError, match=r"differs in: teacher_sha256\)"
+    ):  # another teacher: its fingerprint differs, not only its path
         run_search(small_config(other, count=2), bank, progress=False)
     moved = tmp_path / "moved_teacher"
     shutil.copytree(teacher_dir, moved)  # the same teacher at another path: the bank resumes with it
@@ -166,7 +211,11 @@ def test_out_of_memory_halves_the_jacobian_batch_and_keeps_the_result(teacher_di
     """A Jacobian batch that does not fit is retried at half the size from the same random state."""
     import clarep_fast.pipeline.clarid.search as search
 
-    reference = load_bank(run_search(small_config(teacher_dir, count=4, shard_size=4, jacobian_batch=4), tmp_path / "whole", progress=False))
+    reference = load_bank(
+        run_search(
+            small_config(teacher_dir, count=4, shard_size=4, jacobian_batch=4), tmp_path / "whole", progress=False
+        )
+    )
     real, sizes = search.topk_right_singular, []
 
     def tight_memory(fn, x, *args, **kwargs):
@@ -177,7 +226,11 @@ def test_out_of_memory_halves_the_jacobian_batch_and_keeps_the_result(teacher_di
 
     monkeypatch.setattr(search, "topk_right_singular", tight_memory)
     monkeypatch.setattr(torch.cuda, "empty_cache", lambda: None)
-    squeezed = load_bank(run_search(small_config(teacher_dir, count=4, shard_size=4, jacobian_batch=4), tmp_path / "squeezed", progress=False))
+    squeezed = load_bank(
+        run_search(
+            small_config(teacher_dir, count=4, shard_size=4, jacobian_batch=4), tmp_path / "squeezed", progress=False
+        )
+    )
     assert sizes == [4, 2, 1, 1, 1, 1]
     # per-image results do not depend on the batch (rows are independent); the probe draws differ, the subspaces agree to tol
     torch.testing.assert_close(squeezed.singular_values, reference.singular_values, rtol=2e-2, atol=1e-4)
@@ -185,8 +238,16 @@ def test_out_of_memory_halves_the_jacobian_batch_and_keeps_the_result(teacher_di
 
 
 def test_bfloat16_teacher_writes_a_finite_bank(teacher_dir, tmp_path):
-    bank = load_bank(run_search(small_config(teacher_dir, count=2, shard_size=2, dtype="bfloat16"), tmp_path / "bank", progress=False))
-    assert bank.latents.dtype == torch.float32 and torch.isfinite(bank.latents).all() and torch.isfinite(bank.features["mid_block"]).all()
+    bank = load_bank(
+        run_search(
+            small_config(teacher_dir, count=2, shard_size=2, dtype="bfloat16"), tmp_path / "bank", progress=False
+        )
+    )
+    assert (
+        bank.latents.dtype == torch.float32
+        and torch.isfinite(bank.latents).all()
+        and torch.isfinite(bank.features["mid_block"]).all()
+    )
     assert 0 <= bank.samples.min() and bank.samples.max() <= 1
     with pytest.raises(ValueError, match="dtype must be one of"):
         small_config(teacher_dir, dtype="float64")

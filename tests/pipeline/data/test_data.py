@@ -38,7 +38,9 @@ def test_split_is_stratified_disjoint_and_deterministic():
 
 def test_splits_and_variants(splits):
     assert splits["train"].images.shape == (3600, 3, 16, 16) and splits["test"].images.shape == (1000, 3, 16, 16)
-    assert splits["val"].images.shape == (400, 3, 16, 16) and torch.equal(splits["val"].labels.bincount(), torch.full((10,), 40))
+    assert splits["val"].images.shape == (400, 3, 16, 16) and torch.equal(
+        splits["val"].labels.bincount(), torch.full((10,), 40)
+    )
     for name, split in splits.items():
         assert split.images.min() >= 0 and split.images.max() <= 1, name
     train = splits["train"]
@@ -130,7 +132,9 @@ def test_cifar10_reader_runs_no_code_from_the_data(tmp_path, protocol):
     rng = np.random.default_rng(0)
     for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
         with open(tmp_path / name, "wb") as handle:
-            pickle.dump({b"data": rng.integers(0, 256, (2, 3072), dtype=np.uint8), b"labels": [0, 1]}, handle, protocol=protocol)
+            pickle.dump(
+                {b"data": rng.integers(0, 256, (2, 3072), dtype=np.uint8), b"labels": [0, 1]}, handle, protocol=protocol
+            )
     marker = tmp_path / "code-ran"
     with open(tmp_path / "batches.meta", "wb") as handle:
         pickle.dump({b"label_names": names, b"extra": _RunsCode(marker)}, handle, protocol=protocol)
@@ -150,7 +154,9 @@ def test_decode_keeps_16_bit_grayscale_and_refuses_what_it_cannot_read(tmp_path)
     decoded = decode_image(tmp_path / "gray16.png", 16)
     expected = torch.from_numpy(ramp / 65535.0).float()
     assert decoded.shape == (3, 16, 16)
-    torch.testing.assert_close(decoded, expected.expand(3, 16, 16), atol=1e-6, rtol=0)  # PIL's convert("RGB") would clip it to white
+    torch.testing.assert_close(
+        decoded, expected.expand(3, 16, 16), atol=1e-6, rtol=0
+    )  # PIL's convert("RGB") would clip it to white
     Image.fromarray(np.random.rand(8, 8).astype(np.float32)).save(tmp_path / "float.tiff")
     with pytest.raises(ValueError, match=r"float.tiff: floating-point pixels have no known range"):
         decode_image(tmp_path / "float.tiff", 8)

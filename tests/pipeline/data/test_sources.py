@@ -64,10 +64,13 @@ def test_default_spec_has_validation_and_variants():
     assert {"train", "val", "test", "test_swapped"} <= set(splits) and len(splits["val"]) == 400
 
 
-@pytest.mark.parametrize("spec, message", [
-    ("imagenet:/data", "data must be 'default', 'folder:PATH' or 'cifar10:PATH'"),
-    ("folder:", "data must be 'default'"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "spec, message",
+    [
+        ("imagenet:/data", "data must be 'default', 'folder:PATH' or 'cifar10:PATH'"),
+        ("folder:", "data must be 'default'"),
+    ],
+)
 def test_bad_specs_are_refused(spec, message):
     with pytest.raises(ValueError, match=message):
         DataConfig(dataset=spec)

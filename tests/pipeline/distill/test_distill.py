@@ -34,9 +34,14 @@ def test_cadistill_decreases_the_total_loss(tiny_bank, tmp_path):
 def test_baseline_equals_cadistill_with_every_lambda_zero(tiny_bank, tmp_path):
     bank_dir, _ = tiny_bank
     train_student(small_distill(bank_dir, baseline=True), tmp_path / "baseline", progress=False)
-    train_student(small_distill(bank_dir, lambda_align=0.0, lambda_cano=0.0, lambda_dist=0.0), tmp_path / "zero", progress=False)
+    train_student(
+        small_distill(bank_dir, lambda_align=0.0, lambda_cano=0.0, lambda_dist=0.0), tmp_path / "zero", progress=False
+    )
     train_student(small_distill(bank_dir), tmp_path / "cadistill", progress=False)
-    weights = {name: torch.load(tmp_path / name / "student.pt", weights_only=True)["payload"]["student"] for name in ("baseline", "zero", "cadistill")}
+    weights = {
+        name: torch.load(tmp_path / name / "student.pt", weights_only=True)["payload"]["student"]
+        for name in ("baseline", "zero", "cadistill")
+    }
     assert all(torch.equal(weights["baseline"][key], weights["zero"][key]) for key in weights["baseline"])
     assert any(not torch.equal(weights["baseline"][key], weights["cadistill"][key]) for key in weights["baseline"])
 
@@ -107,7 +112,11 @@ def test_mismatches_and_missing_files_are_clear_errors(tiny_bank, tmp_path):
     with pytest.raises(ValueError, match="3 student layers .* but 1 teacher layers"):
         train_student(small_distill(bank_dir, teacher_layers=("mid_block",)), tmp_path / "b", progress=False)
     with pytest.raises(ValueError, match=r"teacher layers \['up_blocks.0'\] are not in the bank"):
-        train_student(small_distill(bank_dir, teacher_layers=("up_blocks.0", "mid_block", "down_blocks.1")), tmp_path / "c", progress=False)
+        train_student(
+            small_distill(bank_dir, teacher_layers=("up_blocks.0", "mid_block", "down_blocks.1")),
+            tmp_path / "c",
+            progress=False,
+        )
     with pytest.raises(ValueError, match="--resolution 20 but the bank .* makes 16×16 images"):
         train_student(small_distill(bank_dir, data=DataConfig(resolution=20)), tmp_path / "d", progress=False)
     with pytest.raises(ValueError, match="unknown timm model"):
@@ -117,8 +126,16 @@ def test_mismatches_and_missing_files_are_clear_errors(tiny_bank, tmp_path):
     train_student(small_distill(bank_dir), tmp_path / "f", progress=False)
     with pytest.raises(ValueError, match="different config"):
         train_student(small_distill(bank_dir, lambda_align=2.0), tmp_path / "f", progress=False)
-    with pytest.raises(ValueError, match="different config \\(differs in: bank_layers"):  # another feature width under the same bank path
-        train_student(small_distill(bank_dir, teacher_layers=("mid_block", "down_blocks.2", "down_blocks.1"), student_layers=(2, 3, 4)), tmp_path / "f", progress=False)
+    with pytest.raises(
+        ValueError, match="different config \\(differs in: bank_layers"
+    ):  # another feature width under the same bank path
+        train_student(
+            small_distill(
+                bank_dir, teacher_layers=("mid_block", "down_blocks.2", "down_blocks.1"), student_layers=(2, 3, 4)
+            ),
+            tmp_path / "f",
+            progress=False,
+        )
 
 
 def test_bank_with_more_classes_than_the_data_is_refused(tiny_bank):
@@ -128,7 +145,9 @@ def test_bank_with_more_classes_than_the_data_is_refused(tiny_bank):
 
 
 def test_student_layers_are_checked_against_the_model():
-    with pytest.raises(ValueError, match=r"student_layers \[2, 9\]: timm model 'test_resnet' has feature stages 0..4 .*got \[9\]"):
+    with pytest.raises(
+        ValueError, match=r"student_layers \[2, 9\]: timm model 'test_resnet' has feature stages 0..4 .*got \[9\]"
+    ):
         Student("test_resnet", 10, [2, 9])
     with pytest.raises(ValueError, match="student_layers"):
         Student("test_resnet", 10, [])
@@ -172,7 +191,11 @@ def test_the_canonical_forward_leaves_batchnorm_running_statistics_alone(tiny_ba
     with frozen_batchnorm_statistics(student):
         frozen_logits = student(images)
     for m, (mean, var, count) in zip(norms, before):
-        assert torch.equal(m.running_mean, mean) and torch.equal(m.running_var, var) and int(m.num_batches_tracked) == count
+        assert (
+            torch.equal(m.running_mean, mean)
+            and torch.equal(m.running_var, var)
+            and int(m.num_batches_tracked) == count
+        )
         assert m.momentum == 0.1  # restored
     updating = student(images)  # train mode outside: batch statistics for the output, running statistics written
     torch.testing.assert_close(frozen_logits, updating)  # the same normalization inside (batch statistics)
@@ -191,15 +214,22 @@ def test_the_ordinary_control_reads_the_ordinary_samples(tiny_bank):
 
 @pytest.mark.parametrize("check", ["default", "async"])
 @pytest.mark.parametrize("baseline", [False, True], ids=["cadistill", "baseline"])
-def test_a_diverging_student_stops_with_a_clear_error_and_no_nan_checkpoint(tiny_bank, tmp_path, baseline, check, monkeypatch):
+def test_a_diverging_student_stops_with_a_clear_error_and_no_nan_checkpoint(
+    tiny_bank, tmp_path, baseline, check, monkeypatch
+):
     """With the NaN check asked to be asynchronous (the CUDA default: a device-side assert that kills
     the CUDA context), the training loop still checks synchronously: it reads the loss every step."""
     if check == "async":
         monkeypatch.setenv("CLAREP_FAST_FINITE_CHECK", "async")
     bank_dir, _ = tiny_bank
     config = small_distill(bank_dir, learning_rate=1e12, epochs=2, batch_size=64, baseline=baseline)
-    with pytest.raises(ValueError, match=r"training diverged at step \d+ \(.*\)\. Nothing after the last checkpoint .* lower --learning-rate"):
+    with pytest.raises(
+        ValueError,
+        match=r"training diverged at step \d+ \(.*\)\. Nothing after the last checkpoint .* lower --learning-rate",
+    ):
         train_student(config, tmp_path / "run", progress=False)
     assert not (tmp_path / "run" / "student.pt").exists()
     checkpoint = RunDir(tmp_path / "run", command="distill").load_checkpoint()
-    assert checkpoint is None or all(bool(torch.isfinite(v).all()) for v in checkpoint["model"].values() if v.is_floating_point())
+    assert checkpoint is None or all(
+        bool(torch.isfinite(v).all()) for v in checkpoint["model"].values() if v.is_floating_point()
+    )

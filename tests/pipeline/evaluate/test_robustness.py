@@ -1,6 +1,5 @@
 """Robustness evaluation: attacks behave at their known extremes; the evaluation and the demo report."""
 
-
 import pytest
 import torch
 import torchattacks
@@ -9,7 +8,12 @@ from torch import nn
 from clarep_fast.pipeline.data import DataConfig
 from clarep_fast.pipeline.data.default import default_splits
 from clarep_fast.pipeline.evaluate.corruptions import CORRUPTIONS, SEVERITIES, corrupt
-from clarep_fast.pipeline.evaluate.robustness import EvaluateConfig, adversarial_accuracy, evaluate_student, markdown_table
+from clarep_fast.pipeline.evaluate.robustness import (
+    EvaluateConfig,
+    adversarial_accuracy,
+    evaluate_student,
+    markdown_table,
+)
 
 
 def _tiny_model_and_data():
@@ -52,21 +56,45 @@ def test_demo_writes_the_report(tmp_path):
 
     teacher = tmp_path / "teacher"
     tiny_unet().save_pretrained(teacher, safe_serialization=True)
-    search = SearchConfig(teacher=str(teacher), t_e=500, k=3, layer="down_blocks.1", steps=4, count=20, shard_size=20, oversample=4,
-                          tol=1e-2, max_iters=3, jacobian_batch=20)  # fmt: skip
+    search = SearchConfig(
+        teacher=str(teacher),
+        t_e=500,
+        k=3,
+        layer="down_blocks.1",
+        steps=4,
+        count=20,
+        shard_size=20,
+        oversample=4,
+        tol=1e-2,
+        max_iters=3,
+        jacobian_batch=20,
+    )
     distill = DistillConfig(student="test_resnet", epochs=1, batch_size=256, bank_batch_size=8)
     evaluate = EvaluateConfig(pgd_steps=2, apgd_steps=2, cw_steps=2, attack_samples=16, corruption_samples=4)
     report = run_demo(tmp_path / "demo", seeds=2, search=search, distill=distill, evaluate=evaluate, progress=False)
     text = report.read_text()
-    for row in ("| baseline (CE only) |", "| control: CaDistill on ordinary samples |", "| CaDistill (CLAReps) |", "| CaDistill (CLAReps) minus |"):
+    for row in (
+        "| baseline (CE only) |",
+        "| control: CaDistill on ordinary samples |",
+        "| CaDistill (CLAReps) |",
+        "| CaDistill (CLAReps) minus |",
+    ):
         assert row in text, row
     assert "mean ± 95% interval over seeds" in text and "CW-L2 median L2 distortion" in text and "raw pixels" in text
     assert "significant" in text and "null label" in text
     assert sorted(p.name for p in (tmp_path / "demo").iterdir() if p.name.endswith(("-s0", "-s1"))) == [
-        "baseline-s0", "baseline-s1", "cadistill-s0", "cadistill-s1", "ordinary-s0", "ordinary-s1"]
+        "baseline-s0",
+        "baseline-s1",
+        "cadistill-s0",
+        "cadistill-s1",
+        "ordinary-s0",
+        "ordinary-s1",
+    ]
     for name in ("canonical.png", "nmi.png", "losses.png", "evaluation.json"):
         assert (tmp_path / "demo" / name).stat().st_size > 0
-    again = run_demo(tmp_path / "demo", seeds=2, search=search, distill=distill, evaluate=evaluate, progress=False)  # everything resumes from disk
+    again = run_demo(
+        tmp_path / "demo", seeds=2, search=search, distill=distill, evaluate=evaluate, progress=False
+    )  # everything resumes from disk
     assert again.read_text().split("## Wall-clock")[0] == text.split("## Wall-clock")[0]
 
 
@@ -77,7 +105,12 @@ def test_corruptions_keep_the_image_box_get_worse_with_severity_and_are_seeded(s
         mild, harsh = corrupt(images, name, 1, seed=0), corrupt(images, name, 5, seed=0)
         assert mild.shape == images.shape and mild.min() >= 0 and mild.max() <= 1, name
         assert torch.equal(mild, corrupt(images, name, 1, seed=0)), name  # seeded: the same draw twice
-        if name not in ("brightness", "saturate", "pixelate", "jpeg_compression"):  # not monotone in the L2 change on noise images
+        if name not in (
+            "brightness",
+            "saturate",
+            "pixelate",
+            "jpeg_compression",
+        ):  # not monotone in the L2 change on noise images
             assert (harsh - images).norm() >= (mild - images).norm() * 0.9, name
     for name in ("fog", "spatter"):
         with pytest.raises(ValueError, match="are left out"):
@@ -118,7 +151,9 @@ def test_corrupted_sets_are_computed_once_for_the_same_images(monkeypatch):
     from clarep_fast.pipeline.data.images import TensorImages
 
     calls = []
-    monkeypatch.setattr(robustness, "corrupt", lambda images, name, severity, seed: calls.append(name) or images.clamp(0, 1))
+    monkeypatch.setattr(
+        robustness, "corrupt", lambda images, name, severity, seed: calls.append(name) or images.clamp(0, 1)
+    )
     monkeypatch.setattr(robustness._CorruptedSets, "key", None)
     model, images, labels = _tiny_model_and_data()
     test = TensorImages(images, labels, [str(c) for c in range(10)])

@@ -10,7 +10,9 @@ from clarep_fast.pipeline.evaluate.statistics import paired_difference, t_interv
 def test_t_interval_by_hand():
     values = [0.90, 0.92, 0.94]  # mean 0.92, s = 0.02, t_{0.975, 2} = 4.302653
     interval = t_interval(values)
-    assert interval.mean == pytest.approx(0.92) and interval.half_width == pytest.approx(4.302653 * 0.02 / math.sqrt(3), rel=1e-6)
+    assert interval.mean == pytest.approx(0.92) and interval.half_width == pytest.approx(
+        4.302653 * 0.02 / math.sqrt(3), rel=1e-6
+    )
     assert interval.describe() == "92.0 ± 5.0"
     single = t_interval([0.5])
     assert single.half_width is None and single.significant is None and single.describe() == "50.0"
@@ -30,7 +32,9 @@ def test_paired_difference_removes_the_shared_seed_effect():
 def test_wilson_interval_known_values():
     low, high = wilson_interval(459, 500)  # the embedded teacher's class consistency
     assert (round(low, 4), round(high, 4)) == (0.8906, 0.939)
-    assert wilson_interval(0, 10)[0] == pytest.approx(0.0, abs=1e-12) and wilson_interval(10, 10)[1] == pytest.approx(1.0)
+    assert wilson_interval(0, 10)[0] == pytest.approx(0.0, abs=1e-12) and wilson_interval(10, 10)[1] == pytest.approx(
+        1.0
+    )
     assert wilson_interval(10, 10)[0] == pytest.approx(0.7225, abs=1e-4)  # the textbook 10/10 lower bound
     with pytest.raises(ValueError):
         wilson_interval(5, 0)

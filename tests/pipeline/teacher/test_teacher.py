@@ -9,12 +9,22 @@ from clarep_fast.pipeline.data import DataConfig
 from clarep_fast.pipeline.rundir import RunDir
 from clarep_fast.pipeline.teacher.ddim import ddim_invert, ddim_sample, time_grid
 from clarep_fast.pipeline.teacher.load import check_fits, load_teacher
-from clarep_fast.pipeline.teacher.model import TeacherConfig, build_teacher, guided_noise, noise_prediction, num_classes_of
+from clarep_fast.pipeline.teacher.model import (
+    TeacherConfig,
+    build_teacher,
+    guided_noise,
+    noise_prediction,
+    num_classes_of,
+)
 from clarep_fast.pipeline.teacher.train import TrainTeacherConfig, train_teacher
 from tests.taps_models import tiny_dit
 
-TINY = TeacherConfig(resolution=8, num_classes=10, channels=(8, 16), layers_per_block=1, attention_level=1, norm_groups=4)
-TINY_RUN = TrainTeacherConfig(steps=4, batch_size=8, checkpoint_every=2, sample_every=4, data=DataConfig(resolution=8), teacher=TINY)
+TINY = TeacherConfig(
+    resolution=8, num_classes=10, channels=(8, 16), layers_per_block=1, attention_level=1, norm_groups=4
+)
+TINY_RUN = TrainTeacherConfig(
+    steps=4, batch_size=8, checkpoint_every=2, sample_every=4, data=DataConfig(resolution=8), teacher=TINY
+)
 
 
 def _tiny(dtype=torch.float32):
@@ -117,14 +127,24 @@ def test_dit_null_label_is_diffusers_own(classes):
     (the extra row of its embedding table), which must be the null label CFG uses here."""
     from diffusers import DiTTransformer2DModel
 
-    dit = DiTTransformer2DModel(num_attention_heads=2, attention_head_dim=8, in_channels=4, num_layers=1, sample_size=8, patch_size=2,
-                                num_embeds_ada_norm=classes, norm_num_groups=8)  # fmt: skip
+    dit = DiTTransformer2DModel(
+        num_attention_heads=2,
+        attention_head_dim=8,
+        in_channels=4,
+        num_layers=1,
+        sample_size=8,
+        patch_size=2,
+        num_embeds_ada_norm=classes,
+        norm_num_groups=8,
+    )
     embedding = dit.transformer_blocks[0].norm1.emb.class_embedder
     dropped = embedding.token_drop(torch.tensor([0, classes - 1]), force_drop_ids=torch.ones(2))
     assert num_classes_of(dit) == classes and dropped.tolist() == [classes, classes]
     assert embedding.embedding_table.num_embeddings == classes + 1
     seen = []
-    dit.transformer_blocks[0].norm1.emb.class_embedder.register_forward_hook(lambda module, args, out: seen.append(args[0].clone()))
+    dit.transformer_blocks[0].norm1.emb.class_embedder.register_forward_hook(
+        lambda module, args, out: seen.append(args[0].clone())
+    )
     guided_noise(dit, torch.randn(2, 4, 8, 8), torch.tensor([5, 5]), torch.tensor([0, classes - 1]), guidance=2.0)
     assert seen[0].tolist() == [0, classes - 1, classes, classes]  # conditional labels, then the null label K for both
 
@@ -145,11 +165,26 @@ def test_training_streams_a_folder_dataset_through_workers(tmp_path):
     from tests.pipeline.fixtures import write_image_folder
 
     root = write_image_folder(tmp_path / "shapes", per_class=6, side=12)
-    config = dataclasses.replace(TINY_RUN, steps=2, checkpoint_every=2, sample_every=2, data=DataConfig(dataset=f"folder:{root}", resolution=8),
-                                 teacher=dataclasses.replace(TINY, num_classes=None))  # fmt: skip
+    config = dataclasses.replace(
+        TINY_RUN,
+        steps=2,
+        checkpoint_every=2,
+        sample_every=2,
+        data=DataConfig(dataset=f"folder:{root}", resolution=8),
+        teacher=dataclasses.replace(TINY, num_classes=None),
+    )
     inline = load_teacher(train_teacher(config, tmp_path / "inline", progress=False))
-    parallel = load_teacher(train_teacher(dataclasses.replace(config, data=dataclasses.replace(config.data, workers=2)), tmp_path / "parallel", progress=False))
+    parallel = load_teacher(
+        train_teacher(
+            dataclasses.replace(config, data=dataclasses.replace(config.data, workers=2)),
+            tmp_path / "parallel",
+            progress=False,
+        )
+    )
     assert inline.num_classes == 3 and inline.resolution == 8
     for (name, a), (_, b) in zip(inline.state_dict().items(), parallel.state_dict().items()):
         torch.testing.assert_close(a, b, rtol=0, atol=0, msg=name)
-    assert RunDir(tmp_path / "inline", command="train-teacher").path.joinpath("config.json").read_text().count("stripes") == 1
+    assert (
+        RunDir(tmp_path / "inline", command="train-teacher").path.joinpath("config.json").read_text().count("stripes")
+        == 1
+    )

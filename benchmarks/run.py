@@ -64,9 +64,8 @@ def _run_pass(device: str, quick: bool, select: str | None, bench_pass: str, mod
         if completed.returncode not in (0, 5):
             raise SystemExit(f"benchmark run failed (pytest exit {completed.returncode})")
         text = raw.read_text() if raw.exists() else ""
-        report = (
-            json.loads(text) if text.strip() else {"benchmarks": []}
-        )  # every selected row skipped (e.g. no peak pass for it)
+        # every selected row skipped (e.g. no peak pass for it)
+        report = json.loads(text) if text.strip() else {"benchmarks": []}
     common = {"device": device, "device_name": device_name(device), "git_sha": git_sha(), **versions()}
     records = []
     for bench in report["benchmarks"]:
@@ -111,7 +110,7 @@ def markdown_table(records: list[dict]) -> str:
     for (op, shape, mode, dtype), by_provider in groups.items():
         fused, eager, compiled = ms(by_provider, "fused"), ms(by_provider, "eager"), ms(by_provider, "compile")
         ratio = lambda other: f"{other / fused:.2f}×" if fused and other else "-"  # noqa: E731
-        cell = lambda value: f"{value:.2f}" if value is not None else "-"  # noqa: E731
+        cell = lambda value: "-" if value is None else f"{value:.2f}" if value >= 1 else f"{value:.3f}"  # noqa: E731
         memory = " / ".join(extra(by_provider, name) for name in ("fused", "eager", "compile"))
         lines.append(
             f"| {op} | {shape} | {mode} | {dtype} | {cell(fused)} | {cell(eager)} | {cell(compiled)} | {ratio(eager)} | {ratio(compiled)} | {memory} | {rate(by_provider.get('fused'))} |"

@@ -42,9 +42,8 @@ def test_op_table(benchmark, case, provider, bench_device):
 
     step()
     peak = peak_memory_bytes(step, bench_device)
-    moved = (
-        sum(t.numel() * t.element_size() for t in inputs) * 3
-    )  # read forward, read again and write the gradient backward
+    # read forward, read again and write the gradient backward
+    moved = sum(t.numel() * t.element_size() for t in inputs) * 3
     shapes = " ".join("×".join(map(str, t.shape)) for t in inputs)
     benchmark.extra_info.update(
         op=f"{spec.name} (example)",

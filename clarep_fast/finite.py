@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import os
+import sys
 from typing import Callable, Iterator
 
 import torch
@@ -64,9 +65,7 @@ def refuse_non_finite(values: Tensor, op: str, explain: Callable[[Tensor], str])
     """Refuse the call if any entry of ``values`` (the few statistics an op checks) is NaN or Inf.
 
     sync: raise ValueError(explain(bad)), ``bad`` the bool map of the non-finite entries (``explain``
-    may read tensors: it runs on the error path only). The test is one sum in fp64 first: it is
-    finite exactly when every entry is (a finite fp32/fp64 entry cannot overflow it), and costs a
-    fraction of an elementwise isfinite on CPU.
+    may read tensors: it runs on the error path only). The test itself is _all_finite.
     async: one device-side assert over the entries, no host sync.
     """
     if finite_check_mode(values.device) == "async":
@@ -75,8 +74,21 @@ def refuse_non_finite(values: Tensor, op: str, explain: Callable[[Tensor], str])
         )
         torch._assert_async(torch.isfinite(values).all(), message)
         return
-    if bool(torch.isfinite(values.sum(dtype=torch.float64))):
+    if _all_finite(values):
         return
     bad = ~torch.isfinite(values)
     if bool(bad.any()):
         raise ValueError(explain(bad))
+
+
+def _all_finite(values: Tensor) -> bool:
+    """Whether every entry is finite. On CPU, with the extension already loaded (never loaded for
+    this), a plain C++ loop (csrc/module.cpp: ~1 µs against ~7 for the torch ops below, which at
+    training-loop sizes is a visible part of a call). Otherwise one sum in fp64: finite exactly when
+    every entry is, unless finite fp64 entries near 1e308 overflow it, and then the elementwise
+    test that follows in refuse_non_finite finds nothing bad and the call goes on."""
+    extension = sys.modules.get("clarep_fast._C")
+    if extension is not None and values.device.type == "cpu":
+        return extension.all_finite(values)
+    return bool(torch.isfinite(values.sum(dtype=torch.float64)))
+

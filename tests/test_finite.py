@@ -147,3 +147,27 @@ def test_async_mode_stops_a_cuda_process_with_a_device_side_assert():
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert result.returncode != 0
     assert "device-side assert" in result.stderr
+
+
+@pytest.mark.skipif(bool(unusable_reason("cpu", "cpu")), reason="needs the compiled extension")
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32, torch.float64])
+def test_the_compiled_finite_test_agrees_with_torch(dtype):
+    """finite._all_finite takes clarep_fast._C.all_finite on CPU once the extension is loaded: it must
+    say what torch.isfinite(...).all() says, on strided views too, and fp64 entries near the top of
+    the range (whose fp64 sum overflows) are finite."""
+    from clarep_fast import _C
+    from clarep_fast.finite import _all_finite
+
+    generator = torch.Generator().manual_seed(0)
+    for trial in range(40):
+        values = torch.randn(7, 9, generator=generator).to(dtype)
+        if trial % 4:
+            index = int(torch.randint(0, values.numel(), (1,), generator=generator))
+            values.view(-1)[index] = (float("nan"), float("inf"), -float("inf"))[trial % 3]
+        view = values[:, 1::2] if trial % 2 else values
+        assert _C.all_finite(view) == bool(torch.isfinite(view).all()), (trial, view)
+        assert _all_finite(view) == bool(torch.isfinite(view).all())
+    huge = torch.full((4,), torch.finfo(torch.float64).max / 2, dtype=torch.float64)
+    assert _C.all_finite(huge) and not torch.isfinite(huge.sum())
+    with pytest.raises(RuntimeError, match="CPU tensor"):
+        _C.all_finite(torch.zeros(2, device="meta"))

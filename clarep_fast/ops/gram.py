@@ -34,9 +34,8 @@ import torch
 _ROW_BLOCKS = 2  # syrk blocking: 3 of 4 block products
 _SPLIT_MIN_ROWS = {"cpu": 128, "cuda": 512}  # below these one product beats three
 _CHUNK_ELEMENTS = {"cpu": 1 << 21, "cuda": 1 << 24}  # at most 8 MiB (CPU) / 64 MiB (CUDA) of fp32 per shifted chunk
-LOW_PRECISION_GEMM_DEVICES = (
-    "cuda",
-)  # where fp16/bf16 GEMMs accumulate in fp32 at full speed (on CPU they are slow: upcast instead)
+# where fp16/bf16 GEMMs accumulate in fp32 at full speed (on CPU they are slow: upcast instead)
+LOW_PRECISION_GEMM_DEVICES = ("cuda",)
 
 
 @contextlib.contextmanager

@@ -38,9 +38,8 @@ def _check(backend, batch, shapes, dtype, kind, reduction="none", device="cpu"):
     t64 = [t.detach().double().requires_grad_(True) for t in teachers]
     expected = feature_align_reference(s64, t64, kind, reduction)
     expected_grads = torch.autograd.grad(expected, s64 + t64, weights)
-    value_tolerance = (
-        TOLERANCES[dtype]["value"] if dtype in (torch.float32, torch.float64) else 1e-5
-    )  # fp32 accumulation of exact inputs
+    # fp32 accumulation of exact inputs
+    value_tolerance = TOLERANCES[dtype]["value"] if dtype in (torch.float32, torch.float64) else 1e-5
     assert_close(loss, expected, value_tolerance, f"{backend} {kind} loss")
     for index, (got, want) in enumerate(zip(grads, expected_grads)):
         assert got.dtype == dtype and got.shape == want.shape

@@ -69,9 +69,8 @@ def test_cpu_takes_the_plain_gram_only_when_the_spread_is_a_fair_share(offset, e
     assert gram.shifted_gram_into(x, out) is expect_shifted
     assert_close(out, shifted(x) @ shifted(x).T, 1e-5, "gram")
     coefficients = torch.randn(40, 40, dtype=torch.float64)
-    coefficients = (
-        coefficients - coefficients.mean(0) - coefficients.mean(1, keepdim=True) + coefficients.mean()
-    )  # centered, as the kernels' G
+    # centered, as the kernels' G
+    coefficients = coefficients - coefficients.mean(0) - coefficients.mean(1, keepdim=True) + coefficients.mean()
     result = gram.shifted_gram_backward(coefficients.float(), x, expect_shifted)
     assert_close(result, coefficients @ shifted(x), 1e-5, "backward")
 

@@ -431,9 +431,8 @@ def test_a_bank_config_or_shard_that_does_not_belong_is_named(bank_dir, tmp_path
     bank = tmp_path / "bank"
     shutil.copytree(bank_dir, bank)
     config = json.loads((bank / "config.json").read_text())
-    other = (
-        tmp_path / "other"
-    )  # a bank of another seed: its shards have this bank's indices and shapes, not its identity
+    # a bank of another seed: its shards have this bank's indices and shapes, not its identity
+    other = tmp_path / "other"
     shutil.copytree(bank_dir, other)
     (other / "config.json").write_text(json.dumps({**config, "seed": config["seed"] + 1}))
     with pytest.raises(

@@ -227,9 +227,8 @@ def train_student(
             bank.widths(),
             len(bank.classes),
         )
-        resolved["bank_config_sha256"] = (
-            bank.config_sha256
-        )  # the bank's whole search config, teacher fingerprint included
+        # the bank's whole search config, teacher fingerprint included
+        resolved["bank_config_sha256"] = bank.config_sha256
     # the bank's path may change (bank_config_sha256 and its sizes are its identity); epochs may not: the one-cycle schedule spans them all
     run = RunDir(run_dir, command="distill", may_change=("data.workers", "bank"))
 

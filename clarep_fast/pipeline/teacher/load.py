@@ -79,9 +79,8 @@ def load_model(path: Path, kinds: tuple[str, ...]) -> nn.Module:
     if kind not in kinds:
         raise ValueError(f"{path}: expected a {' or '.join(kinds)}, found {kind!r}")
     try:
-        model = (
-            getattr(diffusers, kind).from_pretrained(path, low_cpu_mem_usage=False).eval()
-        )  # plain loading: no advice to install accelerate
+        # plain loading: no advice to install accelerate
+        model = getattr(diffusers, kind).from_pretrained(path, low_cpu_mem_usage=False).eval()
     except (
         OSError,
         ValueError,

@@ -139,7 +139,11 @@ def write_results(records: list[dict], out: Path, stem: str) -> str:
         records = merged(json.loads(existing.read_text()), records)
     table = markdown_table(records)
     first = records[0] if records else {}
-    header = f"Device: {first.get('device_name', '?')}; torch {first.get('torch', '?')}, triton {first.get('triton', '?')}; git {first.get('git_sha', '?')}. Times are medians (ms); ratios are eager/fused and compile/fused (>1: fused is faster); extra MB = peak memory of the call minus its outputs (the input gradients for CKA, the packed features for the tap); minimum work = the FLOPs for compute-bound rows (over {COMPUTE_BOUND_FLOP_PER_BYTE} FLOP per byte), else the bytes one pass must move (inputs read once, outputs written once), with the fused call's rate at that minimum."
+    shas = sorted({str(record.get("git_sha", "?")) for record in records})
+    git = (
+        f"git {shas[0]}" if len(shas) == 1 else f"rows measured at git {', '.join(shas)} (each row's in the .json/.csv)"
+    )
+    header = f"Device: {first.get('device_name', '?')}; torch {first.get('torch', '?')}, triton {first.get('triton', '?')}; {git}. Times are medians (ms); ratios are eager/fused and compile/fused (>1: fused is faster); extra MB = peak memory of the call minus its outputs (the input gradients for CKA, the packed features for the tap); minimum work = the FLOPs for compute-bound rows (over {COMPUTE_BOUND_FLOP_PER_BYTE} FLOP per byte), else the bytes one pass must move (inputs read once, outputs written once), with the fused call's rate at that minimum."
     contents = {
         ".json": json.dumps(records, indent=1),
         ".md": f"{header}\n\n{table}\n",

@@ -91,4 +91,3 @@ def _all_finite(values: Tensor) -> bool:
     if extension is not None and values.device.type == "cpu":
         return extension.all_finite(values)
     return bool(torch.isfinite(values.sum(dtype=torch.float64)))
-

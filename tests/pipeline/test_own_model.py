@@ -96,12 +96,8 @@ def test_latent_dit_pipeline_on_an_image_folder(tmp_path):
     )
     loaded = load_bank(bank)
     assert loaded.latents.shape == (6, 4, 4, 4)  # CLAReps live in the VAE latent
-    assert loaded.samples.shape == (
-        6,
-        3,
-        16,
-        16,
-    )  # resolution from the VAE: 4 · 2² (the folder's 24×24 images are resized)
+    # resolution from the VAE: 4 · 2² (the folder's 24×24 images are resized)
+    assert loaded.samples.shape == (6, 3, 16, 16)
     assert loaded.samples.min() >= 0 and loaded.samples.max() <= 1 and loaded.ordinary_samples.max() <= 1
     config = json.loads((bank / "config.json").read_text())
     assert config["latent_teacher"] and config["classes"] == sorted(SHAPES) and config["resolution"] == 16
@@ -114,9 +110,8 @@ def test_latent_dit_pipeline_on_an_image_folder(tmp_path):
     assert "val_accuracy" in metrics[0] and "test_accuracy" not in metrics[0]
     out = _cli("evaluate", run / "student.pt", *FAST_EVALUATE)
     results = json.loads((run / "evaluation.json").read_text())
-    assert {"clean", "pgd1", "corruption_mean"} <= set(
-        results
-    ) and "swapped" not in results  # background variants: default data only
+    # background variants: default data only
+    assert {"clean", "pgd1", "corruption_mean"} <= set(results) and "swapped" not in results
     assert "test split of --data folder:" in (run / "evaluation.md").read_text() and "| student |" in out
 
 

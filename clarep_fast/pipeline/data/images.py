@@ -108,11 +108,8 @@ def decode_image(path: Path, resolution: int) -> Tensor:
     try:
         with Image.open(path) as image:
             array = _rgb_array(image, path)
-    except (
-        UnidentifiedImageError,
-        OSError,
-        Image.DecompressionBombError,
-    ) as error:  # not an image, truncated, or too large to decode safely
+    except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as error:
+        # not an image, truncated, or too large to decode safely
         raise ValueError(f"cannot read image {path}: {error}") from None
     tensor = torch.from_numpy(array).permute(2, 0, 1)[None]
     if tensor.shape[-2:] != (resolution, resolution):

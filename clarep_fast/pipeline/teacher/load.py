@@ -81,21 +81,14 @@ def load_model(path: Path, kinds: tuple[str, ...]) -> nn.Module:
     try:
         # plain loading: no advice to install accelerate
         model = getattr(diffusers, kind).from_pretrained(path, low_cpu_mem_usage=False).eval()
-    except (
-        OSError,
-        ValueError,
-        RuntimeError,
-        TypeError,
-        KeyError,
-    ) as error:  # a truncated or garbled weight file, a config that does not build
+    except (OSError, ValueError, RuntimeError, TypeError, KeyError) as error:
+        # a truncated or garbled weight file, a config that does not build
         first = str(error).splitlines()[0] if str(error) else ""
         raise ValueError(
             f"{path} cannot be loaded ({type(error).__name__}: {first}); the folder's config.json or weights are damaged or not a diffusers model"
         ) from None
-    for (
-        name,
-        tensor,
-    ) in model.state_dict().items():  # a diverged training run saves NaN weights that load without complaint
+    # a diverged training run saves NaN weights that load without complaint
+    for name, tensor in model.state_dict().items():
         if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
             raise ValueError(
                 f"{path}: its weight {name} holds NaN or Inf; the model diverged in training or its weights are damaged"

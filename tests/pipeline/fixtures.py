@@ -1,6 +1,7 @@
 """Tiny user data and teachers written to disk the way a user would have them (no downloads):
 an image folder of generated shapes, the CIFAR-10 python layout, a pixel UNet2DModel pipeline and
-a latent DiT pipeline (DiTTransformer2DModel + AutoencoderKL + DDIMScheduler)."""
+a latent DiT pipeline (DiTTransformer2DModel + AutoencoderKL + DDIMScheduler), the same in the
+layout the Hub ships facebook/DiT-XL-2-256 in, and a fake local Hugging Face cache."""
 
 from __future__ import annotations
 
@@ -129,6 +130,79 @@ def write_latent_pipeline(root: Path, classes: int, beta_schedule: str = "scaled
         )
     )
     return root
+
+
+# facebook/DiT-XL-2-256 as the Hub ships it (written by diffusers 0.12): the transformer's config
+# keys, with tiny sizes; the scheduler's config; model_index.json's entries.
+HUB_DIT_TRANSFORMER = {
+    "_class_name": "Transformer2DModel",
+    "_diffusers_version": "0.12.0.dev0",
+    "activation_fn": "gelu-approximate",
+    "attention_bias": True,
+    "attention_head_dim": 8,
+    "cross_attention_dim": None,
+    "dropout": 0.0,
+    "in_channels": 4,
+    "norm_elementwise_affine": False,
+    "norm_num_groups": 8,
+    "norm_type": "ada_norm_zero",
+    "num_attention_heads": 2,
+    "num_embeds_ada_norm": None,  # the class count, set per fixture
+    "num_layers": 2,
+    "num_vector_embeds": None,
+    "only_cross_attention": False,
+    "out_channels": 8,  # learned sigma: [ε, variance] for 4 latent channels
+    "patch_size": 2,
+    "sample_size": 4,
+    "upcast_attention": False,
+    "use_linear_projection": False,
+}
+HUB_DIT_SCHEDULER = {
+    "_class_name": "DDIMScheduler",
+    "_diffusers_version": "0.12.0.dev0",
+    "beta_end": 0.02,
+    "beta_schedule": "linear",
+    "beta_start": 0.0001,
+    "clip_sample": False,
+    "num_train_timesteps": 1000,
+    "prediction_type": "epsilon",
+    "set_alpha_to_one": True,
+    "steps_offset": 0,
+    "trained_betas": None,
+}
+
+
+def write_hub_dit_pipeline(root: Path, class_names: tuple[str, ...]) -> Path:
+    """A tiny replica of the facebook/DiT-XL-2-256 folder: model_index.json naming Transformer2DModel
+    and KarrasDiffusionSchedulers with an id2label table, transformer/config.json in the 0.12 key set
+    (ada_norm_zero, learned sigma), the DDIM scheduler config, and vae/ (AutoencoderKL)."""
+    write_latent_pipeline(root, classes=len(class_names))
+    transformer = dict(HUB_DIT_TRANSFORMER, num_embeds_ada_norm=len(class_names))
+    (root / "transformer" / "config.json").write_text(json.dumps(transformer, indent=2))
+    (root / "scheduler" / "scheduler_config.json").write_text(json.dumps(HUB_DIT_SCHEDULER, indent=2))
+    index = {
+        "_class_name": "DiTPipeline",
+        "_diffusers_version": "0.12.0.dev0",
+        "id2label": {str(index): name for index, name in enumerate(class_names)},
+        "scheduler": ["diffusers", "KarrasDiffusionSchedulers"],
+        "transformer": ["diffusers", "Transformer2DModel"],
+        "vae": ["diffusers", "AutoencoderKL"],
+    }
+    (root / "model_index.json").write_text(json.dumps(index, indent=2))
+    return root
+
+
+def write_hub_cache(hf_home: Path, repo_id: str, folder: Path, commit: str = "0" * 40) -> Path:
+    """``folder`` as huggingface_hub caches the repository ``repo_id`` under HF_HOME: the snapshot of
+    one commit and refs/main naming it. Returns the snapshot folder."""
+    import shutil
+
+    repo = hf_home / "hub" / f"models--{repo_id.replace('/', '--')}"
+    snapshot = repo / "snapshots" / commit
+    shutil.copytree(folder, snapshot)
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(commit)
+    return snapshot
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -18,6 +18,8 @@ from clarep_fast.pipeline.teacher.schedule import NoiseSchedule
 from tests.pipeline.fixtures import (
     SHAPES,
     write_cifar10_layout,
+    write_hub_cache,
+    write_hub_dit_pipeline,
     write_image_folder,
     write_latent_pipeline,
     write_pixel_pipeline,
@@ -57,8 +59,8 @@ FAST_EVALUATE = [
 ]
 
 
-def _cli(*args) -> str:
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
+def _cli(*args, **environment) -> str:
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT), **environment)
     result = subprocess.run(
         [sys.executable, "-m", "clarep_fast.pipeline.cli", *map(str, args)],
         env=env,
@@ -216,3 +218,31 @@ def test_damaged_or_unsupported_scheduler_configs_are_refused_by_name(tmp_path):
     config_file.write_text(json.dumps({**original, "prediction_type": "flow"}))
     with pytest.raises(ValueError, match="prediction_type must be one of"):
         load_teacher(root)
+
+
+def test_a_cached_hub_dit_by_its_id_on_an_image_folder(tmp_path):
+    """The DiT-XL/2-256 layout by its Hub id, offline, from a cache under HF_HOME: search, distill, evaluate."""
+    write_hub_cache(tmp_path / "hf", "someone/tiny-dit-256", write_hub_dit_pipeline(tmp_path / "dit", SHAPES))
+    offline = {"HF_HOME": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "1"}
+    data = f"folder:{write_image_folder(tmp_path / 'shapes', per_class=10, side=16)}"
+    bank, run = tmp_path / "bank", tmp_path / "student"
+    layers = ["--layer", "transformer_blocks.0", "--feature-layers", "transformer_blocks.0", "transformer_blocks.1"]
+    _cli(
+        "search",
+        bank,
+        "--teacher",
+        "someone/tiny-dit-256",
+        "--data",
+        data,
+        *layers,
+        "--pool",
+        "1",
+        "--feature-pool",
+        "1",
+        *FAST_SEARCH,
+        **offline,
+    )
+    assert load_bank(bank).latents.shape == (6, 4, 4, 4)
+    _cli("distill", run, "--bank", bank, "--data", data, "--student-layers", "3", "4", *FAST_DISTILL, **offline)
+    _cli("evaluate", run / "student.pt", *FAST_EVALUATE, **offline)
+    assert "clean" in json.loads((run / "evaluation.json").read_text())

@@ -4,13 +4,21 @@
     model folder              config.json (+ weights) of a UNet2DModel or DiTTransformer2DModel (save_pretrained)
     pipeline folder           model_index.json with unet/ or transformer/, optionally vae/ (AutoencoderKL:
                               a latent teacher) and scheduler/ (its noise schedule and prediction type)
+    ORG/NAME[@REVISION]       a Hub id, resolved offline in the local Hugging Face cache (HF_HUB_CACHE,
+                              else HF_HOME/hub, else ~/.cache/huggingface/hub) to its snapshot folder
 A model folder has no scheduler: it gets the DDPM linear schedule with ε-prediction, unless a
 scheduler_config.json sits beside its config.json. Every file is read locally (no Hub access).
+
+Class names as diffusers loads them: ``Transformer2DModel`` with ``norm_type: ada_norm_zero`` (the
+layout of facebook/DiT-XL-2-256, written by diffusers 0.12) is a DiTTransformer2DModel, as diffusers
+itself maps it; configs from older diffusers versions take diffusers' defaults for missing keys.
 """
 
 from __future__ import annotations
 
 import hashlib
+import os
+import re
 from pathlib import Path
 
 import torch
@@ -22,11 +30,45 @@ from clarep_fast.pipeline.teacher.schedule import NoiseSchedule
 
 DEFAULT_TEACHER = Path(__file__).resolve().parent.parent / "assets" / "teacher"
 DENOISERS = ("UNet2DModel", "DiTTransformer2DModel")
+# A _class_name diffusers loads as another class, by one config key (diffusers' own remapping):
+# Transformer2DModel with ada_norm_zero is the class-conditional DiT.
+REMAPPED_CLASSES = {"Transformer2DModel": ("norm_type", {"ada_norm_zero": "DiTTransformer2DModel"})}
+HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+(@[\w./-]+)?")
 
 
 def teacher_folder(spec: str) -> Path:
-    """The folder a --teacher value names ('default': the embedded teacher)."""
-    return DEFAULT_TEACHER if spec == "default" else Path(spec).expanduser()
+    """The folder a --teacher value names ('default': the embedded teacher; a Hub id that is not a
+    local path: its snapshot in the local Hugging Face cache)."""
+    if spec == "default":
+        return DEFAULT_TEACHER
+    path = Path(spec).expanduser()
+    if path.exists() or not HUB_ID.fullmatch(spec):
+        return path
+    return hub_snapshot(spec)
+
+
+def hub_cache() -> Path:
+    """Where huggingface_hub keeps downloaded repositories, read from the environment at call time."""
+    if os.environ.get("HF_HUB_CACHE"):
+        return Path(os.environ["HF_HUB_CACHE"]).expanduser()
+    return Path(os.environ.get("HF_HOME", "~/.cache/huggingface")).expanduser() / "hub"
+
+
+def hub_snapshot(spec: str) -> Path:
+    """The local snapshot folder of the Hub id ORG/NAME[@REVISION]; never a network call."""
+    from huggingface_hub import snapshot_download
+
+    repo, _, revision = spec.partition("@")
+    cache = hub_cache()
+    try:
+        return Path(snapshot_download(repo, revision=revision or None, cache_dir=cache, local_files_only=True))
+    except Exception as error:  # huggingface_hub's LocalEntryNotFoundError moves between its versions
+        raise FileNotFoundError(
+            f"teacher {spec!r} is not a folder here and not in the local Hugging Face cache {cache} "
+            f"({type(error).__name__}); on a machine with network run `hf download {repo}"
+            f"{f' --revision {revision}' if revision else ''}` (HF_HOME or HF_HUB_CACHE as here) and copy the cache, "
+            "or pass the model's folder"
+        ) from None
 
 
 def load_teacher(spec: str | Path) -> Teacher:
@@ -75,7 +117,18 @@ def load_model(path: Path, kinds: tuple[str, ...]) -> nn.Module:
     """A diffusers model folder whose class is one of ``kinds``, in eval mode."""
     import diffusers
 
-    kind = _read_config(path / "config.json", "a diffusers model config").get("_class_name")
+    config = _read_config(path / "config.json", "a diffusers model config")
+    kind = config.get("_class_name")
+    if kind in REMAPPED_CLASSES:
+        key, targets = REMAPPED_CLASSES[kind]
+        if targets.get(config.get(key)) not in kinds:
+            raise ValueError(
+                f"{path}: a {kind} with {key} {config.get(key)!r} is not a class-conditional denoiser this "
+                f"project runs; expected a {' or '.join(kinds)} (a {kind} with "
+                + " or ".join(f"{key} {value!r}" for value, target in targets.items() if target in kinds)
+                + ")"
+            )
+        kind = targets[config[key]]
     if kind not in kinds:
         raise ValueError(f"{path}: expected a {' or '.join(kinds)}, found {kind!r}")
     try:

@@ -82,11 +82,24 @@ def num_classes_of(model: nn.Module) -> int:
 
 
 def noise_prediction(model: nn.Module, x: Tensor, t: Tensor, labels: Tensor) -> Tensor:
-    """The raw network output at (x, t, c) for a UNet or a DiT (a DiT that learns sigma returns 2C channels: keep the first C)."""
+    """The raw network output at (x, t, c) for a UNet or a DiT. A model that learns sigma (improved
+    DDPM; DiT-XL/2: out_channels = 2 × in_channels) returns [prediction, variance]: keep the first C."""
     if type(model).__name__ == "DiTTransformer2DModel":
         output = model(x, timestep=t, class_labels=labels).sample
-        return output[:, : x.shape[1]]
-    return model(x, t, class_labels=labels).sample
+    else:
+        output = model(x, t, class_labels=labels).sample
+    return output[:, : x.shape[1]]
+
+
+def check_output_channels(model: nn.Module) -> None:
+    """A denoiser predicts C channels for C input channels, or 2C when it learns sigma; refuse the rest."""
+    config = model.config
+    inputs, outputs = int(config.in_channels), int(config.get("out_channels") or config.in_channels)
+    if outputs not in (inputs, 2 * inputs):
+        raise ValueError(
+            f"{type(model).__name__} takes {inputs} channels but predicts {outputs}; a denoiser predicts "
+            f"{inputs} (its noise, velocity or sample) or {2 * inputs} (that and a learned variance)"
+        )
 
 
 class Teacher(nn.Module):
@@ -103,6 +116,7 @@ class Teacher(nn.Module):
         self.denoiser, self.vae = denoiser, vae
         self.schedule = schedule or NoiseSchedule.default()
         self.num_classes = num_classes_of(denoiser)
+        check_output_channels(denoiser)
         config = denoiser.config
         self.latent_shape = (int(config.in_channels), int(config.sample_size), int(config.sample_size))
         if vae is not None:

@@ -123,6 +123,7 @@ def _evaluate(args) -> int:
 
     from clarep_fast.pipeline.data.source import dataset_classes
     from clarep_fast.pipeline.distill.train import load_student
+    from clarep_fast.pipeline.distributed import default_device
     from clarep_fast.pipeline.evaluate.corruptions import CORRUPTIONS
     from clarep_fast.pipeline.evaluate.robustness import EvaluateConfig, evaluate_student, markdown_table
     from clarep_fast.pipeline.files import write_json, write_text
@@ -131,7 +132,7 @@ def _evaluate(args) -> int:
     student_file = Path(args.student)
     if student_file.is_dir():  # a distill run folder
         student_file = student_file / "student.pt"
-    student = load_student(student_file)
+    student = load_student(student_file, args.device or default_device())  # attacks run where the student is
     data = student.data if args.data is None else dataclasses.replace(student.data, dataset=args.data)
     data = dataclasses.replace(data, workers=args.workers)
     if dataset_classes(data) != student.classes:
@@ -213,7 +214,8 @@ COMMANDS = {
                         _config_class("clarep_fast.pipeline.evaluate.robustness", "EvaluateConfig"),
                         (("--out", {"default": None, "help": "JSON file (default: evaluation.json beside the student)"}),
                          ("--data", {"default": None, "help": "dataset whose test split is used (default: the one the student was trained on)"}),
-                         ("--workers", {"default": 0, "type": bounded(int, low=0), "help": "DataLoader workers decoding folder images; an int >= 0"}))),
+                         ("--workers", {"default": 0, "type": bounded(int, low=0), "help": "DataLoader workers decoding folder images; an int >= 0"}),
+                         DEVICE)),
     "demo": Command("embedded teacher -> bank -> baseline + CaDistill students -> evaluation -> report.md", _demo,
                     (("run_dir", "demo folder: bank/, one folder per student, evaluation.json, report.md"),),
                     _config_class("clarep_fast.pipeline.demo", "DemoConfig")),

@@ -27,6 +27,7 @@ from pathlib import Path
 from clarep_fast.pipeline.clarid.search import SearchConfig, run_search
 from clarep_fast.pipeline.data.source import DataConfig
 from clarep_fast.pipeline.distill.train import DistillConfig, load_student, train_student
+from clarep_fast.pipeline.distributed import default_device
 from clarep_fast.pipeline.evaluate.corruptions import CORRUPTIONS
 from clarep_fast.pipeline.evaluate.robustness import EvaluateConfig, evaluate_student, headline
 from clarep_fast.pipeline.evaluate.statistics import paired_difference, t_interval
@@ -149,7 +150,7 @@ def run_demo(
             runs[name] = run_dir / name
             with timings.stage(f"evaluate {name}", done=name in cached):
                 if name not in cached:
-                    student = load_student(student_file)
+                    student = load_student(student_file, default_device())  # where it was trained
                     cached[name] = evaluate_student(student, search.data, evaluate, resolution=student.resolution)
                     run.write_json("evaluation.json", cached)
             results[name] = cached[name]

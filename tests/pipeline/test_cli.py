@@ -42,3 +42,31 @@ def test_threads_follow_a_cgroup_cpu_quota(monkeypatch):
         {"/sys/fs/cgroup/cpu/cpu.cfs_quota_us": "150000", "/sys/fs/cgroup/cpu/cpu.cfs_period_us": "100000"}
     )  # cgroup v1, 1.5 CPUs
     assert cli.usable_cpus() == 2
+
+
+class _Stop(Exception):
+    pass
+
+
+def test_evaluate_loads_the_student_on_the_device_it_is_given(monkeypatch, tmp_path):
+    """evaluate runs where --device says, by default on the GPU when there is one (default_device):
+    the device load_student receives is the device the attacks run on."""
+    import clarep_fast.pipeline.distill.train as train
+    import clarep_fast.pipeline.distributed as distributed
+
+    received = []
+
+    def record(path, device="cpu"):
+        received.append(device)
+        raise _Stop
+
+    monkeypatch.setattr(train, "load_student", record)
+    monkeypatch.setattr(distributed, "default_device", lambda: "cuda:3")  # what a GPU machine would say
+    student = tmp_path / "student.pt"
+    student.write_bytes(b"")
+    for argv in (["evaluate", str(student)], ["evaluate", str(student), "--device", "cpu"]):
+        try:
+            main(argv)
+        except _Stop:
+            pass
+    assert received == ["cuda:3", "cpu"]

@@ -34,8 +34,10 @@ class TapOutput(NamedTuple):
 class FeatureTap(nn.Module):
     """Tap ``layers`` of ``model``; see the module docstring. ``layers`` are stage or module names
     (diffusers: "down_blocks.1", "mid_block", "up_blocks.0", "transformer_blocks.3", or any dotted
-    submodule path) or, for timm models, the integer block indices of ``forward_intermediates``.
-    ``fused=False``: pool with the reference (under torch.func.jvp / jacfwd).
+    submodule path) or, for timm models, the integer block indices of ``forward_intermediates`` or
+    the names of those blocks in ``model.feature_info`` ("layer2"). ``fused=False``: pool with the
+    reference (under torch.func.jvp / jacfwd). Nested layers are captured with forward hooks on the
+    model: ``close()`` (or ``with FeatureTap(...) as tap:``) removes them.
     """
 
     _active = False  # hooks record only while this tap's own forward runs
@@ -59,8 +61,11 @@ class FeatureTap(nn.Module):
             raise ValueError(f"layers has duplicates: {layers}")
         if not isinstance(pool, int) or pool < 1:
             raise ValueError(f"pool must be a positive int, got {pool!r}")
+        layers = _timm_indices(model, layers)
         self.model, self.layers, self.pool = model, layers, pool
         self.normalize, self.stop_early, self.out_dtype, self.fused = normalize, stop_early, out_dtype, fused
+        self._handles: list = []  # the forward hooks on the model, removed by close()
+        self._closed = False
         self._timm = all(isinstance(layer, int) for layer in layers)
         self._stages = None if self._timm else stages_for(model)
         self._captured: dict[str, Tensor] = {}
@@ -96,8 +101,21 @@ class FeatureTap(nn.Module):
                 raise ValueError(
                     f"stop_early needs a staged forward, which {type(model).__name__} lacks; pass stop_early=False"
                 )
-            modules[layer].register_forward_hook(self._hook(layer))
+            self._handles.append(modules[layer].register_forward_hook(self._hook(layer)))
             self._hooked.append(layer)
+
+    def close(self) -> None:
+        """Remove this tap's hooks from the model (the model is the user's: it keeps running, untapped,
+        after the tap is done). Calling the tap afterwards raises; closing twice is harmless."""
+        for handle in self._handles:
+            handle.remove()
+        self._handles, self._closed = [], True
+
+    def __enter__(self) -> "FeatureTap":
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
 
     def _hook(self, name: str):
         def capture(module, inputs, output):
@@ -108,6 +126,10 @@ class FeatureTap(nn.Module):
 
     def forward(self, *args, **kwargs) -> TapOutput:
         """Run the model on its usual inputs (diffusers: sample, timestep, class_labels; timm: x)."""
+        if self._closed:
+            raise RuntimeError(
+                "this FeatureTap is closed (its hooks are removed); make a new one to tap the model again"
+            )
         _check_batches(args, kwargs)
         maps = self._maps(*args, **kwargs)
         names = [str(layer) for layer in self.layers]
@@ -166,6 +188,29 @@ class FeatureTap(nn.Module):
 
     def extra_repr(self) -> str:
         return f"layers={self.layers}, pool={self.pool}, normalize={self.normalize}, stop_early={self.stop_early}, fused={self.fused}"
+
+
+def _timm_indices(model: nn.Module, layers: list) -> list:
+    """timm layers by the module names timm users know ("layer2" of a ResNet, "stages.1" of a
+    ConvNeXt) -> the indices of forward_intermediates: the positions in model.feature_info. Names
+    that are not feature_info modules are refused with the valid names and indices."""
+    if not hasattr(model, "forward_intermediates") or all(isinstance(layer, int) for layer in layers):
+        return layers
+    info = getattr(model, "feature_info", None)
+    modules = [entry["module"] for entry in info] if info is not None else []
+    valid = ", ".join(f"{index} ({name})" for index, name in enumerate(modules)) or "none listed"
+    indices = []
+    for layer in layers:
+        if isinstance(layer, int):
+            indices.append(layer)
+        elif layer in modules:
+            indices.append(modules.index(layer))
+        else:
+            raise ValueError(
+                f"unknown layer {layer!r} of the timm model {type(model).__name__}; its feature stages are "
+                f"{valid}: pass a name or an index of these"
+            )
+    return indices
 
 
 def _check_batches(args, kwargs) -> None:

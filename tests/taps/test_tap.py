@@ -183,3 +183,31 @@ def test_mismatched_batch_and_oversized_pool():
         FeatureTap(model, ["mid_block"])(x, t, c[:2])
     with pytest.raises(ValueError, match="pool size 8 is larger than mid_block's 4×4 map"):
         FeatureTap(model, ["down_blocks.0", "mid_block"], pool=8)(x, t, c)
+
+
+def test_close_removes_the_hooks_and_the_context_manager_closes():
+    model = tiny_unet()
+    nested = "down_blocks.1.attentions.0"
+    before = len(dict(model.named_modules())[nested]._forward_hooks)
+    with FeatureTap(model, [nested], pool=2) as tap:
+        assert len(dict(model.named_modules())[nested]._forward_hooks) == before + 1
+        tap(*_unet_inputs(2))
+    assert len(dict(model.named_modules())[nested]._forward_hooks) == before
+    with pytest.raises(RuntimeError, match="FeatureTap is closed"):
+        tap(*_unet_inputs(2))
+    tap.close()  # twice: harmless
+
+
+def test_timm_layers_by_module_name():
+    model = tiny_timm()
+    names = [entry["module"] for entry in model.feature_info]
+    by_index = FeatureTap(model, [2, 3], pool=2)
+    by_name = FeatureTap(model, [names[2], names[3]], pool=2)
+    assert by_name.layers == [2, 3]
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(by_name(x).packed, by_index(x).packed)
+    with pytest.raises(
+        ValueError, match=rf"unknown layer 'nope' of the timm model .*0 \({names[0]}\), 1 \({names[1]}\)"
+    ):
+        FeatureTap(model, ["nope"])

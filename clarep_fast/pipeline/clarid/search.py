@@ -168,6 +168,16 @@ def validate(config: SearchConfig, teacher: Teacher) -> tuple[FeatureTap, Featur
             f"k must be in [1, {latent}) (the {what} has {channels}×{size}×{size} = {latent} entries), got {config.k}"
         )
     taps = []
+    try:
+        return _checked_taps(config, teacher, taps)
+    except BaseException:
+        for tap in taps:  # a refused setting leaves no hook on the teacher
+            tap.close()
+        raise
+
+
+def _checked_taps(config: SearchConfig, teacher: Teacher, taps: list[FeatureTap]) -> tuple[FeatureTap, FeatureTap]:
+    channels, size, _ = teacher.latent_shape
     # the search tap runs under torch.func.jvp: it pools with the reference (custom ops have no forward-mode AD)
     for name, layers, pool, fused in (
         ("layer", [config.layer], config.pool, False),
@@ -183,9 +193,8 @@ def validate(config: SearchConfig, teacher: Teacher) -> tuple[FeatureTap, Featur
         torch.tensor([config.t_e], device=device),
         torch.zeros(1, dtype=torch.long, device=device),
     )
-    for name, tap in zip(
-        ("pool", "feature_pool"), taps
-    ):  # one tiny forward: a pool size the maps cannot take fails here, before any file
+    # one tiny forward: a pool size the maps cannot take fails here, before any file
+    for name, tap in zip(("pool", "feature_pool"), taps):
         try:
             with torch.no_grad():
                 tap(*probe)
@@ -354,11 +363,21 @@ def prepare(config: SearchConfig, device: str) -> tuple[Teacher, tuple[FeatureTa
 
 def run_search(config: SearchConfig, bank_dir: str | Path, *, device: str | None = None, progress: bool = True) -> Path:
     """Search (or resume) into ``bank_dir``; rank 0 then writes the figures and summary.json."""
-    bank = Path(bank_dir)
-    rank, world = rank_and_world()
     if device is None:
         device = default_device()
     teacher, taps, train, resolution = prepare(config, device)
+    try:
+        return _search_into(Path(bank_dir), config, teacher, taps, train, resolution, progress)
+    finally:
+        for tap in taps:  # the hooks leave the teacher with the search
+            tap.close()
+
+
+def _search_into(
+    bank: Path, config: SearchConfig, teacher: Teacher, taps, train, resolution: int, progress: bool
+) -> Path:
+    """run_search's body, with the teacher, its two taps and the training split loaded."""
+    rank, world = rank_and_world()
     classes, sources = plan(config, train.labels)
     resolved = resolved_config(config, len(classes), teacher, resolution, train.classes)
     RunDir(bank, command="search", may_change=MAY_CHANGE).claim(resolved, write=rank == 0)

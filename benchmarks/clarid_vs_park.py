@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.common import device_name, git_sha, timed, versions  # noqa: E402
 from benchmarks.park_loop import park_power_loop  # noqa: E402
 from clarep_fast.pipeline.clarid.jacobian import principal_angle, topk_right_singular  # noqa: E402
-from clarep_fast.pipeline.clarid.search import SearchConfig, split_steps  # noqa: E402
+from clarep_fast.pipeline.clarid.search import SearchConfig, with_layers, split_steps  # noqa: E402
 from clarep_fast.pipeline.teacher.ddim import ddim_move, time_grid  # noqa: E402
 from clarep_fast.pipeline.teacher.load import load_teacher  # noqa: E402
 from clarep_fast.taps import FeatureTap  # noqa: E402
@@ -56,7 +56,8 @@ def search_problem(config: SearchConfig, images: int, device: str, generator: to
         clip=True,
     )
     times = torch.full((images,), config.t_e, device=device)
-    tap = FeatureTap(teacher.denoiser, [config.layer], pool=config.pool, fused=False)
+    layer = with_layers(config, teacher).layer  # --layer auto: the teacher's
+    tap = FeatureTap(teacher.denoiser, [layer], pool=config.pool, fused=False)
 
     def features(z, t, c):
         return tap(z, t, c).packed
@@ -166,7 +167,7 @@ def main() -> None:
     speedup = speedups["clarid jvp (batched subspace iteration)"]
     header = (
         f"Device: {device_name(device)}; torch {versions()['torch']}; git {git_sha()}; {torch.get_num_threads()} threads. "
-        f"Default teacher, t_e={config.t_e}, layer {config.layer} pooled {config.pool}×{config.pool} (D=256), N=768, k={config.k}. "
+        f"Default teacher, t_e={config.t_e}, layer {with_layers(config, load_teacher('default')).layer} pooled {config.pool}×{config.pool} (D=256), N=768, k={config.k}. "
         f"Accuracy = largest principal angle to the exact top-k subspace; Park et al. is stopped once it is below {ACCURACY} rad "
         f"(at most {args.max_park_iterations} iterations; if it never gets there, the ratios are lower bounds). "
         f"Per CLARep, the Park et al. loop takes {speedup:.1f}× the time of CLARID's subspace iteration (jvp) and "

@@ -23,7 +23,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from clarep_fast.pipeline.clarid.clustering import feature_nmi  # noqa: E402
-from clarep_fast.pipeline.clarid.search import SearchConfig  # noqa: E402
+from clarep_fast.pipeline.clarid.search import SearchConfig, with_layers  # noqa: E402
 from clarep_fast.pipeline.data.source import DataConfig, load_splits, resolve  # noqa: E402
 from clarep_fast.pipeline.teacher.load import load_teacher  # noqa: E402
 from clarep_fast.taps import FeatureTap  # noqa: E402
@@ -45,7 +45,7 @@ def main() -> None:
     teacher = load_teacher(args.teacher).requires_grad_(False)
     data = DataConfig(dataset=args.data)
     val = load_splits(data, resolve(data, teacher.resolution))["val"]
-    layers = SearchConfig().feature_layers
+    layers = with_layers(SearchConfig(), teacher).feature_layers  # the search's default for this teacher
     tap = FeatureTap(teacher.denoiser, list(layers), pool=SearchConfig().feature_pool)
     images = val.take(torch.arange(len(val)))
     clean = teacher.encode(images * 2 - 1)

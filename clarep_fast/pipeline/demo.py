@@ -24,6 +24,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from clarep_fast.pipeline.clarid.bank import read_bank_config
 from clarep_fast.pipeline.clarid.search import SearchConfig, run_search
 from clarep_fast.pipeline.data.source import DataConfig
 from clarep_fast.pipeline.distill.train import DistillConfig, load_student, train_student
@@ -163,7 +164,8 @@ def run_demo(
     summary = read_json(
         bank_dir / "summary.json", "the bank's summary", "delete it and rerun the demo (the shards are kept)"
     )
-    _write_report(run_dir, results, summary, timings, search, distill, evaluate, seeds)
+    searched = dataclasses.replace(search, layer=read_bank_config(bank_dir)["layer"])  # --layer auto, resolved
+    _write_report(run_dir, results, summary, timings, searched, distill, evaluate, seeds)
     for stage, seconds in timings.items():
         print(f"{stage}: {seconds:.0f} s")
     return run_dir / "report.md"

@@ -221,12 +221,12 @@ def test_damaged_or_unsupported_scheduler_configs_are_refused_by_name(tmp_path):
 
 
 def test_a_cached_hub_dit_by_its_id_on_an_image_folder(tmp_path):
-    """The DiT-XL/2-256 layout by its Hub id, offline, from a cache under HF_HOME: search, distill, evaluate."""
+    """The DiT-XL/2-256 layout by its Hub id, offline, from a cache under HF_HOME, with the default
+    layer flags: search, distill, evaluate."""
     write_hub_cache(tmp_path / "hf", "someone/tiny-dit-256", write_hub_dit_pipeline(tmp_path / "dit", SHAPES))
     offline = {"HF_HOME": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "1"}
     data = f"folder:{write_image_folder(tmp_path / 'shapes', per_class=10, side=16)}"
     bank, run = tmp_path / "bank", tmp_path / "student"
-    layers = ["--layer", "transformer_blocks.0", "--feature-layers", "transformer_blocks.0", "transformer_blocks.1"]
     _cli(
         "search",
         bank,
@@ -234,7 +234,6 @@ def test_a_cached_hub_dit_by_its_id_on_an_image_folder(tmp_path):
         "someone/tiny-dit-256",
         "--data",
         data,
-        *layers,
         "--pool",
         "1",
         "--feature-pool",
@@ -242,7 +241,12 @@ def test_a_cached_hub_dit_by_its_id_on_an_image_folder(tmp_path):
         *FAST_SEARCH,
         **offline,
     )
-    assert load_bank(bank).latents.shape == (6, 4, 4, 4)
-    _cli("distill", run, "--bank", bank, "--data", data, "--student-layers", "3", "4", *FAST_DISTILL, **offline)
+    loaded = load_bank(bank)  # the default layer flags: auto, for a DiT of 2 blocks
+    assert loaded.latents.shape == (6, 4, 4, 4) and list(loaded.features) == [
+        "transformer_blocks.0",
+        "transformer_blocks.1",
+    ]
+    assert json.loads((bank / "config.json").read_text())["layer"] == "transformer_blocks.1"
+    _cli("distill", run, "--bank", bank, "--data", data, *FAST_DISTILL, **offline)
     _cli("evaluate", run / "student.pt", *FAST_EVALUATE, **offline)
     assert "clean" in json.loads((run / "evaluation.json").read_text())

@@ -37,13 +37,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 from tqdm import tqdm
 
 from clarep_fast.pipeline.clarid.bank import MAY_CHANGE, bank_identity, read_shard, shard_path, write_shard
 from clarep_fast.pipeline.clarid.jacobian import MODES, topk_right_singular
 from clarep_fast.pipeline.data.source import DataConfig, dataset_classes, load_splits, resolve
-from clarep_fast.pipeline.distributed import barrier, default_device, rank_and_world
+from clarep_fast.pipeline.distributed import barrier, default_device, is_main_process, rank_and_world
 from clarep_fast.pipeline.files import FORMAT_VERSION
 from clarep_fast.pipeline.options import check_ranges, option
 from clarep_fast.pipeline.rundir import RunDir, as_json
@@ -74,7 +74,10 @@ class SearchConfig:
         flag="-k",
         low=1,
     )
-    layer: str = option("mid_block", "teacher feature whose Jacobian is searched")
+    layer: str = option(
+        "auto",
+        "teacher feature whose Jacobian is searched (auto: a UNet's mid_block, a DiT's middle transformer block)",
+    )
     pool: int = option(2, "that feature pooled to pool×pool", low=1)
     guidance: float = option(3.0, "CFG scale of every DDIM move", low=0)
     rescale: bool = option(True, "restore x_{t_e}'s norm after the projection")
@@ -82,7 +85,9 @@ class SearchConfig:
     count: int | None = option(None, "CLAReps in all (default: --fraction of the training set)", low=1)
     fraction: float = option(0.1, "CLAReps per class as a share of its training images", low=0, high=1, low_open=True)
     feature_layers: tuple[str, ...] = option(
-        ("down_blocks.1", "down_blocks.2", "mid_block"), "layers of the cached canonical features"
+        ("auto",),
+        "layers of the cached canonical features (auto: a UNet's two deepest down blocks and mid_block, "
+        "a DiT's blocks at 1/4, 1/2 and 3/4 of its depth)",
     )
     feature_pool: int = option(2, "cached features pooled to feature_pool×feature_pool", low=1)
     feature_from: str = option(
@@ -349,23 +354,57 @@ def search_shard(
     return tensors
 
 
-def prepare(config: SearchConfig, device: str) -> tuple[Teacher, tuple[FeatureTap, FeatureTap], object, int]:
-    """The teacher on ``device`` in --dtype, its taps, the training split and the image side, all
-    checked against each other before any file is written."""
+def auto_layers(denoiser: nn.Module) -> tuple[str, tuple[str, ...]]:
+    """(search layer, feature layers) for --layer auto / --feature-layers auto. UNet2DModel: mid_block,
+    and the two deepest down blocks with mid_block (the embedded teacher's choice, docs/runs/clarid);
+    DiTTransformer2DModel with N blocks: block N/2, and blocks N/4, N/2, 3N/4 (the middle of the
+    depth holds the most semantic features of a DiT, as the middle of a UNet does)."""
+    if type(denoiser).__name__ == "DiTTransformer2DModel":
+        blocks = len(denoiser.transformer_blocks)
+        spread = sorted({blocks // 4, blocks // 2, min(blocks - 1, 3 * blocks // 4)})
+        return f"transformer_blocks.{blocks // 2}", tuple(f"transformer_blocks.{i}" for i in spread)
+    downs = len(denoiser.down_blocks)
+    return "mid_block", tuple(f"down_blocks.{i}" for i in range(max(0, downs - 2), downs)) + ("mid_block",)
+
+
+def with_layers(config: SearchConfig, teacher: Teacher) -> SearchConfig:
+    """``config`` with 'auto' layers replaced by the teacher's (auto_layers): the bank records names."""
+    layer, feature_layers = auto_layers(teacher.denoiser)
+    if config.layer == "auto":
+        config = dataclasses.replace(config, layer=layer)
+    if "auto" in config.feature_layers:
+        if len(config.feature_layers) != 1:
+            raise ValueError(f"feature_layers: 'auto' stands alone, got {list(config.feature_layers)}")
+        config = dataclasses.replace(config, feature_layers=feature_layers)
+    return config
+
+
+def prepare(
+    config: SearchConfig, device: str
+) -> tuple[SearchConfig, Teacher, tuple[FeatureTap, FeatureTap], object, int]:
+    """The config with the teacher's layers for 'auto', the teacher on ``device`` in --dtype, its
+    taps, the training split and the image side, all checked against each other before any file is
+    written."""
     teacher = load_teacher(config.teacher).to(device=device, dtype=DTYPES[config.dtype]).requires_grad_(False)
+    config = with_layers(config, teacher)
     resolution = resolve(config.data, teacher.resolution)
     check_fits(
         teacher, classes=len(dataset_classes(config.data)), resolution=resolution, where=f"teacher {config.teacher}"
     )
     taps = validate(config, teacher)
-    return teacher, taps, load_splits(config.data, resolution)["train"], resolution
+    return config, teacher, taps, load_splits(config.data, resolution)["train"], resolution
 
 
 def run_search(config: SearchConfig, bank_dir: str | Path, *, device: str | None = None, progress: bool = True) -> Path:
     """Search (or resume) into ``bank_dir``; rank 0 then writes the figures and summary.json."""
     if device is None:
         device = default_device()
-    teacher, taps, train, resolution = prepare(config, device)
+    asked = config
+    config, teacher, taps, train, resolution = prepare(config, device)
+    if progress and is_main_process() and config != asked:
+        print(
+            f"search: layer {config.layer}, feature layers {' '.join(config.feature_layers)} (auto, for this teacher)"
+        )
     try:
         return _search_into(Path(bank_dir), config, teacher, taps, train, resolution, progress)
     finally:

@@ -16,6 +16,25 @@ from clarep_fast.ops.feature_pool import feature_pool
 from clarep_fast.pipeline.data.images import ImageSet
 
 
+def last_stages(name: str, count: int) -> tuple[int, ...]:
+    """The forward_intermediates indices of the last ``count`` feature stages of the timm model
+    ``name`` (resnet18, count 3: (2, 3, 4)); the model is built on the meta device (no weights)."""
+    import timm
+
+    try:
+        with torch.device("meta"):
+            model = timm.create_model(name, pretrained=False)
+    except RuntimeError as error:
+        raise ValueError(f"unknown timm model {name!r}: {error}") from None
+    stages = len(getattr(model, "feature_info", []))
+    if not 1 <= count <= stages:
+        raise ValueError(
+            f"the bank has {count} teacher layers but timm model {name!r} has {stages} feature stages to pair them with; "
+            "pass --teacher-layers (fewer) or --student-layers"
+        )
+    return tuple(range(stages - count, stages))
+
+
 class Student(nn.Module):
     def __init__(self, name: str, num_classes: int, layers: Sequence[int], pool: int = 1):
         super().__init__()

@@ -29,6 +29,7 @@ spec included, so `clarep-fast evaluate` finds its test split).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import json
 import time
@@ -46,7 +47,7 @@ from clarep_fast.pipeline.distributed import barrier, default_device, rank_and_w
 from clarep_fast.pipeline.options import check_ranges, option
 from clarep_fast.pipeline.files import load_checked, read_json, save_checked
 from clarep_fast.pipeline.rundir import RunDir, as_json
-from clarep_fast.pipeline.distill.student import DistillModel, Student, accuracy
+from clarep_fast.pipeline.distill.student import DistillModel, Student, accuracy, last_stages
 from clarep_fast.ops.cka import cka_pairs
 from clarep_fast.ops.feature_align import feature_align
 from clarep_fast.finite import finite_check
@@ -56,8 +57,10 @@ from clarep_fast.finite import finite_check
 class DistillConfig:
     bank: str = option("runs/default-bank", "CLARep bank folder (clarep-fast search)")
     student: str = option("resnet18", "timm model name")
-    student_layers: tuple[int, ...] = option(
-        (2, 3, 4), "timm forward_intermediates indices, paired in order with the teacher layers"
+    student_layers: tuple[int, ...] | None = option(
+        None,
+        "timm forward_intermediates indices, paired in order with the teacher layers "
+        "(default: the student's last L stages, L the number of teacher layers)",
     )
     teacher_layers: tuple[str, ...] | None = option(
         None, "the bank's feature layers to distill (default: all of them, in order)"
@@ -200,6 +203,29 @@ def _losses(
     return terms
 
 
+def fitted(config: DistillConfig, train_images: int, world: int, uses_bank: bool, say) -> DistillConfig:
+    """``config`` with the defaults that depend on the student, the bank and the data filled in, and
+    each fill said in one line: the student's last L stages for --student-layers (L = the teacher
+    layers distilled), and a batch larger than its data clipped to the data (a multiple of the ranks)."""
+    bank = read_bank_config(Path(config.bank)) if uses_bank else {}
+    if config.student_layers is None:
+        count = len(config.teacher_layers or bank.get("feature_layers", ())) or 3  # a baseline: 3 stages
+        config = dataclasses.replace(config, student_layers=last_stages(config.student, count))
+        say(
+            f"distill: student layers {' '.join(map(str, config.student_layers))} (the last {count} stages of {config.student})"
+        )
+    for name, size, what in (
+        ("batch_size", train_images, "training images"),
+        ("bank_batch_size", bank.get("count"), "CLAReps in the bank"),
+    ):
+        asked = getattr(config, name)
+        if size is not None and asked > size and size // world * world >= world:
+            clipped = size // world * world
+            config = dataclasses.replace(config, **{name: clipped})
+            say(f"distill: --{name.replace('_', '-')} {asked} is more than the {size} {what}; using {clipped}")
+    return config
+
+
 def train_student(
     config: DistillConfig, run_dir: str | Path, *, device: str | None = None, progress: bool = True
 ) -> Path:
@@ -213,6 +239,7 @@ def train_student(
     splits = load_splits(config.data, resolution)
     train, val = splits["train"], splits["val"]
     num_classes = len(train.classes)
+    config = fitted(config, len(train), world, uses_bank, say=print if progress and rank == 0 else lambda text: None)
     if config.batch_size % world or config.bank_batch_size % world:
         raise ValueError(
             f"batch_size {config.batch_size} and bank_batch_size {config.bank_batch_size} must divide by the {world} ranks"

@@ -251,3 +251,24 @@ def test_bfloat16_teacher_writes_a_finite_bank(teacher_dir, tmp_path):
     assert 0 <= bank.samples.min() and bank.samples.max() <= 1
     with pytest.raises(ValueError, match="dtype must be one of"):
         small_config(teacher_dir, dtype="float64")
+
+
+def test_auto_layers_follow_the_teacher():
+    from clarep_fast.pipeline.clarid.search import SearchConfig, auto_layers, with_layers
+    from clarep_fast.pipeline.teacher.model import Teacher
+    from tests.taps_models import tiny_dit, tiny_unet
+
+    assert auto_layers(tiny_unet()) == ("mid_block", ("down_blocks.1", "down_blocks.2", "mid_block"))
+    dit = tiny_dit()
+    blocks = len(dit.transformer_blocks)
+    layer, features = auto_layers(dit)
+    assert (
+        layer == f"transformer_blocks.{blocks // 2}"
+        and features[-1] == f"transformer_blocks.{min(blocks - 1, 3 * blocks // 4)}"
+    )
+    explicit = SearchConfig(layer="down_blocks.1", feature_layers=("mid_block",))
+    assert with_layers(explicit, Teacher(tiny_unet())) == explicit
+    resolved = with_layers(SearchConfig(), Teacher(tiny_unet()))
+    assert resolved.layer == "mid_block" and resolved.feature_layers == ("down_blocks.1", "down_blocks.2", "mid_block")
+    with pytest.raises(ValueError, match="'auto' stands alone"):
+        with_layers(SearchConfig(feature_layers=("auto", "mid_block")), Teacher(tiny_unet()))

@@ -33,6 +33,12 @@ def small_distill(bank_dir, **changes):
     from clarep_fast.pipeline.distill.train import DistillConfig
 
     config = DistillConfig(
-        bank=str(bank_dir), student="test_resnet", epochs=1, batch_size=256, bank_batch_size=8, learning_rate=0.05
+        bank=str(bank_dir),
+        student="test_resnet",
+        student_layers=(2, 3, 4),
+        epochs=1,
+        batch_size=256,
+        bank_batch_size=8,
+        learning_rate=0.05,
     )
     return dataclasses.replace(config, **changes)

@@ -233,3 +233,30 @@ def test_a_diverging_student_stops_with_a_clear_error_and_no_nan_checkpoint(
     assert checkpoint is None or all(
         bool(torch.isfinite(v).all()) for v in checkpoint["model"].values() if v.is_floating_point()
     )
+
+
+def test_defaults_fit_the_student_the_bank_and_the_data(tiny_bank):
+    """--student-layers defaults to the student's last L stages (L = teacher layers distilled); a
+    batch larger than its data is clipped to it, each fill said in one line."""
+    from clarep_fast.pipeline.distill.train import fitted
+
+    bank_dir, _ = tiny_bank  # 24 CLAReps, 3 feature layers
+    said = []
+    config = fitted(small_distill(bank_dir, student_layers=None, bank_batch_size=64), 90, 1, True, said.append)
+    assert config.student_layers == (2, 3, 4) and config.batch_size == 90 and config.bank_batch_size == 24
+    assert any("student layers 2 3 4" in line for line in said)
+    assert any("--batch-size 256 is more than the 90 training images; using 90" in line for line in said)
+    assert any("--bank-batch-size 64 is more than the 24 CLAReps in the bank; using 24" in line for line in said)
+    two = fitted(
+        small_distill(bank_dir, student_layers=None, teacher_layers=("down_blocks.2", "mid_block")),
+        300,
+        2,
+        True,
+        said.append,
+    )
+    assert two.student_layers == (3, 4) and two.batch_size == 256  # 256 < 300: kept
+    assert fitted(small_distill(bank_dir), 91, 2, True, said.append).batch_size == 90  # a multiple of the ranks
+    with pytest.raises(ValueError, match="has 5 feature stages to pair them with"):
+        fitted(
+            small_distill(bank_dir, student_layers=None, teacher_layers=("mid_block",) * 6), 90, 1, True, said.append
+        )

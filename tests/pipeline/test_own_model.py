@@ -218,6 +218,10 @@ def test_damaged_or_unsupported_scheduler_configs_are_refused_by_name(tmp_path):
     config_file.write_text(json.dumps({**original, "prediction_type": "flow"}))
     with pytest.raises(ValueError, match="prediction_type must be one of"):
         load_teacher(root)
+    edm = {"_class_name": "EDMEulerScheduler", "sigma_min": 0.002, "sigma_max": 80.0, "sigma_data": 0.5}
+    config_file.write_text(json.dumps(edm))  # not silently read as the default beta schedule
+    with pytest.raises(ValueError, match="EDMEulerScheduler is sigma-parameterized"):
+        load_teacher(root)
 
 
 def test_a_cached_hub_dit_by_its_id_on_an_image_folder(tmp_path):

@@ -71,6 +71,12 @@ class NoiseSchedule:
         from diffusers import DDIMScheduler
         from diffusers.utils import logging
 
+        kind = str(config.get("_class_name", ""))
+        if kind.startswith("EDM") or ("sigma_max" in config and not {"beta_schedule", "trained_betas"} & set(config)):
+            raise ValueError(
+                f"{path}: {kind or 'this scheduler'} is sigma-parameterized (EDM), not a beta schedule; "
+                "teachers trained on a beta schedule (DDPM, DDIM, PNDM, Euler, ...) are supported"
+            )
         if config.get("rescale_betas_zero_snr"):
             raise ValueError(f"{path}: zero-terminal-SNR schedules (rescale_betas_zero_snr) are not supported")
         known = {

@@ -49,7 +49,7 @@ from clarep_fast.pipeline.options import check_ranges, option
 from clarep_fast.pipeline.rundir import RunDir, as_json
 from clarep_fast.pipeline.teacher.ddim import ddim_invert, ddim_move, time_grid
 from clarep_fast.pipeline.teacher.load import check_fits, load_teacher, teacher_fingerprint
-from clarep_fast.pipeline.teacher.model import Teacher
+from clarep_fast.pipeline.teacher.model import NO_NULL_LABEL, Teacher
 from clarep_fast.ops.project_out import project_out
 from clarep_fast.taps import FeatureTap
 
@@ -172,6 +172,11 @@ def validate(config: SearchConfig, teacher: Teacher) -> tuple[FeatureTap, Featur
         raise ValueError(
             f"k must be in [1, {latent}) (the {what} has {channels}×{size}×{size} = {latent} entries), got {config.k}"
         )
+    if teacher.null_label is None:  # a teacher trained without a CFG row
+        if config.guidance != 1.0:
+            raise ValueError(f"guidance {config.guidance}: {NO_NULL_LABEL}; pass --guidance 1")
+        if config.feature_label == "null":
+            raise ValueError(f"feature_label null: {NO_NULL_LABEL}; pass --feature-label true")
     taps = []
     try:
         return _checked_taps(config, teacher, taps)
@@ -287,7 +292,7 @@ def cached_features(
     else:
         alpha = teacher.schedule.alpha_bar(config.feature_time)
         inputs, t = alpha**0.5 * clean + (1 - alpha) ** 0.5 * noise, config.feature_time
-    shown = torch.full_like(labels, teacher.num_classes) if config.feature_label == "null" else labels
+    shown = torch.full_like(labels, teacher.null_label) if config.feature_label == "null" else labels
     times = torch.full_like(labels, t)
     with torch.no_grad():
         found = feature_tap(inputs.to(teacher.dtype), times, shown).features

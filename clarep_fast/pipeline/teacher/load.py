@@ -82,7 +82,10 @@ def load_teacher(spec: str | Path) -> Teacher:
         raise FileNotFoundError(
             f"teacher {path} is neither a diffusers model folder (config.json) nor a pipeline folder (model_index.json)"
         )
-    return Teacher(load_model(path, DENOISERS), _schedule(path / "scheduler_config.json"))
+    config = _read_config(path / "config.json", "a diffusers model config")
+    return Teacher(
+        load_model(path, DENOISERS), _schedule(path / "scheduler_config.json"), None, class_names(config, path)
+    )
 
 
 def _load_pipeline(path: Path) -> Teacher:
@@ -94,7 +97,22 @@ def _load_pipeline(path: Path) -> Teacher:
         )
     denoiser = load_model(path / parts[0], DENOISERS)
     vae = load_model(path / "vae", ("AutoencoderKL",)) if (path / "vae" / "config.json").exists() else None
-    return Teacher(denoiser, _schedule(path / "scheduler" / "scheduler_config.json"), vae)
+    return Teacher(denoiser, _schedule(path / "scheduler" / "scheduler_config.json"), vae, class_names(index, path))
+
+
+def class_names(config: dict, path: Path) -> list[str] | None:
+    """The class names of a checkpoint's id2label table (model_index.json or config.json; the Hub's
+    DiT pipelines carry one), in label order; None without one."""
+    table = config.get("id2label")
+    if table is None:
+        return None
+    try:
+        labels = sorted((int(key), str(name)) for key, name in dict(table).items())
+    except (TypeError, ValueError):
+        raise ValueError(f"{path}: id2label must map label numbers to names, got {str(table)[:80]}") from None
+    if [label for label, _ in labels] != list(range(len(labels))):
+        raise ValueError(f"{path}: id2label must number its classes 0..{len(labels) - 1}")
+    return [name for _, name in labels]
 
 
 def _schedule(file: Path) -> NoiseSchedule:

@@ -63,22 +63,34 @@ def build_teacher(config: TeacherConfig = TeacherConfig()) -> nn.Module:
     )
 
 
-def num_classes_of(model: nn.Module) -> int:
-    """K for a model that embeds K classes plus the null label (label K); see the module docstring."""
+def label_table(model: nn.Module, declared: int | None = None) -> tuple[int, int | None]:
+    """(K classes, the null label or None) from the model's label embedding; ``declared`` is the class
+    count a checkpoint states (id2label). UNet2DModel: num_class_embeds rows are K + 1 with a null
+    row (null = K) or K without; with nothing declared, this project's convention (rows = K + 1).
+    DiT: K = num_embeds_ada_norm, and a null row K exists when it was trained with class dropout."""
     name = type(model).__name__
     if name == "UNet2DModel":
-        embeds = model.config.get("num_class_embeds")
-        if not embeds or embeds < 2:
-            raise ValueError(f"UNet2DModel is not class-conditional with a null label (num_class_embeds: {embeds})")
-        return int(embeds) - 1
+        rows = model.config.get("num_class_embeds")
+        if not rows or rows < 2:
+            raise ValueError(f"UNet2DModel is not class-conditional (num_class_embeds: {rows})")
+        rows = int(rows)
+        if declared is None or declared == rows - 1:
+            return rows - 1, rows - 1
+        if declared == rows:
+            return rows, None
+        raise ValueError(f"its class table names {declared} classes but the UNet2DModel embeds {rows} labels")
     labels = next((module for module in model.modules() if type(module).__name__ == "LabelEmbedding"), None)
     if labels is None:
         raise ValueError(f"{name} is not class-conditional (no label embedding)")
-    if labels.embedding_table.num_embeddings != labels.num_classes + 1:
-        raise ValueError(
-            f"{name} embeds {labels.num_classes} classes but no null label (it was built without class dropout), so CFG cannot run"
-        )
-    return int(labels.num_classes)
+    classes = int(labels.num_classes)
+    if declared is not None and declared != classes:
+        raise ValueError(f"its class table names {declared} classes but the {name} embeds {classes}")
+    return classes, classes if labels.embedding_table.num_embeddings == classes + 1 else None
+
+
+def num_classes_of(model: nn.Module) -> int:
+    """K for a class-conditional model (label_table, this project's convention for a UNet)."""
+    return label_table(model)[0]
 
 
 def noise_prediction(model: nn.Module, x: Tensor, t: Tensor, labels: Tensor) -> Tensor:
@@ -102,6 +114,9 @@ def check_output_channels(model: nn.Module) -> None:
         )
 
 
+NO_NULL_LABEL = "this teacher has no null label (its label embedding has no classifier-free-guidance row)"
+
+
 class Teacher(nn.Module):
     """A class-conditional denoiser, its noise schedule, and for a latent teacher its VAE.
 
@@ -111,11 +126,18 @@ class Teacher(nn.Module):
     in float32.
     """
 
-    def __init__(self, denoiser: nn.Module, schedule: NoiseSchedule | None = None, vae: nn.Module | None = None):
+    def __init__(
+        self,
+        denoiser: nn.Module,
+        schedule: NoiseSchedule | None = None,
+        vae: nn.Module | None = None,
+        class_names: list[str] | None = None,
+    ):
         super().__init__()
         self.denoiser, self.vae = denoiser, vae
         self.schedule = schedule or NoiseSchedule.default()
-        self.num_classes = num_classes_of(denoiser)
+        self.num_classes, self.null_label = label_table(denoiser, None if class_names is None else len(class_names))
+        self.class_names = class_names  # from the checkpoint's id2label, when it has one
         check_output_channels(denoiser)
         config = denoiser.config
         self.latent_shape = (int(config.in_channels), int(config.sample_size), int(config.sample_size))
@@ -150,8 +172,10 @@ class Teacher(nn.Module):
     def epsilon(self, x: Tensor, t: int, labels: Tensor, guidance: float = 1.0) -> Tensor:
         """CFG noise prediction ε_w(x_t, t, c) in float32 (the network run in its own dtype); guidance 1 is
         the conditional prediction (one forward)."""
+        if guidance != 1.0 and self.null_label is None:
+            raise ValueError(f"guidance {guidance}: {NO_NULL_LABEL}; use guidance 1 (--guidance 1)")
         times = torch.full((x.shape[0],), t, device=x.device, dtype=torch.long)
-        raw = guided_noise(self.denoiser, x.to(self.dtype), times, labels, guidance, null_label=self.num_classes)
+        raw = guided_noise(self.denoiser, x.to(self.dtype), times, labels, guidance, null_label=self.null_label)
         return self.schedule.to_epsilon(raw, x.float(), t)
 
     @torch.no_grad()

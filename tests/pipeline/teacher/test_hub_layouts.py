@@ -72,3 +72,37 @@ def test_a_unet_that_learns_sigma_predicts_its_first_half():
     assert eps.shape == x.shape and torch.equal(eps, full[:, :3].float())
     with pytest.raises(ValueError, match="takes 3 channels but predicts 5"):
         Teacher(type(base).from_config(dict(base.config, out_channels=5)))
+
+
+def test_the_class_table_decides_the_null_label(tmp_path):
+    """id2label gives K: a UNet2DModel with K rows has no null label, one with K + 1 rows has null
+    K; without a table, this project's convention (rows = K + 1). No null label: guidance 1 runs,
+    guidance != 1 and the null-label features are refused by name."""
+    from clarep_fast.pipeline.clarid.search import SearchConfig, validate
+
+    folder = tmp_path / "unet"
+    tiny_unet(num_classes=3).save_pretrained(folder)  # 4 label rows
+    config = json.loads((folder / "config.json").read_text())
+    assert (load_teacher(folder).num_classes, load_teacher(folder).null_label) == (3, 3)
+    (folder / "config.json").write_text(json.dumps(dict(config, id2label={"0": "a", "1": "b", "2": "c", "3": "d"})))
+    teacher = load_teacher(folder)
+    assert (teacher.num_classes, teacher.null_label, teacher.class_names) == (4, None, ["a", "b", "c", "d"])
+    x = torch.randn(2, 3, 16, 16)
+    assert teacher.epsilon(x, 100, torch.tensor([0, 3])).shape == x.shape
+    with pytest.raises(ValueError, match=r"guidance 3.0: this teacher has no null label .*--guidance 1"):
+        teacher.epsilon(x, 100, torch.tensor([0, 3]), guidance=3.0)
+    with pytest.raises(ValueError, match=r"guidance 3.0: this teacher has no null label"):
+        validate(SearchConfig(layer="mid_block", feature_layers=("mid_block",)), teacher)
+    with pytest.raises(ValueError, match=r"feature_label null: .*--feature-label true"):
+        validate(SearchConfig(layer="mid_block", feature_layers=("mid_block",), guidance=1.0), teacher)
+    (folder / "config.json").write_text(json.dumps(dict(config, id2label={"0": "a", "1": "b"})))
+    with pytest.raises(ValueError, match="names 2 classes but the UNet2DModel embeds 4 labels"):
+        load_teacher(folder)
+    (folder / "config.json").write_text(json.dumps(dict(config, id2label={"0": "a", "2": "b"})))
+    with pytest.raises(ValueError, match=r"id2label must number its classes 0..1"):
+        load_teacher(folder)
+
+
+def test_the_hub_dit_reads_its_class_names(tmp_path):
+    teacher = load_teacher(write_hub_dit_pipeline(tmp_path / "dit", SHAPES))
+    assert teacher.class_names == list(SHAPES) and teacher.null_label == len(SHAPES)

@@ -149,15 +149,19 @@ def test_dit_null_label_is_diffusers_own(classes):
     assert seen[0].tolist() == [0, classes - 1, classes, classes]  # conditional labels, then the null label K for both
 
 
-def test_a_dit_without_a_null_label_is_refused():
+def test_a_dit_without_a_null_label_has_its_classes_and_no_null():
+    """A DiT trained without class dropout has no CFG row: its 10 classes are read and the null label
+    is None (guidance != 1 is then refused by name: test_hub_layouts.py)."""
     from diffusers.models.embeddings import LabelEmbedding
+
+    from clarep_fast.pipeline.teacher.model import label_table
 
     dit = tiny_dit()
     dit.transformer_blocks[0].norm1.emb.class_embedder = LabelEmbedding(10, 16, dropout_prob=0.0)  # no CFG row
     for block in dit.transformer_blocks:
         block.norm1.emb.class_embedder = dit.transformer_blocks[0].norm1.emb.class_embedder
-    with pytest.raises(ValueError, match="no null label"):
-        num_classes_of(dit)
+    assert num_classes_of(dit) == 10 and label_table(dit) == (10, None)
+    assert label_table(tiny_dit()) == (10, 10)
 
 
 def test_training_streams_a_folder_dataset_through_workers(tmp_path):

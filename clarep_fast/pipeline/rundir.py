@@ -13,7 +13,7 @@ so a killed run leaves no stale lock): a second process on the same folder is re
 the holder's pid (torchrun ranks other than 0 do not lock: rank 0 holds it for the job). It removes
 the temporaries a SIGKILLed writer left behind, then
 refuses a folder whose config.json differs from the new config in any key outside ``may_change``
-and names the keys. Every file goes through clarep_fast/pipeline/files.py: written
+and the run-time settings (RUNTIME_SETTINGS: device, workers), and names the keys. Every file goes through clarep_fast/pipeline/files.py: written
 atomically; checkpoints carry their format, version and a digest, and a damaged one is refused.
 """
 
@@ -29,6 +29,16 @@ from pathlib import Path
 from typing import Iterable
 
 from clarep_fast.pipeline.files import DamagedFileError, load_checked, read_json, save_checked, write_json, write_text
+
+
+# Settings of the machine a run happens to be on, not of the run: never compared on resume (a run
+# resumes on another machine, with more DataLoader workers) and never part of an identity.
+RUNTIME_SETTINGS = ("device", "workers")
+
+
+def is_runtime_setting(key: str) -> bool:
+    """Whether a flattened config key ("data.workers", "device") names a run-time setting."""
+    return key.rsplit(".", 1)[-1] in RUNTIME_SETTINGS
 
 
 class RunFolderBusy(RuntimeError):
@@ -108,7 +118,7 @@ class RunDir:
             changed = sorted(
                 key
                 for key in set(old_flat) | set(new_flat)
-                if key not in self.may_change and old_flat.get(key) != new_flat.get(key)
+                if key not in self.may_change and not is_runtime_setting(key) and old_flat.get(key) != new_flat.get(key)
             )
             if changed:
                 shown = ", ".join(changed[:8]) + (f" and {len(changed) - 8} more" if len(changed) > 8 else "")

@@ -495,3 +495,12 @@ def test_an_unforeseen_error_is_one_line_and_debug_shows_the_traceback(monkeypat
     ]
     with pytest.raises(RuntimeError, match="nobody foresaw"):
         cli.main(["backends", "--debug"])
+
+
+def test_run_time_settings_are_never_compared_on_resume(tmp_path):
+    """device and workers belong to the machine a run is on: a run resumes on another GPU or with
+    more DataLoader workers; any other change is still refused by name."""
+    RunDir(tmp_path, command="train-teacher").claim({"steps": 10, "device": "cuda:0", "data": {"workers": 0}})
+    assert RunDir(tmp_path, command="train-teacher").claim({"steps": 10, "device": "cpu", "data": {"workers": 8}})
+    with pytest.raises(ValueError, match=r"differs in: steps"):
+        RunDir(tmp_path, command="train-teacher").claim({"steps": 11, "device": "cpu", "data": {"workers": 8}})

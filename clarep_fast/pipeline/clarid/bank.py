@@ -44,7 +44,7 @@ from clarep_fast.pipeline.files import (
     require_finite,
     shard_metadata,
 )
-from clarep_fast.pipeline.rundir import flatten_config
+from clarep_fast.pipeline.rundir import flatten_config, is_runtime_setting
 
 SHARDS = "shards"
 # keys of a search's config a resume may change: workers change speed, not results; the teacher's path
@@ -56,7 +56,11 @@ def bank_identity(config: dict) -> str:
     """sha256 of what decides a bank's content: its resolved config without MAY_CHANGE (and the
     command name config.json adds). Every shard carries it, so one copied from a bank of other
     settings or another teacher is refused even when its CLARep indices and shapes fit."""
-    kept = {key: value for key, value in flatten_config(config).items() if key not in MAY_CHANGE and key != "command"}
+    kept = {
+        key: value
+        for key, value in flatten_config(config).items()
+        if key not in MAY_CHANGE and key != "command" and not is_runtime_setting(key)
+    }
     return hashlib.sha256(json.dumps(kept, sort_keys=True).encode()).hexdigest()
 
 

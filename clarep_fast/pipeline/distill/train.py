@@ -30,8 +30,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import hashlib
-import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,7 +39,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from tqdm import tqdm
 
-from clarep_fast.pipeline.clarid.bank import load_bank, read_bank_config
+from clarep_fast.pipeline.clarid.bank import bank_identity, load_bank, read_bank_config
 from clarep_fast.pipeline.data.source import DataConfig, load_splits, resolve
 from clarep_fast.pipeline.distributed import barrier, default_device, rank_and_world
 from clarep_fast.pipeline.options import check_ranges, option
@@ -134,7 +132,9 @@ class BankBatches:
         if len(bank.classes) < config.bank_batch_size:
             raise ValueError(f"bank_batch_size {config.bank_batch_size} exceeds the bank's {len(bank.classes)} CLAReps")
         self.layers = layers
-        self.config_sha256 = hashlib.sha256(json.dumps(bank.config, sort_keys=True).encode()).hexdigest()
+        self.identity = bank_identity(
+            bank.config
+        )  # what search itself calls the bank: not its path, teacher path or workers
         samples, features = (
             (bank.samples, bank.features)
             if config.bank_samples == "canonical"
@@ -254,9 +254,9 @@ def train_student(
             bank.widths(),
             len(bank.classes),
         )
-        # the bank's whole search config, teacher fingerprint included
-        resolved["bank_config_sha256"] = bank.config_sha256
-    # the bank's path may change (bank_config_sha256 and its sizes are its identity); epochs may not: the one-cycle schedule spans them all
+        # the bank's identity: its search settings and teacher fingerprint, as every shard carries it
+        resolved["bank_identity"] = bank.identity
+    # the bank's path may change (bank_identity and its sizes are what it is); epochs may not: the one-cycle schedule spans them all
     run = RunDir(run_dir, command="distill", may_change=("data.workers", "bank"))
 
     torch.manual_seed(config.seed)  # the initial weights: the same for baseline and CaDistill

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from clarep_fast.pipeline.data.source import DataConfig, load_splits, resolve
+from clarep_fast.pipeline.distributed import default_device
 from clarep_fast.pipeline.teacher.ddim import ddim_sample
 from clarep_fast.pipeline.teacher.schedule import NoiseSchedule
 from clarep_fast.pipeline.files import atomic_write, write_text
@@ -47,7 +48,7 @@ class TrainTeacherConfig:
     sample_every: int = option(1000, "steps between sample grids", low=1)
     sample_guidance: float = option(3.0, "CFG scale of the sample grids", low=0)
     seed: int = option(0, "seed of the initial weights, batches and noise")
-    device: str = option("cuda" if torch.cuda.is_available() else "cpu", "torch device")
+    device: str | None = option(None, "torch device (default: the GPU when there is one); a run may resume on another")
     data: DataConfig = option(DataConfig())
     teacher: TeacherConfig = option(
         TeacherConfig(), shared=("resolution",)
@@ -62,9 +63,10 @@ def _sample_grid(model, config: TrainTeacherConfig, path: Path) -> None:
 
     classes = min(config.teacher.num_classes, 16)  # one row per class, the first 16 classes
     generator = torch.Generator().manual_seed(1234)
-    labels = torch.arange(classes).repeat_interleave(8).to(config.device)
+    device = next(model.parameters()).device
+    labels = torch.arange(classes).repeat_interleave(8).to(device)
     noise = torch.randn(len(labels), 3, config.teacher.resolution, config.teacher.resolution, generator=generator).to(
-        config.device
+        device
     )
     images = ddim_sample(model, noise, labels, guidance=config.sample_guidance, steps=25)
     atomic_write(path, lambda temporary: save_image((images.clamp(-1, 1) + 1) / 2, temporary, nrow=8))
@@ -95,10 +97,9 @@ def _step_indices(config: TrainTeacherConfig, start: int, count: int):
 
 def train_teacher(config: TrainTeacherConfig, run_dir: str | Path, *, progress: bool = True) -> Path:
     """Train (or resume) in ``run_dir``; returns the folder of the saved EMA teacher."""
-    run = RunDir(
-        run_dir, command="train-teacher", may_change=("steps", "data.workers")
-    )  # a run may be extended or cut short
-    device = torch.device(config.device)
+    # a run may be extended or cut short (and, as every run, move to another device or worker count)
+    run = RunDir(run_dir, command="train-teacher", may_change=("steps",))
+    device = torch.device(config.device or default_device())
     resolution = resolve(config.data)
     train = load_splits(config.data, resolution)["train"]
     classes = len(train.classes)

@@ -260,3 +260,19 @@ def test_defaults_fit_the_student_the_bank_and_the_data(tiny_bank):
         fitted(
             small_distill(bank_dir, student_layers=None, teacher_layers=("mid_block",) * 6), 90, 1, True, said.append
         )
+
+
+def test_the_bank_identity_ignores_what_a_search_resume_may_change(tiny_bank, tmp_path):
+    """distill records the bank by the identity its shards carry: a search resumed with other
+    --workers or with the teacher at another path rewrites config.json, and a distill run on that
+    bank must still resume."""
+    import shutil
+
+    bank_dir, _ = tiny_bank
+    copy = tmp_path / "bank"
+    shutil.copytree(bank_dir, copy)
+    before = BankBatches(small_distill(copy), [str(c) for c in range(10)], 16, "cpu").identity
+    config = json.loads((copy / "config.json").read_text())
+    config["data"]["workers"], config["teacher"] = 3, str(tmp_path / "the-teacher-moved-here")
+    (copy / "config.json").write_text(json.dumps(config))
+    assert BankBatches(small_distill(copy), [str(c) for c in range(10)], 16, "cpu").identity == before

@@ -1,7 +1,9 @@
-"""The class-conditional teacher: a diffusers UNet2DModel (or DiTTransformer2DModel) with a null label.
+"""The class-conditional teacher: a diffusers UNet2DModel (or DiTTransformer2DModel) and its null label.
 
-Convention: a UNet2DModel with ``num_class_embeds = K + 1`` knows K classes and label K is the
-null label of classifier-free guidance (CFG). A DiTTransformer2DModel with ``num_embeds_ada_norm = K``
+A checkpoint's id2label table, when it has one, gives K (load.py); a UNet2DModel then has the null
+label K of classifier-free guidance (CFG) when it embeds K + 1 labels and none when it embeds K.
+Without a table, the convention of our own teachers: ``num_class_embeds = K + 1`` is K classes and
+the null label K. A DiTTransformer2DModel with ``num_embeds_ada_norm = K``
 knows K classes too: diffusers gives its label embedding K + 1 rows when it was built with class
 dropout, and its own label dropout uses index K, so K is its null label as well:
 
@@ -78,13 +80,13 @@ def label_table(model: nn.Module, declared: int | None = None) -> tuple[int, int
             return rows - 1, rows - 1
         if declared == rows:
             return rows, None
-        raise ValueError(f"its class table names {declared} classes but the UNet2DModel embeds {rows} labels")
+        raise ValueError(f"id2label names {declared} classes but the UNet2DModel embeds {rows} labels (K, or K + 1 with the null label)")
     labels = next((module for module in model.modules() if type(module).__name__ == "LabelEmbedding"), None)
     if labels is None:
         raise ValueError(f"{name} is not class-conditional (no label embedding)")
     classes = int(labels.num_classes)
     if declared is not None and declared != classes:
-        raise ValueError(f"its class table names {declared} classes but the {name} embeds {classes}")
+        raise ValueError(f"id2label names {declared} classes but the {name} embeds {classes}")
     return classes, classes if labels.embedding_table.num_embeddings == classes + 1 else None
 
 

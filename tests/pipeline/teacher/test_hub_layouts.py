@@ -96,7 +96,7 @@ def test_the_class_table_decides_the_null_label(tmp_path):
     with pytest.raises(ValueError, match=r"feature_label null: .*--feature-label true"):
         validate(SearchConfig(layer="mid_block", feature_layers=("mid_block",), guidance=1.0), teacher)
     (folder / "config.json").write_text(json.dumps(dict(config, id2label={"0": "a", "1": "b"})))
-    with pytest.raises(ValueError, match="names 2 classes but the UNet2DModel embeds 4 labels"):
+    with pytest.raises(ValueError, match="id2label names 2 classes but the UNet2DModel embeds 4 labels"):
         load_teacher(folder)
     (folder / "config.json").write_text(json.dumps(dict(config, id2label={"0": "a", "2": "b"})))
     with pytest.raises(ValueError, match=r"id2label must number its classes 0..1"):

@@ -80,7 +80,9 @@ def label_table(model: nn.Module, declared: int | None = None) -> tuple[int, int
             return rows - 1, rows - 1
         if declared == rows:
             return rows, None
-        raise ValueError(f"id2label names {declared} classes but the UNet2DModel embeds {rows} labels (K, or K + 1 with the null label)")
+        raise ValueError(
+            f"id2label names {declared} classes but the UNet2DModel embeds {rows} labels (K, or K + 1 with the null label)"
+        )
     labels = next((module for module in model.modules() if type(module).__name__ == "LabelEmbedding"), None)
     if labels is None:
         raise ValueError(f"{name} is not class-conditional (no label embedding)")

@@ -286,6 +286,9 @@ class CkaCall : public torch::autograd::Function<CkaCall> {
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grad_outputs) {
+    // once differentiable: nothing below is recorded, so a second derivative (create_graph=True) raises
+    // instead of silently missing the terms through the saved statistics
+    const at::NoGradGuard once_differentiable;
     const FullFp32Products full_fp32;
     const auto saved = ctx->get_saved_variables();
     const int64_t pairs = ctx->saved_data["pairs"].toInt();

@@ -133,6 +133,9 @@ class FeatureAlignCall : public torch::autograd::Function<FeatureAlignCall> {
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grad_outputs) {
+    // once differentiable: nothing below is recorded, so a second derivative (create_graph=True) raises
+    // instead of silently missing the terms through the saved statistics
+    const at::NoGradGuard once_differentiable;
     const auto saved = ctx->get_saved_variables();
     const auto& stats = saved[0];
     const int64_t pairs = ctx->saved_data["pairs"].toInt(), batch = stats.size(1);

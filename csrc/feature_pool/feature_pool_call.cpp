@@ -70,6 +70,9 @@ class FeaturePoolCall : public torch::autograd::Function<FeaturePoolCall> {
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grad_outputs) {
+    // once differentiable: nothing below is recorded, so a second derivative (create_graph=True) raises
+    // instead of silently missing the terms through the saved statistics
+    const at::NoGradGuard once_differentiable;
     const auto saved = ctx->get_saved_variables();
     const auto &packed = saved[0], &norms = saved[1];
     const std::vector<at::Tensor> maps(saved.begin() + 2, saved.end());

@@ -37,6 +37,9 @@ class ProjectOutCall : public torch::autograd::Function<ProjectOutCall> {
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grad_outputs) {
+    // once differentiable: nothing below is recorded, so a second derivative (create_graph=True) raises
+    // instead of silently missing the terms through the saved statistics
+    const at::NoGradGuard once_differentiable;
     const auto saved = ctx->get_saved_variables();
     const auto &flat = saved[0], &vectors = saved[1];
     variable_list grads(4);  // x, vectors, rescale, rtol

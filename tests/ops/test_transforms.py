@@ -55,3 +55,18 @@ def test_vmap_is_refused_by_name(index):
     hint = "cka_pairs" if name == "cka" else "already takes a batch"
     with pytest.raises(RuntimeError, match=rf"clarep_fast.{name} has no vmap rule: .*{hint}"):
         torch.func.vmap(fused)(tensor.unsqueeze(0).expand(2, *tensor.shape))
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize("index", range(len(SPECS)), ids=[name for name, *_ in _calls()])
+def test_double_backward_raises_instead_of_a_partial_second_derivative(index, backend):
+    """Every path is once differentiable: a gradient taken with create_graph=True has no graph of its
+    own, so differentiating it again raises (a graph through part of the backward would give a
+    second derivative with terms missing, silently)."""
+    name, fused, _, tensor = _calls()[index]
+    leaf = tensor.clone().requires_grad_(True)
+    with clarep_fast.use_backend(backend):
+        (grad,) = torch.autograd.grad(fused(leaf).sum(), leaf, create_graph=True)
+    refused = "does not require grad|not have been used in the graph|marked with @once_differentiable"
+    with pytest.raises(RuntimeError, match=refused):
+        torch.autograd.grad(grad.sum(), leaf)

@@ -177,39 +177,32 @@ def validate(config: SearchConfig, teacher: Teacher) -> tuple[FeatureTap, Featur
             raise ValueError(f"guidance {config.guidance}: {NO_NULL_LABEL}; pass --guidance 1")
         if config.feature_label == "null":
             raise ValueError(f"feature_label null: {NO_NULL_LABEL}; pass --feature-label true")
-    taps = []
-    try:
-        return _checked_taps(config, teacher, taps)
-    except BaseException:
-        for tap in taps:  # a refused setting leaves no hook on the teacher
-            tap.close()
-        raise
-
-
-def _checked_taps(config: SearchConfig, teacher: Teacher, taps: list[FeatureTap]) -> tuple[FeatureTap, FeatureTap]:
-    channels, size, _ = teacher.latent_shape
-    # the search tap runs under torch.func.jvp: it pools with the reference (custom ops have no forward-mode AD)
-    for name, layers, pool, fused in (
-        ("layer", [config.layer], config.pool, False),
-        ("feature_layers", list(config.feature_layers), config.feature_pool, True),
-    ):
-        try:
-            taps.append(FeatureTap(teacher.denoiser, layers, pool=pool, fused=fused))
-        except ValueError as error:
-            raise ValueError(f"{name}: {error}") from None
     device = teacher.device
     probe = (
         torch.zeros(1, channels, size, size, device=device, dtype=teacher.dtype),
         torch.tensor([config.t_e], device=device),
         torch.zeros(1, dtype=torch.long, device=device),
     )
-    # one tiny forward: a pool size the maps cannot take fails here, before any file
-    for name, tap in zip(("pool", "feature_pool"), taps):
-        try:
-            with torch.no_grad():
-                tap(*probe)
-        except ValueError as error:
-            raise ValueError(f"{name}: {error}") from None
+    taps = []
+    try:
+        # the search tap runs under torch.func.jvp: it pools with the reference (custom ops have no forward-mode AD)
+        for name, pool_name, layers, pool, fused in (
+            ("layer", "pool", [config.layer], config.pool, False),
+            ("feature_layers", "feature_pool", list(config.feature_layers), config.feature_pool, True),
+        ):
+            try:
+                taps.append(FeatureTap(teacher.denoiser, layers, pool=pool, fused=fused))
+            except ValueError as error:
+                raise ValueError(f"{name}: {error}") from None
+            try:  # one tiny forward: a pool size the maps cannot take fails here, before any file
+                with torch.no_grad():
+                    taps[-1](*probe)
+            except ValueError as error:
+                raise ValueError(f"{pool_name}: {error}") from None
+    except BaseException:
+        for tap in taps:  # a refused setting leaves no hook on the teacher
+            tap.close()
+        raise
     return taps[0], taps[1]
 
 

@@ -40,7 +40,11 @@ def main() -> None:
                 if k in {f.name for f in dataclasses.fields(DistillConfig)} and k != "data"
             }
         )
-        distill = dataclasses.replace(distill, canonical_bn="update", data=DataConfig(**config["data"]))
+        distill = dataclasses.replace(
+            distill,
+            canonical_bn="update",
+            data=DataConfig(**{k: v for k, v in config["data"].items() if k != "workers"}),
+        )
         train_student(distill, args.run_dir / f"bn-update-s{seed}", progress=False)
         frozen.append(
             json.loads((args.run_dir / f"cadistill-s{seed}" / "metrics.json").read_text())[-1]["val_accuracy"]

@@ -8,7 +8,14 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 STAGES = ("data", "teacher", "clarid", "distill", "evaluate", "demo", "cli")  # the order the data flows
-SHARED = ("options", "files", "rundir", "distributed", "assets")  # helpers any stage may use; they import no stage
+SHARED = (
+    "options",
+    "files",
+    "rundir",
+    "runtime",
+    "distributed",
+    "assets",
+)  # helpers any stage may use; they import no stage
 
 
 def imported_modules(source: str) -> set[str]:

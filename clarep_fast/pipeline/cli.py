@@ -90,10 +90,17 @@ def _selfcheck(args) -> int:
     return 1 if failures else 0
 
 
+def _runtime(args):
+    """The run-time settings of a pipeline command: bound here once, handed to the command."""
+    from clarep_fast.pipeline.runtime import Runtime
+
+    return Runtime(device=args.device, workers=args.workers)
+
+
 def _train_teacher(args) -> int:
     from clarep_fast.pipeline.teacher.train import TrainTeacherConfig, train_teacher
 
-    teacher_dir = train_teacher(config_from_args(TrainTeacherConfig, args), args.run_dir)
+    teacher_dir = train_teacher(config_from_args(TrainTeacherConfig, args), args.run_dir, runtime=_runtime(args))
     print(f"teacher saved to {teacher_dir}")
     return 0
 
@@ -102,7 +109,7 @@ def _search(args) -> int:
     from clarep_fast.pipeline.clarid.search import SearchConfig, run_search
     from clarep_fast.pipeline.distributed import is_main_process
 
-    bank = run_search(config_from_args(SearchConfig, args), args.bank_dir, device=args.device)
+    bank = run_search(config_from_args(SearchConfig, args), args.bank_dir, runtime=_runtime(args))
     if is_main_process():
         print(f"CLARep bank written to {bank} (summary.json, canonical.png, nmi.png)")
     return 0
@@ -112,64 +119,27 @@ def _distill(args) -> int:
     from clarep_fast.pipeline.distill.train import DistillConfig, train_student
     from clarep_fast.pipeline.distributed import is_main_process
 
-    path = train_student(config_from_args(DistillConfig, args), args.run_dir, device=args.device)
+    path = train_student(config_from_args(DistillConfig, args), args.run_dir, runtime=_runtime(args))
     if is_main_process():
         print(f"student saved to {path}")
     return 0
 
 
 def _evaluate(args) -> int:
-    import dataclasses
-
-    from clarep_fast.pipeline.data.source import dataset_classes
-    from clarep_fast.pipeline.distill.train import load_student
-    from clarep_fast.pipeline.distributed import default_device
-    from clarep_fast.pipeline.evaluate.corruptions import CORRUPTIONS
-    from clarep_fast.pipeline.evaluate.robustness import EvaluateConfig, evaluate_student, markdown_table
-    from clarep_fast.pipeline.files import write_json, write_text
+    from clarep_fast.pipeline.evaluate.robustness import EvaluateConfig
+    from clarep_fast.pipeline.evaluate.student_file import evaluate_student_file
 
     config = config_from_args(EvaluateConfig, args)
-    student_file = Path(args.student)
-    if student_file.is_dir():  # a distill run folder
-        student_file = student_file / "student.pt"
-    student = load_student(student_file, args.device or default_device())  # attacks run where the student is
-    data = student.data if args.data is None else dataclasses.replace(student.data, dataset=args.data)
-    data = dataclasses.replace(data, workers=args.workers)
-    if dataset_classes(data) != student.classes:
-        raise ValueError(
-            f"--data {data.dataset} has classes {dataset_classes(data)[:5]}... but the student was trained on {student.classes[:5]}..."
-        )
-    results = evaluate_student(student, data, config, resolution=student.resolution)
-    out = Path(args.out) if args.out else student_file.with_name("evaluation.json")
-    write_json(out, results)
-    name = student_file.parent.name
-    table = markdown_table({name: results})
-    text = f"Accuracy (%) on the test split of --data {data.dataset}\n\n{table}\n\nCW-L2 median L2 distortion: {results['distortion/cw_l2_median']:.3f}\n"
-    if config.corruption_samples:
-        text += (
-            "\nPer corruption (mean over severities 1-5)\n\n"
-            + markdown_table({name: results}, [f"corruption/{c}" for c in CORRUPTIONS])
-            + "\n"
-        )
-    write_text(out.with_suffix(".md"), text)
-    print(text)
+    _, out = evaluate_student_file(args.student, config, data=args.data, runtime=_runtime(args), out=args.out)
+    print(out.with_suffix(".md").read_text())
     print(f"written to {out} and {out.with_suffix('.md')}")
     return 0
 
 
 def _demo(args) -> int:
     from clarep_fast.pipeline.demo import DemoConfig, run_demo
-    from clarep_fast.pipeline.distill.train import DistillConfig
 
-    import dataclasses
-
-    from clarep_fast.pipeline.clarid.search import SearchConfig
-
-    demo = config_from_args(DemoConfig, args)
-    search = dataclasses.replace(SearchConfig(), teacher=demo.teacher, data=demo.data)
-    report = run_demo(
-        args.run_dir, seeds=demo.seeds, search=search, distill=DistillConfig(epochs=demo.epochs, student=demo.student)
-    )
+    report = run_demo(args.run_dir, config_from_args(DemoConfig, args), runtime=_runtime(args))
     print(report.read_text())
     print(f"report: {report}")
     return 0
@@ -195,6 +165,15 @@ class Command(NamedTuple):
 
 
 DEVICE = ("--device", {"default": None, "help": "default: cuda (the rank's GPU under torchrun) if available, else cpu"})
+WORKERS = (
+    "--workers",
+    {
+        "default": 0,
+        "type": bounded(int, low=0),
+        "help": "DataLoader workers decoding folder images (0: in the main process); an int >= 0",
+    },
+)
+RUNTIME = (DEVICE, WORKERS)  # run-time settings (pipeline/runtime.py): never config, never compared on resume
 
 COMMANDS = {
     "backends": Command("list backends and why any is unavailable", _backends),
@@ -202,23 +181,22 @@ COMMANDS = {
                          extra=(("--quick", {"action": "store_true", "help": "smaller timing problem"}),)),
     "train-teacher": Command("train or resume a pixel diffusion teacher (UNet2DModel) on a dataset", _train_teacher,
                              (("run_dir", "run folder: config.json, loss.csv, checkpoint.pt, samples_*.png, teacher/"),),
-                             _config_class("clarep_fast.pipeline.teacher.train", "TrainTeacherConfig")),
+                             _config_class("clarep_fast.pipeline.teacher.train", "TrainTeacherConfig"), RUNTIME),
     "search": Command("CLARep search into a bank (resumable; torchrun splits it)", _search,
                       (("bank_dir", "bank folder: config.json, shards/, summary.json, canonical.png, nmi.png"),),
-                      _config_class("clarep_fast.pipeline.clarid.search", "SearchConfig"), (DEVICE,)),
+                      _config_class("clarep_fast.pipeline.clarid.search", "SearchConfig"), RUNTIME),
     "distill": Command("train a CaDistill (or baseline) student from a CLARep bank", _distill,
                        (("run_dir", "run folder: config.json, metrics.csv/json, checkpoint.pt, student.pt"),),
-                       _config_class("clarep_fast.pipeline.distill.train", "DistillConfig"), (DEVICE,)),
+                       _config_class("clarep_fast.pipeline.distill.train", "DistillConfig"), RUNTIME),
     "evaluate": Command("clean, adversarial and background-shift accuracy of a student", _evaluate,
                         (("student", "student.pt from clarep-fast distill, or its run folder"),),
                         _config_class("clarep_fast.pipeline.evaluate.robustness", "EvaluateConfig"),
                         (("--out", {"default": None, "help": "JSON file (default: evaluation.json beside the student)"}),
                          ("--data", {"default": None, "help": "dataset whose test split is used (default: the one the student was trained on)"}),
-                         ("--workers", {"default": 0, "type": bounded(int, low=0), "help": "DataLoader workers decoding folder images; an int >= 0"}),
-                         DEVICE)),
+                         *RUNTIME)),
     "demo": Command("embedded teacher -> bank -> baseline + CaDistill students -> evaluation -> report.md", _demo,
                     (("run_dir", "demo folder: bank/, one folder per student, evaluation.json, report.md"),),
-                    _config_class("clarep_fast.pipeline.demo", "DemoConfig")),
+                    _config_class("clarep_fast.pipeline.demo", "DemoConfig"), RUNTIME),
 }  # fmt: skip
 
 
@@ -254,7 +232,7 @@ def _terminate(signum, frame):
 
 def _check_device(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     """--device must be cpu or a visible CUDA device; anything else is refused before any work starts."""
-    device = getattr(args, "device", None) or getattr(args, "option:--device", None)
+    device = getattr(args, "device", None)
     if device is None:
         return
     prefix = f"clarep-fast {args.command}: error: argument --device:"

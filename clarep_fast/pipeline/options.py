@@ -17,6 +17,10 @@ Rules (the whole of them):
     name already taken gets the prefix ``--<field>-`` (``--data-seed``), unless the parent field
     lists it in ``option(shared=...)``: then one flag sets both (the teacher's resolution is the
     data's);
+  - a field with ``option(section=True)`` holds a whole command's config (the demo's search,
+    distill, evaluate): its flags are spelled as in that command, ``--<field>-<flag>`` where an
+    earlier one took the name; ``option(omit=...)`` names its fields that get no flag (the caller
+    sets them; they keep their default);
   - a float must be finite (``nan``, ``inf`` are refused);
   - ``option(low=, high=, low_open=, high_open=)`` bound a number (every element of a tuple): the
     parser refuses a value outside with one line naming the flag and the range (exit code 2), and
@@ -33,7 +37,7 @@ import typing
 from dataclasses import MISSING, field
 from typing import NamedTuple
 
-HELP, FLAG, CHOICES, SHARED, RANGE = "help", "flag", "choices", "shared", "range"
+HELP, FLAG, CHOICES, SHARED, OMIT, SECTION, RANGE = "help", "flag", "choices", "shared", "omit", "section", "range"
 
 
 class Range(NamedTuple):
@@ -65,6 +69,8 @@ def option(
     flag: str | None = None,
     choices=None,
     shared: tuple[str, ...] = (),
+    section: bool = False,
+    omit: tuple[str, ...] = (),
     default_factory=MISSING,
     low: float | None = None,
     high: float | None = None,
@@ -73,7 +79,7 @@ def option(
 ):
     """A config field with the help text (and optionally the flag, the choices, the range) of its CLI option."""
     bounds = Range(low, high, low_open, high_open) if low is not None or high is not None else None
-    metadata = {HELP: help, FLAG: flag, CHOICES: choices, SHARED: shared, RANGE: bounds}
+    metadata = {HELP: help, FLAG: flag, CHOICES: choices, SHARED: shared, SECTION: section, OMIT: omit, RANGE: bounds}
     if default_factory is not MISSING:
         return field(default_factory=default_factory, metadata=metadata)
     return field(default=default, metadata=metadata)
@@ -83,7 +89,13 @@ def _default(spec: dataclasses.Field):
     return spec.default_factory() if spec.default_factory is not MISSING else spec.default
 
 
-def _flags(config_class, prefix: str = "", taken: set[str] | None = None, shared: tuple[str, ...] = ()):
+def _flags(
+    config_class,
+    prefix: str = "",
+    taken: set[str] | None = None,
+    shared: tuple[str, ...] = (),
+    omit: tuple[str, ...] = (),
+):
     """(dest path, flag, field, resolved type) of every option of ``config_class``, nested ones flattened."""
     taken = set() if taken is None else taken
     hints = typing.get_type_hints(config_class)
@@ -91,14 +103,23 @@ def _flags(config_class, prefix: str = "", taken: set[str] | None = None, shared
     for spec in dataclasses.fields(config_class):
         kind = hints[spec.name]
         path = f"{prefix}{spec.name}"
+        if spec.metadata.get(SECTION):
+            for sub_path, flag, sub_spec, sub_kind in _flags(kind, omit=spec.metadata.get(OMIT, ())):
+                if flag in taken:
+                    flag = f"--{spec.name.replace('_', '-')}-{flag.lstrip('-')}"
+                taken.add(flag)
+                rows.append((f"{path}.{sub_path}", flag, sub_spec, sub_kind))
+            continue
         if dataclasses.is_dataclass(kind):
-            rows += _flags(kind, f"{path}.", taken, spec.metadata.get(SHARED, ()))
+            nested = _flags(kind, f"{path}.", taken, spec.metadata.get(SHARED, ()))
+            rows += [] if spec.name in omit else nested
             continue
         flag = spec.metadata.get(FLAG) or "--" + spec.name.replace("_", "-")
         if flag in taken and spec.name not in shared:
             flag = "--" + path.replace(".", "-").replace("_", "-")
         taken.add(flag)
-        rows.append((path, flag, spec, kind))
+        if spec.name not in omit:
+            rows.append((path, flag, spec, kind))
     return rows
 
 
@@ -181,7 +202,8 @@ def check_ranges(config) -> None:
         bounds = spec.metadata.get(RANGE)
         value = getattr(config, spec.name)
         choices = spec.metadata.get(CHOICES)
-        if choices is not None and value not in choices:
+        chosen = value if isinstance(value, (tuple, list)) else (value,)
+        if choices is not None and any(item not in choices for item in chosen):
             raise ValueError(f"{spec.name} must be one of {tuple(choices)}, got {value!r}")
         for item in value if isinstance(value, (tuple, list)) else (value,):
             if isinstance(item, float) and not math.isfinite(item):
@@ -222,6 +244,7 @@ def _build(config_class, values: dict, prefix: str, overrides: dict):
             kwargs[spec.name] = overrides[spec.name]
         elif dataclasses.is_dataclass(hints[spec.name]):
             kwargs[spec.name] = _build(hints[spec.name], values, f"{prefix}{spec.name}.", {})
-        else:
+        elif f"{prefix}{spec.name}" in values:
             kwargs[spec.name] = values[f"{prefix}{spec.name}"]
+        # else: an omitted field, left at its default
     return config_class(**kwargs)

@@ -13,7 +13,8 @@ so a killed run leaves no stale lock): a second process on the same folder is re
 the holder's pid (torchrun ranks other than 0 do not lock: rank 0 holds it for the job). It removes
 the temporaries a SIGKILLed writer left behind, then
 refuses a folder whose config.json differs from the new config in any key outside ``may_change``
-and the run-time settings (RUNTIME_SETTINGS: device, workers), and names the keys. Every file goes through clarep_fast/pipeline/files.py: written
+and the run-time settings (RUNTIME_SETTINGS: device, workers; runtime.py keeps them out of
+configs, this keeps folders written before that resumable), and names the keys. Every file goes through clarep_fast/pipeline/files.py: written
 atomically; checkpoints carry their format, version and a digest, and a damaged one is refused.
 """
 

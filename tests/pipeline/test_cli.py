@@ -1,5 +1,7 @@
 """The clarep-fast command line: backends listing and the self-check (the pipeline commands: tests/clarid, distill, evaluate)."""
 
+import torch
+
 from clarep_fast.pipeline.cli import main
 
 
@@ -51,17 +53,17 @@ class _Stop(Exception):
 def test_evaluate_loads_the_student_on_the_device_it_is_given(monkeypatch, tmp_path):
     """evaluate runs where --device says, by default on the GPU when there is one (default_device):
     the device load_student receives is the device the attacks run on."""
-    import clarep_fast.pipeline.distill.train as train
-    import clarep_fast.pipeline.distributed as distributed
+    import clarep_fast.pipeline.evaluate.student_file as student_file
+    import clarep_fast.pipeline.runtime as runtime
 
     received = []
 
     def record(path, device="cpu"):
-        received.append(device)
+        received.append(str(device))
         raise _Stop
 
-    monkeypatch.setattr(train, "load_student", record)
-    monkeypatch.setattr(distributed, "default_device", lambda: "cuda:3")  # what a GPU machine would say
+    monkeypatch.setattr(student_file, "load_student", record)
+    monkeypatch.setattr(runtime, "default_device", lambda: "cuda:3")  # what a GPU machine would say
     student = tmp_path / "student.pt"
     student.write_bytes(b"")
     for argv in (["evaluate", str(student)], ["evaluate", str(student), "--device", "cpu"]):
@@ -70,3 +72,31 @@ def test_evaluate_loads_the_student_on_the_device_it_is_given(monkeypatch, tmp_p
         except _Stop:
             pass
     assert received == ["cuda:3", "cpu"]
+
+
+def test_the_demo_hands_one_runtime_to_every_stage(monkeypatch, tmp_path):
+    """demo --device/--workers: the search, each student's training and its evaluation receive the
+    one Runtime the command bound (the device plumbing, tested by what each stage is given)."""
+    import clarep_fast.pipeline.demo.run as demo
+
+    received = []
+
+    def search(config, bank_dir, *, runtime, progress):
+        received.append(("search", runtime))
+        return bank_dir
+
+    def train(config, run_dir, *, runtime, progress):
+        received.append(("train", runtime))
+        return run_dir / "student.pt"
+
+    def load(path, device):
+        received.append(("evaluate", device))
+        raise _Stop
+
+    monkeypatch.setattr(demo, "run_search", search)
+    monkeypatch.setattr(demo, "train_student", train)
+    monkeypatch.setattr(demo, "load_student", load)
+    assert main(["demo", str(tmp_path / "demo"), "--device", "cpu", "--workers", "3"]) == 1  # _Stop: one line
+    runtime = received[0][1]
+    assert (runtime.device, runtime.workers) == ("cpu", 3)
+    assert received == [("search", runtime), ("train", runtime), ("evaluate", torch.device("cpu"))]

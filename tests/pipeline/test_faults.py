@@ -302,7 +302,7 @@ def test_values_the_teacher_cannot_take_leave_no_folder(teacher_dir, tmp_path, c
 DEMO = """
 import sys
 from clarep_fast.pipeline.clarid.search import SearchConfig
-from clarep_fast.pipeline.demo import run_demo
+from clarep_fast.pipeline.demo import DemoConfig, run_demo
 from clarep_fast.pipeline.distill.train import DistillConfig
 from clarep_fast.pipeline.evaluate.robustness import EvaluateConfig
 
@@ -310,7 +310,7 @@ search = SearchConfig(teacher=sys.argv[2], t_e=500, k=3, layer="down_blocks.1", 
                       feature_layers=("down_blocks.1", "mid_block"), oversample=4, tol=1e-2, max_iters=6, jacobian_batch=2)
 distill = DistillConfig(student="test_resnet", epochs=1, batch_size=512, bank_batch_size=8, student_layers=(2, 3))
 evaluate = EvaluateConfig(pgd_steps=2, apgd_steps=2, cw_steps=2, attack_samples=8)
-run_demo(sys.argv[1], seeds=1, search=search, distill=distill, evaluate=evaluate, progress=False)
+run_demo(sys.argv[1], DemoConfig(seeds=1, search=search, distill=distill, evaluate=evaluate), progress=False)
 """
 
 

@@ -101,3 +101,27 @@ def test_floats_must_be_finite(text):
         parse(SearchConfig, ["--guidance", text])  # ">= 0" alone admits inf, and nan passes every comparison
     with pytest.raises(ValueError, match="learning_rate must be a finite number"):
         TrainTeacherConfig(learning_rate=float(text))
+
+
+def test_the_demo_takes_each_command_s_flags_as_that_command_spells_them():
+    """DemoConfig's search, distill and evaluate sections: a flag of the demo is the flag of the
+    command it configures; the fields the demo sets itself (seeds, banks, data, control) have none."""
+    from clarep_fast.pipeline.demo import DemoConfig
+    from clarep_fast.pipeline.evaluate.robustness import EvaluateConfig
+
+    argv = ["--seeds", "3", "--bank-per-seed", "-k", "24", "--guidance", "1.5", "--data-seed", "4"]
+    argv += ["--epochs", "2", "--lambda-cano", "0.25", "--attacks", "pgd", "--split", "validation"]
+    config = parse(DemoConfig, argv)
+    assert config.seeds == 3 and config.bank_per_seed
+    assert (config.search.k, config.search.guidance, config.search.data.seed) == (24, 1.5, 4)
+    assert (config.distill.epochs, config.distill.lambda_cano) == (2, 0.25)
+    assert config.evaluate == EvaluateConfig(attacks=("pgd",), split="validation")
+    assert parse(DemoConfig, []) == DemoConfig()
+    parser = argparse.ArgumentParser()
+    add_options(parser, DemoConfig)
+    flags = {flag for action in parser._actions for flag in action.option_strings}
+    for own_flag_of_the_demo in ("--seed", "--bank", "--baseline", "--bank-samples", "--search-data-seed"):
+        assert own_flag_of_the_demo not in flags
+    assert config.evaluation(0) == config.evaluate
+    cheap = dataclasses.replace(config, full_evaluation_seeds=1, evaluate=EvaluateConfig()).evaluation(1)
+    assert cheap.attacks == ("pgd",) and cheap.corruption_samples == 0

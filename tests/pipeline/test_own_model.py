@@ -254,3 +254,72 @@ def test_a_cached_hub_dit_by_its_id_on_an_image_folder(tmp_path):
     _cli("distill", run, "--bank", bank, "--data", data, *FAST_DISTILL, **offline)
     _cli("evaluate", run / "student.pt", *FAST_EVALUATE, **offline)
     assert "clean" in json.loads((run / "evaluation.json").read_text())
+
+
+def _run_cli(*args, **environment) -> subprocess.CompletedProcess:
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT), **environment)
+    return subprocess.run([sys.executable, "-m", "clarep_fast.pipeline.cli", *map(str, args)], env=env,
+                          capture_output=True, text=True, timeout=600)  # fmt: skip
+
+
+def test_a_hub_dit_with_more_classes_than_the_data_through_a_class_map(tmp_path):
+    """ImageNet's case in small: the teacher's id2label holds words and more classes than the data,
+    the data's folders are WordNet-style ids. Without --class-map the search is refused naming both
+    sides; with a LOC_synset_mapping.txt-style file each class is conditioned on its own teacher label,
+    recorded in the bank, and distill and evaluate run on the bank."""
+    words = ("tench, Tinca tinca", "stripes, pattern", "goldfish", "disc, round shape", "square")
+    teacher = write_hub_dit_pipeline(tmp_path / "dit", words)
+    shapes = write_image_folder(tmp_path / "shapes", per_class=10, side=16)
+    for shape, wnid in zip(SHAPES, ("n00000001", "n00000002", "n00000003")):  # disc, square, stripes
+        for split in ("train", "test"):
+            (shapes / split / shape).rename(shapes / split / wnid)
+    data = f"folder:{shapes}"
+    bank = tmp_path / "bank"
+    search = ["search", bank, "--teacher", teacher, "--data", data, "--pool", "1", "--feature-pool", "1", *FAST_SEARCH]
+    refused = _run_cli(*search)
+    assert refused.returncode == 2 and "'n00000001'" in refused.stderr and "--class-map" in refused.stderr
+    mapping = tmp_path / "LOC_synset_mapping.txt"
+    mapping.write_text("n00000001 disc, round shape\nn00000002 square\nn00000003 stripes, pattern\n")
+    _cli(*search, "--class-map", mapping)
+    config = json.loads((bank / "config.json").read_text())
+    assert config["teacher_labels"] == [3, 4, 1] and config["classes"] == ["n00000001", "n00000002", "n00000003"]
+    run = tmp_path / "student"
+    _cli("distill", run, "--bank", bank, "--data", data, *FAST_DISTILL)
+    _cli("evaluate", run, *FAST_EVALUATE)
+    assert "clean" in json.loads((run / "evaluation.json").read_text())
+
+
+def test_a_unet_without_a_null_row_that_learns_sigma_end_to_end(tmp_path):
+    """A UNet2DModel trained without a CFG row (num_class_embeds = K, id2label of K names) that learns
+    sigma (out_channels = 2 × 3): the default guidance and null-label features are refused naming the
+    flags to pass; with them, search -> distill -> evaluate run with the default layer flags."""
+    from diffusers import UNet2DModel
+
+    torch.manual_seed(0)
+    unet = UNet2DModel(sample_size=16, in_channels=3, out_channels=6, layers_per_block=1,
+                       block_out_channels=(16, 32, 32), down_block_types=("DownBlock2D", "AttnDownBlock2D", "DownBlock2D"),
+                       up_block_types=("UpBlock2D", "AttnUpBlock2D", "UpBlock2D"), num_class_embeds=len(SHAPES),
+                       norm_num_groups=8, attention_head_dim=8)  # fmt: skip
+    teacher = tmp_path / "unet"
+    unet.save_pretrained(teacher, safe_serialization=True)
+    config = json.loads((teacher / "config.json").read_text())
+    (teacher / "config.json").write_text(json.dumps(dict(config, id2label=dict(enumerate(SHAPES)))))
+    data = f"folder:{write_image_folder(tmp_path / 'shapes', per_class=10, side=16)}"
+    bank = tmp_path / "bank"
+    search = ["search", bank, "--teacher", teacher, "--data", data, *FAST_SEARCH]
+    refused = _run_cli(*search)
+    assert refused.returncode == 2 and "--guidance 1" in refused.stderr, refused.stderr
+    refused = _run_cli(*search, "--guidance", "1")
+    assert refused.returncode == 2 and "--feature-label true" in refused.stderr, refused.stderr
+    assert not bank.exists()
+    _cli(*search, "--guidance", "1", "--feature-label", "true")
+    loaded = load_bank(bank)
+    assert loaded.samples.shape == (6, 3, 16, 16) and list(loaded.features) == [
+        "down_blocks.1",
+        "down_blocks.2",
+        "mid_block",
+    ]
+    run = tmp_path / "student"
+    _cli("distill", run, "--bank", bank, "--data", data, *FAST_DISTILL)
+    _cli("evaluate", run, *FAST_EVALUATE)
+    assert "clean" in json.loads((run / "evaluation.json").read_text())

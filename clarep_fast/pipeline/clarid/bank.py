@@ -47,9 +47,9 @@ from clarep_fast.pipeline.files import (
 from clarep_fast.pipeline.rundir import flatten_config, is_runtime_setting
 
 SHARDS = "shards"
-# keys of a search's config a resume may change: workers change speed, not results; the teacher's path
-# may change (moved, or named from another folder) because teacher_sha256 is its identity
-MAY_CHANGE = ("data.workers", "teacher")
+# keys of a search's config a resume may change: the teacher's path (moved, or named from another
+# folder), because teacher_sha256 is its identity (run-time settings are never config: runtime.py)
+MAY_CHANGE = ("teacher", "class_map")  # the class map's result is teacher_labels, part of the identity
 
 
 def bank_identity(config: dict) -> str:

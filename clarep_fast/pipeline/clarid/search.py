@@ -33,6 +33,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
+from typing import NamedTuple
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -43,11 +44,13 @@ from tqdm import tqdm
 from clarep_fast.pipeline.clarid.bank import MAY_CHANGE, bank_identity, read_shard, shard_path, write_shard
 from clarep_fast.pipeline.clarid.jacobian import MODES, topk_right_singular
 from clarep_fast.pipeline.data.source import DataConfig, dataset_classes, load_splits, resolve
-from clarep_fast.pipeline.distributed import barrier, default_device, is_main_process, rank_and_world
+from clarep_fast.pipeline.distributed import barrier, is_main_process, rank_and_world
 from clarep_fast.pipeline.files import FORMAT_VERSION
 from clarep_fast.pipeline.options import check_ranges, option
 from clarep_fast.pipeline.rundir import RunDir, as_json
+from clarep_fast.pipeline.runtime import Runtime
 from clarep_fast.pipeline.teacher.ddim import ddim_invert, ddim_move, time_grid
+from clarep_fast.pipeline.teacher.classes import read_class_map, teacher_labels
 from clarep_fast.pipeline.teacher.load import check_fits, load_teacher, teacher_fingerprint
 from clarep_fast.pipeline.teacher.model import NO_NULL_LABEL, Teacher
 from clarep_fast.ops.project_out import project_out
@@ -120,6 +123,11 @@ class SearchConfig:
         "float32", "the teacher network's precision (bfloat16/float16: for GPUs)", choices=tuple(DTYPES)
     )
     seed: int = option(0, "seed of the plan and of every shard's noise")
+    class_map: str | None = option(
+        None,
+        "file mapping the data's class names to the teacher's (lines 'DATA_CLASS TEACHER_CLASS' as ImageNet's "
+        "LOC_synset_mapping.txt, or JSON; default: by id2label name, or by count for a teacher without names)",
+    )
     data: DataConfig = option(default_factory=DataConfig)
 
     def __post_init__(self):
@@ -206,9 +214,13 @@ def validate(config: SearchConfig, teacher: Teacher) -> tuple[FeatureTap, Featur
     return taps[0], taps[1]
 
 
-def resolved_config(config: SearchConfig, count: int, teacher: Teacher, resolution: int, classes: list[str]) -> dict:
+def resolved_config(
+    config: SearchConfig, count: int, teacher: Teacher, resolution: int, classes: list[str], labels: list[int]
+) -> dict:
     before, after = split_steps(config, teacher.schedule.num_train_timesteps)
     resolved = dataclasses.asdict(config)
+    if labels != list(range(len(classes))):  # written only when it is not the identity: older banks keep theirs
+        resolved["teacher_labels"] = labels
     resolved.update(
         count=count,
         shards=math.ceil(count / config.shard_size),
@@ -300,14 +312,16 @@ def search_shard(
     sources: Tensor,
     train,
     shard: int,
+    labels_of_classes: Tensor | None = None,
 ) -> dict[str, Tensor]:
-    """Steps 1–5 of the module docstring for one shard's items; the shard's tensors."""
+    """Steps 1–5 of the module docstring for one shard's items; the shard's tensors.
+    ``labels_of_classes[c]``: the teacher label of data class c (None: the same number)."""
     device = teacher.device
     generator = torch.Generator().manual_seed(config.seed * 1_000_003 + shard)
     feature_generator = torch.Generator().manual_seed(config.seed * 1_000_003 + shard + 500_009)  # ε_f: its own stream
     steps_total = teacher.schedule.num_train_timesteps
     before, after = split_steps(config, steps_total)
-    labels = classes.to(device)
+    labels = (classes if labels_of_classes is None else labels_of_classes[classes]).to(device)
     count = len(labels)
     clip = not teacher.is_latent  # x̂_0 lies in [-1, 1] for pixels only
     if config.route == "generative":  # step 1
@@ -321,7 +335,7 @@ def search_shard(
             clip=clip,
         )
     else:
-        clean = teacher.encode((train.take(sources, config.data.workers) * 2 - 1).to(device))
+        clean = teacher.encode((train.take(sources) * 2 - 1).to(device))
         start = ddim_invert(teacher, clean, labels, end=config.t_e, steps=before)
     times = torch.full((count,), config.t_e, device=device, dtype=torch.long)
     search_tap, feature_tap = taps
@@ -377,46 +391,55 @@ def with_layers(config: SearchConfig, teacher: Teacher) -> SearchConfig:
     return config
 
 
-def prepare(
-    config: SearchConfig, device: str
-) -> tuple[SearchConfig, Teacher, tuple[FeatureTap, FeatureTap], object, int]:
-    """The config with the teacher's layers for 'auto', the teacher on ``device`` in --dtype, its
-    taps, the training split and the image side, all checked against each other before any file is
-    written."""
-    teacher = load_teacher(config.teacher).to(device=device, dtype=DTYPES[config.dtype]).requires_grad_(False)
+class Prepared(NamedTuple):
+    config: SearchConfig  # 'auto' layers resolved
+    teacher: Teacher
+    taps: tuple[FeatureTap, FeatureTap]
+    train: object  # the training split
+    resolution: int
+    labels: list[int]  # the teacher label of each data class (teacher/classes.py)
+
+
+def prepare(config: SearchConfig, runtime: Runtime = Runtime()) -> Prepared:
+    """The config with the teacher's layers for 'auto', the teacher on the runtime's device in
+    --dtype, its taps, the training split, the image side and the teacher label of each class, all
+    checked against each other before any file is written."""
+    teacher = load_teacher(config.teacher).to(device=runtime.torch_device, dtype=DTYPES[config.dtype])
+    teacher.requires_grad_(False)
     config = with_layers(config, teacher)
     resolution = resolve(config.data, teacher.resolution)
-    check_fits(
-        teacher, classes=len(dataset_classes(config.data)), resolution=resolution, where=f"teacher {config.teacher}"
-    )
+    class_map = read_class_map(config.class_map) if config.class_map else None
+    labels = teacher_labels(dataset_classes(config.data), teacher.class_names, teacher.num_classes, class_map)
+    check_fits(teacher, resolution=resolution, where=f"teacher {config.teacher}")
     taps = validate(config, teacher)
-    return config, teacher, taps, load_splits(config.data, resolution)["train"], resolution
+    train = load_splits(config.data, resolution, runtime.workers)["train"]
+    return Prepared(config, teacher, taps, train, resolution, labels)
 
 
-def run_search(config: SearchConfig, bank_dir: str | Path, *, device: str | None = None, progress: bool = True) -> Path:
+def run_search(
+    config: SearchConfig, bank_dir: str | Path, *, runtime: Runtime = Runtime(), progress: bool = True
+) -> Path:
     """Search (or resume) into ``bank_dir``; rank 0 then writes the figures and summary.json."""
-    if device is None:
-        device = default_device()
-    asked = config
-    config, teacher, taps, train, resolution = prepare(config, device)
-    if progress and is_main_process() and config != asked:
+    prepared = prepare(config, runtime)
+    resolved = prepared.config
+    if progress and is_main_process() and resolved != config:
         print(
-            f"search: layer {config.layer}, feature layers {' '.join(config.feature_layers)} (auto, for this teacher)"
+            f"search: layer {resolved.layer}, feature layers {' '.join(resolved.feature_layers)} (auto, for this teacher)"
         )
     try:
-        return _search_into(Path(bank_dir), config, teacher, taps, train, resolution, progress)
+        return _search_into(Path(bank_dir), prepared, progress)
     finally:
-        for tap in taps:  # the hooks leave the teacher with the search
+        for tap in prepared.taps:  # the hooks leave the teacher with the search
             tap.close()
 
 
-def _search_into(
-    bank: Path, config: SearchConfig, teacher: Teacher, taps, train, resolution: int, progress: bool
-) -> Path:
+def _search_into(bank: Path, prepared: Prepared, progress: bool) -> Path:
     """run_search's body, with the teacher, its two taps and the training split loaded."""
+    config, teacher, taps, train = prepared.config, prepared.teacher, prepared.taps, prepared.train
     rank, world = rank_and_world()
     classes, sources = plan(config, train.labels)
-    resolved = resolved_config(config, len(classes), teacher, resolution, train.classes)
+    resolved = resolved_config(config, len(classes), teacher, prepared.resolution, train.classes, prepared.labels)
+    labels_of_classes = torch.tensor(prepared.labels)
     RunDir(bank, command="search", may_change=MAY_CHANGE).claim(resolved, write=rank == 0)
     identity = bank_identity(resolved)
     barrier(world)
@@ -439,7 +462,7 @@ def _search_into(
     started = time.perf_counter()
     for shard in todo:
         part = slice(shard * config.shard_size, (shard + 1) * config.shard_size)
-        tensors = search_shard(teacher, taps, config, classes[part], sources[part], train, shard)
+        tensors = search_shard(teacher, taps, config, classes[part], sources[part], train, shard, labels_of_classes)
         tensors["index"] = torch.arange(shards * config.shard_size)[part][: sizes[shard]]
         write_shard(bank, shard, tensors, identity)
         bar.update(sizes[shard])

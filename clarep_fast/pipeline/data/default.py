@@ -43,7 +43,8 @@ def digit_masks(resolution: int) -> tuple[torch.Tensor, torch.Tensor]:
 def default_splits(
     resolution: int = 16, rho: float = 0.8, test_fraction: float = 0.2, val_fraction: float = 0.1, seed: int = 0
 ) -> dict[str, TensorImages]:
-    """{"train", "val", "test"} (all drawn with rho) and every test variant under "test_<variant>".
+    """{"train", "val", "test"} (all drawn with rho) and every background variant of test and of
+    validation under "test_<variant>" and "val_<variant>".
 
     Test is cut first (test_fraction of every class), then validation from the rest (val_fraction
     of every class of what remains), both stratified and seeded.
@@ -59,24 +60,30 @@ def default_splits(
         splits[name] = _images(
             composite(masks[index], PALETTE[backgrounds], generator), labels[index], masks[index], backgrounds
         )
-    test_masks, test_labels = masks[test_index], labels[test_index]
+    for split, index in (("test", test_index), ("val", val_index)):  # test first: its variants predate val's
+        splits.update(_variants(split, splits[split], masks[index], labels[index], generator))
+    return splits
+
+
+def _variants(split: str, drawn: TensorImages, masks, labels, generator) -> dict[str, TensorImages]:
+    """The background variants of one split's digits, under "<split>_<variant>"."""
+    variants = {}
     for variant in VARIANTS:
         if variant == "in_distribution":
-            splits[f"test_{variant}"] = splits["test"]
+            variants[f"{split}_{variant}"] = drawn
             continue
         if variant == "only_foreground":
-            backgrounds = torch.full_like(test_labels, -1)
-            colors = PLAIN_BLACK.expand(len(test_labels), 3)
-            images = composite(test_masks, colors, generator, texture=0.0)
+            backgrounds = torch.full_like(labels, -1)
+            images = composite(masks, PLAIN_BLACK.expand(len(labels), 3), generator, texture=0.0)
         else:
             backgrounds = (
-                background_indices(test_labels, 0.0, generator)
+                background_indices(labels, 0.0, generator)
                 if variant == "mixed_random"
-                else swapped_indices(test_labels, generator)
+                else swapped_indices(labels, generator)
             )
-            images = composite(test_masks, PALETTE[backgrounds], generator)
-        splits[f"test_{variant}"] = _images(images, test_labels, test_masks, backgrounds)
-    return splits
+            images = composite(masks, PALETTE[backgrounds], generator)
+        variants[f"{split}_{variant}"] = _images(images, labels, masks, backgrounds)
+    return variants
 
 
 def _images(images: torch.Tensor, labels: torch.Tensor, masks: torch.Tensor, backgrounds: torch.Tensor) -> TensorImages:

@@ -4,7 +4,8 @@ Every set yields images as float RGB in [0, 1], shape (3, R, R), with an int lab
 for batches by index (``batches``) or for a few images (``take``): an in-memory set slices its
 tensor; a file-backed set decodes in DataLoader workers, so a dataset larger than memory streams.
 The caller chooses the indices (from a seeded generator), so the order of the data does not depend
-on how many workers decode it.
+on how many workers decode it (a file-backed set's ``workers``, given when it is loaded: a run-time
+setting, clarep_fast/pipeline/runtime.py).
 """
 
 from __future__ import annotations
@@ -34,18 +35,18 @@ class ImageSet(Dataset):
     def subset(self, indices: Tensor) -> "ImageSet":
         raise NotImplementedError
 
-    def batches(self, index_batches: Iterable[Tensor], workers: int = 0) -> Iterator[tuple[Tensor, Tensor]]:
+    def batches(self, index_batches: Iterable[Tensor]) -> Iterator[tuple[Tensor, Tensor]]:
         """(images (b, 3, R, R), labels (b,)) for each index batch, in order."""
         raise NotImplementedError
 
-    def take(self, indices: Tensor, workers: int = 0) -> Tensor:
+    def take(self, indices: Tensor) -> Tensor:
         """The images at ``indices`` (n, 3, R, R)."""
-        parts = [images for images, _ in self.batches(indices.split(256), workers)]
+        parts = [images for images, _ in self.batches(indices.split(256))]
         return torch.cat(parts) if parts else torch.empty(0, 3, self.resolution, self.resolution)
 
-    def sequential(self, batch: int, workers: int = 0) -> Iterator[tuple[Tensor, Tensor]]:
+    def sequential(self, batch: int) -> Iterator[tuple[Tensor, Tensor]]:
         """The whole set in order, ``batch`` images at a time."""
-        return self.batches(torch.arange(len(self)).split(batch), workers)
+        return self.batches(torch.arange(len(self)).split(batch))
 
 
 class TensorImages(ImageSet):
@@ -79,7 +80,7 @@ class TensorImages(ImageSet):
             self.images[indices], self.labels[indices], self.classes, **{k: v[indices] for k, v in self.extras.items()}
         )
 
-    def batches(self, index_batches, workers: int = 0):
+    def batches(self, index_batches):
         for index in index_batches:
             yield self.images[index], self.labels[index]
 
@@ -120,22 +121,23 @@ def decode_image(path: Path, resolution: int) -> Tensor:
 
 
 class FolderImages(ImageSet):
-    """A set of image files decoded on demand (in DataLoader workers when asked for)."""
+    """A set of image files decoded on demand, in ``workers`` DataLoader workers (0: in this process)."""
 
-    def __init__(self, files: list[Path], labels: Tensor, classes: list[str], resolution: int):
+    def __init__(self, files: list[Path], labels: Tensor, classes: list[str], resolution: int, workers: int = 0):
         self.files, self.labels, self.classes, self.resolution = list(files), labels, list(classes), resolution
+        self.workers = workers
 
     def __getitem__(self, index: int) -> tuple[Tensor, int]:
         return decode_image(self.files[index], self.resolution), int(self.labels[index])
 
     def subset(self, indices: Tensor) -> "FolderImages":
         return FolderImages(
-            [self.files[i] for i in indices.tolist()], self.labels[indices], self.classes, self.resolution
+            [self.files[i] for i in indices.tolist()], self.labels[indices], self.classes, self.resolution, self.workers
         )
 
-    def batches(self, index_batches, workers: int = 0):
+    def batches(self, index_batches):
         batch_lists = [index.tolist() for index in index_batches]
-        loader = DataLoader(self, batch_sampler=batch_lists, num_workers=workers)
+        loader = DataLoader(self, batch_sampler=batch_lists, num_workers=self.workers)
         for images, labels in loader:
             yield images, labels
 

@@ -47,7 +47,6 @@ class DataConfig:
         0.1, "share of every class of train held out for validation", low=0, high=1, low_open=True, high_open=True
     )
     seed: int = option(0, "seed of the splits")
-    workers: int = option(0, "DataLoader workers decoding folder images (0: in the main process)", low=0)
 
     def __post_init__(self):
         check_ranges(self)
@@ -104,9 +103,10 @@ def resolve(config: DataConfig, teacher_resolution: int | None = None, source: s
     return teacher_resolution if teacher_resolution is not None else native_resolution(config)
 
 
-def load_splits(config: DataConfig, resolution: int) -> dict[str, ImageSet]:
-    """{"train", "val", "test"} (and, for the default dataset, its background test variants
-    "test_<variant>"), images at ``resolution``."""
+def load_splits(config: DataConfig, resolution: int, workers: int = 0) -> dict[str, ImageSet]:
+    """{"train", "val", "test"} (and, for the default dataset, its background variants
+    "test_<variant>" and "val_<variant>"), images at ``resolution``; folder images are decoded in
+    ``workers`` DataLoader workers (the run's Runtime)."""
     if config.kind == "default":
         return default_splits(resolution, config.rho, config.test_fraction, config.val_fraction, config.seed)
     if config.kind == "cifar10":
@@ -129,12 +129,12 @@ def load_splits(config: DataConfig, resolution: int) -> dict[str, ImageSet]:
             )
         if (root / "train").is_dir():
             files, labels, classes = list_image_folder(root / "train")
-            train = FolderImages(files, labels, classes, resolution)
+            train = FolderImages(files, labels, classes, resolution, workers)
             files, labels, _ = list_image_folder(root / "test", classes)
-            test = FolderImages(files, labels, classes, resolution)
+            test = FolderImages(files, labels, classes, resolution, workers)
         else:
             files, labels, classes = list_image_folder(root)
-            everything = FolderImages(files, labels, classes, resolution)
+            everything = FolderImages(files, labels, classes, resolution, workers)
             kept, held = stratified_split(labels, config.test_fraction, config.seed)
             train, test = everything.subset(kept), everything.subset(held)
     kept, held = stratified_split(train.labels, config.val_fraction, config.seed + 2)

@@ -33,6 +33,7 @@ import dataclasses
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -41,10 +42,11 @@ from tqdm import tqdm
 
 from clarep_fast.pipeline.clarid.bank import bank_identity, load_bank, read_bank_config
 from clarep_fast.pipeline.data.source import DataConfig, load_splits, resolve
-from clarep_fast.pipeline.distributed import barrier, default_device, rank_and_world
+from clarep_fast.pipeline.distributed import barrier, rank_and_world
 from clarep_fast.pipeline.options import check_ranges, option
 from clarep_fast.pipeline.files import load_checked, read_json, save_checked
-from clarep_fast.pipeline.rundir import RunDir, as_json
+from clarep_fast.pipeline.rundir import RunDir, as_json, is_runtime_setting
+from clarep_fast.pipeline.runtime import Runtime
 from clarep_fast.pipeline.distill.student import DistillModel, Student, accuracy, last_stages
 from clarep_fast.ops.cka import cka_pairs
 from clarep_fast.ops.feature_align import feature_align
@@ -227,18 +229,16 @@ def fitted(config: DistillConfig, train_images: int, world: int, uses_bank: bool
 
 
 def train_student(
-    config: DistillConfig, run_dir: str | Path, *, device: str | None = None, progress: bool = True
+    config: DistillConfig, run_dir: str | Path, *, runtime: Runtime = Runtime(), progress: bool = True
 ) -> Path:
     """Train (or resume) in ``run_dir``; returns the path of student.pt."""
     rank, world = rank_and_world()
-    if device is None:
-        device = default_device()
+    device = runtime.torch_device
     uses_bank = not config.baseline and any(config.lambdas)
     bank_resolution = read_bank_config(Path(config.bank)).get("resolution") if uses_bank else None
     resolution = resolve(config.data, bank_resolution, source=f"the bank {config.bank}")
-    splits = load_splits(config.data, resolution)
+    splits = load_splits(config.data, resolution, runtime.workers)
     train, val = splits["train"], splits["val"]
-    num_classes = len(train.classes)
     config = fitted(config, len(train), world, uses_bank, say=print if progress and rank == 0 else lambda text: None)
     if config.batch_size % world or config.bank_batch_size % world:
         raise ValueError(
@@ -247,19 +247,76 @@ def train_student(
     if len(train) < config.batch_size:
         raise ValueError(f"batch_size {config.batch_size} exceeds the {len(train)} training images")
     bank = BankBatches(config, train.classes, resolution, device) if uses_bank else None
-    resolved = {**as_json(config), "resolution": resolution, "classes": train.classes}
-    if bank is not None:  # a bank rebuilt in place with other features must not meet an old checkpoint
-        resolved["bank_layers"], resolved["bank_widths"], resolved["bank_count"] = (
-            bank.layers,
-            bank.widths(),
-            len(bank.classes),
+    # the bank's path may change (bank_identity and its sizes are what it is); epochs may not: the one-cycle schedule spans them all
+    run = RunDir(run_dir, command="distill", may_change=("bank",))
+    steps_per_epoch = len(train) // config.batch_size
+    parts = _build(config, len(train.classes), resolution, bank, steps_per_epoch, device)
+    run.claim(_resolved(config, resolution, train.classes, bank), write=rank == 0)
+    start = run.restore(
+        {"model": parts.model, "optimizer": parts.optimizer, "schedule": parts.schedule}, counter="epoch"
+    )
+    history = (
+        read_json(
+            run / "metrics.json", "the per-epoch metrics", "delete it and rerun (training resumes from the checkpoint)"
+        )[:start]
+        if (run / "metrics.json").exists()
+        else []
+    )
+    parts.model.train()
+    for epoch in range(start, config.epochs):
+        began = time.perf_counter()
+        sums = _train_epoch(parts, config, epoch, train, bank, run, device, progress)
+        record = {"epoch": epoch + 1, **{name: sums[name] / steps_per_epoch for name in TERMS},
+                  "train_accuracy": accuracy(parts.student, train.subset(torch.arange(min(1000, len(train))))),
+                  "val_accuracy": accuracy(parts.student, val),
+                  "seconds": time.perf_counter() - began}  # fmt: skip
+        history.append(record)
+        if rank == 0:
+            _write_epoch(run, history, parts)
+    if rank == 0:
+        save_checked(
+            run / "student.pt",
+            "student",
+            {
+                "student": parts.student.state_dict(),
+                "name": config.student,
+                "layers": list(config.student_layers),
+                "pool": config.student_pool,
+                "num_classes": len(train.classes),
+                "resolution": resolution,
+                "classes": train.classes,
+                "data": as_json(config.data),
+            },
         )
+    barrier(world)
+    return run / "student.pt"
+
+
+def _resolved(config: DistillConfig, resolution: int, classes: list[str], bank: BankBatches | None) -> dict:
+    """What config.json records and a resume compares: the fitted config, the data it resolved to
+    and, for a bank, its identity and sizes (a bank rebuilt in place with other features must not
+    meet an old checkpoint)."""
+    resolved = {**as_json(config), "resolution": resolution, "classes": classes}
+    if bank is not None:
+        resolved.update(bank_layers=bank.layers, bank_widths=bank.widths(), bank_count=len(bank.classes))
         # the bank's identity: its search settings and teacher fingerprint, as every shard carries it
         resolved["bank_identity"] = bank.identity
-    # the bank's path may change (bank_identity and its sizes are what it is); epochs may not: the one-cycle schedule spans them all
-    run = RunDir(run_dir, command="distill", may_change=("data.workers", "bank"))
+    return resolved
 
-    torch.manual_seed(config.seed)  # the initial weights: the same for baseline and CaDistill
+
+class _Parts(NamedTuple):
+    student: Student
+    model: DistillModel  # the student with its projectors
+    wrapped: torch.nn.Module  # the model, under DDP with torchrun
+    optimizer: torch.optim.Optimizer
+    schedule: torch.optim.lr_scheduler.LRScheduler
+    steps_per_epoch: int
+
+
+def _build(config: DistillConfig, num_classes: int, resolution: int, bank, steps_per_epoch: int, device) -> _Parts:
+    """The student and its projectors from ``config.seed`` (the same initial weights for the baseline,
+    the control and CaDistill), SGD and the one-cycle schedule over every epoch."""
+    torch.manual_seed(config.seed)
     student = Student(config.student, num_classes, config.student_layers, config.student_pool).to(device)
     student_widths = student.feature_widths(resolution)
     if len(student_widths) != len(config.student_layers):
@@ -269,109 +326,82 @@ def train_student(
     optimizer = torch.optim.SGD(
         model.parameters(), lr=config.learning_rate, momentum=0.9, nesterov=True, weight_decay=config.weight_decay
     )
-    steps_per_epoch = len(train) // config.batch_size
     schedule = torch.optim.lr_scheduler.OneCycleLR(
         optimizer, max_lr=config.learning_rate, total_steps=config.epochs * steps_per_epoch, pct_start=0.15
     )
-    run.claim(resolved, write=rank == 0)
-    start = run.restore({"model": model, "optimizer": optimizer, "schedule": schedule}, counter="epoch")
     wrapped = model
-    if world > 1:
+    if rank_and_world()[1] > 1:
         # projectors without a loss term (the baseline, or a λ set to 0) get no gradient: tell DDP
         wrapped = torch.nn.parallel.DistributedDataParallel(model, find_unused_parameters=not all(config.lambdas))
-    history = (
-        read_json(
-            run / "metrics.json", "the per-epoch metrics", "delete it and rerun (training resumes from the checkpoint)"
-        )[:start]
-        if (run / "metrics.json").exists()
-        else []
+    return _Parts(student, model, wrapped, optimizer, schedule, steps_per_epoch)
+
+
+def _train_epoch(parts: _Parts, config: DistillConfig, epoch: int, train, bank, run: RunDir, device, progress) -> dict:
+    """One epoch of steps; the sum of each loss term over them. The real batches' order comes from
+    (seed, epoch), the bank's from its own stream (so the baseline's order is the same)."""
+    rank, world = rank_and_world()
+    generator = torch.Generator().manual_seed(config.seed * 1_000_003 + epoch)
+    bank_generator = torch.Generator().manual_seed(config.seed * 1_000_033 + epoch + 7)
+    order = torch.randperm(len(train), generator=generator)
+    sums = dict.fromkeys(TERMS, 0.0)
+    kind = "baseline" if config.baseline else "cadistill" if config.bank_samples == "canonical" else "ordinary control"
+    bar = tqdm(
+        range(parts.steps_per_epoch),
+        desc=f"{kind} epoch {epoch + 1}/{config.epochs}",
+        disable=not progress or rank != 0,
+        mininterval=2,
     )
-    model.train()
-    for epoch in range(start, config.epochs):
-        began = time.perf_counter()
-        generator = torch.Generator().manual_seed(config.seed * 1_000_003 + epoch)
-        bank_generator = torch.Generator().manual_seed(
-            config.seed * 1_000_033 + epoch + 7
-        )  # its own stream: baseline data order unchanged
-        order = torch.randperm(len(train), generator=generator)
-        sums = dict.fromkeys(TERMS, 0.0)
-        bar = tqdm(
-            range(steps_per_epoch),
-            desc=f"{'baseline' if config.baseline else 'cadistill' if config.bank_samples == 'canonical' else 'ordinary control'} epoch {epoch + 1}/{config.epochs}",
-            disable=not progress or rank != 0,
-            mininterval=2,
-        )
-        steps = [
-            order[step * config.batch_size : (step + 1) * config.batch_size][rank::world]
-            for step in range(steps_per_epoch)
-        ]
-        for step, (images, labels) in zip(bar, train.batches(steps, config.data.workers)):
-            bank_index = None
-            if bank is not None:
-                bank_index = torch.randperm(len(bank.classes), generator=bank_generator)[: config.bank_batch_size][
-                    rank::world
-                ].to(device)
-            global_step = epoch * steps_per_epoch + step + 1
-            try:
-                # the loop reads the loss every step anyway: a synchronous NaN check costs nothing here,
-                # while the asynchronous one (CUDA's default) would kill the CUDA context on a diverging
-                # student before the clean stop below could save or say anything
-                with finite_check("sync"):
-                    terms = _losses(wrapped, images.to(device), labels.to(device), bank, bank_index, config)
-            except ValueError as error:
-                # The fused losses refuse NaN/Inf or overflowing features. Images and bank features are
-                # finite (checked when written), and shapes are fixed from the first step on: after a
-                # step on this run's own weights, such a refusal means the student diverged.
-                if global_step > 1 or not all(bool(torch.isfinite(p).all()) for p in model.parameters()):
-                    raise run.diverged(global_step, str(error)) from None
-                raise
-            values = {name: float(terms[name].detach()) for name in TERMS}
-            run.check_loss(values["total"], global_step)
-            optimizer.zero_grad(set_to_none=True)
-            terms["total"].backward()
-            optimizer.step()
-            schedule.step()
-            for name in TERMS:
-                sums[name] += values[name]
-            bar.set_postfix(loss=f"{values['total']:.3f}", refresh=False)
-        record = {"epoch": epoch + 1, **{name: sums[name] / steps_per_epoch for name in TERMS},
-                  "train_accuracy": accuracy(student, train.subset(torch.arange(min(1000, len(train)))), workers=config.data.workers),
-                  "val_accuracy": accuracy(student, val, workers=config.data.workers),
-                  "seconds": time.perf_counter() - began}  # fmt: skip
-        history.append(record)
-        if rank == 0:
-            run.write_json("metrics.json", history)
-            columns = ("epoch",) + TERMS + ("train_accuracy", "val_accuracy", "seconds")
-            lines = [",".join(columns)] + [
-                ",".join(f"{r[key]:.6g}" if isinstance(r[key], float) else str(r[key]) for key in columns)
-                for r in history
-            ]
-            run.write_text("metrics.csv", "\n".join(lines) + "\n")
-            run.save_checkpoint(
-                {
-                    "model": model.state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "schedule": schedule.state_dict(),
-                    "epoch": epoch + 1,
-                }
-            )
-    if rank == 0:
-        save_checked(
-            run / "student.pt",
-            "student",
-            {
-                "student": student.state_dict(),
-                "name": config.student,
-                "layers": list(config.student_layers),
-                "pool": config.student_pool,
-                "num_classes": num_classes,
-                "resolution": resolution,
-                "classes": train.classes,
-                "data": as_json(config.data),
-            },
-        )
-    barrier(world)
-    return run / "student.pt"
+    steps = [
+        order[step * config.batch_size : (step + 1) * config.batch_size][rank::world]
+        for step in range(parts.steps_per_epoch)
+    ]
+    for step, (images, labels) in zip(bar, train.batches(steps)):
+        bank_index = None
+        if bank is not None:
+            bank_index = torch.randperm(len(bank.classes), generator=bank_generator)[: config.bank_batch_size]
+            bank_index = bank_index[rank::world].to(device)
+        global_step = epoch * parts.steps_per_epoch + step + 1
+        try:
+            # the loop reads the loss every step anyway: a synchronous NaN check costs nothing here,
+            # while the asynchronous one (CUDA's default) would kill the CUDA context on a diverging
+            # student before the clean stop below could save or say anything
+            with finite_check("sync"):
+                terms = _losses(parts.wrapped, images.to(device), labels.to(device), bank, bank_index, config)
+        except ValueError as error:
+            # The fused losses refuse NaN/Inf or overflowing features. Images and bank features are
+            # finite (checked when written), and shapes are fixed from the first step on: after a
+            # step on this run's own weights, such a refusal means the student diverged.
+            if global_step > 1 or not all(bool(torch.isfinite(p).all()) for p in parts.model.parameters()):
+                raise run.diverged(global_step, str(error)) from None
+            raise
+        values = {name: float(terms[name].detach()) for name in TERMS}
+        run.check_loss(values["total"], global_step)
+        parts.optimizer.zero_grad(set_to_none=True)
+        terms["total"].backward()
+        parts.optimizer.step()
+        parts.schedule.step()
+        for name in TERMS:
+            sums[name] += values[name]
+        bar.set_postfix(loss=f"{values['total']:.3f}", refresh=False)
+    return sums
+
+
+def _write_epoch(run: RunDir, history: list[dict], parts: _Parts) -> None:
+    """metrics.json / metrics.csv so far and the checkpoint the next epoch resumes from."""
+    run.write_json("metrics.json", history)
+    columns = ("epoch",) + TERMS + ("train_accuracy", "val_accuracy", "seconds")
+    lines = [",".join(columns)] + [
+        ",".join(f"{r[key]:.6g}" if isinstance(r[key], float) else str(r[key]) for key in columns) for r in history
+    ]
+    run.write_text("metrics.csv", "\n".join(lines) + "\n")
+    run.save_checkpoint(
+        {
+            "model": parts.model.state_dict(),
+            "optimizer": parts.optimizer.state_dict(),
+            "schedule": parts.schedule.state_dict(),
+            "epoch": history[-1]["epoch"],
+        }
+    )
 
 
 def load_student(path: str | Path, device: str = "cpu") -> Student:
@@ -387,5 +417,8 @@ def load_student(path: str | Path, device: str = "cpu") -> Student:
     student = Student(state["name"], state["num_classes"], state["layers"], state["pool"])
     student.load_state_dict(state["student"])
     student.resolution = int(state["resolution"])
-    student.classes, student.data = list(state["classes"]), DataConfig(**state["data"])
+    student.classes, student.data = (
+        list(state["classes"]),
+        DataConfig(**{k: v for k, v in state["data"].items() if not is_runtime_setting(k)}),
+    )
     return student.to(device).eval()

@@ -3,15 +3,17 @@
 Attacks (torchattacks, on images in [0, 1]; the student normalizes its inputs itself and is in eval
 mode): PGD-20 (L∞ ε = 8/255, step 2/255, random start), APGD-CE (L∞ 8/255), APGD-CE with the L2
 norm at ε₂ = 0.5·sqrt(d / 3072) for d input values (RobustBench's 0.5 at 32×32 RGB, scaled with the
-image's size: 0.25 at 16×16 RGB), and AutoAttack (standard, L∞ 8/255) only when asked: it is slow.
+image's size: 0.25 at 16×16 RGB), and AutoAttack (standard, L∞ 8/255) only when asked: it is slow;
+``attacks`` chooses which run.
 CW-L2 is a minimum-norm attack without a budget, so its accuracy measures how often it fails to
 finish, not robustness: it is reported as the median L2 distortion it needed on the images it
 turned ("distortion/cw_l2_median"; images the student already gets wrong count as 0).
 Distribution shift: accuracy under common corruptions (evaluate/corruptions.py) at severities 1–5
-on ``corruption_samples`` test images, per corruption and as the mean over corruptions and
-severities; for the default dataset also the clean accuracy on its background test variants
-(only_foreground, mixed_random, swapped) beside the in-distribution test accuracy.
-Every figure is on the test split (the student was trained and monitored on train and validation).
+on ``corruption_samples`` images, per corruption and as the mean over corruptions and
+severities; for the default dataset also the clean accuracy on its background variants
+(only_foreground, mixed_random, swapped) beside the in-distribution accuracy.
+Every figure is on the test split (the student was trained and monitored on train and validation),
+unless ``split = validation``: the split on which settings are compared and chosen.
 """
 
 from __future__ import annotations
@@ -29,7 +31,9 @@ from clarep_fast.pipeline.evaluate.corruptions import CORRUPTIONS, SEVERITIES, c
 from clarep_fast.pipeline.evaluate.fold import fold_batchnorm
 from clarep_fast.pipeline.options import check_ranges, option
 
-VARIANTS = ("test_only_foreground", "test_mixed_random", "test_swapped")  # the default dataset's background variants
+VARIANTS = ("only_foreground", "mixed_random", "swapped")  # the default dataset's background variants
+ATTACKS = ("pgd", "apgd_ce", "apgd_l2", "cw", "autoattack")
+SPLITS = {"test": "test", "validation": "val"}  # --split -> the split's key in load_splits
 
 
 @dataclass(frozen=True)
@@ -40,10 +44,17 @@ class EvaluateConfig:
     apgd_steps: int = option(50, "APGD-CE steps (L∞ and L2)", low=1)
     epsilon_l2: float | None = option(None, "L2 budget of APGD-L2 (default: 0.5·sqrt(d/3072), d the input size)", low=0)
     cw_steps: int = option(30, "CW-L2 steps", low=1)
-    attack_samples: int | None = option(None, "test images attacked (default: all of them)", low=1)
-    autoattack: bool = option(False, "also run AutoAttack (slow)")
+    attacks: tuple[str, ...] = option(
+        ("pgd", "apgd_ce", "apgd_l2", "cw"),
+        "attacks to run (autoattack: slow; cw: reported as distortion)",
+        choices=ATTACKS,
+    )
+    attack_samples: int | None = option(None, "images attacked (default: all of them)", low=1)
     corruption_samples: int = option(
-        500, "test images under each corruption and severity (0: no corruption evaluation)", low=0
+        500, "images under each corruption and severity (0: no corruption evaluation)", low=0
+    )
+    split: str = option(
+        "test", "the split scored (validation: for choosing settings; test: for reporting)", choices=tuple(SPLITS)
     )
     batch: int = option(250, "images per forward", low=1)
     seed: int = option(0, "seed of the attacks' random starts and the attacked subset")
@@ -68,22 +79,22 @@ def l2_budget(config: EvaluateConfig, input_size: int) -> float:
 def attacks(model: nn.Module, config: EvaluateConfig, num_classes: int, input_size: int) -> dict[str, object]:
     import torchattacks
 
-    chosen = {
-        f"pgd{config.pgd_steps}": torchattacks.PGD(
+    built = {
+        "pgd": lambda: torchattacks.PGD(
             model, eps=config.epsilon, alpha=config.pgd_step_size, steps=config.pgd_steps, random_start=True
         ),
-        "apgd_ce": torchattacks.APGD(
+        "apgd_ce": lambda: torchattacks.APGD(
             model, norm="Linf", eps=config.epsilon, steps=config.apgd_steps, loss="ce", seed=config.seed
         ),
-        "apgd_l2": torchattacks.APGD(
+        "apgd_l2": lambda: torchattacks.APGD(
             model, norm="L2", eps=l2_budget(config, input_size), steps=config.apgd_steps, loss="ce", seed=config.seed
         ),
-    }
-    if config.autoattack:
-        chosen["autoattack"] = torchattacks.AutoAttack(
+        "autoattack": lambda: torchattacks.AutoAttack(
             model, norm="Linf", eps=config.epsilon, version="standard", n_classes=num_classes, seed=config.seed
-        )
-    return chosen
+        ),
+    }
+    names = {"pgd": f"pgd{config.pgd_steps}"}
+    return {names.get(name, name): built[name]() for name in ATTACKS if name in config.attacks and name in built}
 
 
 def median_distortion(
@@ -118,38 +129,40 @@ def adversarial_accuracy(
 
 
 def evaluate_student(
-    model: nn.Module, data: DataConfig, config: EvaluateConfig = EvaluateConfig(), *, resolution: int
+    model: nn.Module, data: DataConfig, config: EvaluateConfig = EvaluateConfig(), *, resolution: int, workers: int = 0
 ) -> dict[str, float]:
-    """Accuracies of ``model`` (images in [0, 1] -> logits) on the test split of ``data``:
-    "clean", each background variant (default dataset), each attack, "corruption_mean", and per
-    corruption "corruption/<name>" and per severity "corruption_severity/<s>" (means over the rest).
+    """Accuracies of ``model`` (images in [0, 1] -> logits) on the test (or validation) split of
+    ``data`` (folder images decoded in ``workers`` DataLoader workers): "clean", each background variant (default dataset), each attack of ``config.attacks``,
+    "distortion/cw_l2_median", "corruption_mean", and per corruption "corruption/<name>" and per
+    severity "corruption_severity/<s>" (means over the rest).
 
     Runs on a BatchNorm-folded frozen copy of the model (fold.py): the same function, fewer passes.
+    Corruptions are numpy image code: computed on the CPU, then moved to the model's device.
     """
     model = fold_batchnorm(model)
     device = next(model.parameters()).device
-    splits = load_splits(data, resolution)
-    test = splits["test"]
-    results = {"clean": accuracy(model, test, config.batch, data.workers)}
+    splits = load_splits(data, resolution, workers)
+    key = SPLITS[config.split]
+    scored = splits[key]
+    results = {"clean": accuracy(model, scored, config.batch)}
     for variant in VARIANTS:
-        if variant in splits:
-            results[variant.removeprefix("test_")] = accuracy(model, splits[variant], config.batch)
+        if f"{key}_{variant}" in splits:
+            results[variant] = accuracy(model, splits[f"{key}_{variant}"], config.batch)
     generator = torch.Generator().manual_seed(config.seed)
-    order = torch.randperm(len(test), generator=generator)
+    order = torch.randperm(len(scored), generator=generator)
     chosen = order[: config.attack_samples]
-    images, labels = test.take(chosen, data.workers).to(device), test.labels[chosen].to(device)
+    images, labels = scored.take(chosen).to(device), scored.labels[chosen].to(device)
     torch.manual_seed(config.seed)  # PGD's random start
-    for name, attack in attacks(model, config, len(test.classes), images[0].numel()).items():
+    for name, attack in attacks(model, config, len(scored.classes), images[0].numel()).items():
         results[name] = adversarial_accuracy(model, attack, images, labels, config.batch, name)
-    results["distortion/cw_l2_median"] = median_distortion(
-        model, cw_attack(model, config), images, labels, config.batch, "cw_l2"
-    )
+    if "cw" in config.attacks:
+        results["distortion/cw_l2_median"] = median_distortion(
+            model, cw_attack(model, config), images, labels, config.batch, "cw_l2"
+        )
     if config.corruption_samples:
         chosen = order[: config.corruption_samples]
         results.update(
-            corruption_accuracy(
-                model, TensorImages(test.take(chosen, data.workers), test.labels[chosen], test.classes), config
-            )
+            corruption_accuracy(model, TensorImages(scored.take(chosen), scored.labels[chosen], scored.classes), config)
         )
     return results
 

@@ -4,6 +4,11 @@ Over seeds, a measure's 95% interval is mean ± t_{0.975, n-1} · s / sqrt(n) (s
 deviation). A paired difference takes, seed by seed, the difference of two students trained with
 the same seed (same initial weights and data order), and gives that difference the same interval:
 it is significant at the 5% level when its interval excludes 0. One seed has no interval.
+The power of a paired comparison: with n seeds and paired differences of standard deviation s,
+a true difference δ is found significant (5%, two-sided) with probability 0.8 when
+δ ≥ (t_{0.975, n-1} + t_{0.8, n-1}) · s / sqrt(n) (the normal approximation with t quantiles);
+that δ is the smallest difference the study could detect, and n·(δ_now / δ_wanted)² seeds would
+bring it down to δ_wanted.
 A rate k/n (e.g. a class-consistency) gets Wilson's score interval, which stays inside [0, 1] and
 is accurate for rates near 0 or 1 where the normal approximation is not.
 """
@@ -49,6 +54,18 @@ def paired_difference(treated: Sequence[float], control: Sequence[float], confid
     if len(treated) != len(control):
         raise ValueError(f"paired values need the same seeds: {len(treated)} and {len(control)} values")
     return t_interval([a - b for a, b in zip(treated, control)], confidence)
+
+
+def detectable_difference(differences: Sequence[float], power: float = 0.8, confidence: float = 0.95) -> float | None:
+    """The smallest true mean of these paired differences a study of this size finds significant
+    with probability ``power`` (None with fewer than two values: no spread to measure)."""
+    values = [float(v) for v in differences]
+    if len(values) < 2:
+        return None
+    from scipy.stats import t
+
+    n = len(values)
+    return float((t.ppf(0.5 + confidence / 2, n - 1) + t.ppf(power, n - 1)) * statistics.stdev(values) / math.sqrt(n))
 
 
 def wilson_interval(successes: int, trials: int, z: float = 1.959963984540054) -> tuple[float, float]:

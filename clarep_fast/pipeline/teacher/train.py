@@ -24,11 +24,11 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from clarep_fast.pipeline.data.source import DataConfig, load_splits, resolve
-from clarep_fast.pipeline.distributed import default_device
 from clarep_fast.pipeline.teacher.ddim import ddim_sample
 from clarep_fast.pipeline.teacher.schedule import NoiseSchedule
 from clarep_fast.pipeline.files import atomic_write, write_text
 from clarep_fast.pipeline.rundir import RunDir, as_json
+from clarep_fast.pipeline.runtime import Runtime
 from clarep_fast.pipeline.options import check_ranges, option
 from clarep_fast.pipeline.teacher.model import TeacherConfig, build_teacher
 
@@ -48,7 +48,6 @@ class TrainTeacherConfig:
     sample_every: int = option(1000, "steps between sample grids", low=1)
     sample_guidance: float = option(3.0, "CFG scale of the sample grids", low=0)
     seed: int = option(0, "seed of the initial weights, batches and noise")
-    device: str | None = option(None, "torch device (default: the GPU when there is one); a run may resume on another")
     data: DataConfig = option(DataConfig())
     teacher: TeacherConfig = option(
         TeacherConfig(), shared=("resolution",)
@@ -95,13 +94,15 @@ def _step_indices(config: TrainTeacherConfig, start: int, count: int):
         yield torch.randint(0, count, (config.batch_size,), generator=_step_generator(config, step))
 
 
-def train_teacher(config: TrainTeacherConfig, run_dir: str | Path, *, progress: bool = True) -> Path:
+def train_teacher(
+    config: TrainTeacherConfig, run_dir: str | Path, *, runtime: Runtime = Runtime(), progress: bool = True
+) -> Path:
     """Train (or resume) in ``run_dir``; returns the folder of the saved EMA teacher."""
     # a run may be extended or cut short (and, as every run, move to another device or worker count)
     run = RunDir(run_dir, command="train-teacher", may_change=("steps",))
-    device = torch.device(config.device or default_device())
+    device = runtime.torch_device
     resolution = resolve(config.data)
-    train = load_splits(config.data, resolution)["train"]
+    train = load_splits(config.data, resolution, runtime.workers)["train"]
     classes = len(train.classes)
     if config.teacher.num_classes not in (None, classes):
         raise ValueError(f"--num-classes {config.teacher.num_classes} but the data has {classes} classes")
@@ -133,7 +134,7 @@ def train_teacher(config: TrainTeacherConfig, run_dir: str | Path, *, progress: 
         mininterval=5,
     )
     model.train()
-    batches = train.batches(_step_indices(config, start, len(train)), config.data.workers)
+    batches = train.batches(_step_indices(config, start, len(train)))
     for step, (x0, c) in zip(bar, batches):
         generator = _step_generator(config, step)
         torch.randint(

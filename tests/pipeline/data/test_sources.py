@@ -43,8 +43,10 @@ def test_streaming_with_workers_gives_the_same_batches(tmp_path):
     root = write_image_folder(tmp_path / "shapes", per_class=6, side=12)
     train = load_splits(DataConfig(dataset=f"folder:{root}"), 12)["train"]
     order = torch.randperm(len(train), generator=torch.Generator().manual_seed(0)).split(4)
-    inline = list(train.batches(order, workers=0))
-    parallel = list(train.batches(order, workers=2))
+    inline = list(train.batches(order))
+    streamed = load_splits(DataConfig(dataset=f"folder:{root}"), 12, workers=2)["train"]
+    assert streamed.workers == 2 and streamed.subset(torch.arange(3)).workers == 2
+    parallel = list(streamed.batches(order))
     for (a, la), (b, lb) in zip(inline, parallel, strict=True):
         assert torch.equal(a, b) and torch.equal(la, lb)
     assert torch.equal(train.take(order[0]), inline[0][0])

@@ -1,5 +1,7 @@
 """Robustness evaluation: attacks behave at their known extremes; the evaluation and the demo report."""
 
+import dataclasses
+import json
 import pytest
 import torch
 import torchattacks
@@ -48,9 +50,29 @@ def test_evaluate_student_reports_every_measure():
     assert table.splitlines()[0].startswith("| student | clean |") and "| tiny |" in table
 
 
+def test_the_validation_split_and_the_attacks_asked_for():
+    """split=validation scores the validation digits and their own background variants (what settings
+    are chosen on); attacks lists what runs: PGD alone leaves no APGD, CW or corruption column."""
+    model, _, _ = _tiny_model_and_data()
+    splits = default_splits()
+    assert len(splits["val_only_foreground"]) == len(splits["val"]) != len(splits["test"])
+    assert torch.equal(splits["val_swapped"].labels, splits["val"].labels)
+    assert not torch.equal(splits["val_swapped"].images, splits["val"].images)
+    config = EvaluateConfig(pgd_steps=2, attacks=("pgd",), attack_samples=16, corruption_samples=0)
+    validation = evaluate_student(model, DataConfig(), dataclasses.replace(config, split="validation"), resolution=16)
+    test = evaluate_student(model, DataConfig(), config, resolution=16)
+    assert list(validation) == ["clean", "only_foreground", "mixed_random", "swapped", "pgd2"] == list(test)
+    with torch.no_grad():
+        expected = (model(splits["val"].images).argmax(1) == splits["val"].labels).float().mean().item()
+    assert validation["clean"] == pytest.approx(expected)
+    with pytest.raises(ValueError, match="attacks must be one of"):
+        EvaluateConfig(attacks=("pgd", "fgsm"))
+
+
 def test_demo_writes_the_report(tmp_path):
     from clarep_fast.pipeline.clarid import SearchConfig
-    from clarep_fast.pipeline.demo import run_demo
+    from clarep_fast.pipeline.clarid.bank import read_bank_config
+    from clarep_fast.pipeline.demo import DemoConfig, run_demo
     from clarep_fast.pipeline.distill.train import DistillConfig
     from tests.taps_models import tiny_unet
 
@@ -71,7 +93,10 @@ def test_demo_writes_the_report(tmp_path):
     )
     distill = DistillConfig(student="test_resnet", epochs=1, batch_size=256, bank_batch_size=8)
     evaluate = EvaluateConfig(pgd_steps=2, apgd_steps=2, cw_steps=2, attack_samples=16, corruption_samples=4)
-    report = run_demo(tmp_path / "demo", seeds=2, search=search, distill=distill, evaluate=evaluate, progress=False)
+    config = DemoConfig(
+        seeds=2, bank_per_seed=True, full_evaluation_seeds=1, search=search, distill=distill, evaluate=evaluate
+    )
+    report = run_demo(tmp_path / "demo", config, progress=False)
     text = report.read_text()
     for row in (
         "| baseline (CE only) |",
@@ -83,6 +108,8 @@ def test_demo_writes_the_report(tmp_path):
     assert "mean ± 95% interval over seeds" in text and "CW-L2 median L2 distortion" in text and "raw pixels" in text
     assert "significant" in text and "null label" in text
     assert sorted(p.name for p in (tmp_path / "demo").iterdir() if p.name.endswith(("-s0", "-s1"))) == [
+        "bank-s0",
+        "bank-s1",
         "baseline-s0",
         "baseline-s1",
         "cadistill-s0",
@@ -90,11 +117,16 @@ def test_demo_writes_the_report(tmp_path):
         "ordinary-s0",
         "ordinary-s1",
     ]
-    for name in ("canonical.png", "nmi.png", "losses.png", "evaluation.json"):
-        assert (tmp_path / "demo" / name).stat().st_size > 0
-    again = run_demo(
-        tmp_path / "demo", seeds=2, search=search, distill=distill, evaluate=evaluate, progress=False
-    )  # everything resumes from disk
+    for name in ("canonical.png", "nmi.png", "losses.png", "evaluation.json", "bank-s0", "bank-s1"):
+        assert (tmp_path / "demo" / name).exists(), name
+    banks = [read_bank_config(tmp_path / "demo" / f"bank-s{seed}")["seed"] for seed in (0, 1)]
+    assert banks == [0, 1] and "mean ± 95% interval over 2 banks" in text
+    evaluations = json.loads((tmp_path / "demo" / "evaluation.json").read_text())
+    assert {"apgd_ce", "corruption_mean"} <= set(evaluations["cadistill-s0"])  # seed 0: the full evaluation
+    assert not {"apgd_ce", "corruption_mean", "distortion/cw_l2_median"} & set(evaluations["cadistill-s1"])
+    assert {"clean", "only_foreground", "pgd2"} <= set(evaluations["cadistill-s1"])
+    assert "Over fewer seeds: apgd_ce (1)" in text and "smallest detectable" in text
+    again = run_demo(tmp_path / "demo", config, progress=False)  # everything resumes from disk
     assert again.read_text().split("## Wall-clock")[0] == text.split("## Wall-clock")[0]
 
 

@@ -17,6 +17,7 @@ from clarep_fast.pipeline.teacher.model import (
     num_classes_of,
 )
 from clarep_fast.pipeline.teacher.train import TrainTeacherConfig, train_teacher
+from clarep_fast.pipeline.runtime import Runtime
 from tests.taps_models import tiny_dit
 
 TINY = TeacherConfig(
@@ -178,13 +179,7 @@ def test_training_streams_a_folder_dataset_through_workers(tmp_path):
         teacher=dataclasses.replace(TINY, num_classes=None),
     )
     inline = load_teacher(train_teacher(config, tmp_path / "inline", progress=False))
-    parallel = load_teacher(
-        train_teacher(
-            dataclasses.replace(config, data=dataclasses.replace(config.data, workers=2)),
-            tmp_path / "parallel",
-            progress=False,
-        )
-    )
+    parallel = load_teacher(train_teacher(config, tmp_path / "parallel", runtime=Runtime(workers=2), progress=False))
     assert inline.num_classes == 3 and inline.resolution == 8
     for (name, a), (_, b) in zip(inline.state_dict().items(), parallel.state_dict().items()):
         torch.testing.assert_close(a, b, rtol=0, atol=0, msg=name)

@@ -19,7 +19,8 @@
 #
 # Steps, in priority order, each under its own limit (a step that runs out is killed and marked, the
 # next one starts; a run cut short has written the earlier steps' results):
-#   tests      every op's tests on cuda and triton against the reference, op-table rows included (-m gpu)
+#   tests      every op's tests on cuda and triton against the reference, op-table rows included, and
+#              search -> distill -> evaluate with --device cuda (-m gpu)
 #   sanitizer  compute-sanitizer memcheck and racecheck over one small case per CUDA and Triton kernel
 #   bench      the op benchmark rows, fp32 and bf16 (fused vs eager vs torch.compile)
 #   host       host cost per call of the NaN/Inf check: sync against the device-side assert
@@ -47,7 +48,7 @@ PIPELINE_BENCHMARKS="test_cadistill_step.py test_evaluate_step.py test_clarid_se
 
 # step name -> limit in seconds (the build's is BUILD_LIMIT)
 BUILD_LIMIT=150
-declare -A LIMIT=([tests]=90 [sanitizer]=60 [bench]=110 [host]=15 [pipeline]=90 [profile]=15)
+declare -A LIMIT=([tests]=100 [sanitizer]=60 [bench]=100 [host]=15 [pipeline]=90 [profile]=15)
 
 prepare() {
   mkdir -p "$WHEELS"

@@ -1,6 +1,6 @@
 """How t_e and k shape the CLAReps of a teacher: the measurement behind the search defaults.
 
-    python scripts/sweep_clarid.py [--count 60] [--out docs/clarid]
+    python scripts/sweep_clarid.py [--count 60] [--out docs/runs/clarid]
 
 For each (t_e, k, rescale) it runs a small search and reports, for canonical vs ordinary samples of
 the same starting latents: class-consistency under the quality-gate judge (trained on real digits
@@ -37,7 +37,7 @@ SETTINGS = [
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--count", type=int, default=60)
-    parser.add_argument("--out", type=Path, default=Path("docs/clarid"))
+    parser.add_argument("--out", type=Path, default=Path("docs/runs/clarid"))
     args = parser.parse_args()
     judge, judge_accuracy = train_judge()
     rows = []

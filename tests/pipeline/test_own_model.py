@@ -323,3 +323,26 @@ def test_a_unet_without_a_null_row_that_learns_sigma_end_to_end(tmp_path):
     _cli("distill", run, "--bank", bank, "--data", data, *FAST_DISTILL)
     _cli("evaluate", run, *FAST_EVALUATE)
     assert "clean" in json.loads((run / "evaluation.json").read_text())
+
+
+@pytest.mark.gpu
+def test_search_distill_and_evaluate_run_on_the_gpu(tmp_path):
+    """The commands with --device cuda, in this process: the evaluation's attacks allocate GPU memory
+    (they run where the student is) and every measure comes back finite."""
+    import math
+
+    from clarep_fast.pipeline.cli import main
+    from tests.taps_models import tiny_unet
+
+    teacher = tmp_path / "unet"
+    tiny_unet(num_classes=len(SHAPES)).save_pretrained(teacher, safe_serialization=True)
+    data = f"folder:{write_image_folder(tmp_path / 'shapes', per_class=10, side=16)}"
+    bank, run = tmp_path / "bank", tmp_path / "student"
+    assert main(["search", str(bank), "--teacher", str(teacher), "--data", data, *FAST_SEARCH, "--device", "cuda"]) == 0
+    assert main(["distill", str(run), "--bank", str(bank), "--data", data, *FAST_DISTILL, "--device", "cuda"]) == 0
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    assert main(["evaluate", str(run), *FAST_EVALUATE, "--device", "cuda"]) == 0
+    assert torch.cuda.max_memory_allocated() > 0
+    results = json.loads((run / "evaluation.json").read_text())
+    assert {"clean", "pgd1", "apgd_ce"} <= set(results) and all(math.isfinite(v) for v in results.values())

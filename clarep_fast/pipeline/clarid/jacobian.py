@@ -10,17 +10,29 @@ Randomized subspace iteration (Halko, Martinsson & Tropp 2011, Alg. 4.4) on J^T 
            U = P Σ R^T             Rayleigh–Ritz: Ritz vectors Q_i R, Ritz values Σ (best rank-r
                                     approximation of J inside span Q_i; its top k is the estimate)
            stop when the largest principal angle between successive top-k estimates < tol
+           (TOLERANCES: the default per method)
            Q_{i+1} = orth(J^T U)  r vector-Jacobian products per image, through ONE stored pullback
+Block Krylov (Musco & Musco 2015, "Randomized block Krylov methods for stronger and faster
+approximate singular value decomposition"), mode "krylov": the same products, but the Rayleigh–Ritz
+step runs over the whole Krylov space K_q = [Q_0, (J^T J) Q_0, ..., (J^T J)^q Q_0] (each block
+orthogonalized against the earlier ones, twice) instead of its last block, using the J Q_i every
+step computes anyway. Its convergence depends on sqrt of the gap, not the gap σ_k/σ_{k+1} itself:
+on a trained network, where σ_k and σ_{k+1} are close, it needs a fraction of subspace iteration's
+steps (benchmarks/results/clarid/). Step i costs r J v and, but for the last, r J^T u per image.
 Images and probes are batched into one network call each (torch.func.vmap over probes; the model
 already batches images), the primal forward runs once per call of this function (the pullback is
 reused by every iteration), and converged images leave the batch. Angles use sin θ = σ_max((I - A A^T) B),
 accurate for small angles where arccos of a cosine near 1 is not.
 
-Modes: "jvp" (forward-mode J v), "vjp" (J v = the VJP of the linear map u -> J^T u, for models whose
-operators lack forward-mode derivatives), "exact" (all D rows of J by VJPs, then an SVD: the oracle
-for small models), "auto" (exact when the feature width D is at most 6r, the products three
-subspace iterations need — the fewest they take in practice — else jvp; on the default teacher's
-mid_block features, D = 256, exact is the faster one: benchmarks/results/clarid/).
+Modes: "jvp" (subspace iteration, forward-mode J v), "vjp" (the same, J v = the VJP of the linear
+map u -> J^T u, for models whose operators lack forward-mode derivatives), "krylov" (block Krylov,
+forward-mode J v), "exact" (the whole J, D × N, as D VJPs or N JVPs, whichever costs less, then
+an SVD), "auto": the cheaper by predicted cost per image, in VJPs (a JVP costs JVP_COST of them:
+it redoes the forward, while the VJPs share one stored pullback): exact's min(D, JVP_COST · N)
+against krylov's r · (JVP_COST · s + s - 1) for the s steps it is expected to need
+(``expected_steps``; KRYLOV_STEPS by default, measured on the trained default teacher). On the
+default teacher's mid_block features (D = 256) and in the wide regime (D ≥ N) at N = 768 exact is
+the cheaper; krylov wins when N and D are both large against r (DiT-XL/2-256: N = 4,096).
 Attention runs on SDPA's math kernel, the one with forward-mode and double-backward derivatives on
 every device.
 """
@@ -34,7 +46,21 @@ import torch
 from torch import Tensor
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-MODES = ("auto", "jvp", "vjp", "exact")
+MODES = ("auto", "jvp", "vjp", "krylov", "exact")
+# Stopping tolerances (radians between successive top-k estimates), each the loosest whose canonical
+# samples match exact's within half an 8-bit level (1/510) with a wide margin, on the trained default
+# teacher's slowly converging down_blocks.1 layer (benchmarks/results/clarid/topk-down_blocks.1-p4-k96.md):
+# block Krylov's estimate is far closer to exact than its last step's change (1.8e-5 at 1e-2), subspace
+# iteration's is not (2.9e-3 at 1e-2, 1.1e-3 at 3e-3: over and under the threshold).
+TOLERANCES = {"krylov": 1e-2, "jvp": 3e-3, "vjp": 3e-3}
+# Block Krylov steps at its default tolerance, k = 96, r = 116, measured on that layer (5 for every
+# image): the prior of auto's cost model.
+KRYLOV_STEPS = 5
+# Seconds of one JVP over one VJP (the VJPs reuse one stored pullback; a JVP carries its tangent
+# through a whole forward): 1.4–1.6 through the default teacher's down_blocks.1 tap, exact by N = 768
+# JVPs against exact by D = 1,024 VJPs (benchmarks/results/clarid/topk-*.md, CPU); 1.17 through a
+# DiT-XL/2-config tap (docs/scale.md, CPU). Not yet measured on a GPU.
+JVP_COST = 1.5
 
 
 class TopK(NamedTuple):
@@ -63,9 +89,10 @@ def topk_right_singular(
     conditions: Sequence[Tensor] = (),
     oversample: int = 10,
     max_iters: int = 30,
-    tol: float = 1e-3,
+    tol: float | None = None,
     mode: str = "auto",
     generator: torch.Generator | None = None,
+    expected_steps: int = KRYLOV_STEPS,
 ) -> TopK:
     """Top-``k`` right singular pairs of the Jacobian of ``fn`` at every sample of ``x`` (B, ...).
 
@@ -84,7 +111,7 @@ def topk_right_singular(
     latent = math.prod(shape)
     if not isinstance(k, int) or isinstance(k, bool) or not 1 <= k < latent:
         raise ValueError(f"k must be an int in [1, {latent}) (the latent size is {latent}), got {k!r}")
-    if oversample < 0 or max_iters < 1 or not tol > 0:
+    if oversample < 0 or max_iters < 1 or (tol is not None and not tol > 0):
         raise ValueError(f"need oversample >= 0, max_iters >= 1, tol > 0; got {oversample}, {max_iters}, {tol}")
     for index, condition in enumerate(conditions):
         if not isinstance(condition, Tensor) or condition.dim() < 1 or condition.shape[0] != batch:
@@ -104,21 +131,58 @@ def topk_right_singular(
             )
         probes = min(k + oversample, latent, width)
         if mode == "auto":
-            mode = linear.mode = "exact" if width <= 6 * probes else "jvp"
+            mode = linear.mode = auto_mode(latent, width, probes, expected_steps)
         if mode == "exact":
-            return _exact(linear.pullback, batch, latent, width, k, features)
+            return _exact(linear, batch, latent, width, k, features)
+        tol = TOLERANCES[mode] if tol is None else tol
+        if mode == "krylov":
+            return _block_krylov(linear, fn, x, conditions, k, probes, max_iters, tol, generator)
         return _subspace_iteration(linear, fn, x, conditions, k, probes, max_iters, tol, mode, generator)
 
 
-def _exact(pullback, batch: int, latent: int, width: int, k: int, features: Tensor) -> TopK:
-    """All D rows of J (as J^T e_d, D VJPs per image batched in one call), then a full SVD."""
-    basis = torch.eye(width, dtype=features.dtype, device=features.device)[:, None].expand(width, batch, width)
-    rows = torch.func.vmap(pullback, chunk_size=256)(basis)[0]  # (D, B, ...)
-    jacobian = rows.reshape(width, batch, latent).transpose(0, 1).double()  # (B, D, N)
+def exact_side(latent: int, width: int) -> str:
+    """'rows' (D VJPs) or 'columns' (N JVPs), whichever costs less."""
+    return "columns" if JVP_COST * latent < width else "rows"
+
+
+def predicted_cost(mode: str, latent: int, width: int, probes: int, steps: int) -> float:
+    """Cost per image in VJPs: exact forms J from its cheaper side; krylov's (and forward-mode
+    subspace iteration's) s steps cost r J v each and r J^T u each but the last."""
+    if mode == "exact":
+        return min(float(width), JVP_COST * latent)
+    return probes * (JVP_COST * steps + steps - 1)
+
+
+def auto_mode(latent: int, width: int, probes: int, expected_steps: int = KRYLOV_STEPS) -> str:
+    """The cheaper by predicted cost: exact, or block Krylov for ``expected_steps`` steps."""
+    exact = predicted_cost("exact", latent, width, probes, 0)
+    return "exact" if exact <= predicted_cost("krylov", latent, width, probes, expected_steps) else "krylov"
+
+
+def _exact(
+    linear: "_Linearization", batch: int, latent: int, width: int, k: int, features: Tensor, side: str | None = None
+) -> TopK:
+    """The whole J, (B, D, N): D rows J^T e_d by VJPs, or, when that costs less (JVP_COST · N < D),
+    N columns J e_n by forward-mode JVPs (``side`` forces "rows" or "columns"); each side batched
+    in calls of 256; then an SVD."""
+    side = side or exact_side(latent, width)
+    if side == "columns":
+        basis = torch.eye(latent, dtype=features.dtype, device=features.device)[:, None].expand(latent, batch, latent)
+        tangents = basis.reshape(latent, batch, *linear.points.shape[1:])
+        columns = torch.func.vmap(lambda v: torch.func.jvp(linear.fn, (linear.points,), (v,))[1], chunk_size=256)(
+            tangents
+        )  # (N, B, D)
+        jacobian = columns.permute(1, 2, 0).double()
+    else:
+        basis = torch.eye(width, dtype=features.dtype, device=features.device)[:, None].expand(width, batch, width)
+        rows = torch.func.vmap(linear.pullback, chunk_size=256)(basis)[0]  # (D, B, ...)
+        jacobian = rows.reshape(width, batch, latent).transpose(0, 1).double()  # (B, D, N)
     _, values, vh = torch.linalg.svd(jacobian, full_matrices=False)
     vectors = vh[:, :k].transpose(1, 2).to(features.dtype)
     iterations = torch.zeros(batch, dtype=torch.long)
-    return TopK(vectors, values[:, :k].to(features.dtype), iterations, 2, batch * width)
+    return TopK(
+        vectors, values[:, :k].to(features.dtype), iterations, 2, batch * (1 + (latent if side == "columns" else width))
+    )
 
 
 class _Linearization:
@@ -175,4 +239,56 @@ def _subspace_iteration(linear: _Linearization, fn, x, conditions, k, probes, ma
         pulled = linear.backward_products(images.permute(2, 0, 1).to(x.dtype))  # (r, b, ...) = J^T J Q
         calls, products = calls + 1, products + probes * len(active)
         basis = torch.linalg.qr(pulled.reshape(probes, len(active), latent).permute(1, 2, 0).double()).Q
+    return TopK(vectors.to(x.dtype), values.to(x.dtype), iterations, calls, products)
+
+
+def _orthogonal_block(block: Tensor, basis: Tensor) -> Tensor:
+    """An orthonormal basis of block's part outside span(basis); (b, N, r) float64. Project, then
+    normalize, twice: once the space nearly holds the block (its rank reached), what is left is
+    rounding error, and normalizing it brings back components along the space that a second
+    projection removes (the Rayleigh–Ritz step needs the whole space orthonormal)."""
+    for _ in range(2):
+        block = block - basis @ (basis.transpose(1, 2) @ block)
+        block = torch.linalg.qr(block).Q
+    return block
+
+
+def _block_krylov(linear: _Linearization, fn, x, conditions, k, probes, max_iters, tol, generator) -> TopK:
+    """Block Krylov over J^T J (module docstring): after step i an image's space holds i blocks of r
+    orthonormal probes, their images J K, and the Ritz estimate of the top k from an SVD of J K.
+    Converged images leave the batch (one new forward for the rest, as in subspace iteration)."""
+    batch, shape = x.shape[0], x.shape[1:]
+    latent = math.prod(shape)
+    omega = torch.randn(batch, latent, probes, generator=generator, dtype=torch.float64, device="cpu").to(x.device)
+    block = torch.linalg.qr(omega).Q  # (b, N, r) the newest block of the still active images
+    space = images = None  # K (b, N, m) and J K (b, D, m)
+    vectors = torch.zeros(batch, latent, k, dtype=torch.float64, device=x.device)
+    values = torch.zeros(batch, k, dtype=torch.float64, device=x.device)
+    iterations = torch.zeros(batch, dtype=torch.long)
+    active = torch.arange(batch)
+    calls, products = 1, batch  # the primal forward
+    for step in range(1, max_iters + 1):
+        tangents = block.permute(2, 0, 1).reshape(probes, len(active), *shape).to(x.dtype)
+        image = linear.forward_products(tangents).permute(1, 2, 0).double()  # (b, D, r) = J Q_i
+        calls, products = calls + 1, products + probes * len(active)
+        space = block if space is None else torch.cat([space, block], 2)
+        images = image if images is None else torch.cat([images, image], 2)
+        _, ritz_values, ritz_rotation = torch.linalg.svd(images, full_matrices=False)  # Rayleigh–Ritz over K
+        estimate = space @ ritz_rotation[:, :k].transpose(1, 2)  # (b, N, k)
+        if step > 1:
+            converged = (principal_angle(vectors[active], estimate) < tol).cpu()
+        else:
+            converged = torch.zeros(len(active), dtype=torch.bool)
+        vectors[active], values[active] = estimate, ritz_values[:, :k]
+        iterations[active] = step
+        if bool(converged.all()) or step == max_iters or space.shape[2] + probes > latent:
+            break
+        if converged.any():
+            keep = ~converged
+            active, space, images, image = active[keep], space[keep], images[keep], image[keep]
+            linear = _Linearization(fn, x[active], [condition[active] for condition in conditions], "jvp")
+            calls, products = calls + 1, products + len(active)
+        pulled = linear.backward_products(image.permute(2, 0, 1).to(x.dtype))  # (r, b, ...) = J^T J Q_i
+        calls, products = calls + 1, products + probes * len(active)
+        block = _orthogonal_block(pulled.reshape(probes, len(active), latent).permute(1, 2, 0).double(), space)
     return TopK(vectors.to(x.dtype), values.to(x.dtype), iterations, calls, products)

@@ -42,7 +42,7 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from clarep_fast.pipeline.clarid.bank import MAY_CHANGE, bank_identity, read_shard, shard_path, write_shard
-from clarep_fast.pipeline.clarid.jacobian import MODES, topk_right_singular
+from clarep_fast.pipeline.clarid.jacobian import KRYLOV_STEPS, MODES, topk_right_singular
 from clarep_fast.pipeline.data.source import DataConfig, dataset_classes, load_splits, resolve
 from clarep_fast.pipeline.distributed import barrier, is_main_process, rank_and_world
 from clarep_fast.pipeline.files import FORMAT_VERSION
@@ -113,9 +113,20 @@ class SearchConfig:
         "directions projected out: the Jacobian's top-k (CLARID), or k random orthonormal ones (the control)",
         choices=("top", "random"),
     )
-    mode: str = option("auto", "top-k method (auto: exact for narrow features; vjp: VJP-only)", choices=MODES)
+    mode: str = option(
+        "auto",
+        "top-k method (auto: exact or block Krylov, whichever needs fewer Jacobian products; jvp/vjp: subspace "
+        "iteration, vjp for models without forward-mode derivatives)",
+        choices=MODES,
+    )
     oversample: int = option(20, "extra probe vectors of the subspace iteration", low=0)
-    tol: float = option(3e-3, "stop when successive top-k subspaces are this close (radians)", low=0, low_open=True)
+    tol: float | None = option(
+        None,
+        "stop when successive top-k subspaces are this close (radians; default: 1e-2 for block Krylov, 3e-3 for "
+        "subspace iteration, benchmarks/results/clarid/topk-down_blocks.1-p4-k96.md)",
+        low=0,
+        low_open=True,
+    )
     max_iters: int = option(50, "subspace iterations at most", low=1)
     shard_size: int = option(40, "CLAReps per bank shard (the unit of resume and of torchrun's split)", low=1)
     jacobian_batch: int = option(20, "images per batched Jacobian call (halved on a GPU out-of-memory error)", low=1)
@@ -241,8 +252,12 @@ def search_directions(
     features, start: Tensor, times: Tensor, labels: Tensor, config: SearchConfig, generator: torch.Generator
 ):
     """Step 2 over the shard in Jacobian batches of at most ``jacobian_batch`` images. A batch that
-    runs out of GPU memory is halved and retried from the same generator state."""
+    runs out of GPU memory is halved and retried from the same generator state. Under --mode auto
+    the block Krylov steps a batch took are the cost model's expectation for the next batch of the
+    shard (the first starts from KRYLOV_STEPS): the choice follows what this teacher and layer
+    actually need, and stays a function of the shard alone (a resumed shard chooses alike)."""
     batch, first = config.jacobian_batch, 0
+    expected_steps = KRYLOV_STEPS
     vectors, values, iterations = [], [], []
     while first < len(start):
         part = slice(first, first + batch)
@@ -258,6 +273,7 @@ def search_directions(
                 tol=config.tol,
                 mode=config.mode,
                 generator=generator,
+                expected_steps=expected_steps,
             )
         except torch.OutOfMemoryError:
             if batch == 1:
@@ -269,6 +285,8 @@ def search_directions(
             torch.cuda.empty_cache()
             tqdm.write(f"CLARID: out of GPU memory; Jacobian batch lowered to {batch}")
             continue
+        if bool((found.iterations > 0).all()):  # iterated (exact leaves 0): what the next batch may expect
+            expected_steps = int(found.iterations.float().median().ceil())
         vectors.append(found.vectors)
         values.append(found.values)
         iterations.append(found.iterations)

@@ -4,7 +4,13 @@ import pytest
 import torch
 from torch import nn
 
-from clarep_fast.pipeline.clarid.jacobian import principal_angle, topk_right_singular
+from clarep_fast.pipeline.clarid.jacobian import (
+    TOLERANCES,
+    auto_mode,
+    exact_side,
+    principal_angle,
+    topk_right_singular,
+)
 from clarep_fast.taps import FeatureTap
 from tests.taps_models import tiny_dit, tiny_unet
 
@@ -34,7 +40,7 @@ def _exact_svd(fn, x, conditions):
     return torch.stack(vectors), torch.stack(values)
 
 
-@pytest.mark.parametrize("mode", ["jvp", "vjp", "exact"])
+@pytest.mark.parametrize("mode", ["jvp", "vjp", "krylov", "exact"])
 def test_subspace_matches_exact_svd_small_net(mode):
     net = SmallNet()
     x = torch.randn(5, 2, 6, 6, dtype=torch.float64)
@@ -53,7 +59,7 @@ def test_subspace_matches_exact_svd_small_net(mode):
     assert torch.allclose(gram, torch.eye(k, dtype=gram.dtype).expand_as(gram), atol=1e-8)
 
 
-@pytest.mark.parametrize("mode", ["jvp", "vjp"])
+@pytest.mark.parametrize("mode", ["jvp", "vjp", "krylov"])
 @pytest.mark.parametrize("model", ["unet", "dit"])
 def test_subspace_matches_exact_through_an_early_exit_tap(model, mode):
     """Through FeatureTap (attention on SDPA's math kernel, early exit), fp32, at the default tolerance."""
@@ -87,13 +93,69 @@ def test_converged_images_leave_the_batch():
     assert torch.isfinite(found.vectors).all() and (found.values[2] == 0).all()
 
 
-def test_auto_mode_forms_the_jacobian_only_when_it_is_narrow():
-    net = SmallNet()  # D = 30
+def test_auto_mode_picks_the_fewer_predicted_products():
+    """Costs in VJPs: exact min(D, JVP_COST · N), block Krylov r · (JVP_COST · s + s - 1) for s expected steps."""
+    net = SmallNet()  # D = 30, N = 72
     x, scale = torch.randn(2, 2, 6, 6), torch.ones(2)
-    narrow = topk_right_singular(net, x, 2, conditions=(scale,), oversample=3)  # D = 30 <= 6 · 5
-    wide = topk_right_singular(net, x, 2, conditions=(scale,), oversample=2, tol=1e-2)  # D = 30 > 6 · 4
-    assert (narrow.iterations == 0).all() and narrow.products == 2 * 30
-    assert (wide.iterations >= 2).all()
+    formed = topk_right_singular(net, x, 2, conditions=(scale,), oversample=3)  # 30 <= 5 · 17
+    assert (formed.iterations == 0).all() and formed.products == 2 * (1 + 30)
+    iterated = topk_right_singular(net, x, 1, conditions=(scale,), oversample=0, tol=1e-2)  # 30 > 1 · 17
+    assert (iterated.iterations >= 2).all()
+    assert auto_mode(768, 1024, 116) == "exact"  # the wide regime at the default teacher's latent size
+    assert auto_mode(4096, 4608, 116) == "krylov"  # DiT-XL/2-256's: 4,608 > 116 · 17
+    assert auto_mode(4096, 4608, 116, expected_steps=20) == "exact"  # a slow network: exact is cheaper
+    assert exact_side(256, 384) == "rows" and exact_side(256, 640) == "columns"
+
+
+class Spectral(nn.Module):
+    """f(x) = 10 tanh(0.1 A x) with A = U diag(σ) V^T, σ_i = decay^i: a slowly decaying spectrum
+    (σ_k / σ_{k+1} = 1 / decay, close to 1, as on a trained network) on N = 256 inputs, D = 384 outputs."""
+
+    def __init__(self, decay: float = 0.985, width: int = 384):
+        super().__init__()
+        generator = torch.Generator().manual_seed(3)
+        u = torch.linalg.qr(torch.randn(width, 256, dtype=torch.float64, generator=generator)).Q
+        v = torch.linalg.qr(torch.randn(256, 256, dtype=torch.float64, generator=generator)).Q
+        self.register_buffer("a", u * decay ** torch.arange(256, dtype=torch.float64) @ v.T)
+
+    def forward(self, x):
+        return 10 * torch.tanh(0.1 * x.flatten(1) @ self.a.T)
+
+
+def test_block_krylov_matches_exact_on_a_slowly_decaying_spectrum_with_a_third_of_the_products():
+    """Where subspace iteration needs ~20 iterations (σ_k/σ_{k+1} near 1), block Krylov's Ritz
+    values and directions agree with the exact SVD (the wide regime, D > N) within the stopping
+    tolerance, at under a third of subspace iteration's products, and so do the CLAReps; exact
+    formed from its columns (N JVPs, when D > JVP_COST · N) is the exact SVD too."""
+    from clarep_fast.ops.project_out import project_out
+
+    net, k = Spectral(), 24
+    x = torch.randn(4, 1, 16, 16, dtype=torch.float64)
+    exact = topk_right_singular(net, x, k, mode="exact")
+    assert exact.products == 4 * (1 + 384)  # D = 384 < 2 N: the rows, by VJPs
+    vectors, values = _exact_svd(net, x, ())
+    assert principal_angle(vectors[:, :, :k], exact.vectors).max() < 1e-8
+    wider = Spectral(width=640)
+    by_columns = topk_right_singular(wider, x, k, mode="exact")
+    assert by_columns.products == 4 * (1 + 256)  # D = 640 > 2 N: the columns, by JVPs
+    assert principal_angle(_exact_svd(wider, x, ())[0][:, :, :k], by_columns.vectors).max() < 1e-8
+    runs = {
+        mode: topk_right_singular(net, x, k, mode=mode, oversample=8, tol=3e-3, max_iters=100,
+                                  generator=torch.Generator().manual_seed(0))
+        for mode in ("jvp", "krylov")
+    }  # fmt: skip
+    krylov, subspace = runs["krylov"], runs["jvp"]
+    assert principal_angle(exact.vectors, krylov.vectors).max() < 3e-3
+    assert ((krylov.values - exact.values).abs() / exact.values).max() < 1e-6
+    assert krylov.products * 3 <= subspace.products and subspace.iterations.min() >= 3 * krylov.iterations.max() - 3
+    default = topk_right_singular(net, x, k, mode="krylov", oversample=8, max_iters=100,
+                                  generator=torch.Generator().manual_seed(0))  # fmt: skip
+    pinned = topk_right_singular(net, x, k, mode="krylov", oversample=8, max_iters=100, tol=TOLERANCES["krylov"],
+                                 generator=torch.Generator().manual_seed(0))  # fmt: skip
+    assert torch.equal(default.iterations, pinned.iterations) and TOLERANCES["krylov"] > TOLERANCES["jvp"]
+    start = x.flatten(1)
+    clareps = [project_out(start, found.vectors) for found in (exact, krylov)]
+    assert ((clareps[1] - clareps[0]).norm(dim=1) / clareps[0].norm(dim=1)).max() < 3e-3
 
 
 @pytest.mark.parametrize(

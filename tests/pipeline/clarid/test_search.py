@@ -272,3 +272,24 @@ def test_auto_layers_follow_the_teacher():
     assert resolved.layer == "mid_block" and resolved.feature_layers == ("down_blocks.1", "down_blocks.2", "mid_block")
     with pytest.raises(ValueError, match="'auto' stands alone"):
         with_layers(SearchConfig(feature_layers=("auto", "mid_block")), Teacher(tiny_unet()))
+
+
+def test_auto_expects_the_krylov_steps_the_shard_s_last_batch_took(monkeypatch):
+    """--mode auto: the first Jacobian batch of a shard predicts block Krylov's cost from
+    KRYLOV_STEPS, each later one from the steps the batch before it took (exact, 0 steps, teaches
+    nothing): the choice follows this teacher's convergence and depends on the shard alone."""
+    import clarep_fast.pipeline.clarid.search as search
+    from clarep_fast.pipeline.clarid.jacobian import KRYLOV_STEPS, TopK
+
+    expected, taken = [], iter([9, 9, 0, 4])
+
+    def recording(fn, x, k, **kwargs):
+        expected.append(kwargs["expected_steps"])
+        steps = next(taken)
+        return TopK(torch.zeros(len(x), 12, k), torch.zeros(len(x), k), torch.full((len(x),), steps), 1, 1)
+
+    monkeypatch.setattr(search, "topk_right_singular", recording)
+    config = SearchConfig(k=2, jacobian_batch=2)
+    start = torch.zeros(8, 3, 2, 2)
+    search.search_directions(None, start, torch.zeros(8), torch.zeros(8), config, torch.Generator())
+    assert expected == [KRYLOV_STEPS, 9, 9, 9]

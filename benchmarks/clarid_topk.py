@@ -1,0 +1,177 @@
+"""The top-k methods of CLARID side by side on the trained default teacher, at the search's settings:
+products, seconds and agreement with the exact top-k, per CLARep.
+
+    python benchmarks/clarid_topk.py [--layer down_blocks.1 --pool 4] [--images 8] [-k 96]
+
+The Jacobian problem is the search's (benchmarks/clarid_vs_park.py: x_{t_e} from the generative
+route, the tap's pooled features). Methods, each on the same images in batches of --batch:
+  exact-rows    the whole J by D VJPs, then an SVD (what exact did before; D products)
+  exact-columns the whole J by N JVPs (what exact does when JVP_COST · N < D; N products)
+  subspace      randomized subspace iteration, forward mode (the search's iterative method before)
+  krylov        block Krylov (Musco & Musco 2015)
+  auto          the search's default: the cheaper of exact and krylov by predicted products
+the iterative ones at each --tols and --oversamples. Agreement with exact, per image: the CLARep's
+relative L2 difference ‖x' − x'_exact‖ / ‖x'_exact‖ (x' = x_{t_e} with the k directions projected
+out and its norm restored, as the search writes it), the canonical sample's largest absolute pixel
+difference after the DDIM steps to t = 0 (images in [0, 1]: below 1/510, half an 8-bit level, the
+saved samples are the same images), and the largest principal angle. Writes
+benchmarks/results/clarid/topk-<layer>-p<pool>-k<k>.{json,md}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from benchmarks.clarid_vs_park import search_problem  # noqa: E402
+from benchmarks.common import device_name, git_sha, versions  # noqa: E402
+from torch.nn.attention import SDPBackend, sdpa_kernel  # noqa: E402
+
+import clarep_fast.pipeline.clarid.jacobian as jacobian  # noqa: E402
+from clarep_fast.ops.project_out import project_out  # noqa: E402
+from clarep_fast.pipeline.clarid.jacobian import principal_angle, topk_right_singular  # noqa: E402
+from clarep_fast.pipeline.clarid.search import SearchConfig, split_steps  # noqa: E402
+from clarep_fast.pipeline.teacher.ddim import ddim_move, time_grid  # noqa: E402
+from clarep_fast.pipeline.teacher.load import load_teacher  # noqa: E402
+
+
+def run_method(features, start, times, labels, k, batch, side=None, **options):
+    """(vectors, values, iterations, products, seconds) over the images in batches; ``side``: exact
+    forced to form J by its rows (D VJPs) or its columns (N JVPs) whatever the costs say."""
+    began = time.perf_counter()
+    vectors, values, iterations, products = [], [], [], 0
+    for first in range(0, len(start), batch):
+        part = slice(first, first + batch)
+        conditions = (times[part], labels[part])
+        if side is None:
+            found = topk_right_singular(
+                features,
+                start[part],
+                k,
+                conditions=conditions,
+                generator=torch.Generator().manual_seed(first),
+                **options,
+            )
+        else:
+            with sdpa_kernel(SDPBackend.MATH), torch.enable_grad():
+                linear = jacobian._Linearization(features, start[part].detach(), conditions, "exact")
+                width = linear.features.shape[1]
+                found = jacobian._exact(linear, len(start[part]), start[0].numel(), width, k, linear.features, side)
+        vectors.append(found.vectors), values.append(found.values), iterations.append(found.iterations)
+        products += found.products
+    return torch.cat(vectors), torch.cat(values), torch.cat(iterations), products, time.perf_counter() - began
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--layer", default="down_blocks.1")
+    parser.add_argument("--pool", type=int, default=4)
+    parser.add_argument("-k", type=int, default=SearchConfig().k)
+    parser.add_argument("--images", type=int, default=8)
+    parser.add_argument("--batch", type=int, default=4)
+    parser.add_argument("--tols", type=float, nargs="+", default=[1e-2, 3e-3, 1e-3])
+    parser.add_argument("--oversamples", type=int, nargs="+", default=[SearchConfig().oversample])
+    parser.add_argument("--max-iters", type=int, default=SearchConfig().max_iters)
+    parser.add_argument("--iterative", nargs="+", default=["subspace", "krylov"], choices=["subspace", "krylov"])
+    parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results" / "clarid")
+    args = parser.parse_args()
+    torch.set_num_threads(1)  # one core per process: the machine is shared, and the ratios are what is read
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    config = SearchConfig(layer=args.layer, pool=args.pool, k=args.k)
+    features, start, times, labels = search_problem(config, args.images, device, torch.Generator().manual_seed(0))
+    teacher = load_teacher("default").to(device).requires_grad_(False)
+    steps_total = teacher.schedule.num_train_timesteps
+    grid = time_grid(config.t_e, -1, split_steps(config, steps_total)[1], steps_total)
+    latent, width = start[0].numel(), features(start[:1], times[:1], labels[:1]).shape[1]
+
+    def outcome(vectors):
+        clarep = project_out(start, vectors.to(start.dtype), rescale=True)
+        sample = (ddim_move(teacher, clarep, labels, grid, config.guidance, clip=True) + 1) / 2
+        return clarep.flatten(1), sample
+
+    methods = [
+        ("exact-rows", {"mode": "exact", "_side": "rows"}),
+        ("exact-columns", {"mode": "exact", "_side": "columns"}),
+        ("auto", {"mode": "auto"}),
+    ]
+    for oversample in args.oversamples:
+        for tol in args.tols:
+            for mode, name in (("jvp", "subspace"), ("krylov", "krylov")):
+                if name not in args.iterative:
+                    continue
+                methods.append(
+                    (
+                        f"{name} p={oversample} tol={tol:g}",
+                        {"mode": mode, "tol": tol, "oversample": oversample, "max_iters": args.max_iters},
+                    )
+                )
+    run_method(features, start[:1], times[:1], labels[:1], args.k, 1, mode="krylov", max_iters=2)  # warm-up, untimed
+    rows, reference = [], None
+    for name, options in methods:
+        side = options.pop("_side", None)
+        vectors, values, iterations, products, seconds = run_method(
+            features, start, times, labels, args.k, args.batch, side=side, **options
+        )
+        clarep, sample = outcome(vectors)
+        if reference is None:
+            reference = (vectors, clarep, sample)
+        angle = principal_angle(reference[0], vectors)
+        relative = (clarep - reference[1]).norm(dim=1) / reference[1].norm(dim=1)
+        pixels = (sample - reference[2]).abs().flatten(1).max(1).values
+        row = {
+            "method": name,
+            "products_per_clarep": products / args.images,
+            "seconds_per_clarep": seconds / args.images,
+            "iterations_median": statistics.median(iterations.tolist()),
+            "iterations_range": [int(iterations.min()), int(iterations.max())],
+            "clarep_relative_l2_median": statistics.median(relative.tolist()),
+            "clarep_relative_l2_max": float(relative.max()),
+            "sample_pixel_difference_max": float(pixels.max()),
+            "angle_max": float(angle.max()),
+        }
+        rows.append(row)
+        print(json.dumps(row))
+    stem = f"topk-{args.layer}-p{args.pool}-k{args.k}"
+    args.out.mkdir(parents=True, exist_ok=True)
+    meta = {
+        "device": device_name(device),
+        "git": git_sha(),
+        "versions": versions(),
+        "latent_N": latent,
+        "width_D": width,
+        "images": args.images,
+        "batch": args.batch,
+        "k": args.k,
+        "layer": args.layer,
+        "pool": args.pool,
+    }
+    (args.out / f"{stem}.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
+    lines = [
+        f"# CLARID top-k methods: {args.layer} pooled {args.pool}×{args.pool} (D = {width}), N = {latent}, k = {args.k}",
+        "",
+        f"`python benchmarks/clarid_topk.py --layer {args.layer} --pool {args.pool} -k {args.k} --images {args.images}` "
+        f"on {meta['device']} (git {meta['git']}); per CLARep, agreement against `exact`.",
+        "",
+        "| method | products | seconds | iterations (median, range) | CLARep rel. L2 (median / max) | sample max pixel diff | angle max (rad) |",
+        "|---|---:|---:|---|---|---:|---:|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['method']} | {r['products_per_clarep']:.0f} | {r['seconds_per_clarep']:.2f} | {r['iterations_median']:g} "
+            f"({r['iterations_range'][0]}–{r['iterations_range'][1]}) | {r['clarep_relative_l2_median']:.1e} / {r['clarep_relative_l2_max']:.1e} "
+            f"| {r['sample_pixel_difference_max']:.1e} | {r['angle_max']:.2e} |"
+        )
+    (args.out / f"{stem}.md").write_text("\n".join(lines) + "\n")
+    print(f"written to {args.out / stem}.md")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# The evidence study (docs/evidence/README.md): a bank per seed, 10 seeds, and the sensitivity runs.
+#   bash scripts/study.sh OUT main          10 seeds, each its own bank; every measure on seeds 0-4,
+#                                           clean, background sets and PGD-20 on seeds 5-9 (test split)
+#   bash scripts/study.sh OUT sensitivity   k = 24, 96, 192, random directions at k = 96, guidance 1.5:
+#                                           one bank each, 5 student seeds, scored on the validation split
+# Every demo resumes: rerun the same line after a kill. One thread per process (two can run side by
+# side on two cores). Then: python scripts/sensitivity_report.py OUT/sensitivity
+set -euo pipefail
+cd "$(dirname "$0")/.."
+out=${1:?usage: bash scripts/study.sh OUT main|sensitivity}
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
+cli=${CLAREP_FAST:-.venv/bin/clarep-fast}
+case ${2:?usage: bash scripts/study.sh OUT main|sensitivity} in
+  main)
+    "$cli" demo "$out/seeds10" --seeds 10 --bank-per-seed --full-evaluation-seeds 5 ;;
+  sensitivity)
+    common=(--seeds 5 --split validation --attacks pgd --corruption-samples 0)
+    for setting in "k96:-k 96" "k24:-k 24" "k192:-k 192" "random96:-k 96 --directions random" "guidance1.5:-k 96 --guidance 1.5"; do
+      name=${setting%%:*}
+      # shellcheck disable=SC2086
+      "$cli" demo "$out/sensitivity/$name" ${setting#*:} "${common[@]}"
+    done ;;
+  *) echo "unknown part $2 (main, sensitivity)"; exit 2 ;;
+esac

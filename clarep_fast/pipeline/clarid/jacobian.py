@@ -207,6 +207,21 @@ class _Linearization:
         return torch.func.vmap(self.pullback)(cotangents)[0]
 
 
+def _rayleigh_ritz(space, images, k, tol, step, active, vectors, values, iterations) -> Tensor:
+    """The top-k Ritz pairs inside span(space) (orthonormal, (b, N, m)) from images = J space, written
+    into the active rows of vectors, values, iterations; which active images converged (their
+    estimate moved less than tol since the last step; none on the first)."""
+    _, ritz_values, ritz_rotation = torch.linalg.svd(images, full_matrices=False)
+    estimate = space @ ritz_rotation[:, :k].transpose(1, 2)  # (b, N, k)
+    if step > 1:
+        converged = (principal_angle(vectors[active], estimate) < tol).cpu()
+    else:
+        converged = torch.zeros(len(active), dtype=torch.bool)
+    vectors[active], values[active] = estimate, ritz_values[:, :k]
+    iterations[active] = step
+    return converged
+
+
 def _subspace_iteration(linear: _Linearization, fn, x, conditions, k, probes, max_iters, tol, mode, generator) -> TopK:
     batch, shape = x.shape[0], x.shape[1:]
     latent = math.prod(shape)
@@ -221,14 +236,7 @@ def _subspace_iteration(linear: _Linearization, fn, x, conditions, k, probes, ma
         tangents = basis.permute(2, 0, 1).reshape(probes, len(active), *shape).to(x.dtype)
         images = linear.forward_products(tangents).permute(1, 2, 0).double()  # (b, D, r) = J Q
         calls, products = calls + 1, products + probes * len(active)
-        _, ritz_values, ritz_rotation = torch.linalg.svd(images, full_matrices=False)  # Rayleigh–Ritz
-        estimate = basis @ ritz_rotation[:, :k].transpose(1, 2)  # (b, N, k)
-        if iteration > 1:
-            converged = (principal_angle(vectors[active], estimate) < tol).cpu()
-        else:
-            converged = torch.zeros(len(active), dtype=torch.bool)
-        vectors[active], values[active] = estimate, ritz_values[:, :k]
-        iterations[active] = iteration
+        converged = _rayleigh_ritz(basis, images, k, tol, iteration, active, vectors, values, iterations)
         if iteration == max_iters or bool(converged.all()):
             break
         if converged.any():  # converged images leave: re-linearize on the rest (one forward, saves r products each)
@@ -273,14 +281,7 @@ def _block_krylov(linear: _Linearization, fn, x, conditions, k, probes, max_iter
         calls, products = calls + 1, products + probes * len(active)
         space = block if space is None else torch.cat([space, block], 2)
         images = image if images is None else torch.cat([images, image], 2)
-        _, ritz_values, ritz_rotation = torch.linalg.svd(images, full_matrices=False)  # Rayleigh–Ritz over K
-        estimate = space @ ritz_rotation[:, :k].transpose(1, 2)  # (b, N, k)
-        if step > 1:
-            converged = (principal_angle(vectors[active], estimate) < tol).cpu()
-        else:
-            converged = torch.zeros(len(active), dtype=torch.bool)
-        vectors[active], values[active] = estimate, ritz_values[:, :k]
-        iterations[active] = step
+        converged = _rayleigh_ritz(space, images, k, tol, step, active, vectors, values, iterations)  # over all of K
         if bool(converged.all()) or step == max_iters or space.shape[2] + probes > latent:
             break
         if converged.any():

@@ -9,7 +9,7 @@ and the table says over how many.
 from __future__ import annotations
 
 from clarep_fast.pipeline.evaluate.corruptions import CORRUPTIONS
-from clarep_fast.pipeline.evaluate.statistics import detectable_difference, t_interval
+from clarep_fast.pipeline.evaluate.statistics import detectable_difference, seeds_needed, t_interval
 
 GROUPS = {
     "baseline": "baseline (CE only)",
@@ -62,7 +62,7 @@ def _differences(results, measures: list[str]) -> tuple[str, list[str]]:
     lines = ["| CaDistill (CLAReps) minus | " + " | ".join(measures) + " |", "|---|" + "---|" * len(measures)]
     words = []
     for control in ("baseline", "ordinary"):
-        cells, detectable, significant = [], [], []
+        cells, detectable, significant, unresolved = [], [], [], []
         for measure in measures:
             values = paired_seeds(results, measure, control)
             difference = t_interval(values)
@@ -71,6 +71,8 @@ def _differences(results, measures: list[str]) -> tuple[str, list[str]]:
             detectable.append("–" if smallest is None else f"{100 * smallest:.1f}")
             if difference.significant:
                 significant.append(f"{measure} ({difference.describe()} points)")
+            elif difference.significant is False and (needed := seeds_needed(values, difference.mean)) is not None:
+                unresolved.append(f"{measure} {needed if needed < 10_000 else 'over 10,000'}")
         lines.append(f"| {GROUPS[control]} | " + " | ".join(cells) + " |")
         lines.append("| (smallest detectable, 80% power) | " + " | ".join(detectable) + " |")
         if significant:
@@ -80,6 +82,11 @@ def _differences(results, measures: list[str]) -> tuple[str, list[str]]:
         else:
             words.append(
                 f"Against the {GROUPS[control]}, no difference is significant (every 95% interval contains 0)."
+            )
+        if unresolved:
+            words.append(
+                "Seeds that would detect the measured mean of a non-significant difference, were it the true one, at"
+                f" 80% power (at the measured spread): {', '.join(unresolved)}."
             )
     return "\n".join(lines), words
 

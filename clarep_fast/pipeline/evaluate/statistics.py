@@ -7,8 +7,8 @@ it is significant at the 5% level when its interval excludes 0. One seed has no 
 The power of a paired comparison: with n seeds and paired differences of standard deviation s,
 a true difference δ is found significant (5%, two-sided) with probability 0.8 when
 δ ≥ (t_{0.975, n-1} + t_{0.8, n-1}) · s / sqrt(n) (the normal approximation with t quantiles);
-that δ is the smallest difference the study could detect, and n·(δ_now / δ_wanted)² seeds would
-bring it down to δ_wanted.
+that δ is the smallest difference the study could detect. The seeds a study needs to detect a given
+δ: the smallest n whose δ(n) ≤ δ at the measured s (about n·(δ_now / δ_wanted)² for large n).
 A rate k/n (e.g. a class-consistency) gets Wilson's score interval, which stays inside [0, 1] and
 is accurate for rates near 0 or 1 where the normal approximation is not.
 """
@@ -66,6 +66,22 @@ def detectable_difference(differences: Sequence[float], power: float = 0.8, conf
 
     n = len(values)
     return float((t.ppf(0.5 + confidence / 2, n - 1) + t.ppf(power, n - 1)) * statistics.stdev(values) / math.sqrt(n))
+
+
+def seeds_needed(differences: Sequence[float], target: float, power: float = 0.8, limit: int = 10_000) -> int | None:
+    """The fewest seeds whose paired study detects a true difference of ``target`` with probability
+    ``power``, at the standard deviation these differences show; None with fewer than two values
+    or a zero target, ``limit`` when even that many would not do."""
+    values = [float(v) for v in differences]
+    if len(values) < 2 or target == 0:
+        return None
+    from scipy.stats import t
+
+    spread = statistics.stdev(values)
+    for n in range(2, limit):
+        if (t.ppf(0.975, n - 1) + t.ppf(power, n - 1)) * spread / math.sqrt(n) <= abs(target):
+            return n
+    return limit
 
 
 def wilson_interval(successes: int, trials: int, z: float = 1.959963984540054) -> tuple[float, float]:

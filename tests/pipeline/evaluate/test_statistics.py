@@ -4,7 +4,13 @@ import math
 
 import pytest
 
-from clarep_fast.pipeline.evaluate.statistics import paired_difference, t_interval, wilson_interval
+from clarep_fast.pipeline.evaluate.statistics import (
+    detectable_difference,
+    paired_difference,
+    seeds_needed,
+    t_interval,
+    wilson_interval,
+)
 
 
 def test_t_interval_by_hand():
@@ -38,3 +44,20 @@ def test_wilson_interval_known_values():
     assert wilson_interval(10, 10)[0] == pytest.approx(0.7225, abs=1e-4)  # the textbook 10/10 lower bound
     with pytest.raises(ValueError):
         wilson_interval(5, 0)
+
+
+def test_detectable_difference_and_seeds_needed_by_hand():
+    values = [0.01, 0.03, 0.02, 0.04, 0.00]  # s = 0.0158114, n = 5
+    spread = 0.015811388
+    # t_{0.975, 4} = 2.776445, t_{0.8, 4} = 0.940965
+    assert detectable_difference(values) == pytest.approx((2.776445 + 0.940965) * spread / math.sqrt(5), rel=1e-5)
+    assert detectable_difference([0.3]) is None
+    # the study as it is detects exactly its own detectable difference; one seed fewer does not
+    assert seeds_needed(values, detectable_difference(values) * (1 + 1e-9)) == 5
+    assert seeds_needed(values, detectable_difference(values) * 0.999) == 6
+    # a quarter of it: the normal rule n = ((z_0.975 + z_0.8) s / δ)² = 45.4 seeds, a few more with t quantiles
+    many = seeds_needed(values, detectable_difference(values) / 4)
+    assert ((1.959964 + 0.841621) * spread / (detectable_difference(values) / 4)) ** 2 == pytest.approx(45.4, abs=0.1)
+    assert 46 <= many <= 50
+    assert seeds_needed(values, 0.0) is None and seeds_needed([0.1], 0.1) is None
+    assert seeds_needed(values, 1e-9, limit=50) == 50

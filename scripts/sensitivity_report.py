@@ -8,8 +8,9 @@ STUDY_DIR holds one demo folder per setting (scripts/study.sh sensitivity writes
 Reads each folder's config.json and evaluation.json; writes OUT/report.md (per setting and measure:
 CaDistill minus its ordinary-sample control, and CaDistill minus CaDistill at the default k96;
 mean ± 95% interval of the paired difference, * where it excludes 0, the smallest difference the
-seeds could detect at 80% power) and OUT/sensitivity.json (every per-seed value). A setting whose
-demo has not finished shows the seeds it has.
+seeds could detect at 80% power), OUT/sensitivity.png (the same differences, one dot per seed)
+and OUT/sensitivity.json (every per-seed value). A setting whose demo has not finished shows the
+seeds it has.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from clarep_fast.pipeline.demo.figures import difference_plot  # noqa: E402
 from clarep_fast.pipeline.demo.report import paired_seeds, per_seed  # noqa: E402
 from clarep_fast.pipeline.evaluate.statistics import detectable_difference, t_interval  # noqa: E402
 
@@ -71,7 +73,7 @@ def main() -> None:
         raise SystemExit(f"no demo folder with evaluation.json under {args.study_dir}")
     results = {folder.name: read_folder(folder) for folder in folders}
     default = results.get(DEFAULT)
-    control_rows, default_rows, payload = [], [], {}
+    control_rows, default_rows, payload, picture = [], [], {}, {}
     for folder in folders:
         here = results[folder.name]
         entry = {"setting": describe(folder), "per_seed": {}}
@@ -82,11 +84,14 @@ def main() -> None:
         seeds = len(per_seed(here, "cadistill", "clean"))
         start = f"| {folder.name} | {entry['setting']} | {seeds} | "
         control_rows.append(start + " | ".join(cell(paired_seeds(here, m, "ordinary")) for m in MEASURES) + " |")
+        picture[f"{folder.name} − its ordinary"] = {m: paired_seeds(here, m, "ordinary") for m in MEASURES}
         if default is not None and folder.name != DEFAULT:
             default_rows.append(start + " | ".join(cell(against_default(here, default, m)) for m in MEASURES) + " |")
+            picture[f"{folder.name} − {DEFAULT}"] = {m: against_default(here, default, m) for m in MEASURES}
         payload[folder.name] = entry
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "sensitivity.json").write_text(json.dumps(payload, indent=1))
+    difference_plot(picture, args.out / "sensitivity.png", "CaDistill, paired per seed, validation split")
     header = ["| folder | setting | seeds | " + " | ".join(MEASURES) + " |", "|---|---|---:|" + "---|" * len(MEASURES)]
     lines = [
         "# Sensitivity of CaDistill to the search settings (validation split)",
@@ -100,6 +105,8 @@ def main() -> None:
         "",
         *header,
         *control_rows,
+        "",
+        "![paired differences per setting](sensitivity.png)",
     ]
     if default_rows:
         lines += [

@@ -1,4 +1,4 @@
-"""The one-command demo (run.py) and its report (report.py)."""
+"""The one-command demo (run.py), its report (report.py) and its pictures (figures.py)."""
 
 from clarep_fast.pipeline.demo.run import DemoConfig, run_demo
 

@@ -35,6 +35,13 @@ def paired_seeds(results, measure: str, control: str) -> list[float]:
     return [treated[seed] - untreated[seed] for seed in treated if seed in untreated]
 
 
+def headline_measures(results) -> list[str]:
+    """The measures of the main tables, in first-seen order: all but the per-corruption and CW
+    distortion entries (named kind/detail)."""
+    every = dict.fromkeys(measure for measures in results.values() for measure in measures)
+    return [m for m in every if "/" not in m]
+
+
 def _number(value) -> str:
     """A bank measure; None where the bank was too small to measure it."""
     return "n/a (too few CLAReps per class)" if value is None else f"{value:.3f}"
@@ -164,7 +171,7 @@ def demo_report(
     its banks' summaries (folder -> summary.json) and its stage times."""
     evaluate = config.evaluate
     every = list(dict.fromkeys(measure for measures in results.values() for measure in measures))  # first-seen order
-    measures = [m for m in every if "/" not in m]
+    measures = headline_measures(results)
     distortions = [m for m in every if m.startswith("distortion/")]
     difference_table, verdicts = _differences(results, measures)
     if config.seeds == 1:
@@ -193,6 +200,7 @@ def demo_report(
         "## CaDistill minus the controls (points, paired per seed; * = the 95% interval excludes 0)",
         difference_table,
         " ".join(verdicts),
+        "![paired differences](differences.png)",
     ]
     if any(m.startswith("corruption/") for m in every):
         samples = evaluate.corruption_samples

@@ -12,8 +12,8 @@ architecture, schedule, initial weights and data order:
     ordinary-s<s>    the CaDistill loss on the bank's ordinary CFG samples (no projection): the
                      control that isolates CLARID from "distilling any CFG samples of the teacher"
     cadistill-s<s>   the CaDistill loss on the canonical samples (CLAReps)
-RUN_DIR/evaluation.json (every student's measures, by name), losses.png, canonical.png, nmi.png
-(of the seed-0 bank) and report.md (demo_report.py): every measure as mean
+RUN_DIR/evaluation.json (every student's measures, by name), losses.png, differences.png (the
+paired differences, figures.py), canonical.png, nmi.png (of the seed-0 bank) and report.md (demo_report.py): every measure as mean
 ± 95% interval over seeds, and CaDistill minus each control paired per seed, with whether the
 interval excludes 0. Every stage resumes from its files: rerunning after a kill continues.
 The report states the measured numbers whether or not CaDistill wins.
@@ -31,9 +31,10 @@ from pathlib import Path
 from clarep_fast.pipeline.clarid.bank import read_bank_config
 from clarep_fast.pipeline.clarid.search import SearchConfig, run_search
 from clarep_fast.pipeline.distill.train import DistillConfig, load_student, train_student
-from clarep_fast.pipeline.demo.report import demo_report
+from clarep_fast.pipeline.demo.figures import difference_plot, loss_curves
+from clarep_fast.pipeline.demo.report import GROUPS, demo_report, headline_measures, paired_seeds
 from clarep_fast.pipeline.evaluate.robustness import EvaluateConfig, evaluate_student
-from clarep_fast.pipeline.files import atomic_write, read_json, save_figure, write_text
+from clarep_fast.pipeline.files import atomic_write, read_json, write_text
 from clarep_fast.pipeline.options import check_ranges, option
 from clarep_fast.pipeline.rundir import RunDir, as_json
 from clarep_fast.pipeline.runtime import Runtime
@@ -81,29 +82,6 @@ class DemoConfig:
         return dataclasses.replace(
             self.evaluate, attacks=tuple(a for a in self.evaluate.attacks if a == "pgd"), corruption_samples=0
         )
-
-
-def _loss_curves(runs: dict[str, Path], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    figure, (left, right) = plt.subplots(1, 2, figsize=(11, 3.6))
-    for name, run in runs.items():
-        history = read_json(
-            run / "metrics.json", "a student's per-epoch metrics", "delete the student's folder and rerun the demo"
-        )
-        epochs = [r["epoch"] for r in history]
-        style = {"baseline": "--", "ordinary": ":"}.get(name.rsplit("-s", 1)[0], "-")
-        left.plot(epochs, [r["ce"] for r in history], style, label=f"{name}: CE")
-        if not name.startswith("baseline"):
-            for term in ("align", "cano", "dist"):
-                left.plot(epochs, [r[term] for r in history], style, label=f"{name}: {term}")
-        right.plot(epochs, [100 * r["val_accuracy"] for r in history], style, label=name)
-    left.set_xlabel("epoch"), left.set_ylabel("loss (epoch mean)"), left.legend(fontsize=7)
-    right.set_xlabel("epoch"), right.set_ylabel("validation accuracy (%)"), right.legend(fontsize=7)
-    save_figure(path, figure)
 
 
 STUDENTS = (
@@ -186,9 +164,17 @@ def run_demo(
     first_bank = banks[config.bank_folder(0)]
     for picture in ("canonical.png", "nmi.png"):
         atomic_write(run / picture, lambda temporary: shutil.copyfile(first_bank / picture, temporary))
-    _loss_curves(
+    loss_curves(
         {name: path for name, path in runs.items() if name.endswith("-s0")}, run_dir / "losses.png"
     )  # seed 0: one curve per student kind
+    difference_plot(
+        {
+            f"minus {GROUPS[control]}": {m: paired_seeds(results, m, control) for m in headline_measures(results)}
+            for control in ("baseline", "ordinary")
+        },
+        run_dir / "differences.png",
+        "CaDistill (CLAReps) minus each control, paired per seed",
+    )
     summaries = {
         folder: read_json(
             path / "summary.json", "the bank's summary", "delete it and rerun the demo (the shards are kept)"

@@ -117,7 +117,7 @@ def test_demo_writes_the_report(tmp_path):
         "ordinary-s0",
         "ordinary-s1",
     ]
-    for name in ("canonical.png", "nmi.png", "losses.png", "evaluation.json", "bank-s0", "bank-s1"):
+    for name in ("canonical.png", "nmi.png", "losses.png", "differences.png", "evaluation.json", "bank-s0", "bank-s1"):
         assert (tmp_path / "demo" / name).exists(), name
     banks = [read_bank_config(tmp_path / "demo" / f"bank-s{seed}")["seed"] for seed in (0, 1)]
     assert banks == [0, 1] and "mean ± 95% interval over 2 banks" in text
@@ -126,6 +126,7 @@ def test_demo_writes_the_report(tmp_path):
     assert not {"apgd_ce", "corruption_mean", "distortion/cw_l2_median"} & set(evaluations["cadistill-s1"])
     assert {"clean", "only_foreground", "pgd2"} <= set(evaluations["cadistill-s1"])
     assert "Over fewer seeds: apgd_ce (1)" in text and "smallest detectable" in text
+    assert "![paired differences](differences.png)" in text
     again = run_demo(tmp_path / "demo", config, progress=False)  # everything resumes from disk
     assert again.read_text().split("## Wall-clock")[0] == text.split("## Wall-clock")[0]
 

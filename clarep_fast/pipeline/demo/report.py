@@ -9,7 +9,13 @@ and the table says over how many.
 from __future__ import annotations
 
 from clarep_fast.pipeline.evaluate.corruptions import CORRUPTIONS
-from clarep_fast.pipeline.evaluate.statistics import detectable_difference, seeds_needed, t_interval
+from clarep_fast.pipeline.evaluate.statistics import (
+    detectable_difference,
+    holm_rejected,
+    paired_p_value,
+    seeds_needed,
+    t_interval,
+)
 
 GROUPS = {
     "baseline": "baseline (CE only)",
@@ -67,7 +73,7 @@ def _differences(results, measures: list[str]) -> tuple[str, list[str]]:
     """The table of CaDistill minus each control (paired per seed) with the smallest detectable
     difference under it, and the sentences that say what is significant."""
     lines = ["| CaDistill (CLAReps) minus | " + " | ".join(measures) + " |", "|---|" + "---|" * len(measures)]
-    words = []
+    words, p_values = [], {}
     for control in ("baseline", "ordinary"):
         cells, detectable, significant, unresolved = [], [], [], []
         for measure in measures:
@@ -76,6 +82,8 @@ def _differences(results, measures: list[str]) -> tuple[str, list[str]]:
             cells.append(difference.describe() + (" *" if difference.significant else ""))
             smallest = detectable_difference(values)
             detectable.append("–" if smallest is None else f"{100 * smallest:.1f}")
+            if (p := paired_p_value(values)) is not None:
+                p_values[f"{measure} against the {GROUPS[control]}"] = p
             if difference.significant:
                 significant.append(f"{measure} ({difference.describe()} points)")
             elif difference.significant is False and (needed := seeds_needed(values, difference.mean)) is not None:
@@ -95,6 +103,12 @@ def _differences(results, measures: list[str]) -> tuple[str, list[str]]:
                 "Seeds that would detect the measured mean of a non-significant difference, were it the true one, at"
                 f" 80% power (at the measured spread): {', '.join(unresolved)}."
             )
+    if any(p < 0.05 for p in p_values.values()):
+        kept = holm_rejected(p_values)
+        words.append(
+            f"This table tests {len(p_values)} differences; with Holm's correction (5% chance of any false"
+            f" finding in the table) {'these stay significant: ' + '; '.join(kept) if kept else 'none stays significant'}."
+        )
     return "\n".join(lines), words
 
 

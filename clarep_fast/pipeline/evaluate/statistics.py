@@ -9,6 +9,10 @@ a true difference δ is found significant (5%, two-sided) with probability 0.8 w
 δ ≥ (t_{0.975, n-1} + t_{0.8, n-1}) · s / sqrt(n) (the normal approximation with t quantiles);
 that δ is the smallest difference the study could detect. The seeds a study needs to detect a given
 δ: the smallest n whose δ(n) ≤ δ at the measured s (about n·(δ_now / δ_wanted)² for large n).
+A table of many paired differences tests many hypotheses: at 5% each, one in twenty true nulls reads
+significant. Holm's step-down correction keeps the chance of any false finding in the table at 5%:
+sort the m two-sided p-values (p = 2·P(T_{n-1} > |mean| / (s / sqrt(n)))), and reject the i-th
+smallest while p_(i) ≤ 0.05 / (m − i + 1).
 A rate k/n (e.g. a class-consistency) gets Wilson's score interval, which stays inside [0, 1] and
 is accurate for rates near 0 or 1 where the normal approximation is not.
 """
@@ -82,6 +86,31 @@ def seeds_needed(differences: Sequence[float], target: float, power: float = 0.8
         if (t.ppf(0.975, n - 1) + t.ppf(power, n - 1)) * spread / math.sqrt(n) <= abs(target):
             return n
     return limit
+
+
+def paired_p_value(differences: Sequence[float]) -> float | None:
+    """The two-sided p-value of the paired t test that the differences' mean is 0 (None with
+    fewer than two values). Below 0.05 exactly when t_interval's 95% interval excludes 0."""
+    values = [float(v) for v in differences]
+    if len(values) < 2:
+        return None
+    mean, spread = statistics.fmean(values), statistics.stdev(values)
+    if spread == 0:
+        return 1.0 if mean == 0 else 0.0
+    from scipy.stats import t
+
+    return float(2 * t.sf(abs(mean) / (spread / math.sqrt(len(values))), len(values) - 1))
+
+
+def holm_rejected(p_values: dict[str, float], level: float = 0.05) -> list[str]:
+    """The names whose null Holm's step-down procedure rejects at family-wise ``level``."""
+    ordered = sorted(p_values.items(), key=lambda item: item[1])
+    rejected = []
+    for rank, (name, p) in enumerate(ordered):
+        if p > level / (len(ordered) - rank):
+            break
+        rejected.append(name)
+    return rejected
 
 
 def wilson_interval(successes: int, trials: int, z: float = 1.959963984540054) -> tuple[float, float]:

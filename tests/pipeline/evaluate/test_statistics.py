@@ -6,7 +6,9 @@ import pytest
 
 from clarep_fast.pipeline.evaluate.statistics import (
     detectable_difference,
+    holm_rejected,
     paired_difference,
+    paired_p_value,
     seeds_needed,
     t_interval,
     wilson_interval,
@@ -61,3 +63,16 @@ def test_detectable_difference_and_seeds_needed_by_hand():
     assert 46 <= many <= 50
     assert seeds_needed(values, 0.0) is None and seeds_needed([0.1], 0.1) is None
     assert seeds_needed(values, 1e-9, limit=50) == 50
+
+
+def test_paired_p_value_agrees_with_the_interval_and_holm_steps_down():
+    values = [0.01, 0.03, 0.02, 0.04, 0.00]  # mean 0.02, s/sqrt(n) = 0.0070711: t = 2.828427, 4 df
+    assert paired_p_value(values) == pytest.approx(0.047421, abs=1e-5)  # scipy.stats.ttest_1samp's value
+    assert paired_p_value(values) < 0.05 and t_interval(values).significant
+    shifted = [v - 0.005 for v in values]
+    assert paired_p_value(shifted) > 0.05 and not t_interval(shifted).significant
+    assert paired_p_value([0.02] * 3) == 0.0 and paired_p_value([0.0] * 3) == 1.0 and paired_p_value([0.1]) is None
+    # m = 4: thresholds 0.0125, 0.0167, 0.025, 0.05 in order; 0.02 fails the second, so the step-down stops
+    assert holm_rejected({"a": 0.001, "b": 0.02, "c": 0.021, "d": 0.04}) == ["a"]
+    assert holm_rejected({"a": 0.01, "b": 0.015, "c": 0.02, "d": 0.04}) == ["a", "b", "c", "d"]
+    assert holm_rejected({"a": 0.3}) == [] and holm_rejected({}) == []

@@ -24,7 +24,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from clarep_fast.pipeline.demo.figures import difference_plot  # noqa: E402
 from clarep_fast.pipeline.demo.report import paired_seeds, per_seed  # noqa: E402
-from clarep_fast.pipeline.evaluate.statistics import detectable_difference, t_interval  # noqa: E402
+from clarep_fast.pipeline.evaluate.statistics import (  # noqa: E402
+    detectable_difference,
+    holm_rejected,
+    paired_p_value,
+    t_interval,
+)
 
 MEASURES = ("clean", "only_foreground", "mixed_random", "swapped", "pgd20")
 DEFAULT = "k96"  # the demo's defaults (k = 96, top directions, guidance 3.0): what the other settings are held against
@@ -46,6 +51,17 @@ def cell(values: list[float]) -> str:
         difference.describe()
         + (" *" if difference.significant else "")
         + (f" (≥ {100 * smallest:.1f})" if smallest is not None else "")
+    )
+
+
+def holm_sentence(tests: dict[str, list[float]]) -> str:
+    """What of a table survives Holm's correction over all its cells (5% family-wise)."""
+    p_values = {name: p for name, values in tests.items() if (p := paired_p_value(values)) is not None}
+    kept = holm_rejected(p_values)
+    return (
+        f"Over the table's {len(p_values)} differences with Holm's correction (5% chance of any false finding): "
+        + ("still significant: " + ", ".join(kept) if kept else "none is significant")
+        + "."
     )
 
 
@@ -74,6 +90,7 @@ def main() -> None:
     results = {folder.name: read_folder(folder) for folder in folders}
     default = results.get(DEFAULT)
     control_rows, default_rows, payload, picture = [], [], {}, {}
+    control_tests, default_tests = {}, {}
     for folder in folders:
         here = results[folder.name]
         entry = {"setting": describe(folder), "per_seed": {}}
@@ -85,9 +102,11 @@ def main() -> None:
         start = f"| {folder.name} | {entry['setting']} | {seeds} | "
         control_rows.append(start + " | ".join(cell(paired_seeds(here, m, "ordinary")) for m in MEASURES) + " |")
         picture[f"{folder.name} − its ordinary"] = {m: paired_seeds(here, m, "ordinary") for m in MEASURES}
+        control_tests.update({f"{folder.name} {m}": paired_seeds(here, m, "ordinary") for m in MEASURES})
         if default is not None and folder.name != DEFAULT:
             default_rows.append(start + " | ".join(cell(against_default(here, default, m)) for m in MEASURES) + " |")
             picture[f"{folder.name} − {DEFAULT}"] = {m: against_default(here, default, m) for m in MEASURES}
+            default_tests.update({f"{folder.name} {m}": against_default(here, default, m) for m in MEASURES})
         payload[folder.name] = entry
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "sensitivity.json").write_text(json.dumps(payload, indent=1))
@@ -106,6 +125,8 @@ def main() -> None:
         *header,
         *control_rows,
         "",
+        holm_sentence(control_tests),
+        "",
         "![paired differences per setting](sensitivity.png)",
     ]
     if default_rows:
@@ -118,6 +139,8 @@ def main() -> None:
             "",
             *header,
             *default_rows,
+            "",
+            holm_sentence(default_tests),
         ]
     text = "\n".join(lines + [""])
     (args.out / "report.md").write_text(text)

@@ -41,6 +41,7 @@ def test_the_report_pairs_each_setting_with_its_control_and_with_the_default(tmp
     control, default = report.split("## CaDistill at each setting minus CaDistill at the default")
     assert "| k96 | k = 96, top directions, guidance 3.0 | 3 | 2.0 ± 0.0 *" in control
     assert "| random96 | k = 96, random directions (control), guidance 3.0 | 3 | 1.0 ± 0.0 *" in control
+    assert "Holm's correction" in control and "still significant: k96 clean, random96 clean." in control
     assert "| random96 |" in default and "-1.0 ± 0.0 *" in default and "| k96 |" not in default
     per_seed = json.loads((tmp_path / "out" / "sensitivity.json").read_text())
     assert per_seed["random96"]["per_seed"]["clean"]["cadistill"] == {"0": 0.81, "1": 0.71, "2": 0.91}

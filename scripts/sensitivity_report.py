@@ -57,7 +57,8 @@ def cell(values: list[float]) -> str:
 def holm_sentence(tests: dict[str, list[float]]) -> str:
     """What of a table survives Holm's correction over all its cells (5% family-wise)."""
     p_values = {name: p for name, values in tests.items() if (p := paired_p_value(values)) is not None}
-    kept = holm_rejected(p_values)
+    rejected = set(holm_rejected(p_values))
+    kept = [name for name in p_values if name in rejected]  # in the table's order
     return (
         f"Over the table's {len(p_values)} differences with Holm's correction (5% chance of any false finding): "
         + ("still significant: " + ", ".join(kept) if kept else "none is significant")

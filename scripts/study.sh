@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The evidence study (docs/evidence/README.md): a bank per seed, 10 seeds, and the sensitivity runs.
-#   bash scripts/study.sh OUT main          10 seeds, each its own bank; every measure on seeds 0-4,
-#                                           clean, background sets and PGD-20 on seeds 5-9 (test split)
+#   bash scripts/study.sh OUT main          20 seeds, each its own bank; every measure on seeds 0-4,
+#                                           clean, background sets and PGD-20 on seeds 5-19 (test split)
 #   bash scripts/study.sh OUT sensitivity   k = 24, 96, 192, random directions at k = 96, guidance 1.5:
 #                                           one bank each, 5 student seeds, scored on the validation split
 # Every demo resumes: rerun the same line after a kill. One thread per process (two can run side by
@@ -13,7 +13,7 @@ export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 cli=${CLAREP_FAST:-.venv/bin/clarep-fast}
 case ${2:?usage: bash scripts/study.sh OUT main|sensitivity} in
   main)
-    "$cli" demo "$out/seeds10" --seeds 10 --bank-per-seed --full-evaluation-seeds 5 ;;
+    "$cli" demo "$out/seeds20" --seeds 20 --bank-per-seed --full-evaluation-seeds 5 ;;
   sensitivity)
     common=(--seeds 5 --split validation --attacks pgd --corruption-samples 0)
     for setting in "k96:-k 96" "k24:-k 24" "k192:-k 192" "random96:-k 96 --directions random" "guidance1.5:-k 96 --guidance 1.5"; do

@@ -52,7 +52,7 @@ def difference_plot(rows: dict[str, dict[str, list[float]]], path: Path, title: 
     lines = -(-len(measures) // 4)  # at most four panels a line, the lines filled evenly
     columns = -(-len(measures) // lines)
     figure, axes = plt.subplots(
-        lines, columns, figsize=(3.2 * columns, 0.5 + 0.45 * len(labels) * lines), sharey=True, squeeze=False
+        lines, columns, figsize=(3.2 * columns, 0.6 + max(1.6, 0.45 * len(labels)) * lines), sharey=True, squeeze=False
     )
     for index, axis in enumerate(axes.flat):
         if index >= len(measures):
@@ -70,6 +70,7 @@ def difference_plot(rows: dict[str, dict[str, list[float]]], path: Path, title: 
             color = "C3" if interval.significant else "C0"
             axis.errorbar(interval.mean, y, xerr=error, fmt="D", color=color, capsize=3, markersize=5)
         axis.axvline(0.0, color="k", linewidth=0.8)
+        axis.set_ylim(-0.6, len(labels) - 0.4)
         axis.set_title(measure, fontsize=9)
         axis.set_xlabel("points", fontsize=8)
         axis.set_yticks(range(len(labels)), labels[::-1], fontsize=8)

@@ -91,13 +91,18 @@ def shifted_gram_into(x: torch.Tensor, out: torch.Tensor) -> bool:
 
     Returns whether x was shifted chunk by chunk (True) or K' was taken from the plain Gram (False:
     the backward may then multiply x itself). On CPU, for fp32/fp64 input, the plain Gram K = x xᵀ
-    comes first (no copy of x) and, when the spread is a fair share of the size
-    (tr C(K) / tr K >= ALGEBRAIC_SHIFT_MIN_SHARE, i.e. |mean|/std up to about 4, post-ReLU features
-    included), K' = K - k1ᵀ - 1kᵀ + k_0 11ᵀ with k = K[:, 0] = x x[0] loses at most a few ulps to
-    the cancellation; otherwise the shifted chunks are formed (and the plain Gram was one wasted
-    product). Deciding needs the share on the host: free on CPU, a sync on CUDA, which always shifts.
+    comes first (no copy of x) and, when the spread is at least half the size
+    (tr C(K) / tr K >= ALGEBRAIC_SHIFT_MIN_SHARE, i.e. |mean| <= std: zero-mean features and
+    post-ReLU ones, |mean|/std ≈ 0.7), K' = K - k1ᵀ - 1kᵀ + k_0 11ᵀ with k = K[:, 0] = x x[0];
+    otherwise the shifted chunks are formed (and the plain Gram was one wasted product). Why half:
+    the cancellation multiplies the plain Gram's rounding error by tr K / tr K' ≈ 1/(2·share), and
+    that error is not a few ulps in general: for wide inputs with repeated columns it grows with d
+    (tests/ops/test_cka_numerics.py, one feature repeated 2,049 times: at share 1/16 CKA was off by
+    1.1e-4). A stride-0 (expanded) x always takes the shifted chunks, which are dense: the GEMM of a
+    stride-0 operand rounds about 4× worse (2.7e-5 against 6.4e-6 relative at d = 2,049).
+    Deciding needs the share on the host: free on CPU, a sync on CUDA, which always shifts.
     """
-    if x.device.type == "cpu" and x.dtype == out.dtype:
+    if x.device.type == "cpu" and x.dtype == out.dtype and min(x.stride()) > 0:
         _syrk_into(x, out, accumulate=False)
         trace = out.diagonal().sum()
         share = float((trace - out.sum() / x.shape[0]) / trace)  # NaN (NaN input, all zeros) takes the shifted path
@@ -126,7 +131,7 @@ def shifted_gram_into(x: torch.Tensor, out: torch.Tensor) -> bool:
     return True
 
 
-ALGEBRAIC_SHIFT_MIN_SHARE = 1 / 16  # tr C(K) / tr K = std² / (std² + mean²): |mean|/std <= sqrt(15)
+ALGEBRAIC_SHIFT_MIN_SHARE = 1 / 2  # tr C(K) / tr K = std² / (std² + mean²): |mean|/std <= 1
 _FP16_RANGE_SCALE = 0.5  # |x - x[0]| can reach twice fp16's largest value; halved (exactly) it fits
 
 

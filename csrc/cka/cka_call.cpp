@@ -11,7 +11,7 @@
 // Forward (one call, P pairs sharing n; ops/cka.py and ops/gram.py give the math and the why):
 //   1. K'_p = x'_p x'_pᵀ, x' = x - 1 x[0]ᵀ, into one (P, 2, n, n) buffer in the accumulation dtype.
 //      CPU, x already in that dtype: the plain Gram first, and K' = K - k1ᵀ - 1kᵀ + k_0 11ᵀ when
-//      tr C(K)/tr K >= 1/16; else the shifted copy chunk by chunk (never a whole copy of x).
+//      tr C(K)/tr K >= 1/2; else the shifted copy chunk by chunk (never a whole copy of x).
 //   2. Condition: scale each Gram by the power of two bringing its trace into [1, 2), and zero the
 //      Gram of an input whose spread the accumulation cannot resolve (CKA 0, zero gradient).
 //   3. The n×n stats kernel (clarep_fast_C::cka_stats): row sums, hkl, hkk, hll, traces, CKA.
@@ -32,7 +32,7 @@
 namespace clarep_fast {
 namespace {
 
-constexpr double kAlgebraicShiftMinShare = 1.0 / 16;  // ops/gram.py ALGEBRAIC_SHIFT_MIN_SHARE
+constexpr double kAlgebraicShiftMinShare = 1.0 / 2;  // ops/gram.py ALGEBRAIC_SHIFT_MIN_SHARE (it says why)
 constexpr int64_t kRowBlocks = 2;                     // ops/gram.py _ROW_BLOCKS
 
 int64_t split_min_rows(const at::Tensor& x) { return x.is_cuda() ? 512 : 128; }       // ops/gram.py _SPLIT_MIN_ROWS
@@ -96,7 +96,7 @@ void for_shifted_chunks(const at::Tensor& x, at::ScalarType dtype, Fn&& fn) {
 
 // out <- K' = x'x'ᵀ; returns whether x was shifted chunk by chunk (else K' came from the plain Gram).
 bool shifted_gram_into(const at::Tensor& x, at::Tensor out) {
-  if (x.is_cpu() && x.scalar_type() == out.scalar_type()) {
+  if (x.is_cpu() && x.scalar_type() == out.scalar_type() && x.stride(0) > 0 && x.stride(1) > 0) {  // ops/gram.py: stride 0 shifts
     syrk_into(x, out, false);
     const auto trace = out.diagonal().sum();
     const double share = ((trace - out.sum() / x.size(0)) / trace).item<double>();  // NaN: the shifted path
@@ -167,7 +167,7 @@ bool gram_cpu(const at::Tensor& x, at::Tensor gram, double srtol, T* scale) {
   T* k = gram.data_ptr<T>();
   bool shifted = true;
   const bool same_dtype = x.scalar_type() == c10::CppTypeToScalarType<T>::value;
-  if (same_dtype) {
+  if (same_dtype && x.stride(0) > 0 && x.stride(1) > 0) {  // a stride-0 input takes the dense shifted chunks (ops/gram.py)
     syrk_into(x, gram, false);
     double trace = 0, total = 0;
     for (int64_t i = 0; i < n; ++i) {

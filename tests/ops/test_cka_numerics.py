@@ -90,3 +90,25 @@ def test_a_gram_that_overflows_is_an_error_not_a_number(backend):
     x, y = features(32, 64, 64, 0.0, 1e18, torch.float32, seed=5)  # Gram entries near 1e38: the trace overflows fp32
     with use_backend(backend), pytest.raises(ValueError, match="Gram overflowed"):
         cka(x, y)
+
+
+@pytest.mark.parametrize("layout", ["expanded", "contiguous"])
+@pytest.mark.parametrize("backend", usable_backends("cpu"))
+def test_a_wide_repeated_feature_with_a_moderate_mean(backend, layout):
+    """One feature repeated 2,049 times (a stride-0 expand, or its copy) with |mean|/std about 3:
+    the plain Gram's rounding grows with d for identical columns (up to ~d·eps relative), and
+    forming the shifted Gram from it algebraically multiplies that by tr K / tr K' ≈ 1/(2·share);
+    hypothesis found CKA off by 1.4e-4 (true 0.0036) when that path was taken down to share 1/16."""
+    worst = 0.0
+    for seed in range(40):
+        generator = torch.Generator().manual_seed(seed)
+        x = torch.randn(4, 1, generator=generator, dtype=torch.float64) * 1.25e-4
+        x[1] = x[0]  # a duplicate sample, as in the falsifying example
+        column = torch.randn(4, 1, generator=generator, dtype=torch.float64) * 1.25e-4 + 3.75e-4
+        column[1] = column[0]
+        y = column.float().expand(4, 2049)
+        y = y if layout == "expanded" else y.contiguous()
+        with use_backend(backend):
+            value = cka(x.float(), y).item()
+        worst = max(worst, abs(value - cka_reference(x.float().double(), y.double()).item()))
+    assert worst <= TOLERANCES[torch.float32]["value"], f"worst CKA error {worst:.3g} over 40 seeds"

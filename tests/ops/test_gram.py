@@ -62,9 +62,20 @@ def test_backward_product_is_as_good_as_rounding_the_exact_result(dtype):
     assert (result.double() - exact).abs().max() <= 2 * rounding_error + 1e-5 * exact.abs().max()
 
 
-@pytest.mark.parametrize("offset,expect_shifted", [(0.0, False), (1.0, False), (10.0, True), (1e4, True)])
-def test_cpu_takes_the_plain_gram_only_when_the_spread_is_a_fair_share(offset, expect_shifted):
+@pytest.mark.parametrize(
+    "offset,layout,expect_shifted",
+    [
+        (0.0, "dense", False),
+        (0.5, "dense", False),  # share 0.8 (post-ReLU features are near 0.7)
+        (2.0, "dense", True),  # share 0.2: the cancellation would multiply the Gram's rounding by ~2.5
+        (10.0, "dense", True),
+        (1e4, "dense", True),
+        (0.0, "expanded", True),  # a stride-0 operand: the dense shifted chunks instead
+    ],
+)
+def test_cpu_takes_the_plain_gram_only_when_the_spread_is_at_least_half(offset, layout, expect_shifted):
     x = torch.randn(40, 300) + offset
+    x = x if layout == "dense" else x[:, :1].expand(40, 300)
     out = torch.empty(40, 40)
     assert gram.shifted_gram_into(x, out) is expect_shifted
     assert_close(out, shifted(x) @ shifted(x).T, 1e-5, "gram")

@@ -13,9 +13,9 @@ architecture, schedule, initial weights and data order:
                      control that isolates CLARID from "distilling any CFG samples of the teacher"
     cadistill-s<s>   the CaDistill loss on the canonical samples (CLAReps)
 RUN_DIR/evaluation.json (every student's measures, by name), losses.png, differences.png (the
-paired differences, figures.py), canonical.png, nmi.png (of the seed-0 bank) and report.md (demo_report.py): every measure as mean
-± 95% interval over seeds, and CaDistill minus each control paired per seed, with whether the
-interval excludes 0. Every stage resumes from its files: rerunning after a kill continues.
+paired differences, figures.py), canonical.png and nmi.png (of the seed-0 bank), and report.md
+(report.py): every measure as mean ± 95% interval over seeds, and CaDistill minus each control
+paired per seed, with whether the interval excludes 0. Every stage resumes from its files: rerunning after a kill continues.
 The report states the measured numbers whether or not CaDistill wins.
 """
 

@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# The evidence study (docs/evidence/README.md): a bank per seed, 10 seeds, and the sensitivity runs.
+# The evidence study (docs/evidence/README.md): a bank per seed, 20 seeds, and the sensitivity runs.
 #   bash scripts/study.sh OUT main          20 seeds, each its own bank; every measure on seeds 0-4,
 #                                           clean, background sets and PGD-20 on seeds 5-19 (test split)
 #   bash scripts/study.sh OUT sensitivity   k = 24, 96, 192, random directions at k = 96, guidance 1.5:
-#                                           one bank each, 5 student seeds, scored on the validation split
+#                                           one bank each, 5 student seeds (10 for k = 96 and random
+#                                           directions), scored on the validation split
 # Every demo resumes: rerun the same line after a kill. One thread per process (two can run side by
 # side on two cores). Then: python scripts/sensitivity_report.py OUT/sensitivity
 set -euo pipefail
@@ -20,6 +21,10 @@ case ${2:?usage: bash scripts/study.sh OUT main|sensitivity} in
       name=${setting%%:*}
       # shellcheck disable=SC2086
       "$cli" demo "$out/sensitivity/$name" ${setting#*:} "${common[@]}"
-    done ;;
+    done
+    # the direction control with 10 seeds: more students on the same two banks
+    common[1]=10
+    "$cli" demo "$out/sensitivity/k96" -k 96 "${common[@]}"
+    "$cli" demo "$out/sensitivity/random96" -k 96 --directions random "${common[@]}" ;;
   *) echo "unknown part $2 (main, sensitivity)"; exit 2 ;;
 esac

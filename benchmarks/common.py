@@ -94,6 +94,27 @@ def gpu_quantiles_ms(fn) -> tuple[float, float, float]:
     return p50, p20, p80
 
 
+def measure(
+    benchmark, step, device: str, *, rounds: int, warmup_rounds: int = 0, kept_bytes: int = 0, device_step=None, **row
+) -> None:
+    """One benchmark row: the peak memory of one ``step()``, the row's fields, on CUDA the
+    do_bench quantiles of ``device_step`` (default ``step``; pass the unsynchronized call where
+    ``step`` synchronizes), then pytest-benchmark's wall-clock rounds of ``step``.
+
+    extra_mb is the peak minus ``kept_bytes``, what the call must leave behind (its output or the
+    gradients it returns): the memory a fused op exists to save."""
+    peak = peak_memory_bytes(step, device)
+    benchmark.extra_info.update(
+        row,
+        peak_mb=None if peak is None else peak / 2**20,
+        extra_mb=None if peak is None else (peak - kept_bytes) / 2**20,
+    )
+    if device == "cuda":
+        p50, p20, p80 = gpu_quantiles_ms(device_step or step)
+        benchmark.extra_info.update(p50_ms=p50, p20_ms=p20, p80_ms=p80)
+    benchmark.pedantic(step, rounds=rounds, iterations=1, warmup_rounds=warmup_rounds)
+
+
 def git_sha() -> str:
     """Short sha of HEAD (+dirty); CLAREP_FAST_GIT_SHA overrides it (copies of the tree without .git)."""
     if os.environ.get("CLAREP_FAST_GIT_SHA"):

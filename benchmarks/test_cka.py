@@ -11,7 +11,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from benchmarks.common import gpu_quantiles_ms, peak_memory_bytes
+from benchmarks.common import measure
 from clarep_fast import cka_pairs, use_backend
 from clarep_fast.reference import cka_reference
 
@@ -77,34 +77,31 @@ def test_cka_forward_backward(benchmark, case, provider, bench_device):
         pytest.skip(f"{provider} is not a {bench_device} provider")
     torch._dynamo.config.cache_size_limit = 64
     xs, ys, wrt = _inputs(case, bench_device)
-    step = _step(provider, xs, ys, wrt)
-    if bench_device == "cuda":
-        run = step
+    run = _step(provider, xs, ys, wrt)
 
-        def step():  # noqa: F811  (synchronize so wall-clock rounds measure the device work)
-            run()
+    def step():  # synchronized, so that wall-clock rounds measure the device work
+        run()
+        if bench_device == "cuda":
             torch.cuda.synchronize()
 
     step()  # warm-up: compilation, kernel autotuning, allocator
     element = xs[0].element_size()
     n, d, pairs = case["n"], case["d"], case["pairs"]
     grad_bytes = sum(t.numel() for t in wrt) * element
-    peak = peak_memory_bytes(step, bench_device)
-    benchmark.extra_info.update(
+    measure(
+        benchmark,
+        step,
+        bench_device,
+        rounds=3 if n * d * pairs >= 512 * 65536 else 7,
+        kept_bytes=grad_bytes,
+        device_step=run,
         op="cka_pairs" if pairs > 1 else "cka",
         provider=provider,
         mode=case["mode"],
         shape=f"n={n} d={d} pairs={pairs}",
         dtype=case["dtype"],
-        peak_mb=None if peak is None else peak / 2**20,
-        extra_mb=None if peak is None else (peak - grad_bytes) / 2**20,
         # one pass: read every x and y once, write every gradient once
         min_mb_moved=(2 * pairs * n * d * element + grad_bytes) / 2**20,
         # nominal: one Gram per input (2 n² d) + one n×n-by-(n, d) product per gradient
         gflop=(2 * pairs * 2 * n * n * d + len(wrt) * 2 * n * n * d) / 1e9,
     )
-    if bench_device == "cuda":
-        p50, p20, p80 = gpu_quantiles_ms(run)
-        benchmark.extra_info.update(p50_ms=p50, p20_ms=p20, p80_ms=p80)
-    rounds = 3 if n * d * pairs >= 512 * 65536 else 7
-    benchmark.pedantic(step, rounds=rounds, iterations=1, warmup_rounds=0)

@@ -13,7 +13,7 @@ import pytest
 import torch
 import torchattacks
 
-from benchmarks.common import gpu_quantiles_ms, peak_memory_bytes
+from benchmarks.common import measure
 from clarep_fast.pipeline.distill.student import Student
 from clarep_fast.pipeline.evaluate.fold import fold_batchnorm
 from clarep_fast.pipeline.evaluate.robustness import EvaluateConfig
@@ -54,17 +54,15 @@ def test_evaluate_step(benchmark, case, provider, bench_device):
         return clean, robust
 
     step()  # compiles the compile provider; warms the others
-    peak = peak_memory_bytes(step, bench_device)
-    benchmark.extra_info.update(
+    measure(
+        benchmark,
+        step,
+        bench_device,
+        rounds=7,
+        warmup_rounds=1,
         op="evaluate_step",
         provider=provider,
         mode=f"clean + PGD-{config.pgd_steps}",
         shape=f"resnet18 16×16 B={case['batch']}",
         dtype=case["dtype"],
-        peak_mb=None if peak is None else peak / 2**20,
-        extra_mb=None if peak is None else peak / 2**20,
     )
-    if bench_device == "cuda":
-        p50, p20, p80 = gpu_quantiles_ms(step)
-        benchmark.extra_info.update(p50_ms=p50, p20_ms=p20, p80_ms=p80)
-    benchmark.pedantic(step, rounds=7, iterations=1, warmup_rounds=1)

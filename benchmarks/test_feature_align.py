@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from benchmarks.common import gpu_quantiles_ms, peak_memory_bytes
+from benchmarks.common import measure
 from clarep_fast import feature_align
 from clarep_fast.reference import feature_align_reference
 
@@ -49,19 +49,17 @@ def test_feature_align_forward_backward(benchmark, case, provider, bench_device)
     step()
     element = students[0].element_size()
     features = sum(s.numel() for s in students)
-    peak = peak_memory_bytes(step, bench_device)
-    benchmark.extra_info.update(
+    measure(
+        benchmark,
+        step,
+        bench_device,
+        rounds=7,
+        kept_bytes=features * element,
         op="feature_align",
         provider=provider,
         mode=f"{kind}, student grad",
         shape=f"B={case['batch']} D={'+'.join(map(str, case['widths']))}",
         dtype=case["dtype"],
-        peak_mb=None if peak is None else peak / 2**20,
-        extra_mb=None if peak is None else (peak - features * element) / 2**20,
         min_mb_moved=(3 * features * element) / 2**20,  # read s and t once, write ds once
         gflop=(8 * features + 4 * features) / 1e9,
     )
-    if bench_device == "cuda":
-        p50, p20, p80 = gpu_quantiles_ms(step)
-        benchmark.extra_info.update(p50_ms=p50, p20_ms=p20, p80_ms=p80)
-    benchmark.pedantic(step, rounds=7, iterations=1, warmup_rounds=0)

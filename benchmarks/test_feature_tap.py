@@ -19,7 +19,7 @@ import torch
 from diffusers import UNet2DModel
 from torch.utils.flop_counter import FlopCounterMode
 
-from benchmarks.common import gpu_quantiles_ms, peak_memory_bytes
+from benchmarks.common import measure
 from clarep_fast import FeatureTap
 from clarep_fast.reference import feature_pool_reference
 from clarep_fast.taps.stages import as_map
@@ -109,18 +109,16 @@ def test_feature_tap_forward(benchmark, case, provider, bench_device):
     packed_bytes = (
         output.numel() * output.element_size() if isinstance(output, torch.Tensor) and provider != "model-only" else 0
     )
-    peak = peak_memory_bytes(step, bench_device)
-    benchmark.extra_info.update(
+    measure(
+        benchmark,
+        step,
+        bench_device,
+        rounds=5,
+        kept_bytes=packed_bytes,
         op="feature_tap",
         provider=provider,
         mode="no_grad",
         shape=f"B={batch} taps={case['layers']} pool={pool}",
         dtype=case["dtype"],
-        peak_mb=None if peak is None else peak / 2**20,
-        extra_mb=None if peak is None else (peak - packed_bytes) / 2**20,
         gflop=_flops(step) if provider != "compile" else None,
     )
-    if bench_device == "cuda":
-        p50, p20, p80 = gpu_quantiles_ms(step)
-        benchmark.extra_info.update(p50_ms=p50, p20_ms=p20, p80_ms=p80)
-    benchmark.pedantic(step, rounds=5, iterations=1, warmup_rounds=0)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from benchmarks.common import gpu_quantiles_ms, peak_memory_bytes
+from benchmarks.common import measure
 from clarep_fast.ops import OPS
 from clarep_fast.ops.spec import grad_leaves
 
@@ -41,21 +41,19 @@ def test_op_table(benchmark, case, provider, bench_device):
             torch.cuda.synchronize()
 
     step()
-    peak = peak_memory_bytes(step, bench_device)
     # read forward, read again and write the gradient backward
     moved = sum(t.numel() * t.element_size() for t in inputs) * 3
     shapes = " ".join("×".join(map(str, t.shape)) for t in inputs)
-    benchmark.extra_info.update(
+    measure(
+        benchmark,
+        step,
+        bench_device,
+        rounds=50,
+        warmup_rounds=3,
         op=f"{spec.name} (example)",
         provider=provider,
         mode="fwd+bwd",
         shape=shapes,
         dtype=case["dtype"],
-        peak_mb=None if peak is None else peak / 2**20,
-        extra_mb=None if peak is None else peak / 2**20,
         min_mb_moved=moved / 2**20,
     )
-    if bench_device == "cuda":
-        p50, p20, p80 = gpu_quantiles_ms(step)
-        benchmark.extra_info.update(p50_ms=p50, p20_ms=p20, p80_ms=p80)
-    benchmark.pedantic(step, rounds=50, iterations=1, warmup_rounds=3)

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from benchmarks import baselines
-from benchmarks.common import gpu_quantiles_ms, peak_memory_bytes
+from benchmarks.common import measure
 import clarep_fast
 
 SIZES = (8, 64, 128)
@@ -107,18 +107,16 @@ def test_per_call(benchmark, case, provider, bench_device):
     torch._dynamo.config.cache_size_limit = 64
     step, shape, moved = _call(case, bench_device, provider)
     step()
-    peak = peak_memory_bytes(step, bench_device)
-    benchmark.extra_info.update(
+    measure(
+        benchmark,
+        step,
+        bench_device,
+        rounds=200 if case["n"] <= 64 else 50,
+        warmup_rounds=5,
         op=f"{case['op']} (per call)",
         provider=provider,
         mode="fwd+bwd",
         shape=shape,
         dtype=case["dtype"],
-        peak_mb=None if peak is None else peak / 2**20,
-        extra_mb=None if peak is None else peak / 2**20,
         min_mb_moved=moved / 2**20,
     )
-    if bench_device == "cuda":
-        p50, p20, p80 = gpu_quantiles_ms(step)
-        benchmark.extra_info.update(p50_ms=p50, p20_ms=p20, p80_ms=p80)
-    benchmark.pedantic(step, rounds=200 if case["n"] <= 64 else 50, iterations=1, warmup_rounds=5)

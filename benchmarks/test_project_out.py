@@ -11,7 +11,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from benchmarks.common import gpu_quantiles_ms, peak_memory_bytes
+from benchmarks.common import measure
 from clarep_fast import project_out
 from clarep_fast.reference import project_out_reference
 
@@ -64,20 +64,19 @@ def test_project_out(benchmark, case, provider, bench_device):
     step()
     element = x.element_size()
     out_bytes = batch * size * element
-    peak = peak_memory_bytes(step, bench_device)
     moved = (batch * size * rank + 2 * batch * size) * element * (1 if case["mode"] == "no_grad" else 2)
-    benchmark.extra_info.update(
+    measure(
+        benchmark,
+        step,
+        bench_device,
+        rounds=7,
+        kept_bytes=out_bytes,
+        device_step=run,
         op="project_out",
         provider=provider,
         mode=case["mode"],
         shape=f"B={batch} N={size} k={rank} V {case['layout']}",
         dtype=case["dtype"],
-        peak_mb=None if peak is None else peak / 2**20,
-        extra_mb=None if peak is None else (peak - out_bytes) / 2**20,
         min_mb_moved=moved / 2**20,  # read V and x, write the output (and the same again backward)
         gflop=(4 * batch * size * rank * (1 if case["mode"] == "no_grad" else 2)) / 1e9,
     )
-    if bench_device == "cuda":
-        p50, p20, p80 = gpu_quantiles_ms(run)
-        benchmark.extra_info.update(p50_ms=p50, p20_ms=p20, p80_ms=p80)
-    benchmark.pedantic(step, rounds=7, iterations=1, warmup_rounds=0)

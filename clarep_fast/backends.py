@@ -141,12 +141,13 @@ resolve_backend._dynamo_marked_constant = True
 class Kernels:
     """One op's kernels on every backend, declared once in ``clarep_fast/ops/<op>.py``:
 
-      torch     the pure-PyTorch kernels of ``clarep_fast/reference/<op>.py`` (a tuple)
+      torch     the pure-PyTorch kernels of ``clarep_fast/reference/<op>.py``
       triton    a function returning the Triton launchers of ``kernels/<op>.py`` (called on first
                 use: Triton is imported only when the triton backend runs)
       compiled  a function returning the operators the compiled extension registered,
                 ``torch.ops.clarep_fast_C.<name>`` (cpu and cuda: the dispatcher picks by device)
-    Every backend's tuple follows the contract the op file writes down.
+    Each backend gives one instance of the op's named tuple of stages (for instance
+    ``CkaKernels(stats, grads)``), every stage following the contract the op file writes down.
     """
 
     def __init__(self, *, torch: tuple, triton: Callable[[], tuple], compiled: Callable[[], tuple]):
@@ -160,7 +161,8 @@ class Kernels:
             if backend == "torch":
                 kernels = self._torch
             elif backend == "triton":
-                kernels = tuple(_on_the_tensors_device(launcher) for launcher in self._triton())
+                launchers = self._triton()
+                kernels = launchers._make(_on_the_tensors_device(launcher) for launcher in launchers)
             elif backend in ("cpu", "cuda"):
                 kernels = self._compiled()
             else:

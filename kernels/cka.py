@@ -16,12 +16,10 @@ Each program stores its rows' row sums and fp64 partial sums; the last program o
 counter) adds the partials in a fixed order, forms the row-sum dot products and the ratio. fp64
 accumulation keeps this as accurate as explicit centering (the Gram's own fp32 rounding dominates).
 _cka_grads_kernel: one program per (pair, tile), elementwise.
-On CPU run them with TRITON_INTERPRET=1 (slow: small n, big blocks).
+On CPU run them with TRITON_INTERPRET=1 (slow: small n).
 """
 
 from __future__ import annotations
-
-import os
 
 import torch
 import triton
@@ -206,13 +204,14 @@ def _cka_grads_kernel(
     tl.store(out + nn + index, d_l.to(dtype), mask=mask)
 
 
-def _interpreting() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0") == "1"
-
-
-def _block(n: int) -> int:
-    """64×64 tiles on a GPU; in the interpreter (CPU) fewer, larger programs run much faster."""
-    return min(128, triton.next_power_of_2(n)) if _interpreting() else 64
+# Tiles, the same on a GPU and in the interpreter (the CPU tests run what a GPU compiles). The
+# stats kernel keeps three fp64 (BLOCK_M, BLOCK_N) accumulators: 24 fp64 values per thread at
+# 16 × 64 with 4 warps. The grads kernel holds about eight values per tile element: 64 × 64 fp32
+# tiles over 8 warps (4 warps reach 254 registers when n is not a multiple of 16), 32 × 32 fp64
+# ones (64 × 64 fp64 spills at the register ceiling; docs/gpu.md).
+STATS_BLOCK_M, STATS_BLOCK_N, FINAL_BLOCK, STATS_WARPS = 16, 64, 256, 4
+GRADS_BLOCK = {torch.float32: 64, torch.float64: 32}
+GRADS_WARPS = 8
 
 
 def _check(grams: torch.Tensor) -> tuple[int, int]:
@@ -226,8 +225,7 @@ def _check(grams: torch.Tensor) -> tuple[int, int]:
 def cka_stats(grams: torch.Tensor, unbiased: bool, rtol: float) -> tuple[torch.Tensor, torch.Tensor]:
     """(P, 2, n, n) Grams -> stats (P, 8), rowsums (P, 2, n): one launch over (pair, row block)."""
     pairs, n = _check(grams)
-    block_m = _block(n) if _interpreting() else 16
-    blocks = triton.cdiv(n, block_m)
+    blocks = triton.cdiv(n, STATS_BLOCK_M)
     stats = grams.new_empty(pairs, NUM_STATS)
     rowsums = grams.new_empty(pairs, 2, n)
     partials = grams.new_empty(pairs, blocks, 5, dtype=torch.float64)
@@ -241,10 +239,10 @@ def cka_stats(grams: torch.Tensor, unbiased: bool, rtol: float) -> tuple[torch.T
         n,
         rtol,
         UNBIASED=unbiased,
-        BLOCK_M=block_m,
-        BLOCK_N=_block(n),
-        FINAL_BLOCK=256,
-        num_warps=4,
+        BLOCK_M=STATS_BLOCK_M,
+        BLOCK_N=STATS_BLOCK_N,
+        FINAL_BLOCK=FINAL_BLOCK,
+        num_warps=STATS_WARPS,
     )
     return stats, rowsums
 
@@ -255,7 +253,9 @@ def cka_grads(
     """Coefficient matrices 2g dCKA/dK, 2g dCKA/dL (P, 2, n, n): one launch over (pair, tile, tile)."""
     pairs, n = _check(grams)
     coeffs = torch.empty_like(grams)
-    block = _block(n)
+    block = GRADS_BLOCK[grams.dtype]
     grid = (pairs, triton.cdiv(n, block), triton.cdiv(n, block))
-    _cka_grads_kernel[grid](grams, rowsums, stats, grad, coeffs, n, rtol, UNBIASED=unbiased, BLOCK=block, num_warps=4)
+    _cka_grads_kernel[grid](
+        grams, rowsums, stats, grad, coeffs, n, rtol, UNBIASED=unbiased, BLOCK=block, num_warps=GRADS_WARPS
+    )
     return coeffs

@@ -59,8 +59,15 @@ def _feature_align_grads_kernel(
             )
 
 
-def _block(width: int) -> int:
-    return min(4096, triton.next_power_of_2(width))
+MIN_BLOCK = 128  # one element per thread of the default 4 warps: a narrower block leaves threads idle
+# Wider rows loop. The forward keeps four accumulators of BLOCK values: 4 × 32 fp32 registers per
+# thread at 4096, and as many fp64 values at 1024 (fp64 at 4096 spills: docs/gpu.md).
+MAX_BLOCK = {torch.float64: 1024}
+DEFAULT_MAX_BLOCK = 4096
+
+
+def _block(width: int, dtype: torch.dtype) -> int:
+    return min(MAX_BLOCK.get(dtype, DEFAULT_MAX_BLOCK), max(MIN_BLOCK, triton.next_power_of_2(width)))
 
 
 def feature_align_sums(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
@@ -68,7 +75,7 @@ def feature_align_sums(student: torch.Tensor, teacher: torch.Tensor) -> torch.Te
     rows, width = student.shape
     accumulate = accumulation_dtype(student)
     stats = torch.empty(rows, 4, dtype=accumulate, device=student.device)
-    _feature_align_sums_kernel[(rows,)](student, teacher, stats, width, BLOCK=_block(width))
+    _feature_align_sums_kernel[(rows,)](student, teacher, stats, width, BLOCK=_block(width, student.dtype))
     return stats
 
 
@@ -85,6 +92,6 @@ def feature_align_grads(student, teacher, coeffs, need_student: bool, need_teach
         width,
         NEED_S=need_student,
         NEED_T=need_teacher,
-        BLOCK=_block(width),
+        BLOCK=_block(width, student.dtype),
     )
     return grad_s, grad_t

@@ -153,9 +153,16 @@ def _project_out_grads_kernel(
             )
 
 
-def _blocks(rank: int) -> dict:
-    block_k = triton.next_power_of_2(rank)
-    return {"BLOCK_K": block_k, "BLOCK_N": max(16, 4096 // block_k)}
+NUM_WARPS = 8  # one program per sample: 256 threads share its V tile (more warps, fewer registers each)
+TILE = {torch.float64: 1024}  # elements of the (BLOCK_N, BLOCK_K) tile of V; 4 fp64 / 8 fp32 values per thread
+DEFAULT_TILE = 2048  # fp32 accumulation (fp16, bf16, fp32 inputs)
+
+
+def _blocks(rank: int, dtype: torch.dtype) -> dict:
+    """BLOCK_K: k rounded up to a power of two (at least 16); BLOCK_N: rows per tile within the
+    dtype's register budget (docs/gpu.md: larger tiles reach the register ceiling or spill)."""
+    block_k = max(16, triton.next_power_of_2(rank))
+    return {"BLOCK_K": block_k, "BLOCK_N": max(1, TILE.get(dtype, DEFAULT_TILE) // block_k), "num_warps": NUM_WARPS}
 
 
 def project_out_apply(x: torch.Tensor, vectors: torch.Tensor, rescale: bool, rtol: float):
@@ -168,7 +175,18 @@ def project_out_apply(x: torch.Tensor, vectors: torch.Tensor, rescale: bool, rto
     stats = torch.empty(batch, 4, dtype=accumulate, device=x.device)
     scratch = torch.empty(batch, size, dtype=accumulate, device=x.device)
     _project_out_apply_kernel[(batch,)](
-        x, vectors, out, coeffs, stats, scratch, size, rank, *vectors.stride(), rtol, RESCALE=rescale, **_blocks(rank)
+        x,
+        vectors,
+        out,
+        coeffs,
+        stats,
+        scratch,
+        size,
+        rank,
+        *vectors.stride(),
+        rtol,
+        RESCALE=rescale,
+        **_blocks(rank, x.dtype),
     )
     return out, coeffs, stats
 
@@ -195,6 +213,6 @@ def project_out_grads(grad, x, vectors, coeffs, stats, rescale: bool, rtol: floa
         rank,
         *vectors.stride(),
         NEED_V=need_vectors_grad,
-        **_blocks(rank),
+        **_blocks(rank, x.dtype),
     )
     return grad_x, grad_v

@@ -1,5 +1,6 @@
 """Backend registry: auto choice, environment variable, context manager, clear errors."""
 
+import collections
 import pytest
 import torch
 
@@ -82,10 +83,13 @@ def test_triton_launchers_run_on_the_tensors_gpu_not_the_current_one(monkeypatch
     monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
     monkeypatch.setattr(torch.cuda, "device", Recorder)
     seen = []
+    Stages = collections.namedtuple("Stages", ["launch"])
     kernels = backends.Kernels(
-        torch=(), triton=lambda: (lambda x, flag: seen.append((x.device, flag, list(entered))),), compiled=lambda: ()
+        torch=(),
+        triton=lambda: Stages(lambda x, flag: seen.append((x.device, flag, list(entered)))),
+        compiled=lambda: (),
     )
-    launcher = kernels.on("triton")[0]
+    launcher = kernels.on("triton").launch
     launcher(torch.zeros(2).as_subclass(_OnSecondGpu), True)
     assert seen == [(torch.device("cuda", 1), True, [torch.device("cuda", 1)])]
     launcher(torch.zeros(2), False)  # CPU tensors (the interpreter): no device switch

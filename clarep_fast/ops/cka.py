@@ -20,7 +20,7 @@ Only the (P, 2, n, n) Grams, row sums and stats are saved: never a centered (n, 
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Callable, NamedTuple, Sequence
 
 import torch
 from torch import Tensor
@@ -55,17 +55,26 @@ Y_ONLY_STATS = [STATS_FIELDS.index("hll"), STATS_FIELDS.index("trace_y")]
 # rtol is DEGENERATE_RTOL, passed in so that every backend draws the same line.
 
 
+class CkaKernels(NamedTuple):
+    """The two n×n stages of one backend, by name (contract above)."""
+
+    stats: Callable
+    grads: Callable
+
+
 def _triton_kernels():
     from clarep_fast.kernels import cka as triton_cka
 
-    return triton_cka.cka_stats, triton_cka.cka_grads
+    return CkaKernels(triton_cka.cka_stats, triton_cka.cka_grads)
 
 
 def _compiled_kernels():
-    return compiled_ops().cka_stats.default, compiled_ops().cka_grads.default
+    return CkaKernels(compiled_ops().cka_stats.default, compiled_ops().cka_grads.default)
 
 
-KERNELS = Kernels(torch=(cka_stats_reference, cka_grads_reference), triton=_triton_kernels, compiled=_compiled_kernels)
+KERNELS = Kernels(
+    torch=CkaKernels(cka_stats_reference, cka_grads_reference), triton=_triton_kernels, compiled=_compiled_kernels
+)
 
 
 # ----------------------------------------------------------------------------- custom ops
@@ -86,7 +95,7 @@ def cka_forward(
         ]
     )
     scales = _condition_grams(grams, xs, ys)
-    stats, rowsums = KERNELS.on(backend)[0](grams, unbiased, DEGENERATE_RTOL)
+    stats, rowsums = KERNELS.on(backend).stats(grams, unbiased, DEGENERATE_RTOL)
     _raise_if_not_finite(stats)
     return stats[:, 0].clone(), stats, rowsums, grams, scales, shifted
 
@@ -115,7 +124,7 @@ def cka_backward(
     backend: str,
 ) -> tuple[list[Tensor], list[Tensor]]:
     """Input gradients of cka_forward; an input list that needs no gradient gets an empty list."""
-    coefficients = KERNELS.on(backend)[1](
+    coefficients = KERNELS.on(backend).grads(
         grams, rowsums, stats, grad.to(grams.dtype).contiguous(), unbiased, DEGENERATE_RTOL
     )
     coefficients = coefficients * scales[:, :, None, None]  # the Grams were scaled by s: dCKA/dK = s · dCKA/d(sK)
@@ -342,4 +351,15 @@ def _example(device, dtype, generator):
     return (x, y), {"unbiased": False}
 
 
-SPEC = OpSpec("cka", cka, cka_reference, KERNELS, _example)
+def _launch_cases(device, dtype):
+    """The Triton kernels' tiles are fixed per Gram dtype (kernels/cka.py): both flags, n odd and a
+    multiple of 16 (Triton specializes ints divisible by 16), every input trainable."""
+    generator = torch.Generator().manual_seed(0)
+    for unbiased in (False, True):
+        for n in (41, 48):
+            x = random_tensor(generator, device, dtype, n, 33, requires_grad=True)
+            y = (random_tensor(generator, device, dtype, n, 20) + x[:, :20].detach()).requires_grad_(True)
+            yield (x, y), {"unbiased": unbiased}
+
+
+SPEC = OpSpec("cka", cka, cka_reference, KERNELS, _example, _launch_cases)

@@ -12,7 +12,7 @@ and their gradients; nothing of size (B, D) is saved or created here beyond the 
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Callable, NamedTuple, Sequence
 
 import torch
 from torch import Tensor
@@ -39,18 +39,25 @@ from clarep_fast.reference.feature_align import (
 #   feature_align_grads(s, t, coeffs (B, 3) [A, Bs, Ct], need_s, need_t) -> (grad_s, grad_t), empty where not needed
 
 
+class FeatureAlignKernels(NamedTuple):
+    """The forward (sums) and backward (grads) stages of one backend, by name (contract above)."""
+
+    sums: Callable
+    grads: Callable
+
+
 def _triton_kernels():
     from clarep_fast.kernels import feature_align as triton_feature_align
 
-    return triton_feature_align.feature_align_sums, triton_feature_align.feature_align_grads
+    return FeatureAlignKernels(triton_feature_align.feature_align_sums, triton_feature_align.feature_align_grads)
 
 
 def _compiled_kernels():
-    return compiled_ops().feature_align_sums.default, compiled_ops().feature_align_grads.default
+    return FeatureAlignKernels(compiled_ops().feature_align_sums.default, compiled_ops().feature_align_grads.default)
 
 
 KERNELS = Kernels(
-    torch=(feature_align_sums_reference, feature_align_grads_reference),
+    torch=FeatureAlignKernels(feature_align_sums_reference, feature_align_grads_reference),
     triton=_triton_kernels,
     compiled=_compiled_kernels,
 )
@@ -62,7 +69,7 @@ KERNELS = Kernels(
 @torch.library.custom_op("clarep_fast::feature_align_forward", mutates_args=())
 def feature_align_forward(students: list[Tensor], teachers: list[Tensor], backend: str) -> Tensor:
     """(B, D_l) pairs -> (P, B, 4) row statistics [s·t, s·s, t·t, ‖s - t‖²]."""
-    forward = KERNELS.on(backend)[0]
+    forward = KERNELS.on(backend).sums
     stats = torch.stack([forward(s.contiguous(), t.contiguous()) for s, t in zip(students, teachers)])
     _raise_if_not_finite(
         stats, students, teachers
@@ -85,7 +92,7 @@ def feature_align_backward(
     backend: str,
 ) -> list[Tensor]:
     """[ds_1 .. ds_P, dt_1 .. dt_P] (empty tensors where not needed) from the statistics' gradient."""
-    backward = KERNELS.on(backend)[1]
+    backward = KERNELS.on(backend).grads
     g_st, g_ss, g_tt, g_dd = grad_stats.unbind(-1)  # each (P, B)
     coeffs = torch.stack([g_st - 2 * g_dd, 2 * (g_ss + g_dd), 2 * (g_tt + g_dd)], dim=-1).contiguous()  # (P, B, 3)
     pairs = [
@@ -261,4 +268,26 @@ def _example(device, dtype, generator):
     return (students, teachers), {"kind": "cosine", "reduction": "none"}
 
 
-SPEC = OpSpec("feature_align", feature_align, feature_align_reference, KERNELS, _example)
+def _launch_cases(device, dtype):
+    """Widths from 1 to past the kernels' largest block (kernels/feature_align.py picks a power of two
+    from 128 to 4096 from the width), each block once with an odd width and once with a multiple of
+    16 (Triton specializes ints divisible by 16), both sides trainable; one side alone (the kernels'
+    NEED flags, which only drop work) at the smallest and largest block."""
+    generator = torch.Generator().manual_seed(0)
+
+    def case(width, need_student, need_teacher):
+        student = random_tensor(generator, device, dtype, 3, width, requires_grad=need_student)
+        teacher = random_tensor(generator, device, dtype, 3, width, requires_grad=need_teacher)
+        # both kinds; not cosine at width 1, where it is constant and its zero gradient tests only rounding
+        return ([student], [teacher]), {"kind": "cosine" if width % 2 and width > 1 else "mse"}
+
+    for block in (128, 256, 512, 1024, 2048, 4096, 8192):
+        for width in (block - 1, block):
+            yield case(width, True, True)
+    yield case(1, True, True)
+    for width in (1, 8192):
+        yield case(width, True, False)
+        yield case(width, False, True)
+
+
+SPEC = OpSpec("feature_align", feature_align, feature_align_reference, KERNELS, _example, _launch_cases)

@@ -18,7 +18,7 @@ Nothing of map size is saved for backward: only the packed output and the per-la
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Callable, NamedTuple, Sequence
 
 import torch
 from torch import Tensor
@@ -43,18 +43,25 @@ from clarep_fast.reference.feature_pool import (
 #   feature_pool_spread(grad (B,total) accumulation dtype, map, offset, size) -> (B,C,H,W) map dtype
 
 
+class FeaturePoolKernels(NamedTuple):
+    """The forward (pack) and backward (spread) stages of one backend, by name (contract above)."""
+
+    pack: Callable
+    spread: Callable
+
+
 def _triton_kernels():
     from clarep_fast.kernels import feature_pool as triton_feature_pool
 
-    return triton_feature_pool.feature_pool_pack, triton_feature_pool.feature_pool_spread
+    return FeaturePoolKernels(triton_feature_pool.feature_pool_pack, triton_feature_pool.feature_pool_spread)
 
 
 def _compiled_kernels():
-    return compiled_ops().feature_pool_pack.default, compiled_ops().feature_pool_spread.default
+    return FeaturePoolKernels(compiled_ops().feature_pool_pack.default, compiled_ops().feature_pool_spread.default)
 
 
 KERNELS = Kernels(
-    torch=(feature_pool_pack_reference, feature_pool_spread_reference),
+    torch=FeaturePoolKernels(feature_pool_pack_reference, feature_pool_spread_reference),
     triton=_triton_kernels,
     compiled=_compiled_kernels,
 )
@@ -81,7 +88,7 @@ def feature_pool_forward(
     accumulate = accumulation_dtype(*maps)
     batch = maps[0].shape[0]
     pooled = torch.empty(batch, offsets[-1], dtype=accumulate, device=maps[0].device)
-    forward = KERNELS.on(backend)[0]
+    forward = KERNELS.on(backend).pack
     for layer, feature_map in enumerate(maps):
         forward(feature_map, pooled, offsets[layer], size)
     norms = torch.ones(batch, len(maps), dtype=accumulate, device=pooled.device)
@@ -121,7 +128,7 @@ def feature_pool_backward(
             pieces.append(torch.where(norm > NORMALIZE_EPS, projected, g / NORMALIZE_EPS))
         grad = torch.cat(pieces, dim=1)
     grad = grad.contiguous()
-    backward = KERNELS.on(backend)[1]
+    backward = KERNELS.on(backend).spread
     return [backward(grad, feature_map, offsets[layer], size) for layer, feature_map in enumerate(maps)]
 
 
@@ -201,6 +208,11 @@ def feature_pool(
     backend = resolve_backend(maps[0].device)
     if backend == "cuda":
         check_cuda_launch(size, maps[0].dtype)
+        for name, feature_map in zip(labels.split("\n"), maps):
+            if feature_map.shape[2] * feature_map.shape[3] >= 2**31:
+                raise ValueError(
+                    f"{name} has {feature_map.shape[2]}×{feature_map.shape[3]} planes; the cuda backend indexes a plane in 32 bits (under 2^31 elements)"
+                )
     if takes_whole_call(backend):
         packed, _ = compiled_ops().feature_pool_call(maps, size, normalize, out_dtype)
         _raise_if_not_finite(packed, maps, _offsets(maps, size), labels.split("\n"))
@@ -310,4 +322,19 @@ def _example(device, dtype, generator):
     return ([first, second], 3), {"normalize": True}
 
 
-SPEC = OpSpec("feature_pool", feature_pool, feature_pool_reference, KERNELS, _example)
+def _launch_cases(device, dtype):
+    """Windows and planes from 1 to past the kernels' largest chunk (kernels/feature_pool.py picks
+    the chunk from the window's and the plane's element counts), contiguous and channels-last maps
+    (Triton specializes a stride of 1), an uneven 3×3 pool, normalized and not."""
+    generator = torch.Generator().manual_seed(0)
+    for side in (1, 2, 4, 8, 12, 16, 23, 32, 48):
+        for channels_last in (False, True):
+            feature_map = random_tensor(generator, device, dtype, 2, 3, side, side)
+            if channels_last:
+                feature_map = feature_map.to(memory_format=torch.channels_last)
+            yield ([feature_map.requires_grad_(True)], 1), {"normalize": channels_last}
+    uneven = random_tensor(generator, device, dtype, 2, 3, 7, 9, requires_grad=True)
+    yield ([uneven], 3), {}
+
+
+SPEC = OpSpec("feature_pool", feature_pool, feature_pool_reference, KERNELS, _example, _launch_cases)

@@ -10,6 +10,8 @@ scalars per sample for the backward, which recomputes y instead of storing it.
 
 from __future__ import annotations
 
+from typing import Callable, NamedTuple
+
 import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
@@ -34,18 +36,27 @@ from clarep_fast.reference.project_out import (
 # coeffs and stats in the accumulation dtype; stats = [s, ‖x‖, ‖y‖, 1 if rescaled else 0].
 
 
+class ProjectOutKernels(NamedTuple):
+    """The forward and backward stages of one backend, by name (contract above)."""
+
+    apply: Callable
+    grads: Callable
+
+
 def _triton_kernels():
     from clarep_fast.kernels import project_out as triton_project_out
 
-    return triton_project_out.project_out_apply, triton_project_out.project_out_grads
+    return ProjectOutKernels(triton_project_out.project_out_apply, triton_project_out.project_out_grads)
 
 
 def _compiled_kernels():
-    return compiled_ops().project_out_apply.default, compiled_ops().project_out_grads.default
+    return ProjectOutKernels(compiled_ops().project_out_apply.default, compiled_ops().project_out_grads.default)
 
 
 KERNELS = Kernels(
-    torch=(project_out_apply_reference, project_out_grads_reference), triton=_triton_kernels, compiled=_compiled_kernels
+    torch=ProjectOutKernels(project_out_apply_reference, project_out_grads_reference),
+    triton=_triton_kernels,
+    compiled=_compiled_kernels,
 )
 
 
@@ -55,7 +66,7 @@ KERNELS = Kernels(
 @torch.library.custom_op("clarep_fast::project_out_forward", mutates_args=())
 def project_out_forward(x: Tensor, vectors: Tensor, rescale: bool, backend: str) -> tuple[Tensor, Tensor, Tensor]:
     """x (B, N), vectors (B, N, K) -> (out (B, N), coeffs (B, K), stats (B, 4))."""
-    out, coeffs, stats = KERNELS.on(backend)[0](x.contiguous(), vectors, rescale, RESCALE_RTOL)  # V: any strides
+    out, coeffs, stats = KERNELS.on(backend).apply(x.contiguous(), vectors, rescale, RESCALE_RTOL)  # V: any strides
     _raise_if_not_finite(stats, x, vectors)
     return out, coeffs, stats
 
@@ -79,7 +90,7 @@ def project_out_backward(
     backend: str,
 ) -> tuple[Tensor, Tensor]:
     """-> (grad_x (B, N), grad_vectors (B, N, K), or an empty tensor unless need_vectors_grad)."""
-    backward = KERNELS.on(backend)[1]
+    backward = KERNELS.on(backend).grads
     return backward(grad.contiguous(), x.contiguous(), vectors, coeffs, stats, rescale, RESCALE_RTOL, need_vectors_grad)
 
 
@@ -147,6 +158,8 @@ def project_out(x: Tensor, vectors: Tensor, *, rescale: bool = False) -> Tensor:
     backend = resolve_backend(x.device)
     if backend == "cuda":
         check_cuda_launch(vectors.shape[2], x.dtype)
+    if backend == "triton":
+        check_triton_launch(vectors.shape[2])
     if takes_whole_call(backend):
         out, stats = compiled_ops().project_out_call(x, vectors, rescale, RESCALE_RTOL)
         _raise_if_not_finite(stats, x.reshape(x.shape[0], -1), vectors)
@@ -159,6 +172,17 @@ def project_out(x: Tensor, vectors: Tensor, *, rescale: bool = False) -> Tensor:
 
 
 CUDA_SHARED_BYTES = 48 * 1024  # dynamic shared memory a CUDA launch gets without opting in
+TRITON_MAX_RANK = 2048  # the triton kernels hold a (rows, k) tile of V in registers: docs/gpu.md
+
+
+def check_triton_launch(rank: int) -> None:
+    """The triton kernels keep a (rows, BLOCK_K ≥ k) tile of V in registers: refuse, before
+    launching, a k past the largest tile that compiles without spilling (docs/gpu.md)."""
+    if rank > TRITON_MAX_RANK:
+        raise ValueError(
+            f"vectors has k = {rank:,} directions; the triton backend takes at most {TRITON_MAX_RANK:,}; "
+            "use the cuda or torch backend, or fewer directions"
+        )
 
 
 def check_cuda_launch(rank: int, dtype: torch.dtype) -> None:
@@ -215,4 +239,27 @@ def _example(device, dtype, generator):
     return (x, vectors), {"rescale": True}
 
 
-SPEC = OpSpec("project_out", project_out, project_out_reference, KERNELS, _example)
+def _launch_cases(device, dtype):
+    """k = 1 and every power of two from 16 up to the triton backend's limit (kernels/project_out.py
+    picks the tiles from k, BLOCK_K >= 16), once with rescaling and V's gradient and once with
+    neither (the flags only add work), V column-major (a QR's Q, as CLARID passes it); and at the
+    pipeline's k + p = 116 and the limit, N a multiple of 16 and V row-major (Triton specializes
+    ints divisible by 16 and strides of 1)."""
+    generator = torch.Generator().manual_seed(0)
+
+    def case(rank, size, column_major, rescale, need_vectors):
+        x = random_tensor(generator, device, dtype, 2, size, requires_grad=True)
+        shape = (2, rank, size) if column_major else (2, size, rank)
+        vectors = random_tensor(generator, device, dtype, *shape) / size**0.5
+        vectors = vectors.transpose(1, 2) if column_major else vectors
+        return (x, vectors.requires_grad_(need_vectors)), {"rescale": rescale}
+
+    for rank in [1] + [2**j for j in range(4, TRITON_MAX_RANK.bit_length())]:
+        for flags in (False, True):
+            yield case(rank, 21, True, flags, flags)
+    for rank in (116, TRITON_MAX_RANK):
+        for size, column_major in ((32, True), (21, False)):
+            yield case(rank, size, column_major, True, True)
+
+
+SPEC = OpSpec("project_out", project_out, project_out_reference, KERNELS, _example, _launch_cases)

@@ -1,7 +1,10 @@
 """The op table's row (OpSpec) and the one check that every backend of every op must pass.
 
 A row names the public op, its textbook reference (same call signature), its kernels, and an
-``example``: odd-shaped inputs for one call. ``check_against_reference`` runs the op on a backend
+``example``: odd-shaped inputs for one call; and ``launch_cases``: calls that together reach every
+block-size and flag choice the op's Triton launchers can make on a GPU for a dtype, up to the op's
+documented limits (the GPU compile gate, scripts/gpu_gate, compiles what they launch; the
+interpreter tests run them). ``check_against_reference`` runs the op on a backend
 and the reference in float64 on the same inputs, and compares the values and the gradients of
 every input that requires grad (through fixed random weights on the output). The self-check
 (``clarep-fast selfcheck``), the backend sweep of the tests (tests/ops/test_op_table.py) and the
@@ -11,7 +14,7 @@ table benchmark (benchmarks/test_op_table.py) all iterate ``clarep_fast.ops.OPS`
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, NamedTuple
+from typing import Callable, Iterator, NamedTuple
 
 import torch
 from torch import Tensor
@@ -37,6 +40,7 @@ class OpSpec:
     reference: Callable  # the textbook formula, called like `fused`
     kernels: Kernels
     example: Callable[[torch.device, torch.dtype, torch.Generator], tuple[tuple, dict]]  # -> (args, kwargs) of one call
+    launch_cases: Callable[[torch.device, torch.dtype], Iterator[tuple[tuple, dict]]]  # -> (args, kwargs) per call
 
 
 class CheckResult(NamedTuple):

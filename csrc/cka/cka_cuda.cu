@@ -50,7 +50,7 @@ __device__ void block_sum(double (&values)[count]) {
 }
 
 template <typename T>
-__global__ void cka_stats_kernel(const T* __restrict__ grams, T* __restrict__ rowsums, T* __restrict__ stats,
+__global__ void __launch_bounds__(kStatsThreads) cka_stats_kernel(const T* __restrict__ grams, T* __restrict__ rowsums, T* __restrict__ stats,
                                  double* __restrict__ partials, unsigned int* __restrict__ counters, int64_t n,
                                  bool unbiased, double a, double b, double rtol) {
   const int64_t pair = blockIdx.y, nn = n * n, blocks = gridDim.x;
@@ -132,7 +132,7 @@ __global__ void cka_stats_kernel(const T* __restrict__ grams, T* __restrict__ ro
 }
 
 template <typename T>
-__global__ void cka_grads_kernel(const T* __restrict__ grams, const T* __restrict__ rowsums,
+__global__ void __launch_bounds__(kGradThreads) cka_grads_kernel(const T* __restrict__ grams, const T* __restrict__ rowsums,
                                  const T* __restrict__ stats, const T* __restrict__ grad, T* __restrict__ coeffs,
                                  int64_t n, bool unbiased, T a, T b, double rtol) {
   const int64_t pair = blockIdx.y, nn = n * n;

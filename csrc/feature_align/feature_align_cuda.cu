@@ -16,7 +16,7 @@ constexpr int kThreads = 256;
 constexpr int kRowsPerBlock = kThreads / 32;
 
 template <typename T, typename Acc>
-__global__ void align_forward_kernel(const T* __restrict s, const T* __restrict t, Acc* __restrict stats, int64_t rows,
+__global__ void __launch_bounds__(kThreads) align_forward_kernel(const T* __restrict s, const T* __restrict t, Acc* __restrict stats, int64_t rows,
                                      int64_t width) {
   const int lane = threadIdx.x & 31;
   const int64_t row = static_cast<int64_t>(blockIdx.x) * kRowsPerBlock + (threadIdx.x >> 5);
@@ -36,7 +36,7 @@ __global__ void align_forward_kernel(const T* __restrict s, const T* __restrict 
 }
 
 template <typename T, typename Acc>
-__global__ void align_backward_kernel(const T* __restrict s, const T* __restrict t, const Acc* __restrict coeffs,
+__global__ void __launch_bounds__(kThreads) align_backward_kernel(const T* __restrict s, const T* __restrict t, const Acc* __restrict coeffs,
                                       T* __restrict grad_s, T* __restrict grad_t, int64_t rows, int64_t width) {
   const int64_t total = rows * width;
   for (int64_t e = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; e < total;

@@ -46,7 +46,7 @@ __device__ void columns_dot(const T* Vb, const Acc* v, Acc* out, const ProjectSh
 }
 
 template <typename T, typename Acc>
-__global__ void project_forward_kernel(const T* __restrict__ x, const T* __restrict__ V, T* __restrict__ out,
+__global__ void __launch_bounds__(kThreads) project_forward_kernel(const T* __restrict__ x, const T* __restrict__ V, T* __restrict__ out,
                                        Acc* __restrict__ coeffs, Acc* __restrict__ stats, Acc* __restrict__ scratch,
                                        ProjectShape p) {
   __shared__ Acc reduce[kWarps];
@@ -82,7 +82,7 @@ __global__ void project_forward_kernel(const T* __restrict__ x, const T* __restr
 }
 
 template <typename T, typename Acc>
-__global__ void project_backward_kernel(const T* __restrict__ grad, const T* __restrict__ x, const T* __restrict__ V,
+__global__ void __launch_bounds__(kThreads) project_backward_kernel(const T* __restrict__ grad, const T* __restrict__ x, const T* __restrict__ V,
                                         const Acc* __restrict__ coeffs, const Acc* __restrict__ stats,
                                         T* __restrict__ grad_x, T* __restrict__ grad_v, Acc* __restrict__ scratch,
                                         ProjectShape p) {

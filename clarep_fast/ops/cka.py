@@ -24,9 +24,9 @@ from typing import Callable, NamedTuple, Sequence
 
 import torch
 from torch import Tensor
-from torch.autograd.function import once_differentiable
 
 from clarep_fast.backends import Kernels, compiled_ops, resolve_backend, takes_whole_call
+from clarep_fast.ops.autograd import per_tensor, wire
 from clarep_fast.ops.batching import register_loop_vmap
 from clarep_fast.dtypes import accumulation_dtype, require_bool, require_float
 from clarep_fast.finite import refuse_non_finite
@@ -150,69 +150,28 @@ def _setup_context(ctx, inputs, output):
     ctx.pairs, ctx.unbiased, ctx.backend = len(xs), unbiased, backend
 
 
-def _backward(ctx, grad_cka, *unused_grads):
+def _backward(ctx, needs, grad_cka, *unused_grads):
     stats, rowsums, grams, scales, shifted, *inputs = ctx.saved_tensors
     xs, ys = inputs[: ctx.pairs], inputs[ctx.pairs :]
-    need_x, need_y = any(_flatten(ctx.needs_input_grad[0])), any(_flatten(ctx.needs_input_grad[1]))
+    need_xs, need_ys = per_tensor(needs[0], ctx.pairs), per_tensor(needs[1], ctx.pairs)
     dxs, dys = cka_backward(
-        grad_cka, stats, rowsums, grams, scales, shifted, xs, ys, ctx.unbiased, need_x, need_y, ctx.backend
+        grad_cka, stats, rowsums, grams, scales, shifted, xs, ys, ctx.unbiased, any(need_xs), any(need_ys), ctx.backend
     )
     nothing = [None] * ctx.pairs  # a tensor-list input takes a list of per-tensor gradients
-    return (dxs if need_x else nothing), (dys if need_y else nothing), None, None
+    return (
+        [dx if need else None for dx, need in zip(dxs, need_xs)] if dxs else nothing,
+        [dy if need else None for dy, need in zip(dys, need_ys)] if dys else nothing,
+        None,
+        None,
+    )
 
 
-def _flatten(flags) -> list[bool]:
-    return list(flags) if isinstance(flags, (list, tuple)) else [flags]
-
-
-cka_forward.register_autograd(_backward, setup_context=_setup_context)
-
-
-class CkaFunction(torch.autograd.Function):
-    """The custom ops as a Python autograd.Function with setup_context, so that torch.func.grad,
-    jacrev and vjp work (functorch refuses the custom op's own autograd and C++ autograd nodes).
-    vmap is refused: one call already takes every pair (cka_pairs)."""
-
-    @staticmethod
-    def forward(pairs: int, unbiased: bool, backend: str, *inputs: Tensor):
-        return cka_forward(list(inputs[:pairs]), list(inputs[pairs:]), unbiased, backend)
-
-    @staticmethod
-    def setup_context(ctx, inputs, output):
-        pairs, unbiased, backend, *tensors = inputs
-        _, stats, rowsums, grams, scales, shifted = output
-        ctx.mark_non_differentiable(stats, rowsums, grams, scales, shifted)
-        ctx.save_for_backward(stats, rowsums, grams, scales, shifted, *tensors)
-        ctx.pairs, ctx.unbiased, ctx.backend = pairs, unbiased, backend
-
-    @staticmethod
-    @once_differentiable  # no double backward: under no_grad, and an error if one is asked for
-    def backward(ctx, grad_cka, *unused_grads):
-        stats, rowsums, grams, scales, shifted, *inputs = ctx.saved_tensors
-        needs = ctx.needs_input_grad[3:]
-        need_x, need_y = any(needs[: ctx.pairs]), any(needs[ctx.pairs :])
-        dxs, dys = cka_backward(
-            grad_cka,
-            stats,
-            rowsums,
-            grams,
-            scales,
-            shifted,
-            inputs[: ctx.pairs],
-            inputs[ctx.pairs :],
-            ctx.unbiased,
-            need_x,
-            need_y,
-            ctx.backend,
-        )
-        grads = (dxs if need_x else [None] * ctx.pairs) + (dys if need_y else [None] * ctx.pairs)
-        return (None, None, None, *(grad if need else None for grad, need in zip(grads, needs)))
-
-    @staticmethod
-    def vmap(info, in_dims, *args):
-        raise RuntimeError(
-            "clarep_fast.cka has no vmap rule: pass the layer pairs to one cka_pairs(xs, ys) call instead of mapping over them"
-        )
+cka_function = wire(
+    cka_forward,
+    _setup_context,
+    _backward,
+    "clarep_fast.cka has no vmap rule: pass the layer pairs to one cka_pairs(xs, ys) call instead of mapping over them",
+)
 
 
 # ----------------------------------------------------------------------------- public API
@@ -245,7 +204,7 @@ def cka_pairs(xs: Sequence[Tensor], ys: Sequence[Tensor], *, unbiased: bool = Fa
         return value
     if torch.compiler.is_compiling():  # dynamo traces the custom op and its registered autograd
         return cka_forward(xs, ys, unbiased, backend)[0]
-    return CkaFunction.apply(len(xs), unbiased, backend, *xs, *ys)[0]
+    return cka_function(xs, ys, unbiased, backend)[0]
 
 
 def _one_compiled_call(backend: str, xs: list[Tensor], ys: list[Tensor]) -> bool:

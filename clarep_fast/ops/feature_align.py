@@ -16,9 +16,9 @@ from typing import Callable, NamedTuple, Sequence
 
 import torch
 from torch import Tensor
-from torch.autograd.function import once_differentiable
 
 from clarep_fast.backends import Kernels, compiled_ops, resolve_backend, takes_whole_call
+from clarep_fast.ops.autograd import per_tensor, wire
 from clarep_fast.ops.batching import register_loop_vmap
 from clarep_fast.dtypes import accumulation_dtype, non_finite_reason, require_float
 from clarep_fast.finite import refuse_non_finite
@@ -118,49 +118,22 @@ def _setup_context(ctx, inputs, output):
     ctx.pairs, ctx.backend = len(students), backend
 
 
-def _backward(ctx, grad_stats):
+def _backward(ctx, needs, grad_stats):
     saved = ctx.saved_tensors
     students, teachers = list(saved[: ctx.pairs]), list(saved[ctx.pairs :])
-    need_s, need_t = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+    need_s, need_t = per_tensor(needs[0], ctx.pairs), per_tensor(needs[1], ctx.pairs)
     grads = feature_align_backward(grad_stats.contiguous(), students, teachers, any(need_s), any(need_t), ctx.backend)
     grads_s = [g if need else None for g, need in zip(grads[: ctx.pairs], need_s)]
     grads_t = [g if need else None for g, need in zip(grads[ctx.pairs :], need_t)]
     return grads_s, grads_t, None
 
 
-feature_align_forward.register_autograd(_backward, setup_context=_setup_context)
-
-
-class FeatureAlignFunction(torch.autograd.Function):
-    """The statistics custom ops as a Python autograd.Function with setup_context (torch.func.grad,
-    jacrev and vjp work; functorch refuses the custom op's own autograd and C++ autograd nodes)."""
-
-    @staticmethod
-    def forward(pairs: int, backend: str, *inputs: Tensor):
-        return feature_align_forward(list(inputs[:pairs]), list(inputs[pairs:]), backend)
-
-    @staticmethod
-    def setup_context(ctx, inputs, output):
-        pairs, backend, *tensors = inputs
-        ctx.save_for_backward(*tensors)
-        ctx.pairs, ctx.backend = pairs, backend
-
-    @staticmethod
-    @once_differentiable  # no double backward: under no_grad, and an error if one is asked for
-    def backward(ctx, grad_stats):
-        tensors = ctx.saved_tensors
-        needs = ctx.needs_input_grad[2:]
-        need_s, need_t = any(needs[: ctx.pairs]), any(needs[ctx.pairs :])
-        grads = feature_align_backward(
-            grad_stats.contiguous(), list(tensors[: ctx.pairs]), list(tensors[ctx.pairs :]), need_s, need_t, ctx.backend
-        )
-        return (None, None, *(grad if need else None for grad, need in zip(grads, needs)))
-
-    @staticmethod
-    def vmap(info, in_dims, *args):
-        raise RuntimeError(
-            "clarep_fast.feature_align has no vmap rule: it already takes a batch (B, ...) and every layer pair in one call"
-        )
+feature_align_function = wire(
+    feature_align_forward,
+    _setup_context,
+    _backward,
+    "clarep_fast.feature_align has no vmap rule: it already takes a batch (B, ...) and every layer pair in one call",
+)
 
 
 # ----------------------------------------------------------------------------- public API
@@ -187,7 +160,7 @@ def feature_align(
     if torch.compiler.is_compiling():  # dynamo traces the custom op and its registered autograd
         stats = feature_align_forward(students, teachers, backend)
     else:
-        stats = FeatureAlignFunction.apply(len(students), backend, *students, *teachers)
+        stats = feature_align_function(students, teachers, backend)
     st, ss, tt, dd = stats.unbind(-1)  # (P, B)
     if kind == "cosine":
         floor = ALIGN_EPS**2

@@ -22,9 +22,9 @@ from typing import Callable, NamedTuple, Sequence
 
 import torch
 from torch import Tensor
-from torch.autograd.function import once_differentiable
 
 from clarep_fast.backends import Kernels, compiled_ops, resolve_backend, takes_whole_call
+from clarep_fast.ops.autograd import per_tensor, wire
 from clarep_fast.ops.batching import register_loop_vmap
 from clarep_fast.dtypes import FLOAT_DTYPES, accumulation_dtype, require_bool, require_float
 from clarep_fast.finite import refuse_non_finite
@@ -148,42 +148,25 @@ def _setup_context(ctx, inputs, output):
     ctx.size, ctx.normalize, ctx.backend = size, normalize, backend
 
 
-def _backward(ctx, grad_packed, unused_grad_norms):
+def _backward(ctx, needs, grad_packed, unused_grad_norms):
     packed, norms, *maps = ctx.saved_tensors
     grads = feature_pool_backward(grad_packed, packed, norms, maps, ctx.size, ctx.normalize, ctx.backend)
-    needed = ctx.needs_input_grad[0]
-    return [g if need else None for g, need in zip(grads, needed)], None, None, None, None, None
+    return (
+        [g if need else None for g, need in zip(grads, per_tensor(needs[0], len(maps)))],
+        None,
+        None,
+        None,
+        None,
+        None,
+    )
 
 
-feature_pool_forward.register_autograd(_backward, setup_context=_setup_context)
-
-
-class FeaturePoolFunction(torch.autograd.Function):
-    """The custom ops as a Python autograd.Function with setup_context (torch.func.grad, jacrev and
-    vjp work; functorch refuses the custom op's own autograd and C++ autograd nodes)."""
-
-    @staticmethod
-    def forward(size: int, normalize: bool, out_dtype: torch.dtype, names: str, backend: str, *maps: Tensor):
-        return feature_pool_forward(list(maps), size, normalize, out_dtype, names, backend)
-
-    @staticmethod
-    def setup_context(ctx, inputs, output):
-        size, normalize, out_dtype, names, backend, *maps = inputs
-        packed, norms = output
-        ctx.mark_non_differentiable(norms)
-        ctx.save_for_backward(packed, norms, *maps)
-        ctx.size, ctx.normalize, ctx.backend = size, normalize, backend
-
-    @staticmethod
-    @once_differentiable  # no double backward: under no_grad, and an error if one is asked for
-    def backward(ctx, grad_packed, unused_grad_norms):
-        packed, norms, *maps = ctx.saved_tensors
-        grads = feature_pool_backward(grad_packed, packed, norms, maps, ctx.size, ctx.normalize, ctx.backend)
-        return (None,) * 5 + tuple(g if need else None for g, need in zip(grads, ctx.needs_input_grad[5:]))
-
-    @staticmethod
-    def vmap(info, in_dims, *args):
-        raise RuntimeError("clarep_fast.feature_pool has no vmap rule: it already takes a batch of maps (B, C, H, W)")
+feature_pool_function = wire(
+    feature_pool_forward,
+    _setup_context,
+    _backward,
+    "clarep_fast.feature_pool has no vmap rule: it already takes a batch of maps (B, C, H, W)",
+)
 
 
 # ----------------------------------------------------------------------------- public API
@@ -219,7 +202,7 @@ def feature_pool(
         return packed
     if torch.compiler.is_compiling():  # dynamo traces the custom op and its registered autograd
         return feature_pool_forward(maps, size, normalize, out_dtype, labels, backend)[0]
-    return FeaturePoolFunction.apply(size, normalize, out_dtype, labels, backend, *maps)[0]
+    return feature_pool_function(maps, size, normalize, out_dtype, labels, backend)[0]
 
 
 CUDA_SHARED_BYTES = 48 * 1024  # dynamic shared memory a CUDA launch gets without opting in

@@ -14,9 +14,9 @@ from typing import Callable, NamedTuple
 
 import torch
 from torch import Tensor
-from torch.autograd.function import once_differentiable
 
 from clarep_fast.backends import Kernels, compiled_ops, resolve_backend, takes_whole_call
+from clarep_fast.ops.autograd import wire
 from clarep_fast.ops.batching import register_loop_vmap
 from clarep_fast.dtypes import accumulation_dtype, non_finite_reason, require_bool, require_float
 from clarep_fast.finite import refuse_non_finite
@@ -110,38 +110,19 @@ def _setup_context(ctx, inputs, output):
     ctx.rescale, ctx.backend = rescale, backend
 
 
-def _backward(ctx, grad_out, unused_grad_coeffs, unused_grad_stats):
+def _backward(ctx, needs, grad_out, unused_grad_coeffs, unused_grad_stats):
     x, vectors, coeffs, stats = ctx.saved_tensors
-    need_x, need_vectors = ctx.needs_input_grad[:2]
+    need_x, need_vectors = needs[:2]
     grad_x, grad_v = project_out_backward(grad_out, x, vectors, coeffs, stats, ctx.rescale, need_vectors, ctx.backend)
     return (grad_x if need_x else None), (grad_v if need_vectors else None), None, None
 
 
-project_out_forward.register_autograd(_backward, setup_context=_setup_context)
-
-
-class ProjectOutFunction(torch.autograd.Function):
-    """The custom ops as a Python autograd.Function with setup_context (torch.func.grad, jacrev and
-    vjp work; functorch refuses the custom op's own autograd and C++ autograd nodes)."""
-
-    @staticmethod
-    def forward(x: Tensor, vectors: Tensor, rescale: bool, backend: str):
-        return project_out_forward(x, vectors, rescale, backend)
-
-    @staticmethod
-    def setup_context(ctx, inputs, output):
-        _setup_context(ctx, inputs, output)
-
-    @staticmethod
-    @once_differentiable  # no double backward: under no_grad, and an error if one is asked for
-    def backward(ctx, grad_out, unused_grad_coeffs, unused_grad_stats):
-        return _backward(ctx, grad_out, unused_grad_coeffs, unused_grad_stats)
-
-    @staticmethod
-    def vmap(info, in_dims, *args):
-        raise RuntimeError(
-            "clarep_fast.project_out has no vmap rule: it already takes a batch x (B, ...) with per-sample vectors (B, N, k)"
-        )
+project_out_function = wire(
+    project_out_forward,
+    _setup_context,
+    _backward,
+    "clarep_fast.project_out has no vmap rule: it already takes a batch x (B, ...) with per-sample vectors (B, N, k)",
+)
 
 
 # ----------------------------------------------------------------------------- public API
@@ -167,7 +148,7 @@ def project_out(x: Tensor, vectors: Tensor, *, rescale: bool = False) -> Tensor:
     if torch.compiler.is_compiling():  # dynamo traces the custom op and its registered autograd
         out = project_out_forward(x.reshape(x.shape[0], -1), vectors, rescale, backend)[0]
     else:
-        out = ProjectOutFunction.apply(x.reshape(x.shape[0], -1), vectors, rescale, backend)[0]
+        out = project_out_function(x.reshape(x.shape[0], -1), vectors, rescale, backend)[0]
     return out.reshape(x.shape)
 
 

@@ -107,6 +107,7 @@ def main() -> None:
         ("vjp", "clarid vjp-only (batched subspace iteration)"),
         ("auto", "clarid auto (the search default)"),
     ):
+        # warm-up
         topk_right_singular(
             features,
             start[:2],
@@ -115,7 +116,7 @@ def main() -> None:
             max_iters=2,
             mode=mode,
             generator=generator,
-        )  # warm-up
+        )
         found, our_seconds = timed(lambda: ours(mode), device)
         our_vectors = torch.cat([f.vectors for f in found])
         our_values = torch.cat([f.values for f in found])

@@ -93,9 +93,8 @@ def main() -> None:
         f"DiT-XL/2-256 search tap ({SEARCH_LAYER}, pool 2) on {name}, torch {torch.__version__}; {args.images} images × {args.probes} probes per call"
     )
     model = dit_xl_2().to(args.device).requires_grad_(False)
-    tap = FeatureTap(
-        model, [SEARCH_LAYER], pool=2, fused=False
-    )  # the search tap pools with the reference (forward-mode AD)
+    # the search tap pools with the reference (forward-mode AD)
+    tap = FeatureTap(model, [SEARCH_LAYER], pool=2, fused=False)
     for dtype in (torch.float32, torch.bfloat16):
         model.to(dtype)
         row = probe(tap, dtype, args.device, args.probes, args.images, args.repeats)

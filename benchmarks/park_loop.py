@@ -47,12 +47,10 @@ def park_power_loop(
         values = torch.zeros(k)
         for iteration in range(1, iterations + 1):
             tangents = directions.reshape(k, *x.shape)
-            images = torch.func.vmap(lambda v: torch.func.jvp(fn, (point,), (v,))[1], chunk_size=chunk)(
-                tangents
-            )  # step 1: (k, 1, D)
-            pulled = torch.func.vmap(lambda u: pullback(u)[0], chunk_size=chunk)(images).reshape(
-                k, -1
-            )  # step 2: (k, N)
+            # step 1: (k, 1, D)
+            images = torch.func.vmap(lambda v: torch.func.jvp(fn, (point,), (v,))[1], chunk_size=chunk)(tangents)
+            # step 2: (k, N)
+            pulled = torch.func.vmap(lambda u: pullback(u)[0], chunk_size=chunk)(images).reshape(k, -1)
             chunks = -(-k // chunk) if chunk else 1
             counts["calls"] += 2 * chunks
             counts["products"] += 2 * k

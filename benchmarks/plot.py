@@ -21,6 +21,7 @@ def write_plot(records: list[dict], path: Path, title: str) -> None:
     groups: dict[tuple, dict[str, float]] = defaultdict(dict)
     for record in records:
         groups[(record["op"], record["shape"], record["mode"], record["dtype"])][record["provider"]] = record["p50_ms"]
+    # that row's columns mean base/terms: NOTES.md
     rows = [
         (
             f"{op} | {shape} | {mode} | {dtype}",
@@ -29,7 +30,7 @@ def write_plot(records: list[dict], path: Path, title: str) -> None:
         )
         for (op, shape, mode, dtype), times in groups.items()
         if "fused" in times and "eager" in times and op != "cadistill_step"
-    ]  # that row's columns mean base/terms: NOTES.md
+    ]
     if not rows:
         return
     figure, axis = plt.subplots(figsize=(9, 0.32 * len(rows) + 1.2))

@@ -109,6 +109,7 @@ def test_clarep_search(benchmark, case, provider, bench_device, problem):
         angles.append(oracle["angle"])
 
     if provider == "fused":
+        # warm-up
         topk_right_singular(
             features,
             start[:2],
@@ -117,7 +118,7 @@ def test_clarep_search(benchmark, case, provider, bench_device, problem):
             max_iters=2,
             mode=config.mode,
             generator=generator,
-        )  # warm-up
+        )
         benchmark.pedantic(fused_round, rounds=3, iterations=1)
     else:
         benchmark.pedantic(park_round, rounds=case["park_images"], iterations=1)

@@ -34,9 +34,8 @@ def test_project_out(benchmark, case, provider, bench_device):
     dtype = getattr(torch, case["dtype"])
     batch, size, rank = case["batch"], case["size"], case["rank"]
     x = torch.randn(batch, size, device=bench_device, dtype=dtype, requires_grad=case["mode"] == "x grad")
-    vectors = torch.linalg.qr(torch.randn(batch, size, rank, device=bench_device)).Q.to(
-        dtype
-    )  # column-major per sample
+    # column-major per sample
+    vectors = torch.linalg.qr(torch.randn(batch, size, rank, device=bench_device)).Q.to(dtype)
     if case["layout"] == "rows":  # k unit-stride, as CLARID produces V
         vectors = vectors.contiguous()
     function = {

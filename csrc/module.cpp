@@ -31,7 +31,8 @@ bool all_finite(const at::Tensor& values) {
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.doc() = "clarep_fast compiled kernels (C++/OpenMP CPU, CUDA when built with it), registered as torch.ops.clarep_fast_C";
+  m.doc() =
+      "clarep_fast compiled kernels (C++/OpenMP CPU, CUDA when built with it), registered as torch.ops.clarep_fast_C";
   m.def("built_with_cuda", &built_with_cuda, "True when the CUDA kernels were compiled in");
   m.def("all_finite", &all_finite, "Whether every entry of a CPU floating tensor is finite", pybind11::arg("values"));
 }

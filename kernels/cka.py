@@ -25,16 +25,20 @@ import torch
 import triton
 import triton.language as tl
 
-from clarep_fast.reference.cka import STATS_FIELDS
+from clarep_fast.reference.cka import PARTIAL_FIELDS, STATS_FIELDS
 
-# The stats row's fields as constexprs (kernels may only read constexpr globals), from the one named
-# source of the layout: STATS_FIELDS in clarep_fast/reference/cka.py (csrc/cka/cka.h's CkaStat too).
+# The stats row's and the partials' fields as constexprs (kernels may only read constexpr globals),
+# from the one named source of each layout: STATS_FIELDS and PARTIAL_FIELDS in
+# clarep_fast/reference/cka.py (csrc/cka/cka.h's CkaStat and CkaPartial too).
 NUM_STATS = len(STATS_FIELDS)
 _NUM_STATS = tl.constexpr(NUM_STATS)
 _CKA, _HKL, _HKK, _HLL = (tl.constexpr(STATS_FIELDS.index(name)) for name in ("cka", "hkl", "hkk", "hll"))
 _TRACE_X, _TRACE_Y, _SUM_X, _SUM_Y = (
     tl.constexpr(STATS_FIELDS.index(name)) for name in ("trace_x", "trace_y", "sum_x", "sum_y")
 )
+NUM_PARTIALS = len(PARTIAL_FIELDS)
+_NUM_PARTIALS = tl.constexpr(NUM_PARTIALS)
+_P_KL, _P_KK, _P_LL, _P_TRACE_X, _P_TRACE_Y = (tl.constexpr(PARTIAL_FIELDS.index(name)) for name in PARTIAL_FIELDS)
 
 
 @triton.jit
@@ -94,12 +98,12 @@ def _cka_stats_kernel(
     tl.store(rl_ptr + rows, sum_l.to(dtype), mask=row_ok)
     trace_k = tl.sum(tl.load(k_ptr + rows.to(tl.int64) * n + rows, mask=row_ok, other=0.0).to(tl.float64), axis=0)
     trace_l = tl.sum(tl.load(l_ptr + rows.to(tl.int64) * n + rows, mask=row_ok, other=0.0).to(tl.float64), axis=0)
-    mine = partials_ptr + (pair * blocks + block) * 5
-    tl.store(mine + 0, tl.sum(tl.sum(kl, axis=1), axis=0))
-    tl.store(mine + 1, tl.sum(tl.sum(kk, axis=1), axis=0))
-    tl.store(mine + 2, tl.sum(tl.sum(ll, axis=1), axis=0))
-    tl.store(mine + 3, trace_k)
-    tl.store(mine + 4, trace_l)
+    mine = partials_ptr + (pair * blocks + block) * _NUM_PARTIALS
+    tl.store(mine + _P_KL, tl.sum(tl.sum(kl, axis=1), axis=0))
+    tl.store(mine + _P_KK, tl.sum(tl.sum(kk, axis=1), axis=0))
+    tl.store(mine + _P_LL, tl.sum(tl.sum(ll, axis=1), axis=0))
+    tl.store(mine + _P_TRACE_X, trace_k)
+    tl.store(mine + _P_TRACE_Y, trace_l)
     tl.debug_barrier()  # every thread's stores precede the release below
     finished = tl.atomic_add(counters_ptr + pair, 1, sem="acq_rel")
     if finished == blocks - 1:
@@ -125,13 +129,13 @@ def _cka_stats_kernel(
         p_tl = tl.zeros([FINAL_BLOCK], dtype=tl.float64)
         for start in range(0, blocks, FINAL_BLOCK):
             index = start + tl.arange(0, FINAL_BLOCK)
-            theirs = partials_ptr + (pair * blocks + index) * 5
+            theirs = partials_ptr + (pair * blocks + index) * _NUM_PARTIALS
             valid = index < blocks
-            p_kl += tl.load(theirs + 0, mask=valid, other=0.0, cache_modifier=".cg")
-            p_kk += tl.load(theirs + 1, mask=valid, other=0.0, cache_modifier=".cg")
-            p_ll += tl.load(theirs + 2, mask=valid, other=0.0, cache_modifier=".cg")
-            p_tk += tl.load(theirs + 3, mask=valid, other=0.0, cache_modifier=".cg")
-            p_tl += tl.load(theirs + 4, mask=valid, other=0.0, cache_modifier=".cg")
+            p_kl += tl.load(theirs + _P_KL, mask=valid, other=0.0, cache_modifier=".cg")
+            p_kk += tl.load(theirs + _P_KK, mask=valid, other=0.0, cache_modifier=".cg")
+            p_ll += tl.load(theirs + _P_LL, mask=valid, other=0.0, cache_modifier=".cg")
+            p_tk += tl.load(theirs + _P_TRACE_X, mask=valid, other=0.0, cache_modifier=".cg")
+            p_tl += tl.load(theirs + _P_TRACE_Y, mask=valid, other=0.0, cache_modifier=".cg")
         a, b = _centering(n, UNBIASED, tl.float64)
         sk = tl.sum(s_k, axis=0)
         sl = tl.sum(s_l, axis=0)
@@ -228,7 +232,7 @@ def cka_stats(grams: torch.Tensor, unbiased: bool, rtol: float) -> tuple[torch.T
     blocks = triton.cdiv(n, STATS_BLOCK_M)
     stats = grams.new_empty(pairs, NUM_STATS)
     rowsums = grams.new_empty(pairs, 2, n)
-    partials = grams.new_empty(pairs, blocks, 5, dtype=torch.float64)
+    partials = grams.new_empty(pairs, blocks, NUM_PARTIALS, dtype=torch.float64)
     counters = torch.zeros(pairs, dtype=torch.int32, device=grams.device)
     _cka_stats_kernel[(pairs, blocks)](
         grams,

@@ -8,6 +8,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 STAGES = ("data", "teacher", "clarid", "distill", "evaluate", "demo", "cli")  # the order the data flows
+# helpers any stage may use; they import no stage
 SHARED = (
     "options",
     "files",
@@ -15,7 +16,7 @@ SHARED = (
     "runtime",
     "distributed",
     "assets",
-)  # helpers any stage may use; they import no stage
+)
 
 
 def imported_modules(source: str) -> set[str]:

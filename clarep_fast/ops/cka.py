@@ -42,6 +42,7 @@ from clarep_fast.reference.cka import (
 )
 
 NUM_STATS = len(STATS_FIELDS)
+CKA_STAT = STATS_FIELDS.index("cka")
 X_ONLY_STATS = [STATS_FIELDS.index("hkk"), STATS_FIELDS.index("trace_x")]  # the fields that depend on x alone
 Y_ONLY_STATS = [STATS_FIELDS.index("hll"), STATS_FIELDS.index("trace_y")]
 
@@ -97,7 +98,7 @@ def cka_forward(
     scales = _condition_grams(grams, xs, ys)
     stats, rowsums = KERNELS.on(backend).stats(grams, unbiased, DEGENERATE_RTOL)
     _raise_if_not_finite(stats)
-    return stats[:, 0].clone(), stats, rowsums, grams, scales, shifted
+    return stats[:, CKA_STAT].clone(), stats, rowsums, grams, scales, shifted
 
 
 @cka_forward.register_fake
@@ -272,16 +273,15 @@ def _condition_grams(grams: Tensor, xs: list[Tensor], ys: list[Tensor]) -> Tenso
     Both are one multiply by s·mask; no host sync. A NaN (an overflowed Gram) stays, to be reported.
     """
     n = grams.shape[-1]
-    first = torch.stack(
+    first = torch.stack(  # (P, 2)
         [torch.stack([x[0].double().square().sum(), y[0].double().square().sum()]) for x, y in zip(xs, ys)]
-    )  # (P, 2)
+    )
     trace = grams.diagonal(dim1=-2, dim2=-1).sum(-1, dtype=torch.float64)  # (P, 2)
     spread = trace - grams.sum((-2, -1), dtype=torch.float64) / n
     resolved = ~(spread <= SPREAD_RTOL[grams.dtype] * (trace + n * first))
     usable = torch.isfinite(trace) & (trace > 0)
-    exponent = -torch.floor(torch.log2(torch.where(usable, trace, torch.ones_like(trace)))).clamp(
-        -126, 126
-    )  # s stays a finite fp32 number
+    # s stays a finite fp32 number
+    exponent = -torch.floor(torch.log2(torch.where(usable, trace, torch.ones_like(trace)))).clamp(-126, 126)
     scales = torch.where(usable, torch.exp2(exponent), torch.ones_like(trace)).to(grams.dtype)
     grams.mul_((scales * resolved)[..., None, None])
     return scales

@@ -71,9 +71,8 @@ def feature_align_forward(students: list[Tensor], teachers: list[Tensor], backen
     """(B, D_l) pairs -> (P, B, 4) row statistics [s·t, s·s, t·t, ‖s - t‖²]."""
     forward = KERNELS.on(backend).sums
     stats = torch.stack([forward(s.contiguous(), t.contiguous()) for s, t in zip(students, teachers)])
-    _raise_if_not_finite(
-        stats, students, teachers
-    )  # inside the op: torch.compile sees one opaque call, no data-dependent branch
+    # inside the op: torch.compile sees one opaque call, no data-dependent branch
+    _raise_if_not_finite(stats, students, teachers)
     return stats
 
 
@@ -166,9 +165,8 @@ def feature_align(
         floor = ALIGN_EPS**2
         per_pair = 1 - st / (ss.clamp_min(floor).sqrt() * tt.clamp_min(floor).sqrt())
     else:
-        per_pair = torch.stack(
-            [dd[pair] / s.shape[1] for pair, s in enumerate(students)]
-        )  # Python divisors: no host-to-device copy
+        # Python divisors: no host-to-device copy
+        per_pair = torch.stack([dd[pair] / s.shape[1] for pair, s in enumerate(students)])
     loss = per_pair.mean(0)
     return loss.mean() if reduction == "mean" else loss
 

@@ -244,9 +244,8 @@ def validated_maps(maps, size, out_dtype=None, names=None) -> list[Tensor]:
         raise ValueError("maps is empty: tap at least one layer")
     if len(names) != len(maps):
         raise ValueError(f"names has {len(names)} entries for {len(maps)} maps")
-    if not all(
-        isinstance(name, str) and "\n" not in name for name in names
-    ):  # they travel to the op joined by newlines
+    # they travel to the op joined by newlines
+    if not all(isinstance(name, str) and "\n" not in name for name in names):
         raise ValueError(f"names must be strings without newlines, got {names!r}")
     if not isinstance(size, int) or isinstance(size, bool) or size < 1:
         raise ValueError(f"size must be a positive int, got {size!r}")

@@ -179,10 +179,11 @@ def shifted_gram_backward(coefficients: torch.Tensor, x: torch.Tensor, shifted: 
         peak = coefficients.abs().amax().clamp_min(torch.finfo(coefficients.dtype).tiny)
         scale = torch.exp2(-torch.floor(torch.log2(peak)))  # 0-dim, power of two
         range_scale = _FP16_RANGE_SCALE
+        # exact powers of two, applied in fp32
         operator, unscale = (
             (coefficients * scale).to(x.dtype),
             (1.0 / (scale * range_scale)).float(),
-        )  # exact powers of two, applied in fp32
+        )
     elif low_precision_gemm:
         operator = coefficients.to(x.dtype)
     else:

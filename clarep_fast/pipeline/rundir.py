@@ -109,9 +109,8 @@ class RunDir:
         new = {"command": self.command, **as_json(config)}
         old = self.existing_config()
         if old is not None:
-            if (
-                old.get("command", self.command) != self.command
-            ):  # folders written before the key was recorded have none
+            # folders written before the key was recorded have none
+            if old.get("command", self.command) != self.command:
                 raise ValueError(
                     f"{self.path} holds a {old['command']} run, not a {self.command} run; give {self.command} a folder of its own"
                 )

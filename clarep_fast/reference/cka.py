@@ -62,6 +62,10 @@ def center_gram(gram: torch.Tensor, unbiased: bool) -> torch.Tensor:
 
 
 STATS_FIELDS = ("cka", "hkl", "hkk", "hll", "trace_x", "trace_y", "sum_x", "sum_y")
+# The fp64 partial sums each row block of the CUDA and Triton stats kernels writes, before the
+# last block of a pair adds them up: <K°,L°>, <K°,K°>, <L°,L°>, tr K, tr L (K° = K, or K with a
+# zeroed diagonal when unbiased). csrc/cka/cka.h's enum CkaPartial lists the same, in this order.
+PARTIAL_FIELDS = ("kl", "kk", "ll", "trace_x", "trace_y")
 
 
 def gram_stats(

@@ -37,8 +37,8 @@ std::tuple<at::Tensor, at::Tensor> cka_stats_cpu_op(const at::Tensor& grams, boo
   auto stats = at::empty({pairs, kNumStats}, grams.options());
   auto rowsums = at::empty({pairs, 2, n}, grams.options());
   AT_DISPATCH_FLOATING_TYPES(grams.scalar_type(), "cka_stats", [&] {
-    cka_stats_cpu<scalar_t>(grams.data_ptr<scalar_t>(), rowsums.data_ptr<scalar_t>(), stats.data_ptr<scalar_t>(),
-                            pairs, n, unbiased, rtol);
+    cka_stats_cpu<scalar_t>(grams.data_ptr<scalar_t>(), rowsums.data_ptr<scalar_t>(), stats.data_ptr<scalar_t>(), pairs,
+                            n, unbiased, rtol);
   });
   return {stats, rowsums};
 }
@@ -62,7 +62,7 @@ std::tuple<at::Tensor, at::Tensor> cka_stats_cuda_op(const at::Tensor& grams, bo
   const int64_t pairs = grams.size(0), n = grams.size(2);
   auto stats = at::empty({pairs, kNumStats}, grams.options());
   auto rowsums = at::empty({pairs, 2, n}, grams.options());
-  auto partials = at::empty({pairs, cka_stats_cuda_blocks(n), 5}, grams.options().dtype(at::kDouble));
+  auto partials = at::empty({pairs, cka_stats_cuda_blocks(n), kNumPartials}, grams.options().dtype(at::kDouble));
   auto counters = at::zeros({pairs}, grams.options().dtype(at::kInt));
   check_launch(cka_stats_cuda(grams.data_ptr(), rowsums.data_ptr(), stats.data_ptr(), partials.data_ptr<double>(),
                               reinterpret_cast<unsigned int*>(counters.data_ptr<int32_t>()),
@@ -76,9 +76,9 @@ at::Tensor cka_grads_cuda_op(const at::Tensor& grams, const at::Tensor& rowsums,
   check_grads_inputs(grams, rowsums, stats, grad);
   const c10::cuda::CUDAGuard guard(grams.device());
   auto coeffs = at::empty_like(grams);
-  check_launch(cka_grads_cuda(grams.data_ptr(), rowsums.data_ptr(), stats.data_ptr(), grad.data_ptr(), coeffs.data_ptr(),
-                              dtype_code(grams.scalar_type()), grams.size(0), grams.size(2), unbiased, rtol,
-                              current_stream(grams)),
+  check_launch(cka_grads_cuda(grams.data_ptr(), rowsums.data_ptr(), stats.data_ptr(), grad.data_ptr(),
+                              coeffs.data_ptr(), dtype_code(grams.scalar_type()), grams.size(0), grams.size(2),
+                              unbiased, rtol, current_stream(grams)),
                "cka_grads_cuda");
   return coeffs;
 }

@@ -16,6 +16,7 @@
 //
 // No torch headers here: the .cu files include only this and CUDA headers (fast nvcc builds).
 #pragma once
+#include <cmath>
 #include <cstdint>
 
 #include "../common/kernel.h"
@@ -25,20 +26,58 @@ namespace clarep_fast {
 // The stats row's fields, in the order of STATS_FIELDS in clarep_fast/reference/cka.py (the one
 // named source; kernels/cka.py takes its Triton constexprs from it and tests/ops/test_cka_layout.py
 // holds this enum to it).
-enum CkaStat : int { kStatCka, kStatHkl, kStatHkk, kStatHll, kStatTraceX, kStatTraceY, kStatSumX, kStatSumY, kNumStats };
+enum CkaStat : int {
+  kStatCka,
+  kStatHkl,
+  kStatHkk,
+  kStatHll,
+  kStatTraceX,
+  kStatTraceY,
+  kStatSumX,
+  kStatSumY,
+  kNumStats
+};
+
+// The per-row-block partial sums of the CUDA and Triton stats kernels (an fp64 workspace
+// (pairs, blocks, kNumPartials)), in the order of PARTIAL_FIELDS in clarep_fast/reference/cka.py:
+// <K°,L°>, <K°,K°>, <L°,L°>, tr K, tr L.
+enum CkaPartial : int { kPartialKl, kPartialKk, kPartialLl, kPartialTraceX, kPartialTraceY, kNumPartials };
+
+#ifdef __CUDACC__
+#define CLAREP_HOST_DEVICE __host__ __device__
+#else
+#define CLAREP_HOST_DEVICE
+#endif
+
+// One pair's stats row from its centered inner products, traces and row-sum totals: the ratio and
+// the degenerate rule (CKA := 0 unless hkk > rtol (tr K)² and hll > rtol (tr L)²), written once for
+// the CPU and CUDA stats kernels (kernels/cka.py writes the same in Triton).
+template <typename T>
+CLAREP_HOST_DEVICE inline void write_stats(double hkl, double hkk, double hll, double trace_x, double trace_y,
+                                           double sum_x, double sum_y, double rtol, T* out) {
+  const bool ok = hkk > rtol * trace_x * trace_x && hll > rtol * trace_y * trace_y;
+  out[kStatCka] = static_cast<T>(ok ? hkl / (std::sqrt(hkk) * std::sqrt(hll)) : 0.0);
+  out[kStatHkl] = static_cast<T>(hkl);
+  out[kStatHkk] = static_cast<T>(hkk);
+  out[kStatHll] = static_cast<T>(hll);
+  out[kStatTraceX] = static_cast<T>(trace_x);
+  out[kStatTraceY] = static_cast<T>(trace_y);
+  out[kStatSumX] = static_cast<T>(sum_x);
+  out[kStatSumY] = static_cast<T>(sum_y);
+}
 
 template <typename T>
 void cka_stats_cpu(const T* grams, T* rowsums, T* stats, int64_t pairs, int64_t n, bool unbiased, double rtol);
 
 template <typename T>
-void cka_grads_cpu(const T* grams, const T* rowsums, const T* stats, const T* grad, T* coeffs, int64_t pairs,
-                   int64_t n, bool unbiased, double rtol);
+void cka_grads_cpu(const T* grams, const T* rowsums, const T* stats, const T* grad, T* coeffs, int64_t pairs, int64_t n,
+                   bool unbiased, double rtol);
 
 #ifdef WITH_CUDA
 // Launch on `stream` (a cudaStream_t passed as void* so this header needs no CUDA include); T is
 // given by dtype (kF32 or kF64 of csrc/common/kernel.h); returns the launch's cudaError_t (0 = success).
-// cka_stats_cuda needs a workspace: `partials` (pairs × cka_stats_cuda_blocks(n) × 5 doubles, any
-// contents) and `counters` (pairs unsigned ints, zeroed).
+// cka_stats_cuda needs a workspace: `partials` (pairs × cka_stats_cuda_blocks(n) × kNumPartials
+// doubles, any contents) and `counters` (pairs unsigned ints, zeroed).
 int64_t cka_stats_cuda_blocks(int64_t n);
 int cka_stats_cuda(const void* grams, void* rowsums, void* stats, double* partials, unsigned int* counters, int dtype,
                    int64_t pairs, int64_t n, bool unbiased, double rtol, void* stream);

@@ -33,9 +33,9 @@ namespace clarep_fast {
 namespace {
 
 constexpr double kAlgebraicShiftMinShare = 1.0 / 2;  // ops/gram.py ALGEBRAIC_SHIFT_MIN_SHARE (it says why)
-constexpr int64_t kRowBlocks = 2;                     // ops/gram.py _ROW_BLOCKS
+constexpr int64_t kRowBlocks = 2;                    // ops/gram.py _ROW_BLOCKS
 
-int64_t split_min_rows(const at::Tensor& x) { return x.is_cuda() ? 512 : 128; }       // ops/gram.py _SPLIT_MIN_ROWS
+int64_t split_min_rows(const at::Tensor& x) { return x.is_cuda() ? 512 : 128; }          // ops/gram.py _SPLIT_MIN_ROWS
 int64_t chunk_elements(const at::Tensor& x) { return x.is_cuda() ? 1 << 24 : 1 << 21; }  // ops/gram.py _CHUNK_ELEMENTS
 
 // (16 eps)² of the accumulation dtype: reference/cka.py SPREAD_RTOL.
@@ -96,7 +96,8 @@ void for_shifted_chunks(const at::Tensor& x, at::ScalarType dtype, Fn&& fn) {
 
 // out <- K' = x'x'ᵀ; returns whether x was shifted chunk by chunk (else K' came from the plain Gram).
 bool shifted_gram_into(const at::Tensor& x, at::Tensor out) {
-  if (x.is_cpu() && x.scalar_type() == out.scalar_type() && x.stride(0) > 0 && x.stride(1) > 0) {  // ops/gram.py: stride 0 shifts
+  if (x.is_cpu() && x.scalar_type() == out.scalar_type() && x.stride(0) > 0 &&
+      x.stride(1) > 0) {  // ops/gram.py: stride 0 shifts
     syrk_into(x, out, false);
     const auto trace = out.diagonal().sum();
     const double share = ((trace - out.sum() / x.size(0)) / trace).item<double>();  // NaN: the shifted path
@@ -106,7 +107,8 @@ bool shifted_gram_into(const at::Tensor& x, at::Tensor out) {
       return false;
     }
   }
-  for_shifted_chunks(x, out.scalar_type(), [&](int64_t start, const at::Tensor& chunk) { syrk_into(chunk, out, start > 0); });
+  for_shifted_chunks(x, out.scalar_type(),
+                     [&](int64_t start, const at::Tensor& chunk) { syrk_into(chunk, out, start > 0); });
   return true;
 }
 
@@ -132,7 +134,8 @@ at::Tensor condition_grams(at::Tensor& grams, at::TensorList xs, at::TensorList 
   const auto first_norms = at::stack(first).view({pairs, 2});
   const auto trace = grams.diagonal(0, -2, -1).sum(-1, false, at::kDouble);  // (P, 2)
   const auto spread = trace - grams.sum({-2, -1}, false, at::kDouble) / static_cast<double>(n);
-  const auto resolved = spread.le(spread_rtol(grams.scalar_type()) * (trace + static_cast<double>(n) * first_norms)).logical_not();
+  const auto resolved =
+      spread.le(spread_rtol(grams.scalar_type()) * (trace + static_cast<double>(n) * first_norms)).logical_not();
   const auto usable = trace.isfinite().logical_and(trace.gt(0));
   const auto ones = at::ones_like(trace);
   const auto exponent = at::floor(at::log2(at::where(usable, trace, ones))).neg().clamp(-126, 126);
@@ -142,7 +145,8 @@ at::Tensor condition_grams(at::Tensor& grams, at::TensorList xs, at::TensorList 
 }
 
 const auto& stats_op() {
-  static const auto op = kernel_op<std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, bool, double)>("clarep_fast_C::cka_stats");
+  static const auto op =
+      kernel_op<std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, bool, double)>("clarep_fast_C::cka_stats");
   return op;
 }
 
@@ -167,7 +171,8 @@ bool gram_cpu(const at::Tensor& x, at::Tensor gram, double srtol, T* scale) {
   T* k = gram.data_ptr<T>();
   bool shifted = true;
   const bool same_dtype = x.scalar_type() == c10::CppTypeToScalarType<T>::value;
-  if (same_dtype && x.stride(0) > 0 && x.stride(1) > 0) {  // a stride-0 input takes the dense shifted chunks (ops/gram.py)
+  if (same_dtype && x.stride(0) > 0 &&
+      x.stride(1) > 0) {  // a stride-0 input takes the dense shifted chunks (ops/gram.py)
     syrk_into(x, gram, false);
     double trace = 0, total = 0;
     for (int64_t i = 0; i < n; ++i) {
@@ -175,7 +180,7 @@ bool gram_cpu(const at::Tensor& x, at::Tensor gram, double srtol, T* scale) {
       for (int64_t j = 0; j < n; ++j) total += k[i * n + j];
     }
     const double share = (trace - total / n) / trace;  // NaN: the shifted path
-    if (share >= kAlgebraicShiftMinShare) {             // K' = K - k1ᵀ - 1kᵀ + k_0 11ᵀ, k = K[:, 0]
+    if (share >= kAlgebraicShiftMinShare) {            // K' = K - k1ᵀ - 1kᵀ + k_0 11ᵀ, k = K[:, 0]
       std::vector<T> column(n);
       for (int64_t i = 0; i < n; ++i) column[i] = k[i * n];
       for (int64_t i = 0; i < n; ++i)
@@ -184,7 +189,8 @@ bool gram_cpu(const at::Tensor& x, at::Tensor gram, double srtol, T* scale) {
     }
   }
   if (shifted) {
-    for_shifted_chunks(x, gram.scalar_type(), [&](int64_t start, const at::Tensor& chunk) { syrk_into(chunk, gram, start > 0); });
+    for_shifted_chunks(x, gram.scalar_type(),
+                       [&](int64_t start, const at::Tensor& chunk) { syrk_into(chunk, gram, start > 0); });
   }
   // step 2: ‖x - 1 meanᵀ‖² = tr K' - 1ᵀK'1/n against (16 eps)² (tr K' + n ‖x[0]‖²), in double
   double trace = 0, total = 0, first = 0;
@@ -219,7 +225,8 @@ void forward_cpu(at::TensorList xs, at::TensorList ys, bool unbiased, double rto
   }
   out.stats = at::empty({pairs, kNumStats}, out.grams.options());
   out.rowsums = at::empty({pairs, 2, n}, out.grams.options());
-  cka_stats_cpu<T>(out.grams.data_ptr<T>(), out.rowsums.data_ptr<T>(), out.stats.data_ptr<T>(), pairs, n, unbiased, rtol);
+  cka_stats_cpu<T>(out.grams.data_ptr<T>(), out.rowsums.data_ptr<T>(), out.stats.data_ptr<T>(), pairs, n, unbiased,
+                   rtol);
   out.cka = at::empty({pairs}, out.grams.options());
   for (int64_t p = 0; p < pairs; ++p) out.cka.data_ptr<T>()[p] = out.stats.data_ptr<T>()[p * kNumStats];
 }
@@ -235,7 +242,8 @@ Forward forward_call(at::TensorList xs, at::TensorList ys, bool unbiased, double
   out.grams = at::empty({pairs, 2, n, n}, xs[0].options().dtype(wide ? at::kDouble : at::kFloat));
   out.shifted.resize(2 * pairs);
   if (out.grams.is_cpu()) {
-    AT_DISPATCH_FLOATING_TYPES(out.grams.scalar_type(), "cka_call", [&] { forward_cpu<scalar_t>(xs, ys, unbiased, rtol, out); });
+    AT_DISPATCH_FLOATING_TYPES(out.grams.scalar_type(), "cka_call",
+                               [&] { forward_cpu<scalar_t>(xs, ys, unbiased, rtol, out); });
     return out;
   }
   for (int64_t p = 0; p < pairs; ++p) {  // CUDA: tensor ops on the device, no host sync
@@ -249,11 +257,12 @@ Forward forward_call(at::TensorList xs, at::TensorList ys, bool unbiased, double
 }
 
 // Backward n×n work: coefficients (P, 2, n, n) = 2g dCKA/dK' times the scales.
-at::Tensor coefficients_of(const at::Tensor& grams, const at::Tensor& rowsums, const at::Tensor& stats, const at::Tensor& scales,
-                           const at::Tensor& grad, bool unbiased, double rtol) {
+at::Tensor coefficients_of(const at::Tensor& grams, const at::Tensor& rowsums, const at::Tensor& stats,
+                           const at::Tensor& scales, const at::Tensor& grad, bool unbiased, double rtol) {
   if (!grams.is_cpu()) {
     auto coefficients = grads_op().call(grams, rowsums, stats, grad, unbiased, rtol);
-    return coefficients.mul_(scales.unsqueeze(-1).unsqueeze(-1));  // the Grams were scaled by s: dCKA/dK = s · dCKA/d(sK)
+    return coefficients.mul_(
+        scales.unsqueeze(-1).unsqueeze(-1));  // the Grams were scaled by s: dCKA/dK = s · dCKA/d(sK)
   }
   auto coefficients = at::empty_like(grams);
   const int64_t pairs = grams.size(0), n = grams.size(2);
@@ -297,7 +306,7 @@ class CkaCall : public torch::autograd::Function<CkaCall> {
     auto grad = grad_outputs[0].defined() ? grad_outputs[0] : at::zeros({pairs}, stats.options());
     const auto coefficients = coefficients_of(grams, rowsums, stats, scales, grad.to(grams.scalar_type()).contiguous(),
                                               ctx->saved_data["unbiased"].toBool(), ctx->saved_data["rtol"].toDouble());
-    variable_list grads(2 * pairs + 3);                      // one per input tensor, then pairs, unbiased, rtol
+    variable_list grads(2 * pairs + 3);  // one per input tensor, then pairs, unbiased, rtol
     for (int64_t i = 0; i < 2 * pairs; ++i) {
       if (!ctx->needs_input_grad(i)) continue;
       const int64_t pair = i % pairs, side = i / pairs;

@@ -50,22 +50,13 @@ void cka_stats_cpu(const T* grams, T* rowsums, T* stats, int64_t pairs, int64_t 
         hll += lc * lc;
       }
     }
-    const bool ok = hkk > rtol * tk * tk && hll > rtol * tl * tl;
-    T* out = stats + p * kNumStats;
-    out[kStatCka] = static_cast<T>(ok ? hkl / (std::sqrt(hkk) * std::sqrt(hll)) : 0.0);
-    out[kStatHkl] = static_cast<T>(hkl);
-    out[kStatHkk] = static_cast<T>(hkk);
-    out[kStatHll] = static_cast<T>(hll);
-    out[kStatTraceX] = static_cast<T>(tk);
-    out[kStatTraceY] = static_cast<T>(tl);
-    out[kStatSumX] = static_cast<T>(sk);
-    out[kStatSumY] = static_cast<T>(sl);
+    write_stats(hkl, hkk, hll, tk, tl, sk, sl, rtol, stats + p * kNumStats);
   }
 }
 
 template <typename T>
-void cka_grads_cpu(const T* grams, const T* rowsums, const T* stats, const T* grad, T* coeffs, int64_t pairs,
-                   int64_t n, bool unbiased, double rtol) {
+void cka_grads_cpu(const T* grams, const T* rowsums, const T* stats, const T* grad, T* coeffs, int64_t pairs, int64_t n,
+                   bool unbiased, double rtol) {
   double a, b;
   centering_constants(n, unbiased, &a, &b);
   const int64_t nn = n * n;
@@ -74,7 +65,7 @@ void cka_grads_cpu(const T* grams, const T* rowsums, const T* stats, const T* gr
     for (int64_t i = 0; i < n; ++i) {
       const T* s = stats + p * kNumStats;
       const double value = s[kStatCka], hkk = s[kStatHkk], hll = s[kStatHll], tk = s[kStatTraceX], tl = s[kStatTraceY],
-               sk = s[kStatSumX], sl = s[kStatSumY];
+                   sk = s[kStatSumX], sl = s[kStatSumY];
       const bool ok = hkk > rtol * tk * tk && hll > rtol * tl * tl;
       const double scale = ok ? 2.0 * static_cast<double>(grad[p]) : 0.0;
       const double inv_norm = ok ? 1.0 / (std::sqrt(hkk) * std::sqrt(hll)) : 0.0;

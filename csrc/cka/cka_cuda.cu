@@ -19,7 +19,8 @@ namespace {
 constexpr int kWarpsPerBlock = 8;  // = rows per block
 constexpr int kStatsThreads = 32 * kWarpsPerBlock;
 constexpr int kGradThreads = 256;
-constexpr int kPartials = 5;  // <K°,L°>, <K°,K°>, <L°,L°>, tr K, tr L
+// The last block's totals: every block's partials (CkaPartial, cka.h), then the row-sum terms.
+enum CkaTotal : int { kTotalSumX = kNumPartials, kTotalSumY, kTotalRowsXy, kTotalRowsXx, kTotalRowsYy, kNumTotals };
 
 __device__ double warp_sum(double value) {
   for (int offset = 16; offset > 0; offset >>= 1) value += __shfl_xor_sync(0xffffffffu, value, offset);
@@ -50,9 +51,10 @@ __device__ void block_sum(double (&values)[count]) {
 }
 
 template <typename T>
-__global__ void __launch_bounds__(kStatsThreads) cka_stats_kernel(const T* __restrict__ grams, T* __restrict__ rowsums, T* __restrict__ stats,
-                                 double* __restrict__ partials, unsigned int* __restrict__ counters, int64_t n,
-                                 bool unbiased, double a, double b, double rtol) {
+__global__ void __launch_bounds__(kStatsThreads)
+    cka_stats_kernel(const T* __restrict__ grams, T* __restrict__ rowsums, T* __restrict__ stats,
+                     double* __restrict__ partials, unsigned int* __restrict__ counters, int64_t n, bool unbiased,
+                     double a, double b, double rtol) {
   const int64_t pair = blockIdx.y, nn = n * n, blocks = gridDim.x;
   const T* K = grams + 2 * pair * nn;
   const T* L = K + nn;
@@ -62,7 +64,7 @@ __global__ void __launch_bounds__(kStatsThreads) cka_stats_kernel(const T* __res
   const int64_t i = static_cast<int64_t>(blockIdx.x) * kWarpsPerBlock + warp;
 
   // One pass over this block's rows.
-  double sums[kPartials] = {0.0, 0.0, 0.0, 0.0, 0.0};
+  double sums[kNumPartials] = {};
   if (i < n) {
     double row_k = 0.0, row_l = 0.0;
     for (int64_t j = lane; j < n; j += 32) {
@@ -70,17 +72,17 @@ __global__ void __launch_bounds__(kStatsThreads) cka_stats_kernel(const T* __res
       const double k = K[i * n + j], l = L[i * n + j];
       row_k += k;
       row_l += l;
-      sums[0] += k * l;
-      sums[1] += k * k;
-      sums[2] += l * l;
+      sums[kPartialKl] += k * l;
+      sums[kPartialKk] += k * k;
+      sums[kPartialLl] += l * l;
     }
     row_k = warp_sum(row_k);
     row_l = warp_sum(row_l);
     if (lane == 0) {
       rk[i] = static_cast<T>(row_k);
       rl[i] = static_cast<T>(row_l);
-      sums[3] = K[i * n + i];
-      sums[4] = L[i * n + i];
+      sums[kPartialTraceX] = K[i * n + i];
+      sums[kPartialTraceY] = L[i * n + i];
     }
   }
   block_sum(sums);
@@ -88,8 +90,8 @@ __global__ void __launch_bounds__(kStatsThreads) cka_stats_kernel(const T* __res
   __threadfence();  // make this thread's row-sum writes visible device-wide before the count
   __syncthreads();
   if (threadIdx.x == 0) {
-    double* mine = partials + (pair * blocks + blockIdx.x) * kPartials;
-    for (int v = 0; v < kPartials; ++v) mine[v] = sums[v];
+    double* mine = partials + (pair * blocks + blockIdx.x) * kNumPartials;
+    for (int v = 0; v < kNumPartials; ++v) mine[v] = sums[v];
     __threadfence();
     is_last = atomicAdd(counters + pair, 1u) == blocks - 1;
   }
@@ -98,50 +100,41 @@ __global__ void __launch_bounds__(kStatsThreads) cka_stats_kernel(const T* __res
 
   // Last block of this pair: row-sum dot products and block partials, in a fixed order.
   __threadfence();
-  double totals[kPartials + 5] = {0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0};
+  double totals[kNumTotals] = {};
   for (int64_t r = threadIdx.x; r < n; r += kStatsThreads) {
     const double k = __ldcg(rk + r), l = __ldcg(rl + r);
-    totals[0] += k;      // S_K
-    totals[1] += l;      // S_L
-    totals[2] += k * l;  // r_K·r_L
-    totals[3] += k * k;  // r_K·r_K
-    totals[4] += l * l;  // r_L·r_L
+    totals[kTotalSumX] += k;
+    totals[kTotalSumY] += l;
+    totals[kTotalRowsXy] += k * l;
+    totals[kTotalRowsXx] += k * k;
+    totals[kTotalRowsYy] += l * l;
   }
   for (int64_t block = threadIdx.x; block < blocks; block += kStatsThreads) {
-    const double* theirs = partials + (pair * blocks + block) * kPartials;
-    for (int v = 0; v < kPartials; ++v) totals[5 + v] += __ldcg(theirs + v);
+    const double* theirs = partials + (pair * blocks + block) * kNumPartials;
+    for (int v = 0; v < kNumPartials; ++v) totals[v] += __ldcg(theirs + v);
   }
   block_sum(totals);
   if (threadIdx.x == 0) {
-    const double sk = totals[0], sl = totals[1];
-    const double hkl = totals[5] - 2.0 * a * totals[2] + b * sk * sl;
-    const double hkk = totals[6] - 2.0 * a * totals[3] + b * sk * sk;
-    const double hll = totals[7] - 2.0 * a * totals[4] + b * sl * sl;
-    const double tk = totals[8], tl = totals[9];
-    const bool ok = hkk > rtol * tk * tk && hll > rtol * tl * tl;
-    T* out = stats + pair * kNumStats;
-    out[kStatCka] = static_cast<T>(ok ? hkl / (sqrt(hkk) * sqrt(hll)) : 0.0);
-    out[kStatHkl] = static_cast<T>(hkl);
-    out[kStatHkk] = static_cast<T>(hkk);
-    out[kStatHll] = static_cast<T>(hll);
-    out[kStatTraceX] = static_cast<T>(tk);
-    out[kStatTraceY] = static_cast<T>(tl);
-    out[kStatSumX] = static_cast<T>(sk);
-    out[kStatSumY] = static_cast<T>(sl);
+    const double sk = totals[kTotalSumX], sl = totals[kTotalSumY];
+    const double hkl = totals[kPartialKl] - 2.0 * a * totals[kTotalRowsXy] + b * sk * sl;
+    const double hkk = totals[kPartialKk] - 2.0 * a * totals[kTotalRowsXx] + b * sk * sk;
+    const double hll = totals[kPartialLl] - 2.0 * a * totals[kTotalRowsYy] + b * sl * sl;
+    write_stats(hkl, hkk, hll, totals[kPartialTraceX], totals[kPartialTraceY], sk, sl, rtol, stats + pair * kNumStats);
   }
 }
 
 template <typename T>
-__global__ void __launch_bounds__(kGradThreads) cka_grads_kernel(const T* __restrict__ grams, const T* __restrict__ rowsums,
-                                 const T* __restrict__ stats, const T* __restrict__ grad, T* __restrict__ coeffs,
-                                 int64_t n, bool unbiased, T a, T b, double rtol) {
+__global__ void __launch_bounds__(kGradThreads)
+    cka_grads_kernel(const T* __restrict__ grams, const T* __restrict__ rowsums, const T* __restrict__ stats,
+                     const T* __restrict__ grad, T* __restrict__ coeffs, int64_t n, bool unbiased, T a, T b,
+                     double rtol) {
   const int64_t pair = blockIdx.y, nn = n * n;
   const int64_t index = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (index >= nn) return;
   const int64_t i = index / n, j = index % n;
   const T* s = stats + pair * kNumStats;
   const T value = s[kStatCka], hkk = s[kStatHkk], hll = s[kStatHll], tk = s[kStatTraceX], tl = s[kStatTraceY],
-               sk = s[kStatSumX], sl = s[kStatSumY];
+          sk = s[kStatSumX], sl = s[kStatSumY];
   const bool ok = hkk > rtol * tk * tk && hll > rtol * tl * tl;
   const T scale = ok ? T(2) * grad[pair] : T(0);
   const T inv_norm = ok ? T(1) / (sqrt(hkk) * sqrt(hll)) : T(0);
@@ -174,7 +167,7 @@ int launch_stats(const void* grams, void* rowsums, void* stats, double* partials
     const dim3 grid(static_cast<unsigned>(blocks), static_cast<unsigned>(count));
     cka_stats_kernel<T><<<grid, kStatsThreads, 0, stream>>>(
         static_cast<const T*>(grams) + first * 2 * nn, static_cast<T*>(rowsums) + first * 2 * n,
-        static_cast<T*>(stats) + first * kNumStats, partials + first * blocks * kPartials, counters + first, n,
+        static_cast<T*>(stats) + first * kNumStats, partials + first * blocks * kNumPartials, counters + first, n,
         unbiased, a, b, rtol);
     const cudaError_t status = cudaGetLastError();
     if (status != cudaSuccess) return static_cast<int>(status);

@@ -33,7 +33,9 @@ inline int dtype_code(at::ScalarType t) {
 }
 
 // The current stream of the tensor's device, as the void* the launchers take.
-inline void* current_stream(const at::Tensor& t) { return c10::cuda::getCurrentCUDAStream(t.device().index()).stream(); }
+inline void* current_stream(const at::Tensor& t) {
+  return c10::cuda::getCurrentCUDAStream(t.device().index()).stream();
+}
 
 // A non-zero launcher status becomes an error naming the launcher.
 inline void check_launch(int status, const char* launcher) {

@@ -23,14 +23,14 @@ template <typename T, typename Acc>
 void feature_align_sums_cpu(const T* s, const T* t, Acc* stats, int64_t rows, int64_t width);
 template <typename T, typename Acc>
 void feature_align_grads_cpu(const T* s, const T* t, const Acc* coeffs, T* grad_s, T* grad_t, int64_t rows,
-                                int64_t width);  // coeffs (B, 3): A, Bs, Ct
+                             int64_t width);  // coeffs (B, 3): A, Bs, Ct
 
 #ifdef WITH_CUDA
 // dtype: DtypeCode (csrc/common/kernel.h); returns the launch's cudaError_t (0 = success).
 int feature_align_sums_cuda(const void* s, const void* t, void* stats, int dtype, int64_t rows, int64_t width,
-                               void* stream);
+                            void* stream);
 int feature_align_grads_cuda(const void* s, const void* t, const void* coeffs, void* grad_s, void* grad_t, int dtype,
-                                int64_t rows, int64_t width, void* stream);
+                             int64_t rows, int64_t width, void* stream);
 #endif
 
 }  // namespace clarep_fast

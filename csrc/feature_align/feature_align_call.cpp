@@ -26,13 +26,14 @@ namespace {
 constexpr double kAlignEps = 1e-8;  // clarep_fast/reference/feature_align.py ALIGN_EPS
 
 const auto& stats_op() {
-  static const auto op = kernel_op<at::Tensor(const at::Tensor&, const at::Tensor&)>("clarep_fast_C::feature_align_sums");
+  static const auto op =
+      kernel_op<at::Tensor(const at::Tensor&, const at::Tensor&)>("clarep_fast_C::feature_align_sums");
   return op;
 }
 
 const auto& grads_op() {
-  static const auto op = kernel_op<std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, const at::Tensor&, const at::Tensor&, bool, bool)>(
-      "clarep_fast_C::feature_align_grads");
+  static const auto op = kernel_op<std::tuple<at::Tensor, at::Tensor>(
+      const at::Tensor&, const at::Tensor&, const at::Tensor&, bool, bool)>("clarep_fast_C::feature_align_grads");
   return op;
 }
 
@@ -72,13 +73,16 @@ at::Tensor loss_cpu(const at::Tensor& stats, at::TensorList students, bool cosin
   return mean ? per_sample.mean() : per_sample;
 }
 
-std::tuple<at::Tensor, at::Tensor> forward_call(at::TensorList students, at::TensorList teachers, bool cosine, bool mean) {
+std::tuple<at::Tensor, at::Tensor> forward_call(at::TensorList students, at::TensorList teachers, bool cosine,
+                                                bool mean) {
   std::vector<at::Tensor> stats;
-  for (size_t p = 0; p < students.size(); ++p) stats.push_back(stats_op().call(students[p].contiguous(), teachers[p].contiguous()));
+  for (size_t p = 0; p < students.size(); ++p)
+    stats.push_back(stats_op().call(students[p].contiguous(), teachers[p].contiguous()));
   auto all = at::stack(stats);  // (P, B, 4)
   if (all.is_cpu()) {
     at::Tensor loss;
-    AT_DISPATCH_FLOATING_TYPES(all.scalar_type(), "feature_align_call", [&] { loss = loss_cpu<scalar_t>(all, students, cosine, mean); });
+    AT_DISPATCH_FLOATING_TYPES(all.scalar_type(), "feature_align_call",
+                               [&] { loss = loss_cpu<scalar_t>(all, students, cosine, mean); });
     return {loss, all};
   }
   auto loss = per_pair_loss(all, students, cosine).mean(0);
@@ -87,7 +91,8 @@ std::tuple<at::Tensor, at::Tensor> forward_call(at::TensorList students, at::Ten
 
 // Backward coefficients [A, Bs, Ct] (P, B, 3) on CPU, in plain loops (the chain rule of the header).
 template <typename Acc>
-at::Tensor coefficients_cpu(const at::Tensor& stats, const at::Tensor& grad, const std::vector<int64_t>& widths, bool cosine, bool mean) {
+at::Tensor coefficients_cpu(const at::Tensor& stats, const at::Tensor& grad, const std::vector<int64_t>& widths,
+                            bool cosine, bool mean) {
   const int64_t pairs = stats.size(0), batch = stats.size(1);
   const Acc* r = stats.data_ptr<Acc>();
   const auto g = grad.contiguous();
@@ -164,20 +169,24 @@ class FeatureAlignCall : public torch::autograd::Function<FeatureAlignCall> {
       grad_stats.select(2, 1).copy_(weight * st / (2 * a * r) * ss.ge(floor));
       grad_stats.select(2, 2).copy_(weight * st / (2 * c * r) * tt.ge(floor));
     } else {
-      for (int64_t p = 0; p < pairs; ++p) grad_stats[p].select(1, 3).copy_(weight[0] / static_cast<double>(saved[1 + p].size(1)));
+      for (int64_t p = 0; p < pairs; ++p)
+        grad_stats[p].select(1, 3).copy_(weight[0] / static_cast<double>(saved[1 + p].size(1)));
     }
-    const auto g_st = grad_stats.select(2, 0), g_ss = grad_stats.select(2, 1), g_tt = grad_stats.select(2, 2), g_dd = grad_stats.select(2, 3);
-    const auto coeffs = at::stack({g_st - 2 * g_dd, 2 * (g_ss + g_dd), 2 * (g_tt + g_dd)}, -1).contiguous();  // (P, B, 3)
+    const auto g_st = grad_stats.select(2, 0), g_ss = grad_stats.select(2, 1), g_tt = grad_stats.select(2, 2),
+               g_dd = grad_stats.select(2, 3);
+    const auto coeffs =
+        at::stack({g_st - 2 * g_dd, 2 * (g_ss + g_dd), 2 * (g_tt + g_dd)}, -1).contiguous();  // (P, B, 3)
     return input_grads(ctx, saved, coeffs, pairs, std::move(grads));
   }
 
   // ds = A t + Bs s, dt = A s + Ct t: one kernel per pair with a side that needs a gradient
-  static variable_list input_grads(AutogradContext* ctx, const variable_list& saved, const at::Tensor& coeffs, int64_t pairs,
-                                   variable_list grads) {
+  static variable_list input_grads(AutogradContext* ctx, const variable_list& saved, const at::Tensor& coeffs,
+                                   int64_t pairs, variable_list grads) {
     for (int64_t p = 0; p < pairs; ++p) {
       const bool need_s = ctx->needs_input_grad(p), need_t = ctx->needs_input_grad(pairs + p);
       if (!need_s && !need_t) continue;
-      auto [grad_s, grad_t] = grads_op().call(saved[1 + p].contiguous(), saved[1 + pairs + p].contiguous(), coeffs[p], need_s, need_t);
+      auto [grad_s, grad_t] =
+          grads_op().call(saved[1 + p].contiguous(), saved[1 + pairs + p].contiguous(), coeffs[p], need_s, need_t);
       if (need_s) grads[p] = grad_s;
       if (need_t) grads[pairs + p] = grad_t;
     }
@@ -191,15 +200,18 @@ std::vector<at::Tensor> flattened(at::TensorList tensors) {
   return flat;
 }
 
-std::tuple<at::Tensor, at::Tensor> feature_align_call_autograd(at::TensorList students, at::TensorList teachers, bool cosine, bool mean) {
+std::tuple<at::Tensor, at::Tensor> feature_align_call_autograd(at::TensorList students, at::TensorList teachers,
+                                                               bool cosine, bool mean) {
   auto inputs = flattened(students);
   const auto flat_teachers = flattened(teachers);
   inputs.insert(inputs.end(), flat_teachers.begin(), flat_teachers.end());
-  const auto outputs = FeatureAlignCall::apply(at::TensorList(inputs), static_cast<int64_t>(students.size()), cosine, mean);
+  const auto outputs =
+      FeatureAlignCall::apply(at::TensorList(inputs), static_cast<int64_t>(students.size()), cosine, mean);
   return {outputs[0], outputs[1]};
 }
 
-std::tuple<at::Tensor, at::Tensor> feature_align_call_plain(at::TensorList students, at::TensorList teachers, bool cosine, bool mean) {
+std::tuple<at::Tensor, at::Tensor> feature_align_call_plain(at::TensorList students, at::TensorList teachers,
+                                                            bool cosine, bool mean) {
   return forward_call(flattened(students), flattened(teachers), cosine, mean);
 }
 
@@ -207,10 +219,14 @@ std::tuple<at::Tensor, at::Tensor> feature_align_call_plain(at::TensorList stude
 }  // namespace clarep_fast
 
 TORCH_LIBRARY_FRAGMENT(clarep_fast_C, m) {
-  m.def("feature_align_call(Tensor[] students, Tensor[] teachers, bool cosine, bool mean) -> (Tensor loss, Tensor stats)");
+  m.def(
+      "feature_align_call(Tensor[] students, Tensor[] teachers, bool cosine, bool mean) -> (Tensor loss, Tensor "
+      "stats)");
 }
 
-TORCH_LIBRARY_IMPL(clarep_fast_C, Autograd, m) { m.impl("feature_align_call", &clarep_fast::feature_align_call_autograd); }
+TORCH_LIBRARY_IMPL(clarep_fast_C, Autograd, m) {
+  m.impl("feature_align_call", &clarep_fast::feature_align_call_autograd);
+}
 
 TORCH_LIBRARY_IMPL(clarep_fast_C, CPU, m) { m.impl("feature_align_call", &clarep_fast::feature_align_call_plain); }
 

@@ -24,7 +24,7 @@ void feature_align_sums_cpu(const T* s, const T* t, Acc* stats, int64_t rows, in
 
 template <typename T, typename Acc>
 void feature_align_grads_cpu(const T* s, const T* t, const Acc* coeffs, T* grad_s, T* grad_t, int64_t rows,
-                                int64_t width) {
+                             int64_t width) {
 #pragma omp parallel for schedule(static)
   for (int64_t b = 0; b < rows; ++b) {
     const T* __restrict sb = s + b * width;
@@ -45,8 +45,8 @@ void feature_align_grads_cpu(const T* s, const T* t, const Acc* coeffs, T* grad_
   }
 }
 
-#define CLAREP_INSTANTIATE(T, Acc)                                                                     \
-  template void feature_align_sums_cpu<T, Acc>(const T*, const T*, Acc*, int64_t, int64_t);        \
+#define CLAREP_INSTANTIATE(T, Acc)                                                          \
+  template void feature_align_sums_cpu<T, Acc>(const T*, const T*, Acc*, int64_t, int64_t); \
   template void feature_align_grads_cpu<T, Acc>(const T*, const T*, const Acc*, T*, T*, int64_t, int64_t);
 CLAREP_FOR_EACH_CPU_TYPE(CLAREP_INSTANTIATE)
 #undef CLAREP_INSTANTIATE

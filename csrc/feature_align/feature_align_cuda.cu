@@ -6,7 +6,7 @@
 #include <cuda_runtime.h>
 
 #include "feature_align.h"
-#include "../common/kernel.h"  // DtypeCode
+#include "../common/kernel.h"     // DtypeCode
 #include "../common/element.cuh"  // load, store, warp_sum
 
 namespace clarep_fast {
@@ -16,8 +16,8 @@ constexpr int kThreads = 256;
 constexpr int kRowsPerBlock = kThreads / 32;
 
 template <typename T, typename Acc>
-__global__ void __launch_bounds__(kThreads) align_forward_kernel(const T* __restrict s, const T* __restrict t, Acc* __restrict stats, int64_t rows,
-                                     int64_t width) {
+__global__ void __launch_bounds__(kThreads) align_forward_kernel(const T* __restrict s, const T* __restrict t,
+                                                                 Acc* __restrict stats, int64_t rows, int64_t width) {
   const int lane = threadIdx.x & 31;
   const int64_t row = static_cast<int64_t>(blockIdx.x) * kRowsPerBlock + (threadIdx.x >> 5);
   if (row >= rows) return;  // whole warps leave together: the shuffles below stay full-warp
@@ -36,8 +36,9 @@ __global__ void __launch_bounds__(kThreads) align_forward_kernel(const T* __rest
 }
 
 template <typename T, typename Acc>
-__global__ void __launch_bounds__(kThreads) align_backward_kernel(const T* __restrict s, const T* __restrict t, const Acc* __restrict coeffs,
-                                      T* __restrict grad_s, T* __restrict grad_t, int64_t rows, int64_t width) {
+__global__ void __launch_bounds__(kThreads)
+    align_backward_kernel(const T* __restrict s, const T* __restrict t, const Acc* __restrict coeffs,
+                          T* __restrict grad_s, T* __restrict grad_t, int64_t rows, int64_t width) {
   const int64_t total = rows * width;
   for (int64_t e = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; e < total;
        e += static_cast<int64_t>(gridDim.x) * blockDim.x) {
@@ -53,7 +54,7 @@ template <typename T, typename Acc>
 int launch_forward(const void* s, const void* t, void* stats, int64_t rows, int64_t width, cudaStream_t stream) {
   const unsigned blocks = static_cast<unsigned>((rows + kRowsPerBlock - 1) / kRowsPerBlock);
   align_forward_kernel<T, Acc><<<blocks, kThreads, 0, stream>>>(static_cast<const T*>(s), static_cast<const T*>(t),
-                                                                 static_cast<Acc*>(stats), rows, width);
+                                                                static_cast<Acc*>(stats), rows, width);
   return static_cast<int>(cudaGetLastError());
 }
 
@@ -71,7 +72,7 @@ int launch_backward(const void* s, const void* t, const void* coeffs, void* grad
 }  // namespace
 
 int feature_align_sums_cuda(const void* s, const void* t, void* stats, int dtype, int64_t rows, int64_t width,
-                               void* stream) {
+                            void* stream) {
   const auto st = static_cast<cudaStream_t>(stream);
   switch (dtype) {
     case kF32: return launch_forward<float, float>(s, t, stats, rows, width, st);
@@ -83,7 +84,7 @@ int feature_align_sums_cuda(const void* s, const void* t, void* stats, int dtype
 }
 
 int feature_align_grads_cuda(const void* s, const void* t, const void* coeffs, void* grad_s, void* grad_t, int dtype,
-                                int64_t rows, int64_t width, void* stream) {
+                             int64_t rows, int64_t width, void* stream) {
   const auto st = static_cast<cudaStream_t>(stream);
   switch (dtype) {
     case kF32: return launch_backward<float, float>(s, t, coeffs, grad_s, grad_t, rows, width, st);

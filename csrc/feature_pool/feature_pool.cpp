@@ -48,9 +48,9 @@ at::Tensor feature_pool_spread_cpu_op(const at::Tensor& grad, const at::Tensor& 
 void feature_pool_pack_cuda_op(const at::Tensor& map, const at::Tensor& packed, int64_t offset, int64_t size) {
   const PoolGeometry g = pool_geometry(map, packed, offset, size);
   const c10::cuda::CUDAGuard guard(map.device());
-  check_launch(feature_pool_pack_cuda(map.data_ptr(), dtype_code(map.scalar_type()), packed.data_ptr(), g,
-                                         current_stream(map)),
-               "feature_pool_pack_cuda");
+  check_launch(
+      feature_pool_pack_cuda(map.data_ptr(), dtype_code(map.scalar_type()), packed.data_ptr(), g, current_stream(map)),
+      "feature_pool_pack_cuda");
 }
 
 at::Tensor feature_pool_spread_cuda_op(const at::Tensor& grad, const at::Tensor& map, int64_t offset, int64_t size) {
@@ -58,7 +58,7 @@ at::Tensor feature_pool_spread_cuda_op(const at::Tensor& grad, const at::Tensor&
   const c10::cuda::CUDAGuard guard(map.device());
   auto grad_map = empty_grad(map);
   check_launch(feature_pool_spread_cuda(grad.data_ptr(), grad_map.data_ptr(), dtype_code(map.scalar_type()), g,
-                                          current_stream(map)),
+                                        current_stream(map)),
                "feature_pool_spread_cuda");
   return grad_map;
 }

@@ -17,8 +17,8 @@ namespace clarep_fast {
 struct PoolGeometry {
   int64_t batch, channels, height, width;
   int64_t stride_b, stride_c, stride_h, stride_w;  // of the input map, in elements
-  int64_t size;                                     // s
-  int64_t out_row, offset;                          // packed row stride and this layer's column offset
+  int64_t size;                                    // s
+  int64_t out_row, offset;                         // packed row stride and this layer's column offset
 };
 
 inline int64_t window_start(int64_t cell, int64_t extent, int64_t size) { return (cell * extent) / size; }

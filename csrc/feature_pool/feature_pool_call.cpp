@@ -18,12 +18,14 @@ namespace {
 constexpr double kNormalizeEps = 1e-12;  // clarep_fast/reference/feature_pool.py NORMALIZE_EPS
 
 const auto& pool_forward_op() {
-  static const auto op = kernel_op<void(const at::Tensor&, const at::Tensor&, int64_t, int64_t)>("clarep_fast_C::feature_pool_pack");
+  static const auto op =
+      kernel_op<void(const at::Tensor&, const at::Tensor&, int64_t, int64_t)>("clarep_fast_C::feature_pool_pack");
   return op;
 }
 
 const auto& pool_backward_op() {
-  static const auto op = kernel_op<at::Tensor(const at::Tensor&, const at::Tensor&, int64_t, int64_t)>("clarep_fast_C::feature_pool_spread");
+  static const auto op = kernel_op<at::Tensor(const at::Tensor&, const at::Tensor&, int64_t, int64_t)>(
+      "clarep_fast_C::feature_pool_spread");
   return op;
 }
 
@@ -33,7 +35,8 @@ std::vector<int64_t> offsets_of(at::TensorList maps, int64_t size) {
   return offsets;
 }
 
-std::tuple<at::Tensor, at::Tensor> forward_call(at::TensorList maps, int64_t size, bool normalize, at::ScalarType out_dtype) {
+std::tuple<at::Tensor, at::Tensor> forward_call(at::TensorList maps, int64_t size, bool normalize,
+                                                at::ScalarType out_dtype) {
   const auto offsets = offsets_of(maps, size);
   const auto accumulate = accumulation_type(maps[0].scalar_type());
   const int64_t batch = maps[0].size(0), layers = static_cast<int64_t>(maps.size());
@@ -58,7 +61,8 @@ std::tuple<at::Tensor, at::Tensor> forward_call(at::TensorList maps, int64_t siz
 
 class FeaturePoolCall : public torch::autograd::Function<FeaturePoolCall> {
  public:
-  static variable_list forward(AutogradContext* ctx, at::TensorList maps, int64_t size, bool normalize, at::ScalarType out_dtype) {
+  static variable_list forward(AutogradContext* ctx, at::TensorList maps, int64_t size, bool normalize,
+                               at::ScalarType out_dtype) {
     auto [packed, norms] = forward_call(maps, size, normalize, out_dtype);
     std::vector<at::Tensor> saved = {packed, norms};
     saved.insert(saved.end(), maps.begin(), maps.end());
@@ -100,7 +104,8 @@ class FeaturePoolCall : public torch::autograd::Function<FeaturePoolCall> {
   }
 };
 
-std::tuple<at::Tensor, at::Tensor> feature_pool_call_autograd(at::TensorList maps, int64_t size, bool normalize, at::ScalarType out_dtype) {
+std::tuple<at::Tensor, at::Tensor> feature_pool_call_autograd(at::TensorList maps, int64_t size, bool normalize,
+                                                              at::ScalarType out_dtype) {
   const auto outputs = FeaturePoolCall::apply(maps, size, normalize, out_dtype);
   return {outputs[0], outputs[1]};
 }
@@ -109,10 +114,14 @@ std::tuple<at::Tensor, at::Tensor> feature_pool_call_autograd(at::TensorList map
 }  // namespace clarep_fast
 
 TORCH_LIBRARY_FRAGMENT(clarep_fast_C, m) {
-  m.def("feature_pool_call(Tensor[] maps, int size, bool normalize, ScalarType out_dtype) -> (Tensor packed, Tensor norms)");
+  m.def(
+      "feature_pool_call(Tensor[] maps, int size, bool normalize, ScalarType out_dtype) -> (Tensor packed, Tensor "
+      "norms)");
 }
 
-TORCH_LIBRARY_IMPL(clarep_fast_C, Autograd, m) { m.impl("feature_pool_call", &clarep_fast::feature_pool_call_autograd); }
+TORCH_LIBRARY_IMPL(clarep_fast_C, Autograd, m) {
+  m.impl("feature_pool_call", &clarep_fast::feature_pool_call_autograd);
+}
 
 TORCH_LIBRARY_IMPL(clarep_fast_C, CPU, m) { m.impl("feature_pool_call", &clarep_fast::forward_call); }
 

@@ -64,7 +64,7 @@ void feature_pool_spread_cpu(const Acc* grad, T* grad_map, const PoolGeometry& g
   for (int64_t i = 0; i < s; ++i)
     for (int64_t j = 0; j < s; ++j)
       inverse_area[i * s + j] = Acc(1) / static_cast<Acc>((window_end(i, H, s) - window_start(i, H, s)) *
-                                                         (window_end(j, W, s) - window_start(j, W, s)));
+                                                          (window_end(j, W, s) - window_start(j, W, s)));
 #pragma omp parallel
   {
     std::vector<Acc> share(s * s);  // this plane's grad / |window|, per cell
@@ -100,8 +100,8 @@ void feature_pool_spread_cpu(const Acc* grad, T* grad_map, const PoolGeometry& g
   }
 }
 
-#define CLAREP_INSTANTIATE(T, Acc)                                                         \
-  template void feature_pool_pack_cpu<T, Acc>(const T*, Acc*, const PoolGeometry&);    \
+#define CLAREP_INSTANTIATE(T, Acc)                                                  \
+  template void feature_pool_pack_cpu<T, Acc>(const T*, Acc*, const PoolGeometry&); \
   template void feature_pool_spread_cpu<T, Acc>(const Acc*, T*, const PoolGeometry&);
 CLAREP_FOR_EACH_CPU_TYPE(CLAREP_INSTANTIATE)
 #undef CLAREP_INSTANTIATE

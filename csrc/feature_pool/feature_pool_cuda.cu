@@ -24,20 +24,29 @@ __device__ __forceinline__ float to_acc(__nv_bfloat16 v) { return __bfloat162flo
 template <typename T>
 __device__ __forceinline__ T from_acc(float v);
 template <>
-__device__ __forceinline__ float from_acc<float>(float v) { return v; }
+__device__ __forceinline__ float from_acc<float>(float v) {
+  return v;
+}
 template <>
-__device__ __forceinline__ __half from_acc<__half>(float v) { return __float2half_rn(v); }
+__device__ __forceinline__ __half from_acc<__half>(float v) {
+  return __float2half_rn(v);
+}
 template <>
-__device__ __forceinline__ __nv_bfloat16 from_acc<__nv_bfloat16>(float v) { return __float2bfloat16_rn(v); }
+__device__ __forceinline__ __nv_bfloat16 from_acc<__nv_bfloat16>(float v) {
+  return __float2bfloat16_rn(v);
+}
 
 // Plane-local indices (h, w, cells, elements of one plane) in 32 bits: a tapped map's plane holds
 // far fewer than 2^31 elements, and 64-bit division is a subroutine call whose stack frame the
 // compile gate counts as local memory traffic (scripts/gpu_gate). Offsets between planes stay 64-bit.
 __device__ __forceinline__ int start_of(int cell, int extent, int size) { return (cell * extent) / size; }
-__device__ __forceinline__ int end_of(int cell, int extent, int size) { return ((cell + 1) * extent + size - 1) / size; }
+__device__ __forceinline__ int end_of(int cell, int extent, int size) {
+  return ((cell + 1) * extent + size - 1) / size;
+}
 
 template <typename T, typename Acc>
-__global__ void __launch_bounds__(kThreads) pool_forward_kernel(const T* __restrict__ map, Acc* __restrict__ out, PoolGeometry g) {
+__global__ void __launch_bounds__(kThreads)
+    pool_forward_kernel(const T* __restrict__ map, Acc* __restrict__ out, PoolGeometry g) {
   extern __shared__ unsigned char shared_bytes[];
   Acc* sums = reinterpret_cast<Acc*>(shared_bytes);
   const unsigned channels = static_cast<unsigned>(g.channels);
@@ -65,7 +74,8 @@ __global__ void __launch_bounds__(kThreads) pool_forward_kernel(const T* __restr
 
 // Grid (element blocks of one plane, planes): blockIdx.y strides over the B·C planes.
 template <typename T, typename Acc>
-__global__ void __launch_bounds__(kThreads) pool_backward_kernel(const Acc* __restrict__ grad, T* __restrict__ grad_map, PoolGeometry g) {
+__global__ void __launch_bounds__(kThreads)
+    pool_backward_kernel(const Acc* __restrict__ grad, T* __restrict__ grad_map, PoolGeometry g) {
   const int s = static_cast<int>(g.size), H = static_cast<int>(g.height), W = static_cast<int>(g.width);
   const int e = blockIdx.x * blockDim.x + threadIdx.x;
   if (e >= H * W) return;
@@ -79,7 +89,8 @@ __global__ void __launch_bounds__(kThreads) pool_backward_kernel(const Acc* __re
     Acc sum = 0;
     for (int i = i0; i <= i1; ++i) {
       const int rows = end_of(i, H, s) - start_of(i, H, s);
-      for (int j = j0; j <= j1; ++j) sum += cells[i * s + j] / static_cast<Acc>(rows * (end_of(j, W, s) - start_of(j, W, s)));
+      for (int j = j0; j <= j1; ++j)
+        sum += cells[i * s + j] / static_cast<Acc>(rows * (end_of(j, W, s) - start_of(j, W, s)));
     }
     T* target = grad_map + static_cast<int64_t>(plane) * H * W + e;
     if constexpr (sizeof(Acc) == 8) {
@@ -94,17 +105,21 @@ template <typename T, typename Acc>
 int launch_forward(const void* map, void* out, const PoolGeometry& g, cudaStream_t stream) {
   const size_t shared = static_cast<size_t>(g.size * g.size) * sizeof(Acc);
   const unsigned planes = static_cast<unsigned>(g.batch * g.channels);
-  const int threads = g.height * g.width >= kThreads ? kThreads : static_cast<int>(((g.height * g.width + 31) / 32) * 32);
-  pool_forward_kernel<T, Acc><<<planes, threads, shared, stream>>>(static_cast<const T*>(map), static_cast<Acc*>(out), g);
+  const int threads =
+      g.height * g.width >= kThreads ? kThreads : static_cast<int>(((g.height * g.width + 31) / 32) * 32);
+  pool_forward_kernel<T, Acc>
+      <<<planes, threads, shared, stream>>>(static_cast<const T*>(map), static_cast<Acc*>(out), g);
   return static_cast<int>(cudaGetLastError());
 }
 
 template <typename T, typename Acc>
 int launch_backward(const void* grad, void* grad_map, const PoolGeometry& g, cudaStream_t stream) {
   const int64_t planes = g.batch * g.channels;
-  const dim3 grid(static_cast<unsigned>((g.height * g.width + kThreads - 1) / kThreads),
-                  static_cast<unsigned>(planes < 65535 ? planes : 65535));  // gridDim.y's limit: the kernel strides beyond
-  pool_backward_kernel<T, Acc><<<grid, kThreads, 0, stream>>>(static_cast<const Acc*>(grad), static_cast<T*>(grad_map), g);
+  const dim3 grid(
+      static_cast<unsigned>((g.height * g.width + kThreads - 1) / kThreads),
+      static_cast<unsigned>(planes < 65535 ? planes : 65535));  // gridDim.y's limit: the kernel strides beyond
+  pool_backward_kernel<T, Acc>
+      <<<grid, kThreads, 0, stream>>>(static_cast<const Acc*>(grad), static_cast<T*>(grad_map), g);
   return static_cast<int>(cudaGetLastError());
 }
 

@@ -20,7 +20,7 @@ namespace clarep_fast {
 constexpr int kProjectStats = 4;
 
 struct ProjectShape {
-  int64_t batch, size, rank;  // B, N, K
+  int64_t batch, size, rank;             // B, N, K
   int64_t stride_b, stride_n, stride_k;  // of V, in elements
   bool rescale;
   double rtol;
@@ -31,15 +31,14 @@ template <typename T, typename Acc>
 void project_out_apply_cpu(const T* x, const T* V, T* out, Acc* coeffs, Acc* stats, const ProjectShape& p);
 template <typename T, typename Acc>
 void project_out_grads_cpu(const T* grad, const T* x, const T* V, const Acc* coeffs, const Acc* stats, T* grad_x,
-                              T* grad_v, const ProjectShape& p);  // grad_v may be null (not needed)
+                           T* grad_v, const ProjectShape& p);  // grad_v may be null (not needed)
 
 #ifdef WITH_CUDA
 // dtype: DtypeCode (csrc/common/kernel.h); returns the launch's cudaError_t (0 = success).
-int project_out_apply_cuda(const void* x, const void* V, void* out, void* coeffs, void* stats, void* scratch,
-                             int dtype, const ProjectShape& p, void* stream);
+int project_out_apply_cuda(const void* x, const void* V, void* out, void* coeffs, void* stats, void* scratch, int dtype,
+                           const ProjectShape& p, void* stream);
 int project_out_grads_cuda(const void* grad, const void* x, const void* V, const void* coeffs, const void* stats,
-                              void* grad_x, void* grad_v, void* scratch, int dtype, const ProjectShape& p,
-                              void* stream);
+                           void* grad_x, void* grad_v, void* scratch, int dtype, const ProjectShape& p, void* stream);
 #endif
 
 }  // namespace clarep_fast

@@ -18,15 +18,18 @@ const auto& forward_op() {
 }
 
 const auto& backward_op() {
-  static const auto op = kernel_op<std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
-                                                                      const at::Tensor&, bool, double, bool)>("clarep_fast_C::project_out_grads");
+  static const auto op =
+      kernel_op<std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                                                   const at::Tensor&, const at::Tensor&, bool, double, bool)>(
+          "clarep_fast_C::project_out_grads");
   return op;
 }
 
 class ProjectOutCall : public torch::autograd::Function<ProjectOutCall> {
  public:
   // x: (B, N), flattened by the caller (a differentiable view)
-  static variable_list forward(AutogradContext* ctx, const at::Tensor& x, const at::Tensor& vectors, bool rescale, double rtol) {
+  static variable_list forward(AutogradContext* ctx, const at::Tensor& x, const at::Tensor& vectors, bool rescale,
+                               double rtol) {
     const auto flat = x.contiguous();
     auto [out, coeffs, stats] = forward_op().call(flat, vectors, rescale, rtol);
     ctx->save_for_backward({flat, vectors, coeffs, stats});
@@ -46,20 +49,23 @@ class ProjectOutCall : public torch::autograd::Function<ProjectOutCall> {
     if (!grad_outputs[0].defined()) return grads;
     const auto grad = grad_outputs[0].contiguous();
     const bool need_vectors = ctx->needs_input_grad(1);
-    auto [grad_x, grad_v] = backward_op().call(grad, flat, vectors, saved[2], saved[3], ctx->saved_data["rescale"].toBool(),
-                                               ctx->saved_data["rtol"].toDouble(), need_vectors);
+    auto [grad_x, grad_v] =
+        backward_op().call(grad, flat, vectors, saved[2], saved[3], ctx->saved_data["rescale"].toBool(),
+                           ctx->saved_data["rtol"].toDouble(), need_vectors);
     if (ctx->needs_input_grad(0)) grads[0] = grad_x;
     if (need_vectors) grads[1] = grad_v;
     return grads;
   }
 };
 
-std::tuple<at::Tensor, at::Tensor> project_out_call_autograd(const at::Tensor& x, const at::Tensor& vectors, bool rescale, double rtol) {
+std::tuple<at::Tensor, at::Tensor> project_out_call_autograd(const at::Tensor& x, const at::Tensor& vectors,
+                                                             bool rescale, double rtol) {
   const auto outputs = ProjectOutCall::apply(x.reshape({x.size(0), -1}), vectors, rescale, rtol);
   return {outputs[0].view(x.sizes()), outputs[1]};
 }
 
-std::tuple<at::Tensor, at::Tensor> project_out_call_plain(const at::Tensor& x, const at::Tensor& vectors, bool rescale, double rtol) {
+std::tuple<at::Tensor, at::Tensor> project_out_call_plain(const at::Tensor& x, const at::Tensor& vectors, bool rescale,
+                                                          double rtol) {
   auto [out, coeffs, stats] = forward_op().call(x.reshape({x.size(0), -1}).contiguous(), vectors, rescale, rtol);
   return {out.view(x.sizes()), stats};
 }

@@ -84,8 +84,8 @@ void project_out_apply_cpu(const T* x, const T* V, T* out, Acc* coeffs, Acc* sta
         y[n] = static_cast<Acc>(xb[n]);
         xx += y[n] * y[n];
       }
-      dots(Vb, y.data(), c, p);       // c = Vᵀx
-      subtract(Vb, c, y.data(), p);   // y = x - V c
+      dots(Vb, y.data(), c, p);      // c = Vᵀx
+      subtract(Vb, c, y.data(), p);  // y = x - V c
       Acc yy = 0;
       for (int64_t n = 0; n < N; ++n) yy += y[n] * y[n];
       const Acc x_norm = std::sqrt(xx), y_norm = std::sqrt(yy);
@@ -100,7 +100,7 @@ void project_out_apply_cpu(const T* x, const T* V, T* out, Acc* coeffs, Acc* sta
 
 template <typename T, typename Acc>
 void project_out_grads_cpu(const T* grad, const T* x, const T* V, const Acc* coeffs, const Acc* stats, T* grad_x,
-                              T* grad_v, const ProjectShape& p) {
+                           T* grad_v, const ProjectShape& p) {
   const int64_t N = p.size, K = p.rank;
 #pragma omp parallel
   {
@@ -139,10 +139,10 @@ void project_out_grads_cpu(const T* grad, const T* x, const T* V, const Acc* coe
   }
 }
 
-#define CLAREP_INSTANTIATE(T, Acc)                                                                               \
-  template void project_out_apply_cpu<T, Acc>(const T*, const T*, T*, Acc*, Acc*, const ProjectShape&);       \
+#define CLAREP_INSTANTIATE(T, Acc)                                                                          \
+  template void project_out_apply_cpu<T, Acc>(const T*, const T*, T*, Acc*, Acc*, const ProjectShape&);     \
   template void project_out_grads_cpu<T, Acc>(const T*, const T*, const T*, const Acc*, const Acc*, T*, T*, \
-                                                 const ProjectShape&);
+                                              const ProjectShape&);
 CLAREP_FOR_EACH_CPU_TYPE(CLAREP_INSTANTIATE)
 #undef CLAREP_INSTANTIATE
 

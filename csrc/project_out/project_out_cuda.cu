@@ -46,9 +46,10 @@ __device__ void columns_dot(const T* Vb, const Acc* v, Acc* out, const ProjectSh
 }
 
 template <typename T, typename Acc>
-__global__ void __launch_bounds__(kThreads) project_forward_kernel(const T* __restrict__ x, const T* __restrict__ V, T* __restrict__ out,
-                                       Acc* __restrict__ coeffs, Acc* __restrict__ stats, Acc* __restrict__ scratch,
-                                       ProjectShape p) {
+__global__ void __launch_bounds__(kThreads)
+    project_forward_kernel(const T* __restrict__ x, const T* __restrict__ V, T* __restrict__ out,
+                           Acc* __restrict__ coeffs, Acc* __restrict__ stats, Acc* __restrict__ scratch,
+                           ProjectShape p) {
   __shared__ Acc reduce[kWarps];
   const int64_t b = blockIdx.x, N = p.size, K = p.rank;
   const T* xb = x + b * N;
@@ -62,7 +63,7 @@ __global__ void __launch_bounds__(kThreads) project_forward_kernel(const T* __re
     xx += v * v;
   }
   const Acc x_norm = sqrt(block_sum(xx, reduce));  // its barriers also publish y
-  columns_dot(Vb, y, c, p);                          // (1)
+  columns_dot(Vb, y, c, p);                        // (1)
   __syncthreads();
   Acc yy = 0;
   for (int64_t n = threadIdx.x; n < N; n += kThreads) {  // (2): each thread rewrites only its own rows
@@ -82,10 +83,10 @@ __global__ void __launch_bounds__(kThreads) project_forward_kernel(const T* __re
 }
 
 template <typename T, typename Acc>
-__global__ void __launch_bounds__(kThreads) project_backward_kernel(const T* __restrict__ grad, const T* __restrict__ x, const T* __restrict__ V,
-                                        const Acc* __restrict__ coeffs, const Acc* __restrict__ stats,
-                                        T* __restrict__ grad_x, T* __restrict__ grad_v, Acc* __restrict__ scratch,
-                                        ProjectShape p) {
+__global__ void __launch_bounds__(kThreads)
+    project_backward_kernel(const T* __restrict__ grad, const T* __restrict__ x, const T* __restrict__ V,
+                            const Acc* __restrict__ coeffs, const Acc* __restrict__ stats, T* __restrict__ grad_x,
+                            T* __restrict__ grad_v, Acc* __restrict__ scratch, ProjectShape p) {
   __shared__ Acc reduce[kWarps];
   extern __shared__ unsigned char shared_bytes[];
   Acc* d = reinterpret_cast<Acc*>(shared_bytes);  // K entries
@@ -146,8 +147,8 @@ int launch_backward(const void* grad, const void* x, const void* V, const void* 
 
 }  // namespace
 
-int project_out_apply_cuda(const void* x, const void* V, void* out, void* coeffs, void* stats, void* scratch,
-                             int dtype, const ProjectShape& p, void* stream) {
+int project_out_apply_cuda(const void* x, const void* V, void* out, void* coeffs, void* stats, void* scratch, int dtype,
+                           const ProjectShape& p, void* stream) {
   const auto s = static_cast<cudaStream_t>(stream);
   switch (dtype) {
     case kF32: return launch_forward<float, float>(x, V, out, coeffs, stats, scratch, p, s);
@@ -159,8 +160,7 @@ int project_out_apply_cuda(const void* x, const void* V, void* out, void* coeffs
 }
 
 int project_out_grads_cuda(const void* grad, const void* x, const void* V, const void* coeffs, const void* stats,
-                              void* grad_x, void* grad_v, void* scratch, int dtype, const ProjectShape& p,
-                              void* stream) {
+                           void* grad_x, void* grad_v, void* scratch, int dtype, const ProjectShape& p, void* stream) {
   const auto s = static_cast<cudaStream_t>(stream);
   switch (dtype) {
     case kF32: return launch_backward<float, float>(grad, x, V, coeffs, stats, grad_x, grad_v, scratch, p, s);

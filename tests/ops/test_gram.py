@@ -30,9 +30,8 @@ def test_shifted_gram_matches_full_product(monkeypatch, n, d, dtype, split):
 
 def test_small_n_is_one_product_and_large_n_is_blocked(monkeypatch):
     calls, product = [], torch.mm
-    monkeypatch.setattr(
-        torch, "mm", lambda *args, **kwargs: calls.append(1) or product(*args, **kwargs)
-    )  # the blocked path uses @
+    # the blocked path uses @
+    monkeypatch.setattr(torch, "mm", lambda *args, **kwargs: calls.append(1) or product(*args, **kwargs))
     for n in (gram._SPLIT_MIN_ROWS["cpu"] - 1, gram._SPLIT_MIN_ROWS["cpu"]):
         calls.clear()
         x, out = torch.randn(n, 5), torch.empty(n, n)

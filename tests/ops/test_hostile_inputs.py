@@ -111,9 +111,8 @@ def test_project_out_on_any_tensor(backend, dtype):
         x = torch.randn(batch, *sample_shape, generator=generator, dtype=torch.float64).to(dtype)
         if channels_last:
             x = x.to(memory_format=torch.channels_last)
-        vectors = torch.linalg.qr(torch.randn(batch, size, rank, generator=generator, dtype=torch.float64)).Q.to(
-            dtype
-        )  # column-major Q
+        # column-major Q
+        vectors = torch.linalg.qr(torch.randn(batch, size, rank, generator=generator, dtype=torch.float64)).Q.to(dtype)
         x.requires_grad_(True)
         with use_backend(backend):
             out = clarep_fast.project_out(x, vectors, rescale=True)

@@ -71,9 +71,8 @@ def test_backend_matches_reference_gpu(backend, shape, rank, dtype, rescale):
 @pytest.mark.parametrize("backend", CPU_BACKENDS)
 def test_gradcheck_float64(backend, rescale):
     x = torch.randn(2, 3, 2, 2, dtype=torch.float64, requires_grad=True)
-    vectors = torch.randn(2, 12, 3, dtype=torch.float64).requires_grad_(
-        True
-    )  # any V: the formulas hold beyond orthonormal
+    # any V: the formulas hold beyond orthonormal
+    vectors = torch.randn(2, 12, 3, dtype=torch.float64).requires_grad_(True)
     with use_backend(backend):
         assert torch.autograd.gradcheck(
             lambda a, b: project_out(a, b, rescale=rescale), (x, vectors), fast_mode=backend == "triton"

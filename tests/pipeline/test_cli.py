@@ -40,9 +40,8 @@ def test_threads_follow_a_cgroup_cpu_quota(monkeypatch):
     files["/sys/fs/cgroup/cpu.max"] = "max 100000\n"
     assert cli.usable_cpus() == 64
     files.clear()
-    files.update(
-        {"/sys/fs/cgroup/cpu/cpu.cfs_quota_us": "150000", "/sys/fs/cgroup/cpu/cpu.cfs_period_us": "100000"}
-    )  # cgroup v1, 1.5 CPUs
+    # cgroup v1, 1.5 CPUs
+    files.update({"/sys/fs/cgroup/cpu/cpu.cfs_quota_us": "150000", "/sys/fs/cgroup/cpu/cpu.cfs_period_us": "100000"})
     assert cli.usable_cpus() == 2
 
 

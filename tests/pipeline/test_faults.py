@@ -375,9 +375,8 @@ def test_a_diverging_teacher_stops_with_one_line_and_writes_no_nan(tmp_path):
         and "Traceback" not in result.stderr
     ), result.stderr
     assert not (run / "teacher").exists()
-    checkpoint = RunDir(
-        run, command="train-teacher"
-    ).load_checkpoint()  # what was saved before the divergence is finite
+    # what was saved before the divergence is finite
+    checkpoint = RunDir(run, command="train-teacher").load_checkpoint()
     assert checkpoint is None or all(bool(torch.isfinite(v).all()) for v in checkpoint["model"].values())
 
 
@@ -445,9 +444,8 @@ def test_a_bank_config_or_shard_that_does_not_belong_is_named(bank_dir, tmp_path
     )
     load_bank(other)  # the keys a resume may change are not part of the identity
     tensors = load_file(str(shard_path(other, 0)))
-    older = {
-        key: value for key, value in shard_metadata(tensors, "unused").items() if key != "bank"
-    }  # as shards were written before identities
+    # as shards were written before identities
+    older = {key: value for key, value in shard_metadata(tensors, "unused").items() if key != "bank"}
     save_file(tensors, str(shard_path(other, 0)), metadata=older)
     with pytest.raises(
         DamagedFileError,

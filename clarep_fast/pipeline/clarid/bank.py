@@ -129,6 +129,7 @@ def _span(index: Tensor) -> str:
     return f"{int(index[0])}..{int(index[-1])}" if len(index) else "none"
 
 
+# + per-layer features
 SHARD_ENTRIES = (
     "index",
     "classes",
@@ -138,7 +139,7 @@ SHARD_ENTRIES = (
     "ordinary_samples",
     "singular_values",
     "iterations",
-)  # + per-layer features
+)
 
 
 class Bank(NamedTuple):

@@ -76,9 +76,8 @@ def background_spread(images: Tensor, labels: Tensor) -> float | None:
     (the digits of the default dataset never touch it): the standard deviation of the border's
     mean RGB over a class's images, averaged over channels and classes. Images in [-1, 1] or [0, 1].
     None when no class has two images."""
-    border = torch.cat(
-        [images[:, :, 0], images[:, :, -1], images[:, :, 1:-1, 0], images[:, :, 1:-1, -1]], dim=2
-    )  # (n, 3, border)
+    # (n, 3, border)
+    border = torch.cat([images[:, :, 0], images[:, :, -1], images[:, :, 1:-1, 0], images[:, :, 1:-1, -1]], dim=2)
     colors = border.double().mean(2)  # (n, 3)
     spreads = [colors[labels == c].std(0).mean() for c in labels.unique() if (labels == c).sum() > 1]
     return float(torch.stack(spreads).mean()) if spreads else None

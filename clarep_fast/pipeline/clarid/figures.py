@@ -79,9 +79,8 @@ def nmi_figure(scores: dict[str, dict[str, float]], spread: dict[str, float], pa
     left.set_ylim(0, 1)
     left.legend(loc="lower right", framealpha=0.9)
     left.set_title(description, fontsize=9)
-    right.bar(
-        [0, 1], [spread["ordinary"] or 0.0, spread["canonical"] or 0.0], color=["C0", "C1"]
-    )  # None: too few per class
+    # None: too few per class
+    right.bar([0, 1], [spread["ordinary"] or 0.0, spread["canonical"] or 0.0], color=["C0", "C1"])
     right.set_xticks([0, 1], ["ordinary", "canonical"])
     right.set_title("background color spread\nwithin a class")
     save_figure(path, figure)

@@ -169,9 +169,10 @@ def _exact(
     if side == "columns":
         basis = torch.eye(latent, dtype=features.dtype, device=features.device)[:, None].expand(latent, batch, latent)
         tangents = basis.reshape(latent, batch, *linear.points.shape[1:])
+        # (N, B, D)
         columns = torch.func.vmap(lambda v: torch.func.jvp(linear.fn, (linear.points,), (v,))[1], chunk_size=256)(
             tangents
-        )  # (N, B, D)
+        )
         jacobian = columns.permute(1, 2, 0).double()
     else:
         basis = torch.eye(width, dtype=features.dtype, device=features.device)[:, None].expand(width, batch, width)

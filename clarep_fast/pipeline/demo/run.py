@@ -164,9 +164,8 @@ def run_demo(
     first_bank = banks[config.bank_folder(0)]
     for picture in ("canonical.png", "nmi.png"):
         atomic_write(run / picture, lambda temporary: shutil.copyfile(first_bank / picture, temporary))
-    loss_curves(
-        {name: path for name, path in runs.items() if name.endswith("-s0")}, run_dir / "losses.png"
-    )  # seed 0: one curve per student kind
+    # seed 0: one curve per student kind
+    loss_curves({name: path for name, path in runs.items() if name.endswith("-s0")}, run_dir / "losses.png")
     difference_plot(
         {
             f"minus {GROUPS[control]}": {m: paired_seeds(results, m, control) for m in headline_measures(results)}

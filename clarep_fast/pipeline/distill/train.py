@@ -134,9 +134,8 @@ class BankBatches:
         if len(bank.classes) < config.bank_batch_size:
             raise ValueError(f"bank_batch_size {config.bank_batch_size} exceeds the bank's {len(bank.classes)} CLAReps")
         self.layers = layers
-        self.identity = bank_identity(
-            bank.config
-        )  # what search itself calls the bank: not its path, teacher path or workers
+        # what search itself calls the bank: not its path, teacher path or workers
+        self.identity = bank_identity(bank.config)
         samples, features = (
             (bank.samples, bank.features)
             if config.bank_samples == "canonical"

@@ -213,8 +213,7 @@ def guided_noise(
     if guidance == 1.0:
         return noise_prediction(model, x, t, labels).float()
     null = torch.full_like(labels, num_classes_of(model) if null_label is None else null_label)
-    both = noise_prediction(
-        model, torch.cat([x, x]), torch.cat([t, t]), torch.cat([labels, null])
-    ).float()  # (2B, C, H, W)
+    # (2B, C, H, W)
+    both = noise_prediction(model, torch.cat([x, x]), torch.cat([t, t]), torch.cat([labels, null])).float()
     conditional, unconditional = both.chunk(2)
     return unconditional + guidance * (conditional - unconditional)

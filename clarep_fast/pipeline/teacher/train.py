@@ -49,9 +49,8 @@ class TrainTeacherConfig:
     sample_guidance: float = option(3.0, "CFG scale of the sample grids", low=0)
     seed: int = option(0, "seed of the initial weights, batches and noise")
     data: DataConfig = option(DataConfig())
-    teacher: TeacherConfig = option(
-        TeacherConfig(), shared=("resolution",)
-    )  # one --resolution: the teacher's is the data's
+    # one --resolution: the teacher's is the data's
+    teacher: TeacherConfig = option(TeacherConfig(), shared=("resolution",))
 
     def __post_init__(self):
         check_ranges(self)
@@ -113,17 +112,15 @@ def train_teacher(
     model = build_teacher(config.teacher).to(device)
     ema = copy.deepcopy(model).eval().requires_grad_(False)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=0.0)
-    run.claim(
-        {**as_json(config), "classes": train.classes}
-    )  # after everything that can refuse the config: a refused start leaves no folder
+    # after everything that can refuse the config: a refused start leaves no folder
+    run.claim({**as_json(config), "classes": train.classes})
     schedule = NoiseSchedule.default().alphas_cumprod.float().to(device)
     null_label = config.teacher.num_classes
 
     start = run.restore({"model": model, "ema": ema, "optimizer": optimizer}, counter="step")
     _keep_logged_steps(run / "loss.csv", start)  # steps after the checkpoint are trained (and logged) again
-    loss_log = open(
-        run / "loss.csv", "a", buffering=1
-    )  # line-buffered: `tail -f` shows progress, a kill keeps every finished line
+    # line-buffered: `tail -f` shows progress, a kill keeps every finished line
+    loss_log = open(run / "loss.csv", "a", buffering=1)
 
     bar = tqdm(
         range(start, config.steps),
@@ -137,9 +134,8 @@ def train_teacher(
     batches = train.batches(_step_indices(config, start, len(train)))
     for step, (x0, c) in zip(bar, batches):
         generator = _step_generator(config, step)
-        torch.randint(
-            0, len(train), (config.batch_size,), generator=generator
-        )  # the batch's draw (_step_indices): the rest follows it
+        # the batch's draw (_step_indices): the rest follows it
+        torch.randint(0, len(train), (config.batch_size,), generator=generator)
         x0, c = (x0 * 2 - 1).to(device), c.to(device)  # images in [-1, 1]
         drop = (torch.rand(config.batch_size, generator=generator) < config.label_dropout).to(device)
         c = torch.where(drop, torch.full_like(c, null_label), c)  # step 1
@@ -159,9 +155,8 @@ def train_teacher(
         loss_log.write(f"{step + 1},{value:.6f}\n")
         bar.set_postfix(loss=f"{value:.4f}", refresh=False)
         done = step + 1
-        if (
-            done % config.sample_every == 0 or done == config.steps
-        ):  # before the checkpoint: a kill between them redraws it
+        # before the checkpoint: a kill between them redraws it
+        if done % config.sample_every == 0 or done == config.steps:
             _sample_grid(ema, config, run / f"samples_{done:06d}.png")
         if done % config.checkpoint_every == 0 or done == config.steps:
             loss_log.flush()

@@ -111,11 +111,12 @@ def test_random_direction_control_projects_out_random_directions(teacher_dir, tm
     )
     assert (bank.singular_values == 0).all() and (bank.iterations == 0).all()
     removed = (bank.start_latents - bank.latents).flatten(1)
+    # an orthogonal projection
     assert torch.allclose(
         removed.norm(dim=1) ** 2 + bank.latents.flatten(1).norm(dim=1) ** 2,
         bank.start_latents.flatten(1).norm(dim=1) ** 2,
         rtol=1e-4,
-    )  # an orthogonal projection
+    )
     assert 0 <= bank.samples.min() and bank.samples.max() <= 1
 
 
@@ -187,9 +188,8 @@ def test_bank_made_with_another_config_or_teacher_is_refused(teacher_dir, tmp_pa
     with torch.no_grad():
         next(model.parameters()).add_(1.0)
     model.save_pretrained(other, safe_serialization=True)
-    with pytest.raises(
-        ValueError, match=r"differs in: teacher_sha256\)"
-    ):  # another teacher: its fingerprint differs, not only its path
+    # another teacher: its fingerprint differs, not only its path
+    with pytest.raises(ValueError, match=r"differs in: teacher_sha256\)"):
         run_search(small_config(other, count=2), bank, progress=False)
     moved = tmp_path / "moved_teacher"
     shutil.copytree(teacher_dir, moved)  # the same teacher at another path: the bank resumes with it

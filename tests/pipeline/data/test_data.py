@@ -154,9 +154,8 @@ def test_decode_keeps_16_bit_grayscale_and_refuses_what_it_cannot_read(tmp_path)
     decoded = decode_image(tmp_path / "gray16.png", 16)
     expected = torch.from_numpy(ramp / 65535.0).float()
     assert decoded.shape == (3, 16, 16)
-    torch.testing.assert_close(
-        decoded, expected.expand(3, 16, 16), atol=1e-6, rtol=0
-    )  # PIL's convert("RGB") would clip it to white
+    # PIL's convert("RGB") would clip it to white
+    torch.testing.assert_close(decoded, expected.expand(3, 16, 16), atol=1e-6, rtol=0)
     Image.fromarray(np.random.rand(8, 8).astype(np.float32)).save(tmp_path / "float.tiff")
     with pytest.raises(ValueError, match=r"float.tiff: floating-point pixels have no known range"):
         decode_image(tmp_path / "float.tiff", 8)

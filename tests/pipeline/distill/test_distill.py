@@ -126,9 +126,8 @@ def test_mismatches_and_missing_files_are_clear_errors(tiny_bank, tmp_path):
     train_student(small_distill(bank_dir), tmp_path / "f", progress=False)
     with pytest.raises(ValueError, match="different config"):
         train_student(small_distill(bank_dir, lambda_align=2.0), tmp_path / "f", progress=False)
-    with pytest.raises(
-        ValueError, match="different config \\(differs in: bank_layers"
-    ):  # another feature width under the same bank path
+    # another feature width under the same bank path
+    with pytest.raises(ValueError, match="different config \\(differs in: bank_layers"):
         train_student(
             small_distill(
                 bank_dir, teacher_layers=("mid_block", "down_blocks.2", "down_blocks.1"), student_layers=(2, 3, 4)

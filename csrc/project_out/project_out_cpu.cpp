@@ -15,8 +15,19 @@
 namespace clarep_fast {
 namespace {
 
+// The two products with V are the op's work: compiled for AVX2 + FMA (x86-64-v3) as well as the
+// baseline x86-64 (SSE2) and picked by the CPU at load time (GCC function multiversioning), so one
+// build runs on any x86-64 machine. Measured on a 2-core Xeon (2026-12-07, B = 400, N = 768,
+// k = 24, no grad): baseline 1.69 ms (rows) / 1.43 ms (columns), AVX2 1.48 / 1.09 ms; an AVX-512
+// clone took 2.56 / 0.95 ms (a 24-wide row is 1.5 vectors of 16), so there is none.
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define CLAREP_VECTOR_CLONES __attribute__((target_clones("arch=x86-64-v3", "default")))
+#else
+#define CLAREP_VECTOR_CLONES
+#endif
+
 template <typename T, typename Acc>
-void dots(const T* Vb, const Acc* __restrict v, Acc* __restrict out, const ProjectShape& p) {
+CLAREP_VECTOR_CLONES void dots(const T* Vb, const Acc* __restrict v, Acc* __restrict out, const ProjectShape& p) {
   const int64_t N = p.size, K = p.rank;
   if (p.stride_n == 1 && K > 1) {
     for (int64_t j = 0; j < K; ++j) {
@@ -42,7 +53,7 @@ void dots(const T* Vb, const Acc* __restrict v, Acc* __restrict out, const Proje
 }
 
 template <typename T, typename Acc>
-void subtract(const T* Vb, const Acc* __restrict w, Acc* __restrict y, const ProjectShape& p) {
+CLAREP_VECTOR_CLONES void subtract(const T* Vb, const Acc* __restrict w, Acc* __restrict y, const ProjectShape& p) {
   const int64_t N = p.size, K = p.rank;
   if (p.stride_n == 1 && K > 1) {
     for (int64_t j = 0; j < K; ++j) {

@@ -44,17 +44,17 @@ enum CkaStat : int {
 enum CkaPartial : int { kPartialKl, kPartialKk, kPartialLl, kPartialTraceX, kPartialTraceY, kNumPartials };
 
 #ifdef __CUDACC__
-#define CLAREP_HOST_DEVICE __host__ __device__
+#define CLAREP_HOST_DEVICE __host__ __device__ __forceinline__  // a device call would need a stack frame
 #else
-#define CLAREP_HOST_DEVICE
+#define CLAREP_HOST_DEVICE inline
 #endif
 
 // One pair's stats row from its centered inner products, traces and row-sum totals: the ratio and
 // the degenerate rule (CKA := 0 unless hkk > rtol (tr K)² and hll > rtol (tr L)²), written once for
 // the CPU and CUDA stats kernels (kernels/cka.py writes the same in Triton).
 template <typename T>
-CLAREP_HOST_DEVICE inline void write_stats(double hkl, double hkk, double hll, double trace_x, double trace_y,
-                                           double sum_x, double sum_y, double rtol, T* out) {
+CLAREP_HOST_DEVICE void write_stats(double hkl, double hkk, double hll, double trace_x, double trace_y, double sum_x,
+                                    double sum_y, double rtol, T* out) {
   const bool ok = hkk > rtol * trace_x * trace_x && hll > rtol * trace_y * trace_y;
   out[kStatCka] = static_cast<T>(ok ? hkl / (std::sqrt(hkk) * std::sqrt(hll)) : 0.0);
   out[kStatHkl] = static_cast<T>(hkl);

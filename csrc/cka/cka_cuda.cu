@@ -19,8 +19,9 @@ namespace {
 constexpr int kWarpsPerBlock = 8;  // = rows per block
 constexpr int kStatsThreads = 32 * kWarpsPerBlock;
 constexpr int kGradThreads = 256;
-// The last block's totals: every block's partials (CkaPartial, cka.h), then the row-sum terms.
-enum CkaTotal : int { kTotalSumX = kNumPartials, kTotalSumY, kTotalRowsXy, kTotalRowsXx, kTotalRowsYy, kNumTotals };
+// The last block's totals: the row-sum terms, then every block's partials (CkaPartial, cka.h).
+enum CkaTotal : int { kTotalSumX, kTotalSumY, kTotalRowsXy, kTotalRowsXx, kTotalRowsYy, kTotalPartials };
+constexpr int kNumTotals = kTotalPartials + kNumPartials;
 
 __device__ double warp_sum(double value) {
   for (int offset = 16; offset > 0; offset >>= 1) value += __shfl_xor_sync(0xffffffffu, value, offset);
@@ -111,15 +112,16 @@ __global__ void __launch_bounds__(kStatsThreads)
   }
   for (int64_t block = threadIdx.x; block < blocks; block += kStatsThreads) {
     const double* theirs = partials + (pair * blocks + block) * kNumPartials;
-    for (int v = 0; v < kNumPartials; ++v) totals[v] += __ldcg(theirs + v);
+    for (int v = 0; v < kNumPartials; ++v) totals[kTotalPartials + v] += __ldcg(theirs + v);
   }
   block_sum(totals);
   if (threadIdx.x == 0) {
     const double sk = totals[kTotalSumX], sl = totals[kTotalSumY];
-    const double hkl = totals[kPartialKl] - 2.0 * a * totals[kTotalRowsXy] + b * sk * sl;
-    const double hkk = totals[kPartialKk] - 2.0 * a * totals[kTotalRowsXx] + b * sk * sk;
-    const double hll = totals[kPartialLl] - 2.0 * a * totals[kTotalRowsYy] + b * sl * sl;
-    write_stats(hkl, hkk, hll, totals[kPartialTraceX], totals[kPartialTraceY], sk, sl, rtol, stats + pair * kNumStats);
+    const double hkl = totals[kTotalPartials + kPartialKl] - 2.0 * a * totals[kTotalRowsXy] + b * sk * sl;
+    const double hkk = totals[kTotalPartials + kPartialKk] - 2.0 * a * totals[kTotalRowsXx] + b * sk * sk;
+    const double hll = totals[kTotalPartials + kPartialLl] - 2.0 * a * totals[kTotalRowsYy] + b * sl * sl;
+    write_stats(hkl, hkk, hll, totals[kTotalPartials + kPartialTraceX], totals[kTotalPartials + kPartialTraceY], sk, sl,
+                rtol, stats + pair * kNumStats);
   }
 }
 

@@ -51,17 +51,17 @@ def _centering(n, UNBIASED: tl.constexpr, dtype: tl.constexpr):
 
 @triton.jit
 def _cka_stats_kernel(
-    grams_ptr,
-    rowsums_ptr,
-    stats_ptr,
-    partials_ptr,
-    counters_ptr,
-    n,
-    rtol,
+    grams_ptr,  # (P, 2, n, n) K and L per pair, contiguous
+    rowsums_ptr,  # (P, 2, n) row sums of K and L, written here
+    stats_ptr,  # (P, NUM_STATS) in STATS_FIELDS order, written by each pair's last program
+    partials_ptr,  # (P, row blocks, NUM_PARTIALS) fp64 workspace, PARTIAL_FIELDS order
+    counters_ptr,  # (P,) int32, zeroed: programs of the pair that have finished
+    n,  # samples
+    rtol,  # the degenerate rule's tolerance
     UNBIASED: tl.constexpr,
-    BLOCK_M: tl.constexpr,
-    BLOCK_N: tl.constexpr,
-    FINAL_BLOCK: tl.constexpr,
+    BLOCK_M: tl.constexpr,  # rows per program
+    BLOCK_N: tl.constexpr,  # columns per chunk
+    FINAL_BLOCK: tl.constexpr,  # entries per chunk of the last program's sums
 ):
     dtype = grams_ptr.dtype.element_ty
     pair = tl.program_id(0).to(tl.int64)
@@ -161,7 +161,15 @@ def _cka_stats_kernel(
 
 @triton.jit
 def _cka_grads_kernel(
-    grams_ptr, rowsums_ptr, stats_ptr, grad_ptr, coeffs_ptr, n, rtol, UNBIASED: tl.constexpr, BLOCK: tl.constexpr
+    grams_ptr,  # (P, 2, n, n) K and L per pair, contiguous
+    rowsums_ptr,  # (P, 2, n) from the stats kernel
+    stats_ptr,  # (P, NUM_STATS) from the stats kernel
+    grad_ptr,  # (P,) dLoss/dCKA
+    coeffs_ptr,  # (P, 2, n, n) 2g dCKA/dK and 2g dCKA/dL, written here
+    n,  # samples
+    rtol,  # the degenerate rule's tolerance
+    UNBIASED: tl.constexpr,
+    BLOCK: tl.constexpr,  # tile side
 ):
     dtype = grams_ptr.dtype.element_ty
     pair = tl.program_id(0).to(tl.int64)

@@ -14,7 +14,13 @@ from clarep_fast.dtypes import accumulation_dtype
 
 
 @triton.jit
-def _feature_align_sums_kernel(s_ptr, t_ptr, stats_ptr, D, BLOCK: tl.constexpr):
+def _feature_align_sums_kernel(
+    s_ptr,  # student rows (B, D), contiguous
+    t_ptr,  # teacher rows (B, D), contiguous
+    stats_ptr,  # (B, 4) [s·t, s·s, t·t, |s - t|²], accumulation dtype
+    D,  # row width (also the stride between rows)
+    BLOCK: tl.constexpr,  # columns per chunk
+):
     row = tl.program_id(0).to(tl.int64)
     acc_ty = stats_ptr.dtype.element_ty
     st = tl.zeros([BLOCK], dtype=acc_ty)
@@ -38,7 +44,15 @@ def _feature_align_sums_kernel(s_ptr, t_ptr, stats_ptr, D, BLOCK: tl.constexpr):
 
 @triton.jit
 def _feature_align_grads_kernel(
-    s_ptr, t_ptr, coeffs_ptr, grad_s_ptr, grad_t_ptr, D, NEED_S: tl.constexpr, NEED_T: tl.constexpr, BLOCK: tl.constexpr
+    s_ptr,  # student rows (B, D), contiguous
+    t_ptr,  # teacher rows (B, D), contiguous
+    coeffs_ptr,  # (B, 3) [A, Bs, Ct]: ds = A t + Bs s, dt = A s + Ct t
+    grad_s_ptr,  # ds (B, D), unused unless NEED_S
+    grad_t_ptr,  # dt (B, D), unused unless NEED_T
+    D,  # row width (also the stride between rows)
+    NEED_S: tl.constexpr,
+    NEED_T: tl.constexpr,
+    BLOCK: tl.constexpr,  # columns per chunk
 ):
     row = tl.program_id(0).to(tl.int64)
     cross = tl.load(coeffs_ptr + row * 3 + 0)

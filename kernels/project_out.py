@@ -35,21 +35,21 @@ def _v_tile(V_ptr, b, start, N, K, svb, svn, svk, BLOCK_N: tl.constexpr, BLOCK_K
 
 @triton.jit
 def _project_out_apply_kernel(
-    x_ptr,
-    V_ptr,
-    out_ptr,
-    coeffs_ptr,
-    stats_ptr,
-    scratch_ptr,
-    N,
-    K,
-    svb,
-    svn,
-    svk,
-    rtol,
+    x_ptr,  # x (B, N), contiguous
+    V_ptr,  # V (B, N, K), any strides
+    out_ptr,  # out (B, N), x's dtype
+    coeffs_ptr,  # c = Vᵀx (B, K), accumulation dtype
+    stats_ptr,  # (B, 4): s, ‖x‖, ‖y‖, rescaled (1/0)
+    scratch_ptr,  # y (B, N), accumulation dtype, read back in pass (3)
+    N,  # elements per sample
+    K,  # directions per sample
+    svb,  # V's stride between samples, in elements
+    svn,  # ... between rows n (1 for a QR's column-major Q)
+    svk,  # ... between directions k (1 for row-major V)
+    rtol,  # rescale only when ‖y‖ > rtol ‖x‖
     RESCALE: tl.constexpr,
-    BLOCK_N: tl.constexpr,
-    BLOCK_K: tl.constexpr,
+    BLOCK_N: tl.constexpr,  # rows of V per tile
+    BLOCK_K: tl.constexpr,  # directions per tile: a power of two >= K
 ):
     b = tl.program_id(0)
     acc_ty = scratch_ptr.dtype.element_ty
@@ -90,21 +90,21 @@ def _project_out_apply_kernel(
 
 @triton.jit
 def _project_out_grads_kernel(
-    grad_ptr,
-    x_ptr,
-    V_ptr,
-    coeffs_ptr,
-    stats_ptr,
-    grad_x_ptr,
-    grad_v_ptr,
-    N,
-    K,
-    svb,
-    svn,
-    svk,
+    grad_ptr,  # g = dLoss/dout (B, N), contiguous
+    x_ptr,  # x (B, N), contiguous
+    V_ptr,  # V (B, N, K), any strides
+    coeffs_ptr,  # c (B, K) from the forward, accumulation dtype
+    stats_ptr,  # (B, 4) from the forward
+    grad_x_ptr,  # dx (B, N), x's dtype
+    grad_v_ptr,  # dV (B, N, K), contiguous (unused unless NEED_V)
+    N,  # elements per sample
+    K,  # directions per sample
+    svb,  # V's stride between samples, in elements
+    svn,  # ... between rows n
+    svk,  # ... between directions k
     NEED_V: tl.constexpr,
-    BLOCK_N: tl.constexpr,
-    BLOCK_K: tl.constexpr,
+    BLOCK_N: tl.constexpr,  # rows of V per tile
+    BLOCK_K: tl.constexpr,  # directions per tile: a power of two >= K
 ):
     b = tl.program_id(0)
     acc_ty = coeffs_ptr.dtype.element_ty

@@ -83,7 +83,8 @@ def markdown_table(records: list[dict]) -> str:
     the fused call's rate at its minimum work: one-pass bytes (memory-bound ops) or FLOPs."""
     groups: dict[tuple, dict[str, dict]] = defaultdict(dict)
     for record in records:
-        groups[(record["op"], record["shape"], record["mode"], record["dtype"])][record["provider"]] = record
+        case = (record["op"], record["shape"], record["mode"], record["dtype"], record.get("device_name"))
+        groups[case][record["provider"]] = record
     lines = [
         "| op | shape | grads | dtype | fused ms | eager ms | compile ms | fused vs eager | fused vs compile | extra MB fused / eager / compile | minimum work → fused rate |",
         "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|",
@@ -107,13 +108,20 @@ def markdown_table(records: list[dict]) -> str:
         record = provider_records.get(name)
         return "-" if not record or record["extra_mb"] is None else f"{record['extra_mb']:.0f}"
 
-    for (op, shape, mode, dtype), by_provider in groups.items():
+    # rows merged from several machines name theirs (a ratio is only ever within one row's machine)
+    mixed = len({record.get("device_name") for record in records}) > 1
+
+    def where(by_provider) -> str:
+        record = next(iter(by_provider.values()))
+        return f" [{record.get('device_name', '?')}]" if mixed else ""
+
+    for (op, shape, mode, dtype, _), by_provider in groups.items():
         fused, eager, compiled = ms(by_provider, "fused"), ms(by_provider, "eager"), ms(by_provider, "compile")
         ratio = lambda other: f"{other / fused:.2f}×" if fused and other else "-"  # noqa: E731
         cell = lambda value: "-" if value is None else f"{value:.2f}" if value >= 1 else f"{value:.3f}"  # noqa: E731
         memory = " / ".join(extra(by_provider, name) for name in ("fused", "eager", "compile"))
         lines.append(
-            f"| {op} | {shape} | {mode} | {dtype} | {cell(fused)} | {cell(eager)} | {cell(compiled)} | {ratio(eager)} | {ratio(compiled)} | {memory} | {rate(by_provider.get('fused'))} |"
+            f"| {op}{where(by_provider)} | {shape} | {mode} | {dtype} | {cell(fused)} | {cell(eager)} | {cell(compiled)} | {ratio(eager)} | {ratio(compiled)} | {memory} | {rate(by_provider.get('fused'))} |"
         )
         for provider, record in by_provider.items():  # other providers (fused-triton, model-only, ...)
             if provider in ("fused", "eager", "compile"):
@@ -143,7 +151,11 @@ def write_results(records: list[dict], out: Path, stem: str) -> str:
     git = (
         f"git {shas[0]}" if len(shas) == 1 else f"rows measured at git {', '.join(shas)} (each row's in the .json/.csv)"
     )
-    header = f"Device: {first.get('device_name', '?')}; torch {first.get('torch', '?')}, triton {first.get('triton', '?')}; {git}. Times are medians (ms); ratios are eager/fused and compile/fused (>1: fused is faster); extra MB = peak memory of the call minus its outputs (the input gradients for CKA, the packed features for the tap); minimum work = the FLOPs for compute-bound rows (over {COMPUTE_BOUND_FLOP_PER_BYTE} FLOP per byte), else the bytes one pass must move (inputs read once, outputs written once), with the fused call's rate at that minimum."
+    devices = sorted({str(record.get("device_name", "?")) for record in records})
+    machine = (
+        f"Device: {devices[0]}" if len(devices) == 1 else f"Devices (each row names its own): {'; '.join(devices)}"
+    )
+    header = f"{machine}; torch {first.get('torch', '?')}, triton {first.get('triton', '?')}; {git}. Times are medians (ms); ratios are eager/fused and compile/fused (>1: fused is faster); extra MB = peak memory of the call minus its outputs (the input gradients for CKA, the packed features for the tap); minimum work = the FLOPs for compute-bound rows (over {COMPUTE_BOUND_FLOP_PER_BYTE} FLOP per byte), else the bytes one pass must move (inputs read once, outputs written once), with the fused call's rate at that minimum."
     contents = {
         ".json": json.dumps(records, indent=1),
         ".md": f"{header}\n\n{table}\n",

@@ -74,3 +74,11 @@ def test_a_subset_run_replaces_only_its_rows():
         ("s", "fused", 9.0),
         ("t", "fused", 1.0),
     ]
+
+
+def test_rows_from_two_machines_name_their_machine_and_never_share_a_ratio():
+    amd = [dict(_record(p, t), device_name="AMD EPYC") for p, t in (("fused", 2.0), ("compile", 1.0))]
+    intel = [dict(_record("eager", 8.0), device_name="Intel Xeon")]
+    rows = markdown_table(amd + intel).splitlines()[2:]
+    assert rows[0].startswith("| op [AMD EPYC] | s |") and "| 0.50× |" in rows[0]
+    assert rows[1].startswith("| op [Intel Xeon] | s |") and "2.50×" not in rows[1]

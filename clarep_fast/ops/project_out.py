@@ -153,7 +153,7 @@ def project_out(x: Tensor, vectors: Tensor, *, rescale: bool = False) -> Tensor:
 
 
 CUDA_SHARED_BYTES = 48 * 1024  # dynamic shared memory a CUDA launch gets without opting in
-TRITON_MAX_RANK = 2048  # the triton kernels hold a (rows, k) tile of V in registers: docs/gpu.md
+TRITON_MAX_RANK = 4096  # the triton kernels hold a (rows, k) tile of V in registers: docs/gpu.md
 
 
 def check_triton_launch(rank: int) -> None:

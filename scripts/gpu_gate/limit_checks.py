@@ -5,8 +5,8 @@ Triton: ``project_out`` holds a (rows, k) tile of V in registers, so the triton 
 the next tile the launcher would pick (BLOCK_K = 2 × limit) must be where the compiled kernels
 start to fail (a spill, the register ceiling or no resident block): a limit that is not tight
 refuses work the GPU could do. (The tile keeps at most 2,048 elements, 1,024 in fp64, so past
-that BLOCK_K only the (BLOCK_K,) coefficient vectors grow: the first failure is a spill of fp32 on
-sm_80 at BLOCK_K = 4,096.)
+that BLOCK_K only the (BLOCK_K,) coefficient vectors grow: at BLOCK_K = 8,192 the fp64 backward
+spills and the fp32 one is within 16 registers of the ceiling.)
 CUDA: the kernels that keep per-block sums in dynamic shared memory are launched with at most the
 op's ``CUDA_SHARED_BYTES`` (48 KiB, what a launch gets without opting in); their refusals are
 computed from it (ops/<op>.py: check_cuda_launch) and checked here at the boundary.
@@ -66,6 +66,7 @@ def _triton_rank_limit(archs) -> list[str]:
     from scripts.gpu_gate.limits import DEVICES, problems
 
     from clarep_fast import project_out, use_backend
+    from clarep_fast.dtypes import accumulation_dtype
     from clarep_fast.kernels import project_out as kernels
     from clarep_fast.ops.project_out import TRITON_MAX_RANK
     from clarep_fast.reference.project_out import RESCALE_RTOL
@@ -82,7 +83,9 @@ def _triton_rank_limit(archs) -> list[str]:
         with recording() as launches:
             wider = torch.randn(1, 2 * TRITON_MAX_RANK, 21, dtype=dtype).transpose(1, 2)  # a QR's layout
             kernels.project_out_apply(x, wider, True, RESCALE_RTOL)
-            coeffs, stats = torch.zeros(1, 2 * TRITON_MAX_RANK, dtype=dtype), torch.zeros(1, 4, dtype=dtype)
+            accumulate = accumulation_dtype(x)  # the stages' contract: coefficients and stats accumulate
+            coeffs = torch.zeros(1, 2 * TRITON_MAX_RANK, dtype=accumulate)
+            stats = torch.zeros(1, 4, dtype=accumulate)
             kernels.project_out_grads(x, x, wider, coeffs, stats, True, RESCALE_RTOL, True)
         beyond += launches
     failing = []

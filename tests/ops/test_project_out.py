@@ -187,3 +187,21 @@ def test_the_cuda_launch_limit_is_refused_before_launching():
         check_cuda_launch(12_289, torch.float32)
     with pytest.raises(ValueError, match=r"at most 6,144 .* float64"):
         check_cuda_launch(6_145, torch.float64)
+
+
+@pytest.mark.skipif("triton" not in CPU_BACKENDS, reason="Triton interpreter unavailable")
+def test_the_triton_rank_limit_is_refused_before_launching():
+    """The triton kernels hold a tile of V in registers up to k = 4,096 (docs/gpu.md: the next tile
+    spills); k = 4,097 is refused with the alternatives named, 4,096 runs."""
+    from clarep_fast.ops.project_out import TRITON_MAX_RANK
+
+    x = torch.randn(1, 3)
+    with (
+        use_backend("triton"),
+        pytest.raises(ValueError, match=r"k = 4,097 directions; the triton backend takes at most 4,096"),
+    ):
+        project_out(x, torch.randn(1, 3, TRITON_MAX_RANK + 1))
+    vectors = torch.randn(1, 3, TRITON_MAX_RANK) / 64
+    with use_backend("triton"):
+        out = project_out(x, vectors)
+    assert_close(out, project_out_reference(x.double(), vectors.double(), False), 1e-5, "k = 4,096 on triton")

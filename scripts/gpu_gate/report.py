@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from scripts.gpu_gate.limits import DEVICES, parks_one_value
+from scripts.gpu_gate.notes import FOOTER, HEADER, toolchain
+
 
 def _triton_rows(launches, results, archs):
     yield (
@@ -13,8 +16,6 @@ def _triton_rows(launches, results, archs):
     for launch in launches:
         cells = []
         for arch in archs:
-            from scripts.gpu_gate.limits import DEVICES, parks_one_value
-
             resources, error = results[(launch, arch)]
             if error:
                 cells.append("does not compile")
@@ -28,8 +29,6 @@ def _triton_rows(launches, results, archs):
 
 
 def _cuda_rows(cuda, archs):
-    from scripts.gpu_gate.limits import DEVICES
-
     built = [a for a in archs if a in cuda]
     if not built:
         return
@@ -53,8 +52,6 @@ def _cuda_rows(cuda, archs):
 
 
 def render(launches, results, cuda, limits, archs) -> str:
-    from scripts.gpu_gate.notes import FOOTER, HEADER, toolchain
-
     parts = [HEADER.format(toolchain=toolchain(), count=len(launches), archs=", ".join(f"sm_{a}" for a in archs))]
     parts.append("## Triton kernels\n")
     parts += list(_triton_rows(launches, results, archs))

@@ -65,6 +65,13 @@ def _map_tensors(value, fn):
     return value
 
 
+def as_float64(args):
+    """A float64 copy of a (nested list/tuple of) call argument(s), leaves requiring grad as before."""
+    return _map_tensors(
+        args, lambda t: t.detach().double().requires_grad_(t.requires_grad) if t.is_floating_point() else t
+    )
+
+
 def grad_leaves(value) -> list[Tensor]:
     """The tensors that require grad in a (nested list/tuple of) call argument(s), in order."""
     if isinstance(value, Tensor):
@@ -92,9 +99,7 @@ def check_against_reference(
     inputs = grad_leaves(args)
     grads = torch.autograd.grad((out.double() * weights).sum(), inputs) if inputs else ()
 
-    args64 = _map_tensors(
-        args, lambda t: t.detach().double().requires_grad_(t.requires_grad) if t.is_floating_point() else t
-    )
+    args64 = as_float64(args)
     expected = spec.reference(*args64, **kwargs)
     inputs64 = grad_leaves(args64)
     expected_grads = torch.autograd.grad((expected.double() * weights).sum(), inputs64) if inputs64 else ()

@@ -96,8 +96,8 @@ void for_shifted_chunks(const at::Tensor& x, at::ScalarType dtype, Fn&& fn) {
 
 // out <- K' = x'x'ᵀ; returns whether x was shifted chunk by chunk (else K' came from the plain Gram).
 bool shifted_gram_into(const at::Tensor& x, at::Tensor out) {
-  if (x.is_cpu() && x.scalar_type() == out.scalar_type() && x.stride(0) > 0 &&
-      x.stride(1) > 0) {  // ops/gram.py: stride 0 shifts
+  // ops/gram.py: a stride-0 input shifts
+  if (x.is_cpu() && x.scalar_type() == out.scalar_type() && x.stride(0) > 0 && x.stride(1) > 0) {
     syrk_into(x, out, false);
     const auto trace = out.diagonal().sum();
     const double share = ((trace - out.sum() / x.size(0)) / trace).item<double>();  // NaN: the shifted path
@@ -171,8 +171,8 @@ bool gram_cpu(const at::Tensor& x, at::Tensor gram, double srtol, T* scale) {
   T* k = gram.data_ptr<T>();
   bool shifted = true;
   const bool same_dtype = x.scalar_type() == c10::CppTypeToScalarType<T>::value;
-  if (same_dtype && x.stride(0) > 0 &&
-      x.stride(1) > 0) {  // a stride-0 input takes the dense shifted chunks (ops/gram.py)
+  // a stride-0 input takes the dense shifted chunks (ops/gram.py)
+  if (same_dtype && x.stride(0) > 0 && x.stride(1) > 0) {
     syrk_into(x, gram, false);
     double trace = 0, total = 0;
     for (int64_t i = 0; i < n; ++i) {
@@ -261,8 +261,8 @@ at::Tensor coefficients_of(const at::Tensor& grams, const at::Tensor& rowsums, c
                            const at::Tensor& scales, const at::Tensor& grad, bool unbiased, double rtol) {
   if (!grams.is_cpu()) {
     auto coefficients = grads_op().call(grams, rowsums, stats, grad, unbiased, rtol);
-    return coefficients.mul_(
-        scales.unsqueeze(-1).unsqueeze(-1));  // the Grams were scaled by s: dCKA/dK = s · dCKA/d(sK)
+    // the Grams were scaled by s: dCKA/dK = s · dCKA/d(sK)
+    return coefficients.mul_(scales.unsqueeze(-1).unsqueeze(-1));
   }
   auto coefficients = at::empty_like(grams);
   const int64_t pairs = grams.size(0), n = grams.size(2);

@@ -174,8 +174,8 @@ class FeatureAlignCall : public torch::autograd::Function<FeatureAlignCall> {
     }
     const auto g_st = grad_stats.select(2, 0), g_ss = grad_stats.select(2, 1), g_tt = grad_stats.select(2, 2),
                g_dd = grad_stats.select(2, 3);
-    const auto coeffs =
-        at::stack({g_st - 2 * g_dd, 2 * (g_ss + g_dd), 2 * (g_tt + g_dd)}, -1).contiguous();  // (P, B, 3)
+    // (P, B, 3)
+    const auto coeffs = at::stack({g_st - 2 * g_dd, 2 * (g_ss + g_dd), 2 * (g_tt + g_dd)}, -1).contiguous();
     return input_grads(ctx, saved, coeffs, pairs, std::move(grads));
   }
 

@@ -115,9 +115,9 @@ int launch_forward(const void* map, void* out, const PoolGeometry& g, cudaStream
 template <typename T, typename Acc>
 int launch_backward(const void* grad, void* grad_map, const PoolGeometry& g, cudaStream_t stream) {
   const int64_t planes = g.batch * g.channels;
-  const dim3 grid(
-      static_cast<unsigned>((g.height * g.width + kThreads - 1) / kThreads),
-      static_cast<unsigned>(planes < 65535 ? planes : 65535));  // gridDim.y's limit: the kernel strides beyond
+  // gridDim.y is at most 65,535: the kernel strides over the planes beyond
+  const dim3 grid(static_cast<unsigned>((g.height * g.width + kThreads - 1) / kThreads),
+                  static_cast<unsigned>(planes < 65535 ? planes : 65535));
   pool_backward_kernel<T, Acc>
       <<<grid, kThreads, 0, stream>>>(static_cast<const Acc*>(grad), static_cast<T*>(grad_map), g);
   return static_cast<int>(cudaGetLastError());

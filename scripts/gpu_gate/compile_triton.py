@@ -42,19 +42,7 @@ def compile_launch(launch: Launch, arch: int, function=None) -> Resources:
         path = Path(folder) / "kernel.cubin"
         path.write_bytes(compiled.asm["cubin"])
         (use,) = cubin.read(path).values()
-    return Resources(
-        registers=use.registers,
-        stack=use.stack,
-        local=use.local,
-        spill_stores=cubin.count(use.opcodes, "STL"),
-        spill_loads=cubin.count(use.opcodes, "LDL"),
-        static_shared=use.static_shared,
-        dynamic_shared=compiled.metadata.shared,
-        threads=options.num_warps * 32,
-        tensor_core=cubin.count(use.opcodes, *cubin.TENSOR_CORE),
-        vector_loads=cubin.vector_loads(use.opcodes),
-        scalar_loads=cubin.scalar_loads(use.opcodes),
-    )
+    return use.resources(dynamic_shared=compiled.metadata.shared, threads=options.num_warps * 32)
 
 
 def compile_job(job: tuple[Launch, int]) -> tuple[Resources | None, str | None]:

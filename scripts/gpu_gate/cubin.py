@@ -11,6 +11,8 @@ from collections import Counter
 from pathlib import Path
 from typing import NamedTuple
 
+from scripts.gpu_gate.limits import Resources
+
 _RESOURCE = re.compile(r"REG:(\d+) STACK:(\d+) SHARED:(\d+) LOCAL:(\d+)")
 _OPCODE = re.compile(r"/\*[0-9a-f]{4,}\*/\s+(?:@!?U?P\w+\s+)?([A-Z][A-Z0-9_.]*)")
 TENSOR_CORE = ("HMMA", "HGMMA", "DMMA", "IMMA", "UTCHMMA", "UTCQMMA")
@@ -32,6 +34,22 @@ class FunctionUse(NamedTuple):
     local: int
     max_threads: int  # the launch bound (0: none declared)
     opcodes: Counter
+
+    def resources(self, dynamic_shared: int, threads: int) -> Resources:
+        """This function's use, with what its launch adds: dynamic shared memory and block size."""
+        return Resources(
+            registers=self.registers,
+            stack=self.stack,
+            local=self.local,
+            spill_stores=count(self.opcodes, "STL"),
+            spill_loads=count(self.opcodes, "LDL"),
+            static_shared=self.static_shared,
+            dynamic_shared=dynamic_shared,
+            threads=threads,
+            tensor_core=count(self.opcodes, *TENSOR_CORE),
+            vector_loads=vector_loads(self.opcodes),
+            scalar_loads=scalar_loads(self.opcodes),
+        )
 
 
 def _run(*command: str) -> str:

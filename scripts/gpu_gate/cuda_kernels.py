@@ -92,20 +92,6 @@ def build(arch: int, dynamic_caps: dict[str, int]) -> list[CudaKernel]:
                 use = functions[raw]
                 base = re.sub(r"<.*", "", name).split("::")[-1]
                 cap = dynamic_caps.get(source.stem, 0) if base in dynamic else 0
-                resources = None
-                if use.max_threads:
-                    resources = Resources(
-                        registers=use.registers,
-                        stack=use.stack,
-                        local=use.local,
-                        spill_stores=cubin.count(use.opcodes, "STL"),
-                        spill_loads=cubin.count(use.opcodes, "LDL"),
-                        static_shared=use.static_shared,
-                        dynamic_shared=cap,
-                        threads=use.max_threads,
-                        tensor_core=cubin.count(use.opcodes, *cubin.TENSOR_CORE),
-                        vector_loads=cubin.vector_loads(use.opcodes),
-                        scalar_loads=cubin.scalar_loads(use.opcodes),
-                    )
+                resources = use.resources(dynamic_shared=cap, threads=use.max_threads) if use.max_threads else None
                 kernels.append(CudaKernel(str(source.relative_to(ROOT)), name, resources, cap))
     return kernels

@@ -83,10 +83,13 @@ def recording(arch: int = 90) -> Iterator[list[Launch]]:
     backend = make_backend(GPUTarget("cuda", arch, 32))
     names = {id(function): name for name, function in kernel_functions().items()}
     launches: list[Launch] = []
+    binders = {}  # per kernel: Triton's generated argument binder (an exec'd function)
     original = JITFunction.run
 
     def record(self, *args, grid, warmup, **kwargs):
-        binder = create_function_from_signature(self.signature, self.params, backend)
+        binder = binders.get(id(self))
+        if binder is None:
+            binder = binders[id(self)] = create_function_from_signature(self.signature, self.params, backend)
         bound, specialization, options = binder(*args, **kwargs)
         options, signature, constexprs, attrs = self._pack_args(backend, kwargs, bound, specialization, options)
         arg_names = list(signature)
@@ -109,7 +112,7 @@ def recording(arch: int = 90) -> Iterator[list[Launch]]:
 
 
 @contextlib.contextmanager
-def _stages_answered_by_the_reference() -> Iterator[None]:
+def stages_answered_by_the_reference() -> Iterator[None]:
     """The triton backend usable on CPU tensors, each stage launching (recorded) and then returning
     its reference stage's result: the stages share one contract (the op files write it down)."""
     original_on = backends.Kernels.on
@@ -153,7 +156,7 @@ def run_case(spec, args, kwargs) -> None:
 
 def recorded_launches(arch: int = 90) -> list[Launch]:
     """Every distinct launch of every op's launch cases, in first-seen order."""
-    with recording(arch) as launches, _stages_answered_by_the_reference(), use_backend("triton"):
+    with recording(arch) as launches, stages_answered_by_the_reference(), use_backend("triton"):
         for spec in OPS:
             for dtype in DTYPES:
                 for args, kwargs in spec.launch_cases(torch.device("cpu"), dtype):

@@ -62,7 +62,7 @@ def _cuda_boundaries() -> list[str]:
 
 def _triton_rank_limit(archs) -> list[str]:
     from scripts.gpu_gate.compile_triton import CompileError, compile_launch
-    from scripts.gpu_gate.launches import _stages_answered_by_the_reference, recording
+    from scripts.gpu_gate.launches import stages_answered_by_the_reference, recording
     from scripts.gpu_gate.limits import DEVICES, problems
 
     from clarep_fast import project_out, use_backend
@@ -75,7 +75,7 @@ def _triton_rank_limit(archs) -> list[str]:
     for dtype in (torch.float16, torch.bfloat16, torch.float32, torch.float64):
         name = str(dtype).removeprefix("torch.")
         x = torch.randn(1, 21, dtype=dtype)
-        with recording() as launched, _stages_answered_by_the_reference(), use_backend("triton"):
+        with recording() as launched, stages_answered_by_the_reference(), use_backend("triton"):
             vectors = torch.randn(1, 21, TRITON_MAX_RANK + 1, dtype=dtype)
             refused = _refuses(lambda: project_out(x, vectors))
         verdict = "ok" if refused and not launched else "FAIL"

@@ -17,21 +17,13 @@ import torch
 from clarep_fast import use_backend
 from clarep_fast.backends import unusable_reason
 from clarep_fast.ops import OPS
-from clarep_fast.ops.spec import TOLERANCES, grad_leaves
+from clarep_fast.ops.spec import TOLERANCES, as_float64, grad_leaves
 from tests.utils import assert_close
 
 ROOT = Path(__file__).resolve().parents[2]
 DTYPES = [torch.float16, torch.bfloat16, torch.float32, torch.float64]
 
 pytestmark = pytest.mark.skipif(bool(unusable_reason("triton", "cpu")), reason=unusable_reason("triton", "cpu") or "")
-
-
-def _float64(value):
-    if isinstance(value, torch.Tensor):
-        return value.detach().double().requires_grad_(value.requires_grad)
-    if isinstance(value, (list, tuple)):
-        return type(value)(_float64(item) for item in value)
-    return value
 
 
 class _Choices:
@@ -75,7 +67,7 @@ def test_launch_cases_match_the_reference_under_the_interpreter(spec, dtype, cho
     for number, (args, kwargs) in enumerate(spec.launch_cases(torch.device("cpu"), dtype)):
         with use_backend("triton"):
             out = spec.fused(*args, **kwargs)
-        args64 = _float64(args)
+        args64 = as_float64(args)
         expected = spec.reference(*args64, **kwargs)
         what = f"{spec.name} case {number} ({dtype})"
         # a value returned in fp16/bf16 (feature_pool's packed output) carries that dtype's rounding

@@ -42,6 +42,17 @@ def read_json(path: Path, what: str, remedy: str):
         raise DamagedFileError(f"{path} ({what}) is not readable JSON ({error}): {remedy}") from None
 
 
+def read_given_json(path: str | Path, what: str):
+    """A JSON file the user hands in (named by its flag in ``what``): refused by name when missing or not JSON."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{what} {path} does not exist")
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ValueError(f"{what} {path} is not JSON ({error})") from None
+
+
 def _current_umask() -> int:
     mask = os.umask(0)
     os.umask(mask)

@@ -43,6 +43,7 @@ from tqdm import tqdm
 
 from clarep_fast.pipeline.clarid.bank import MAY_CHANGE, bank_identity, read_shard, shard_path, write_shard
 from clarep_fast.pipeline.clarid.jacobian import KRYLOV_STEPS, MODES, topk_right_singular
+from clarep_fast.pipeline.data.images import ImageSet
 from clarep_fast.pipeline.data.source import DataConfig, dataset_classes, load_splits, resolve
 from clarep_fast.pipeline.distributed import barrier, is_main_process, rank_and_world
 from clarep_fast.pipeline.files import FORMAT_VERSION
@@ -331,9 +332,11 @@ def search_shard(
     train,
     shard: int,
     labels_of_classes: Tensor | None = None,
+    workers: int = 0,
 ) -> dict[str, Tensor]:
     """Steps 1–5 of the module docstring for one shard's items; the shard's tensors.
-    ``labels_of_classes[c]``: the teacher label of data class c (None: the same number)."""
+    ``labels_of_classes[c]``: the teacher label of data class c (None: the same number); source
+    images are decoded in ``workers`` DataLoader workers."""
     device = teacher.device
     generator = torch.Generator().manual_seed(config.seed * 1_000_003 + shard)
     feature_generator = torch.Generator().manual_seed(config.seed * 1_000_003 + shard + 500_009)  # ε_f: its own stream
@@ -353,7 +356,7 @@ def search_shard(
             clip=clip,
         )
     else:
-        clean = teacher.encode((train.take(sources) * 2 - 1).to(device))
+        clean = teacher.encode((train.take(sources, workers) * 2 - 1).to(device))
         start = ddim_invert(teacher, clean, labels, end=config.t_e, steps=before)
     times = torch.full((count,), config.t_e, device=device, dtype=torch.long)
     search_tap, feature_tap = taps
@@ -413,7 +416,7 @@ class Prepared(NamedTuple):
     config: SearchConfig  # 'auto' layers resolved
     teacher: Teacher
     taps: tuple[FeatureTap, FeatureTap]
-    train: object  # the training split
+    train: ImageSet  # the training split
     resolution: int
     labels: list[int]  # the teacher label of each data class (teacher/classes.py)
 
@@ -430,7 +433,7 @@ def prepare(config: SearchConfig, runtime: Runtime = Runtime()) -> Prepared:
     labels = teacher_labels(dataset_classes(config.data), teacher.class_names, teacher.num_classes, class_map)
     check_fits(teacher, resolution=resolution, where=f"teacher {config.teacher}")
     taps = validate(config, teacher)
-    train = load_splits(config.data, resolution, runtime.workers)["train"]
+    train = load_splits(config.data, resolution)["train"]
     return Prepared(config, teacher, taps, train, resolution, labels)
 
 
@@ -445,14 +448,15 @@ def run_search(
             f"search: layer {resolved.layer}, feature layers {' '.join(resolved.feature_layers)} (auto, for this teacher)"
         )
     try:
-        return _search_into(Path(bank_dir), prepared, progress)
+        return _search_into(Path(bank_dir), prepared, progress, runtime.workers)
     finally:
         for tap in prepared.taps:  # the hooks leave the teacher with the search
             tap.close()
 
 
-def _search_into(bank: Path, prepared: Prepared, progress: bool) -> Path:
-    """run_search's body, with the teacher, its two taps and the training split loaded."""
+def _search_into(bank: Path, prepared: Prepared, progress: bool, workers: int) -> Path:
+    """run_search's body, with the teacher, its two taps and the training split loaded (its images
+    decoded in ``workers`` DataLoader workers)."""
     config, teacher, taps, train = prepared.config, prepared.teacher, prepared.taps, prepared.train
     rank, world = rank_and_world()
     classes, sources = plan(config, train.labels)
@@ -480,7 +484,9 @@ def _search_into(bank: Path, prepared: Prepared, progress: bool) -> Path:
     started = time.perf_counter()
     for shard in todo:
         part = slice(shard * config.shard_size, (shard + 1) * config.shard_size)
-        tensors = search_shard(teacher, taps, config, classes[part], sources[part], train, shard, labels_of_classes)
+        tensors = search_shard(
+            teacher, taps, config, classes[part], sources[part], train, shard, labels_of_classes, workers
+        )
         tensors["index"] = torch.arange(shards * config.shard_size)[part][: sizes[shard]]
         write_shard(bank, shard, tensors, identity)
         bar.update(sizes[shard])

@@ -9,6 +9,12 @@ predictive. Test variants of the same digits:
   only_foreground  a plain black background (no background cue at all)
   mixed_random     a uniformly random palette color (rho = 0)
   swapped          the home color of another class (the background points to a wrong class)
+  mixed_same       the background of another test image of the same class (the Backgrounds
+                   Challenge's mixed_same: class-correlated, as in training, but not the image's own)
+  only_background  the image's own background with the digit removed (the challenge's only_bg):
+                   what a student reads from the background alone; chance is 1 in 10
+BG-Gap = accuracy(mixed_same) - accuracy(mixed_random) (Xiao et al. 2020, "Noise or Signal"): how
+much accuracy a student draws from a background that agrees with the class.
 """
 
 from __future__ import annotations
@@ -24,7 +30,7 @@ PALETTE = torch.tensor(
 )  # fmt: skip  # (10, 3) RGB, one home color per class
 FOREGROUND = torch.tensor([1.0, 1.0, 1.0])  # white digits
 PLAIN_BLACK = torch.tensor([0.0, 0.0, 0.0])  # no palette color is black
-VARIANTS = ("in_distribution", "only_foreground", "mixed_random", "swapped")
+VARIANTS = ("in_distribution", "only_foreground", "mixed_random", "swapped", "mixed_same", "only_background")
 
 
 def background_indices(labels: torch.Tensor, rho: float, generator: torch.Generator) -> torch.Tensor:
@@ -40,6 +46,15 @@ def swapped_indices(labels: torch.Tensor, generator: torch.Generator) -> torch.T
     """The home color of a different class, uniformly among the other nine."""
     shift = torch.randint(1, len(PALETTE), labels.shape, generator=generator)
     return (labels + shift) % len(PALETTE)
+
+
+def same_class_indices(labels: torch.Tensor, backgrounds: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Each sample gets the background index of a sample of its own class, shuffled within the class."""
+    shuffled = backgrounds.clone()
+    for label in labels.unique().tolist():
+        members = (labels == label).nonzero().flatten()
+        shuffled[members] = backgrounds[members[torch.randperm(len(members), generator=generator)]]
+    return shuffled
 
 
 def composite(

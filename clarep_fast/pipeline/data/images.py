@@ -1,11 +1,11 @@
-"""Labeled image sets, held in memory or streamed from files, and the stratified split they share.
+"""Labeled image sets, held in memory or streamed from files.
 
 Every set yields images as float RGB in [0, 1], shape (3, R, R), with an int label. Consumers ask
 for batches by index (``batches``) or for a few images (``take``): an in-memory set slices its
 tensor; a file-backed set decodes in DataLoader workers, so a dataset larger than memory streams.
 The caller chooses the indices (from a seeded generator), so the order of the data does not depend
-on how many workers decode it (a file-backed set's ``workers``, given when it is loaded: a run-time
-setting, clarep_fast/pipeline/runtime.py).
+on how many workers decode it. ``workers`` is an argument of the call that iterates (where the
+DataLoader is made), never of a set: a run-time setting (clarep_fast/pipeline/runtime.py).
 """
 
 from __future__ import annotations
@@ -18,8 +18,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
-
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp"}
 
 
 class ImageSet(Dataset):
@@ -35,18 +33,19 @@ class ImageSet(Dataset):
     def subset(self, indices: Tensor) -> "ImageSet":
         raise NotImplementedError
 
-    def batches(self, index_batches: Iterable[Tensor]) -> Iterator[tuple[Tensor, Tensor]]:
-        """(images (b, 3, R, R), labels (b,)) for each index batch, in order."""
+    def batches(self, index_batches: Iterable[Tensor], workers: int = 0) -> Iterator[tuple[Tensor, Tensor]]:
+        """(images (b, 3, R, R), labels (b,)) for each index batch, in order; a file-backed set decodes
+        in ``workers`` DataLoader workers (0: in this process)."""
         raise NotImplementedError
 
-    def take(self, indices: Tensor) -> Tensor:
+    def take(self, indices: Tensor, workers: int = 0) -> Tensor:
         """The images at ``indices`` (n, 3, R, R)."""
-        parts = [images for images, _ in self.batches(indices.split(256))]
+        parts = [images for images, _ in self.batches(indices.split(256), workers)]
         return torch.cat(parts) if parts else torch.empty(0, 3, self.resolution, self.resolution)
 
-    def sequential(self, batch: int) -> Iterator[tuple[Tensor, Tensor]]:
+    def sequential(self, batch: int, workers: int = 0) -> Iterator[tuple[Tensor, Tensor]]:
         """The whole set in order, ``batch`` images at a time."""
-        return self.batches(torch.arange(len(self)).split(batch))
+        return self.batches(torch.arange(len(self)).split(batch), workers)
 
 
 class TensorImages(ImageSet):
@@ -80,8 +79,8 @@ class TensorImages(ImageSet):
             self.images[indices], self.labels[indices], self.classes, **{k: v[indices] for k, v in self.extras.items()}
         )
 
-    def batches(self, index_batches):
-        for index in index_batches:
+    def batches(self, index_batches, workers: int = 0):
+        for index in index_batches:  # in memory: nothing to decode, so no workers
             yield self.images[index], self.labels[index]
 
 
@@ -121,41 +120,21 @@ def decode_image(path: Path, resolution: int) -> Tensor:
 
 
 class FolderImages(ImageSet):
-    """A set of image files decoded on demand, in ``workers`` DataLoader workers (0: in this process)."""
+    """A set of image files decoded on demand (in the DataLoader workers of ``batches``)."""
 
-    def __init__(self, files: list[Path], labels: Tensor, classes: list[str], resolution: int, workers: int = 0):
+    def __init__(self, files: list[Path], labels: Tensor, classes: list[str], resolution: int):
         self.files, self.labels, self.classes, self.resolution = list(files), labels, list(classes), resolution
-        self.workers = workers
 
     def __getitem__(self, index: int) -> tuple[Tensor, int]:
         return decode_image(self.files[index], self.resolution), int(self.labels[index])
 
     def subset(self, indices: Tensor) -> "FolderImages":
         return FolderImages(
-            [self.files[i] for i in indices.tolist()], self.labels[indices], self.classes, self.resolution, self.workers
+            [self.files[i] for i in indices.tolist()], self.labels[indices], self.classes, self.resolution
         )
 
-    def batches(self, index_batches):
+    def batches(self, index_batches, workers: int = 0):
         batch_lists = [index.tolist() for index in index_batches]
-        loader = DataLoader(self, batch_sampler=batch_lists, num_workers=self.workers)
+        loader = DataLoader(self, batch_sampler=batch_lists, num_workers=workers)
         for images, labels in loader:
             yield images, labels
-
-
-def stratified_split(labels: Tensor, fraction: float, seed: int) -> tuple[Tensor, Tensor]:
-    """(kept, held out) sorted indices: round(fraction · n_c) of every class c held out, chosen by a
-    generator seeded with ``seed`` (the same seed gives the same split). A class with at least two
-    members keeps one and holds out one at least, so every split sees every class."""
-    if not 0.0 < fraction < 1.0:
-        raise ValueError(f"the held-out fraction must be in (0, 1), got {fraction}")
-    generator = torch.Generator().manual_seed(seed)
-    kept, held = [], []
-    for label in labels.unique().tolist():
-        members = (labels == label).nonzero().flatten()
-        members = members[torch.randperm(len(members), generator=generator)]
-        cut = int(round(len(members) * fraction))
-        if len(members) >= 2:
-            cut = min(max(cut, 1), len(members) - 1)
-        held.append(members[:cut])
-        kept.append(members[cut:])
-    return torch.cat(kept).sort().values, torch.cat(held).sort().values

@@ -236,7 +236,7 @@ def train_student(
     uses_bank = not config.baseline and any(config.lambdas)
     bank_resolution = read_bank_config(Path(config.bank)).get("resolution") if uses_bank else None
     resolution = resolve(config.data, bank_resolution, source=f"the bank {config.bank}")
-    splits = load_splits(config.data, resolution, runtime.workers)
+    splits = load_splits(config.data, resolution)
     train, val = splits["train"], splits["val"]
     config = fitted(config, len(train), world, uses_bank, say=print if progress and rank == 0 else lambda text: None)
     if config.batch_size % world or config.bank_batch_size % world:
@@ -264,10 +264,10 @@ def train_student(
     parts.model.train()
     for epoch in range(start, config.epochs):
         began = time.perf_counter()
-        sums = _train_epoch(parts, config, epoch, train, bank, run, device, progress)
+        sums = _train_epoch(parts, config, epoch, train, bank, run, device, progress, runtime.workers)
         record = {"epoch": epoch + 1, **{name: sums[name] / steps_per_epoch for name in TERMS},
-                  "train_accuracy": accuracy(parts.student, train.subset(torch.arange(min(1000, len(train))))),
-                  "val_accuracy": accuracy(parts.student, val),
+                  "train_accuracy": accuracy(parts.student, train.subset(torch.arange(min(1000, len(train)))), workers=runtime.workers),
+                  "val_accuracy": accuracy(parts.student, val, workers=runtime.workers),
                   "seconds": time.perf_counter() - began}  # fmt: skip
         history.append(record)
         if rank == 0:
@@ -335,9 +335,12 @@ def _build(config: DistillConfig, num_classes: int, resolution: int, bank, steps
     return _Parts(student, model, wrapped, optimizer, schedule, steps_per_epoch)
 
 
-def _train_epoch(parts: _Parts, config: DistillConfig, epoch: int, train, bank, run: RunDir, device, progress) -> dict:
+def _train_epoch(
+    parts: _Parts, config: DistillConfig, epoch: int, train, bank, run: RunDir, device, progress, workers: int
+) -> dict:
     """One epoch of steps; the sum of each loss term over them. The real batches' order comes from
-    (seed, epoch), the bank's from its own stream (so the baseline's order is the same)."""
+    (seed, epoch), the bank's from its own stream (so the baseline's order is the same); images are
+    decoded in ``workers`` DataLoader workers."""
     rank, world = rank_and_world()
     generator = torch.Generator().manual_seed(config.seed * 1_000_003 + epoch)
     bank_generator = torch.Generator().manual_seed(config.seed * 1_000_033 + epoch + 7)
@@ -354,7 +357,7 @@ def _train_epoch(parts: _Parts, config: DistillConfig, epoch: int, train, bank, 
         order[step * config.batch_size : (step + 1) * config.batch_size][rank::world]
         for step in range(parts.steps_per_epoch)
     ]
-    for step, (images, labels) in zip(bar, train.batches(steps)):
+    for step, (images, labels) in zip(bar, train.batches(steps, workers)):
         bank_index = None
         if bank is not None:
             bank_index = torch.randperm(len(bank.classes), generator=bank_generator)[: config.bank_batch_size]

@@ -3,15 +3,18 @@
 Attacks (torchattacks, on images in [0, 1]; the student normalizes its inputs itself and is in eval
 mode): PGD-20 (L∞ ε = 8/255, step 2/255, random start), APGD-CE (L∞ 8/255), APGD-CE with the L2
 norm at ε₂ = 0.5·sqrt(d / 3072) for d input values (RobustBench's 0.5 at 32×32 RGB, scaled with the
-image's size: 0.25 at 16×16 RGB), and AutoAttack (standard, L∞ 8/255) only when asked: it is slow;
-``attacks`` chooses which run.
+image's size: 0.25 at 16×16 RGB), and AutoAttack (standard, L∞ 8/255, per-image worst case of its
+four parts, evaluate/autoattack.py) only when asked: it is slow; ``attacks`` chooses which run.
 CW-L2 is a minimum-norm attack without a budget, so its accuracy measures how often it fails to
 finish, not robustness: it is reported as the median L2 distortion it needed on the images it
 turned ("distortion/cw_l2_median"; images the student already gets wrong count as 0).
 Distribution shift: accuracy under common corruptions (evaluate/corruptions.py) at severities 1–5
 on ``corruption_samples`` images, per corruption and as the mean over corruptions and
-severities; for the default dataset also the clean accuracy on its background variants
-(only_foreground, mixed_random, swapped) beside the in-distribution accuracy.
+severities (and mCE against a reference, evaluate/corruption_error.py); for the default dataset
+also the clean accuracy on its background variants (only_foreground, mixed_random, swapped,
+mixed_same, only_background; data/backgrounds.py) and BG-Gap = mixed_same − mixed_random.
+The field's evaluation sets (ImageNet-9 backgrounds, ImageNet-C, -A, -R, ReaL: ``sets``) are scored
+by their own modules (evaluate/sets/) with their own metrics.
 Every figure is on the test split (the student was trained and monitored on train and validation),
 unless ``split = validation``: the split on which settings are compared and chosen.
 """
@@ -24,14 +27,18 @@ import torch
 from torch import Tensor, nn
 from tqdm import tqdm
 
+from clarep_fast.pipeline.data.backgrounds import VARIANTS as BACKGROUND_VARIANTS
 from clarep_fast.pipeline.data.images import TensorImages
-from clarep_fast.pipeline.data.source import DataConfig, load_splits
+from clarep_fast.pipeline.data.source import DataConfig, dataset_classes, load_splits
 from clarep_fast.pipeline.distill.student import accuracy
+from clarep_fast.pipeline.evaluate.autoattack import autoattack_accuracy
 from clarep_fast.pipeline.evaluate.corruptions import CORRUPTIONS, SEVERITIES, corrupt
 from clarep_fast.pipeline.evaluate.fold import fold_batchnorm
+from clarep_fast.pipeline.evaluate.sets import EVALUATION_SETS, parse_set
+from clarep_fast.pipeline.evaluate.sets.scoring import Scoring
 from clarep_fast.pipeline.options import check_ranges, option
 
-VARIANTS = ("only_foreground", "mixed_random", "swapped")  # the default dataset's background variants
+VARIANTS = BACKGROUND_VARIANTS[1:]  # the default dataset's background variants, beside in_distribution ("clean")
 ATTACKS = ("pgd", "apgd_ce", "apgd_l2", "cw", "autoattack")
 SPLITS = {"test": "test", "validation": "val"}  # --split -> the split's key in load_splits
 
@@ -58,9 +65,25 @@ class EvaluateConfig:
     )
     batch: int = option(250, "images per forward", low=1)
     seed: int = option(0, "seed of the attacks' random starts and the attacked subset")
+    sets: tuple[str, ...] = option(
+        (),
+        "evaluation sets as published, NAME:PATH each: "
+        + ", ".join(f"{name}:PATH" for name in EVALUATION_SETS)
+        + " (docs/evaluation.md)",
+    )
+    in9_map: str | None = option(
+        None, "imagenet9: the challenge's in_to_in9.json (class index -> IN-9 index), for a student of other classes"
+    )
+    mce_reference: str | None = option(
+        None,
+        "imagenet-c: a reference's errors for mCE (JSON {clean, errors: {corruption: [5]}}, or an evaluation.json)",
+    )
+    real_labels: str | None = option(None, "real: real.json (default: PATH/real.json)")
 
     def __post_init__(self):
         check_ranges(self)
+        for spec in self.sets:
+            parse_set(spec)
 
 
 @torch.no_grad()
@@ -88,9 +111,6 @@ def attacks(model: nn.Module, config: EvaluateConfig, num_classes: int, input_si
         ),
         "apgd_l2": lambda: torchattacks.APGD(
             model, norm="L2", eps=l2_budget(config, input_size), steps=config.apgd_steps, loss="ce", seed=config.seed
-        ),
-        "autoattack": lambda: torchattacks.AutoAttack(
-            model, norm="Linf", eps=config.epsilon, version="standard", n_classes=num_classes, seed=config.seed
         ),
     }
     names = {"pgd": f"pgd{config.pgd_steps}"}
@@ -129,32 +149,47 @@ def adversarial_accuracy(
 
 
 def evaluate_student(
-    model: nn.Module, data: DataConfig, config: EvaluateConfig = EvaluateConfig(), *, resolution: int, workers: int = 0
+    model: nn.Module,
+    data: DataConfig,
+    config: EvaluateConfig = EvaluateConfig(),
+    *,
+    resolution: int,
+    classes: list[str] | None = None,
+    workers: int = 0,
 ) -> dict[str, float]:
-    """Accuracies of ``model`` (images in [0, 1] -> logits) on the test (or validation) split of
-    ``data`` (folder images decoded in ``workers`` DataLoader workers): "clean", each background variant (default dataset), each attack of ``config.attacks``,
-    "distortion/cw_l2_median", "corruption_mean", and per corruption "corruption/<name>" and per
-    severity "corruption_severity/<s>" (means over the rest).
+    """Measures of ``model`` (images in [0, 1] -> logits over ``classes``, default the data's) on the
+    test (or validation) split of ``data``: "clean", each background variant and "bg_gap" (default
+    dataset), each attack of ``config.attacks`` ("autoattack" with "autoattack/<part>"),
+    "distortion/cw_l2_median", "corruption_mean" with "corruption/<name>" (mean over severities),
+    "corruption/<name>/<s>" and "corruption_severity/<s>", and the measures of each of
+    ``config.sets`` (evaluate/sets/). File-backed images are decoded in ``workers`` DataLoader workers.
 
     Runs on a BatchNorm-folded frozen copy of the model (fold.py): the same function, fewer passes.
     Corruptions are numpy image code: computed on the CPU, then moved to the model's device.
     """
     model = fold_batchnorm(model)
     device = next(model.parameters()).device
-    splits = load_splits(data, resolution, workers)
+    classes = list(classes) if classes is not None else dataset_classes(data)
+    splits = load_splits(data, resolution)
     key = SPLITS[config.split]
     scored = splits[key]
-    results = {"clean": accuracy(model, scored, config.batch)}
+    results = {"clean": accuracy(model, scored, config.batch, workers)}
     for variant in VARIANTS:
         if f"{key}_{variant}" in splits:
-            results[variant] = accuracy(model, splits[f"{key}_{variant}"], config.batch)
+            results[variant] = accuracy(model, splits[f"{key}_{variant}"], config.batch, workers)
+    if {"mixed_same", "mixed_random"} <= set(results):
+        results["bg_gap"] = results["mixed_same"] - results["mixed_random"]
     generator = torch.Generator().manual_seed(config.seed)
     order = torch.randperm(len(scored), generator=generator)
     chosen = order[: config.attack_samples]
-    images, labels = scored.take(chosen).to(device), scored.labels[chosen].to(device)
+    images, labels = scored.take(chosen, workers).to(device), scored.labels[chosen].to(device)
     torch.manual_seed(config.seed)  # PGD's random start
-    for name, attack in attacks(model, config, len(scored.classes), images[0].numel()).items():
+    for name, attack in attacks(model, config, len(classes), images[0].numel()).items():
         results[name] = adversarial_accuracy(model, attack, images, labels, config.batch, name)
+    if "autoattack" in config.attacks:
+        results.update(
+            autoattack_accuracy(model, images, labels, config.batch, config.epsilon, len(classes), config.seed)
+        )
     if "cw" in config.attacks:
         results["distortion/cw_l2_median"] = median_distortion(
             model, cw_attack(model, config), images, labels, config.batch, "cw_l2"
@@ -162,8 +197,14 @@ def evaluate_student(
     if config.corruption_samples:
         chosen = order[: config.corruption_samples]
         results.update(
-            corruption_accuracy(model, TensorImages(scored.take(chosen), scored.labels[chosen], scored.classes), config)
+            corruption_accuracy(
+                model, TensorImages(scored.take(chosen, workers), scored.labels[chosen], scored.classes), config
+            )
         )
+    scoring = Scoring(model, classes, resolution, config.batch, workers, results["clean"], config)
+    for spec in config.sets:
+        name, path = parse_set(spec)
+        results.update(EVALUATION_SETS[name].score(scoring, path))
     return results
 
 
@@ -195,13 +236,15 @@ class _CorruptedSets:
 
 
 def corruption_accuracy(model: nn.Module, test: TensorImages, config: EvaluateConfig) -> dict[str, float]:
-    """Accuracy under every corruption and severity; means per corruption, per severity and overall."""
+    """Accuracy under every corruption and severity ("corruption/<name>/<s>"); means per corruption,
+    per severity and overall."""
     sets = _CorruptedSets.get(test.images, config.seed)
     table = {
         (name, severity): accuracy(model, TensorImages(images, test.labels, test.classes), config.batch)
         for (name, severity), images in sets.items()
     }
     results = {"corruption_mean": sum(table.values()) / len(table)}
+    results.update({f"corruption/{name}/{severity}": value for (name, severity), value in table.items()})
     for name in CORRUPTIONS:
         results[f"corruption/{name}"] = sum(table[name, s] for s in SEVERITIES) / len(SEVERITIES)
     for severity in SEVERITIES:

@@ -1,7 +1,9 @@
 """``clarep-fast evaluate``'s work, for API users too: a saved student scored on its data's test (or
 validation) split, written as evaluation.json and evaluation.md beside it.
 
-    results = evaluate_student_file("runs/cadistill/student.pt", EvaluateConfig(), device="cuda")
+    results, json_file = evaluate_student_file(
+        "runs/cadistill/student.pt", EvaluateConfig(sets=("imagenet-a:/data/imagenet-a",)), runtime=Runtime(device="cuda")
+    )
 """
 
 from __future__ import annotations
@@ -11,7 +13,8 @@ from pathlib import Path
 
 from clarep_fast.pipeline.data.source import dataset_classes
 from clarep_fast.pipeline.distill.train import load_student
-from clarep_fast.pipeline.evaluate.corruptions import CORRUPTIONS
+from clarep_fast.pipeline.evaluate.autoattack import implementation
+from clarep_fast.pipeline.evaluate.corruption_error import read_reference, shared_corruptions
 from clarep_fast.pipeline.evaluate.robustness import EvaluateConfig, evaluate_student, markdown_table
 from clarep_fast.pipeline.files import write_json, write_text
 from clarep_fast.pipeline.runtime import Runtime
@@ -38,7 +41,9 @@ def evaluate_student_file(
         raise ValueError(
             f"--data {spec.dataset} has classes {dataset_classes(spec)[:5]}... but the student was trained on {model.classes[:5]}..."
         )
-    results = evaluate_student(model, spec, config, resolution=model.resolution, workers=runtime.workers)
+    results = evaluate_student(
+        model, spec, config, resolution=model.resolution, classes=model.classes, workers=runtime.workers
+    )
     out = Path(out) if out else student_file.with_name("evaluation.json")
     write_json(out, results)
     write_text(out.with_suffix(".md"), evaluation_text(student_file.parent.name, results, spec.dataset, config))
@@ -46,11 +51,31 @@ def evaluate_student_file(
 
 
 def evaluation_text(name: str, results: dict[str, float], dataset: str, config: EvaluateConfig) -> str:
-    """evaluation.md: the headline table, the CW distortion when it ran, the corruptions when they ran."""
+    """evaluation.md: the headline table, the CW distortion when it ran, then one table per group of
+    detail ("<group>/<measure>": the corruptions, AutoAttack's parts, each evaluation set's parts)."""
     text = f"Accuracy (%) on the {config.split} split of --data {dataset}\n\n{markdown_table({name: results})}\n"
     if "distortion/cw_l2_median" in results:
         text += f"\nCW-L2 median L2 distortion: {results['distortion/cw_l2_median']:.3f}\n"
-    if config.corruption_samples:
-        columns = [f"corruption/{c}" for c in CORRUPTIONS]
-        text += "\nPer corruption (mean over severities 1-5)\n\n" + markdown_table({name: results}, columns) + "\n"
+    if "autoattack" in results:
+        text += f"\n{implementation()}\n"
+    groups = {}
+    for key in results:
+        group, _, measure = key.partition("/")
+        if measure and "/" not in measure and group != "distortion":
+            groups.setdefault(group, []).append(key)
+    for group, keys in groups.items():
+        text += f"\n{GROUP_TITLES.get(group, group)}\n\n{markdown_table({name: results}, keys)}\n"
+    if config.mce_reference and "imagenet_c_mce" in results:
+        reference, _ = read_reference(config.mce_reference, "imagenet_c")
+        shared = shared_corruptions(results, "imagenet_c", reference)
+        text += f"\nmCE against {config.mce_reference}, over {len(shared)} corruptions: {', '.join(shared)}\n"
     return text
+
+
+GROUP_TITLES = {
+    "corruption": "Per corruption, generated (mean over severities 1-5)",
+    "corruption_severity": "Per severity, generated (mean over corruptions)",
+    "autoattack": "AutoAttack's parts, each on every attacked image",
+    "in9": "ImageNet-9 backgrounds, per variant",
+    "imagenet_c": "ImageNet-C, per corruption (mean over severities 1-5)",
+}

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from clarep_fast.pipeline.data.default import default_splits
+from clarep_fast.pipeline.data.sources.default import default_splits
 from clarep_fast.pipeline.teacher.ddim import ddim_sample
 from clarep_fast.pipeline.teacher.model import Teacher
 

@@ -101,7 +101,7 @@ def train_teacher(
     run = RunDir(run_dir, command="train-teacher", may_change=("steps",))
     device = runtime.torch_device
     resolution = resolve(config.data)
-    train = load_splits(config.data, resolution, runtime.workers)["train"]
+    train = load_splits(config.data, resolution)["train"]
     classes = len(train.classes)
     if config.teacher.num_classes not in (None, classes):
         raise ValueError(f"--num-classes {config.teacher.num_classes} but the data has {classes} classes")
@@ -131,7 +131,7 @@ def train_teacher(
         mininterval=5,
     )
     model.train()
-    batches = train.batches(_step_indices(config, start, len(train)))
+    batches = train.batches(_step_indices(config, start, len(train)), runtime.workers)
     for step, (x0, c) in zip(bar, batches):
         generator = _step_generator(config, step)
         # the batch's draw (_step_indices): the rest follows it

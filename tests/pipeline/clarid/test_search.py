@@ -14,7 +14,7 @@ import torch
 from clarep_fast.pipeline.clarid import SearchConfig, load_bank, run_search
 from clarep_fast.pipeline.clarid.bank import shard_path
 from clarep_fast.pipeline.clarid.search import plan
-from clarep_fast.pipeline.data.default import default_splits
+from clarep_fast.pipeline.data.sources.default import default_splits
 from tests.taps_models import tiny_unet
 
 ROOT = Path(__file__).resolve().parents[3]

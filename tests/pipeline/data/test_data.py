@@ -10,8 +10,8 @@ from PIL import Image
 
 from clarep_fast.pipeline.data import load_cifar10, load_image_folder
 from clarep_fast.pipeline.data.backgrounds import background_indices
-from clarep_fast.pipeline.data.default import default_splits
-from clarep_fast.pipeline.data.images import stratified_split
+from clarep_fast.pipeline.data.sources.default import default_splits
+from clarep_fast.pipeline.data.split import stratified_split
 from clarep_fast.pipeline.data.mnist import load_mnist5k
 
 

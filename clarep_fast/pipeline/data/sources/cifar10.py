@@ -1,8 +1,7 @@
-"""User datasets from a local path: an image-folder tree, or the CIFAR-10 python-pickle layout.
+"""``--data cifar10:PATH``: the CIFAR-10 python-pickle directory, root/data_batch_1..5,
+root/test_batch, root/batches.meta (the official tarball, extracted), held in memory.
 
-Image folder: root/<class name>/<image files>, one folder per class (sorted names -> labels 0..K-1).
-CIFAR-10 python: root/data_batch_1..5, root/test_batch, root/batches.meta (the official tarball,
-extracted). Images are float RGB in [0, 1], (N, 3, R, R).
+Images are float RGB in [0, 1], (N, 3, 32, 32), resized (antialiased) when a run asks for another side.
 """
 
 from __future__ import annotations
@@ -12,39 +11,33 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
-from clarep_fast.pipeline.data.images import IMAGE_SUFFIXES, decode_image
+from clarep_fast.pipeline.data.images import ImageSet, TensorImages
 
-
-def list_image_folder(root: str | Path, classes: list[str] | None = None) -> tuple[list[Path], torch.Tensor, list[str]]:
-    """(image files, labels (N,), class names) of root/<class>/<image>; labels follow the sorted
-    class names (or ``classes``, when given: a test folder must hold the train folder's classes)."""
-    root = Path(root)
-    if not root.is_dir():
-        raise FileNotFoundError(f"image folder {root} does not exist or is not a directory")
-    found = sorted(p.name for p in root.iterdir() if p.is_dir())
-    if not found:
-        raise ValueError(f"{root} has no class sub-folders; expected root/<class name>/<images>")
-    if classes is not None and found != classes:
-        raise ValueError(f"{root} has class folders {found} but the training data has {classes}")
-    files, labels = [], []
-    for label, name in enumerate(found):
-        members = sorted(p for p in (root / name).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-        if not members:
-            raise ValueError(f"class folder {root / name} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
-        files += members
-        labels += [label] * len(members)
-    return files, torch.tensor(labels), found
+USAGE = "cifar10:PATH  the CIFAR-10 python-pickle directory (data_batch_1..5, test_batch, batches.meta)"
+TAKES_PATH = True
+RESOLUTION = 32
 
 
-def load_image_folder(
-    root: str | Path, resolution: int, num_classes: int | None = None
-) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
-    """Decode a whole root/<class>/<image> tree into memory: (images (N, 3, R, R) in [0, 1], labels, class names)."""
-    files, labels, classes = list_image_folder(root)
-    if num_classes is not None and len(classes) != num_classes:
-        raise ValueError(f"{root} has {len(classes)} class folders but {num_classes} classes were expected")
-    return torch.stack([decode_image(file, resolution) for file in files]), labels, classes
+def classes(config) -> list[str]:
+    return cifar10_classes(config.path)
+
+
+def native_resolution(config) -> int:
+    return RESOLUTION
+
+
+def splits(config, resolution: int) -> dict[str, ImageSet]:
+    parts = {}
+    for split in ("train", "test"):
+        images, labels, names = load_cifar10(config.path, split)
+        if resolution != RESOLUTION:
+            images = F.interpolate(
+                images, size=(resolution, resolution), mode="bilinear", antialias=True, align_corners=False
+            ).clamp(0, 1)
+        parts[split] = TensorImages(images, labels, names)
+    return parts
 
 
 def load_cifar10(root: str | Path, split: str = "train") -> tuple[torch.Tensor, torch.Tensor, list[str]]:
@@ -56,7 +49,7 @@ def load_cifar10(root: str | Path, split: str = "train") -> tuple[torch.Tensor, 
     missing = [name for name in names[split] + ["batches.meta"] if not (root / name).exists()]
     if missing:
         raise FileNotFoundError(f"{root} is not a CIFAR-10 python directory: missing {', '.join(missing)}")
-    classes = cifar10_classes(root)
+    names_of_classes = cifar10_classes(root)
     arrays, labels = [], []
     for name in names[split]:
         batch = _read_cifar_pickle(root / name)
@@ -68,10 +61,10 @@ def load_cifar10(root: str | Path, split: str = "train") -> tuple[torch.Tensor, 
         arrays.append(data)
         labels.extend(batch_labels)
     labels = torch.tensor(labels)
-    if labels.min() < 0 or labels.max() >= len(classes):
-        raise ValueError(f"{root}: labels outside 0..{len(classes) - 1}")
+    if labels.min() < 0 or labels.max() >= len(names_of_classes):
+        raise ValueError(f"{root}: labels outside 0..{len(names_of_classes) - 1}")
     images = torch.from_numpy(np.concatenate(arrays)).view(-1, 3, 32, 32).float() / 255.0
-    return images, labels, classes
+    return images, labels, names_of_classes
 
 
 def cifar10_classes(root: str | Path) -> list[str]:

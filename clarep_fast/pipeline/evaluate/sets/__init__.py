@@ -1,0 +1,32 @@
+"""The evaluation sets of ``--sets NAME:PATH``, as their publishers lay them out, one module each
+in one table. A set exposes:
+    NAME                    the prefix of its results' keys
+    USAGE                   its spec and layout, one line (--help and errors quote it)
+    score(scoring, path)    {result key: value}; ``scoring`` (sets/scoring.py) holds the student, its
+                            class names, the image side, the batch, the workers and the options
+Adding a set is one module and one row below; docs/evaluation.md describes each.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from clarep_fast.pipeline.evaluate.sets import imagenet9, imagenet_c, real
+from clarep_fast.pipeline.evaluate.sets.class_subset import IMAGENET_A, IMAGENET_R
+
+EVALUATION_SETS = {
+    "imagenet9": imagenet9,
+    "imagenet-c": imagenet_c,
+    "imagenet-a": IMAGENET_A,
+    "imagenet-r": IMAGENET_R,
+    "real": real,
+}
+
+
+def parse_set(spec: str) -> tuple[str, Path]:
+    """(set name, PATH) of ``NAME:PATH``; an unknown name or a missing path is refused, listing the sets."""
+    name, _, path = spec.partition(":")
+    if name not in EVALUATION_SETS or not path:
+        usage = "; ".join(s.USAGE for s in EVALUATION_SETS.values())
+        raise ValueError(f"sets: each must be NAME:PATH, one of: {usage}; got {spec!r}")
+    return name, Path(path).expanduser()

@@ -109,5 +109,5 @@ def test_each_torchrun_rank_makes_its_gpu_current(monkeypatch):
     monkeypatch.setattr(dist, "is_initialized", lambda: False)
     monkeypatch.setattr(dist, "init_process_group", lambda backend: calls.append(("init", backend)))
     monkeypatch.setattr(dist, "get_rank", lambda: 1)
-    assert distributed.rank_and_world() == (1, 2)
+    assert distributed.join_process_group() == (1, 2)
     assert calls == [("set_device", 1), ("init", "nccl")]

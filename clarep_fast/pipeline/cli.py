@@ -8,7 +8,8 @@
                                          on a dataset (--data); RUN_DIR/teacher is the result
     clarep-fast search BANK_DIR          CLARep search (CLARID) into a bank; resumes; torchrun splits it
     clarep-fast distill RUN_DIR          CaDistill (or --baseline) student training; resumes; torchrun: DDP
-    clarep-fast evaluate STUDENT.pt      clean, adversarial and background-shift accuracy
+    clarep-fast evaluate STUDENT.pt      clean, adversarial and background-shift accuracy, and the
+                                         field's sets (--sets: ImageNet-9, -C, -A, -R, ReaL)
     clarep-fast demo RUN_DIR             the whole pipeline (default: the embedded teacher and data), with report.md
 
 Errors print one line and exit with 2 (bad input: a flag out of range, a missing or damaged file, a
@@ -20,74 +21,28 @@ command to resume.
 from __future__ import annotations
 
 import argparse
-import os
 import signal
-import statistics
 import sys
-import time
-from pathlib import Path
 from typing import Callable, NamedTuple
 
 import torch
 
-from clarep_fast.backends import BACKENDS, available_backends, unusable_reason
-from clarep_fast.ops import OPS
-from clarep_fast.ops.cka import cka
-from clarep_fast.ops.spec import check_against_reference
 from clarep_fast.pipeline.options import add_options, bounded, config_from_args
 from clarep_fast.pipeline.rundir import RunFolderBusy
-from clarep_fast.reference import cka_reference
+from clarep_fast.pipeline.runtime import limit_threads
 
 
 def _backends(args) -> int:
-    for name, status in available_backends().items():
-        where = ", ".join(status.devices) if status.available else "unavailable"
-        note = f"  ({status.reason})" if status.reason else ""
-        print(f"  {name:7s} {where}{note}")
+    from clarep_fast.selfcheck import print_backends
+
+    print_backends()
     return 0
 
 
-def _median_seconds(fn, repeats: int, device: str) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        if device == "cuda":
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
 def _selfcheck(args) -> int:
-    print(f"clarep_fast self-check: torch {torch.__version__}, {torch.get_num_threads()} CPU threads")
-    _backends(args)
-    devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
-    failures = 0
-    print("\ncorrectness against the float64 reference, fp32 inputs (errors relative to the largest reference entry):")
-    for spec in OPS:
-        for device in devices:
-            for backend in BACKENDS:
-                if unusable_reason(backend, device):
-                    continue
-                result = check_against_reference(spec, backend, device)
-                failures += not result.ok
-                print(
-                    f"  {spec.name:13s} {device:4s} {backend:7s} value {result.value_error:.1e}  grad {result.grad_error:.1e}  {'ok' if result.ok else 'FAIL'}"
-                )
-    n, d = (256, 8192) if args.quick else (512, 32768)
-    print(f"\nspeed: CKA forward+backward of x, y: ({n}, {d}) fp32, median of 5 (one process, same inputs):")
-    for device in devices:
-        x = torch.randn(n, d, device=device, requires_grad=True)
-        y = torch.randn(n, d, device=device, requires_grad=True)
-        fused = _median_seconds(lambda: torch.autograd.grad(cka(x, y), (x, y)), 5, device)
-        eager = _median_seconds(lambda: torch.autograd.grad(cka_reference(x, y), (x, y)), 5, device)
-        print(
-            f"  {device:4s} fused {fused * 1e3:8.1f} ms   eager {eager * 1e3:8.1f} ms   fused is {eager / fused:.2f}x eager"
-        )
-    print("\nfull comparison with torch.compile: python benchmarks/run.py [--quick]")
-    print("self-check " + ("passed" if failures == 0 else f"FAILED ({failures} backend(s))"))
-    return 1 if failures else 0
+    from clarep_fast.selfcheck import run_selfcheck
+
+    return run_selfcheck(quick=args.quick)
 
 
 def _runtime(args):
@@ -188,7 +143,7 @@ COMMANDS = {
     "distill": Command("train a CaDistill (or baseline) student from a CLARep bank", _distill,
                        (("run_dir", "run folder: config.json, metrics.csv/json, checkpoint.pt, student.pt"),),
                        _config_class("clarep_fast.pipeline.distill.train", "DistillConfig"), RUNTIME),
-    "evaluate": Command("clean, adversarial and background-shift accuracy of a student", _evaluate,
+    "evaluate": Command("clean, adversarial and background-shift accuracy of a student, and the field's sets (--sets)", _evaluate,
                         (("student", "student.pt from clarep-fast distill, or its run folder"),),
                         _config_class("clarep_fast.pipeline.evaluate.robustness", "EvaluateConfig"),
                         (("--out", {"default": None, "help": "JSON file (default: evaluation.json beside the student)"}),
@@ -251,34 +206,6 @@ def _check_device(parser: argparse.ArgumentParser, args: argparse.Namespace) -> 
         )
 
 
-def usable_cpus() -> int:
-    """CPUs this process may actually use: its affinity mask, capped by a cgroup CPU quota (a
-    container limited to 2 CPUs of a 64-core host sees 64 in its affinity mask, and 64 OpenMP
-    threads time-sliced onto 2 CPUs run many times slower than 2)."""
-    count = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    for path, parse in (("/sys/fs/cgroup/cpu.max", lambda t: t.split()), ("/sys/fs/cgroup/cpu/cpu.cfs_quota_us", None)):
-        try:
-            if parse is not None:
-                quota, period = parse(Path(path).read_text())
-            else:
-                quota, period = (
-                    Path(path).read_text().strip(),
-                    Path("/sys/fs/cgroup/cpu/cpu.cfs_period_us").read_text().strip(),
-                )
-        except (OSError, ValueError):
-            continue
-        if quota not in ("max", "-1") and int(period) > 0:
-            count = min(count, max(1, -(-int(quota) // int(period))))
-        break
-    return count
-
-
-def _limit_threads() -> None:
-    """Unless the user set OMP_NUM_THREADS, run torch on no more threads than usable CPUs."""
-    if "OMP_NUM_THREADS" not in os.environ and torch.get_num_threads() > usable_cpus():
-        torch.set_num_threads(usable_cpus())
-
-
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     debug = "--debug" in argv
@@ -287,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser(command)
     args = parser.parse_args(argv)
     _check_device(parser, args)
-    _limit_threads()
+    limit_threads()
     previous = signal.signal(signal.SIGTERM, _terminate)
     try:
         return COMMANDS[args.command].run(args)

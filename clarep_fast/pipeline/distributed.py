@@ -7,9 +7,9 @@ import os
 import torch
 
 
-def rank_and_world() -> tuple[int, int]:
-    """(rank, world size) under torchrun (the process group is initialized here: nccl on GPUs,
-    gloo on CPUs), else (0, 1)."""
+def join_process_group() -> tuple[int, int]:
+    """(rank, world size) of this process: (0, 1) outside torchrun. Under torchrun the first call
+    joins the process group (nccl on GPUs, gloo on CPUs) and makes this rank's GPU the current device."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world == 1:
         return 0, 1

@@ -216,7 +216,9 @@ def check_ranges(config) -> None:
 
 
 def _show(value) -> str:
-    return " ".join(map(str, value)) if isinstance(value, (list, tuple)) else str(value)
+    if isinstance(value, (list, tuple)):
+        return " ".join(map(str, value)) if value else "none"
+    return str(value)
 
 
 def _lookup(instance, path: str):

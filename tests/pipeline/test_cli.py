@@ -25,9 +25,9 @@ def test_threads_follow_a_cgroup_cpu_quota(monkeypatch):
     """A container with a 2-CPU quota on a 64-core host: 2 usable CPUs, not 64."""
     from pathlib import Path
 
-    from clarep_fast.pipeline import cli
+    from clarep_fast.pipeline import runtime
 
-    monkeypatch.setattr(cli.os, "sched_getaffinity", lambda pid: set(range(64)))
+    monkeypatch.setattr(runtime.os, "sched_getaffinity", lambda pid: set(range(64)))
     files = {"/sys/fs/cgroup/cpu.max": "200000 100000\n"}
 
     def read_text(self, *args, **kwargs):
@@ -36,13 +36,13 @@ def test_threads_follow_a_cgroup_cpu_quota(monkeypatch):
         raise FileNotFoundError(str(self))
 
     monkeypatch.setattr(Path, "read_text", read_text)
-    assert cli.usable_cpus() == 2
+    assert runtime.usable_cpus() == 2
     files["/sys/fs/cgroup/cpu.max"] = "max 100000\n"
-    assert cli.usable_cpus() == 64
+    assert runtime.usable_cpus() == 64
     files.clear()
     # cgroup v1, 1.5 CPUs
     files.update({"/sys/fs/cgroup/cpu/cpu.cfs_quota_us": "150000", "/sys/fs/cgroup/cpu/cpu.cfs_period_us": "100000"})
-    assert cli.usable_cpus() == 2
+    assert runtime.usable_cpus() == 2
 
 
 class _Stop(Exception):

@@ -4,6 +4,7 @@ schedule and prediction type the pipeline folder's scheduler sets."""
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -115,6 +116,19 @@ def test_latent_dit_pipeline_on_an_image_folder(tmp_path):
     # background variants: default data only
     assert {"clean", "pgd1", "corruption_mean"} <= set(results) and "swapped" not in results
     assert "test split of --data folder:" in (run / "evaluation.md").read_text() and "| student |" in out
+    # the field's sets as published, here tiny replicas with the student's own class names: a class
+    # subset (ImageNet-R's layout: logits restricted to its classes, by name) and ReaL (flat, real.json)
+    renditions = write_image_folder(tmp_path / "renditions", per_class=2, side=24, split=False, seed=5)
+    shutil.rmtree(renditions / SHAPES[0])
+    validation = tmp_path / "val"
+    validation.mkdir()
+    for number, image in enumerate(sorted(renditions.rglob("*.png")), start=1):
+        shutil.copy(image, validation / f"ILSVRC2012_val_{number:08d}.png")
+    (validation / "real.json").write_text(json.dumps([[1], [], [1, 2], [2]]))
+    out = _cli("evaluate", run, *FAST_EVALUATE, "--sets", f"imagenet-r:{renditions}", f"real:{validation}")
+    results = json.loads((run / "evaluation.json").read_text())
+    assert 0 <= results["imagenet_r"] <= 1 and results["real_accuracy"] in (0, 1 / 3, 2 / 3, 1)
+    assert "imagenet_r" in out and "real_accuracy" in out  # the headline table shows both
 
 
 def test_pixel_unet_pipeline_on_cifar10_layout(tmp_path):

@@ -45,7 +45,7 @@ from clarep_fast.pipeline.clarid.bank import MAY_CHANGE, bank_identity, read_sha
 from clarep_fast.pipeline.clarid.jacobian import KRYLOV_STEPS, MODES, topk_right_singular
 from clarep_fast.pipeline.data.images import ImageSet
 from clarep_fast.pipeline.data.source import DataConfig, dataset_classes, load_splits, resolve
-from clarep_fast.pipeline.distributed import barrier, is_main_process, rank_and_world
+from clarep_fast.pipeline.distributed import barrier, is_main_process, join_process_group
 from clarep_fast.pipeline.files import FORMAT_VERSION
 from clarep_fast.pipeline.options import check_ranges, option
 from clarep_fast.pipeline.rundir import RunDir, as_json
@@ -458,7 +458,7 @@ def _search_into(bank: Path, prepared: Prepared, progress: bool, workers: int) -
     """run_search's body, with the teacher, its two taps and the training split loaded (its images
     decoded in ``workers`` DataLoader workers)."""
     config, teacher, taps, train = prepared.config, prepared.teacher, prepared.taps, prepared.train
-    rank, world = rank_and_world()
+    rank, world = join_process_group()
     classes, sources = plan(config, train.labels)
     resolved = resolved_config(config, len(classes), teacher, prepared.resolution, train.classes, prepared.labels)
     labels_of_classes = torch.tensor(prepared.labels)

@@ -3,12 +3,16 @@
 
 Students are named "<kind>-s<seed>" (baseline, ordinary, cadistill). A measure some seeds lack (the
 demo's cheaper evaluation past --full-evaluation-seeds) is summarized over the seeds that have it,
-and the table says over how many.
+and the table says over how many. Corruption tables without a reference of the user's get their mCE
+against the cross-entropy baseline of the same seed (``with_corruption_errors``).
 """
 
 from __future__ import annotations
 
+from clarep_fast.pipeline.evaluate.autoattack import implementation
+from clarep_fast.pipeline.evaluate.corruption_error import errors_of, mean_corruption_error
 from clarep_fast.pipeline.evaluate.corruptions import CORRUPTIONS
+from clarep_fast.pipeline.evaluate.robustness import DETAIL_TITLES, detail_groups
 from clarep_fast.pipeline.evaluate.statistics import (
     detectable_difference,
     holm_rejected,
@@ -39,6 +43,26 @@ def paired_seeds(results, measure: str, control: str) -> list[float]:
     """CaDistill minus ``control`` on ``measure``, one value per seed both students have."""
     treated, untreated = per_seed(results, "cadistill", measure), per_seed(results, control, measure)
     return [treated[seed] - untreated[seed] for seed in treated if seed in untreated]
+
+
+def with_corruption_errors(results: dict[str, dict[str, float]]) -> dict[str, dict[str, float]]:
+    """Every student's results with "<table>_mce" and "<table>_relative_mce" added for each
+    corruption table (the generated "corruption", ImageNet-C's "imagenet_c") that has none yet,
+    against the baseline of its seed: the baseline's own mCE is 1 by construction."""
+    added = {}
+    for name, measures in results.items():
+        baseline = results.get(f"baseline-s{name.rsplit('-s', 1)[1]}")
+        extra = {}
+        for table in ("corruption", "imagenet_c"):
+            if baseline is not None and f"{table}_mce" not in measures:
+                clean, reference_clean = 1.0 - measures["clean"], 1.0 - baseline["clean"]
+                extra.update(
+                    mean_corruption_error(
+                        errors_of(measures, table), errors_of(baseline, table), clean, reference_clean, table
+                    )
+                )
+        added[name] = {**measures, **extra}
+    return added
 
 
 def headline_measures(results) -> list[str]:
@@ -168,14 +192,30 @@ canonical samples."""
 def _columns(evaluate, measures: list[str], attacked: str) -> str:
     background = (
         "for the default data, clean accuracy with the background removed (only_foreground), drawn at random "
-        "(mixed_random) and swapped to another class (swapped); "
+        "(mixed_random), swapped to another class (swapped), taken from another image of the same class "
+        "(mixed_same) and alone without the digit (only_background: what the background alone tells; "
+        "chance is 10%), and BG-Gap = mixed_same − mixed_random (the Backgrounds Challenge's measure of "
+        "reliance on a background that agrees with the class; lower is less reliant); "
         if "swapped" in measures
         else ""
     )
+    corruption_errors = (
+        "; corruption_mce and corruption_relative_mce: mean corruption error (Hendrycks & Dietterich) "
+        "against the baseline of the same seed, in % of the baseline's (lower is better; the baseline is 100)"
+        if "corruption_mce" in measures
+        else ""
+    )
+    sets = (
+        " The field's evaluation sets given with --sets add their own columns (docs/evaluation.md)."
+        if evaluate.sets
+        else ""
+    )
+    if "autoattack" in measures:
+        sets += f" autoattack: {implementation()}."
     return f"""Columns: clean accuracy; {background}robust accuracy under the attacks run
 (PGD-{evaluate.pgd_steps} and APGD-CE at L∞ ε = {evaluate.epsilon * 255:.0f}/255, APGD-L2 at ε₂ = 0.5·sqrt(d/3072)) on {attacked};
-corruption_mean: mean over 15 common corruptions × severities 1–5. Each student is the last
-epoch's (validation accuracy is logged, nothing is picked)."""
+corruption_mean: mean over 15 common corruptions × severities 1–5{corruption_errors}. Each student is the last
+epoch's (validation accuracy is logged, nothing is picked).{sets}"""
 
 
 def demo_report(
@@ -222,6 +262,9 @@ def demo_report(
             f"Per corruption (accuracy, %, mean over severities 1–5, {samples} images):",
             _table(results, [f"corruption/{c}" for c in CORRUPTIONS]),
         ]
+    for group, keys in detail_groups(every).items():
+        if not group.startswith("corruption"):  # the generated corruptions have their section above
+            sections += [f"{DETAIL_TITLES[group]} (accuracy, %):", _table(results, keys)]
     sections += [
         _bank_section(summaries),
         "## Training\n\n![losses](losses.png)",

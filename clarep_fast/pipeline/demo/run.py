@@ -32,7 +32,13 @@ from clarep_fast.pipeline.clarid.bank import read_bank_config
 from clarep_fast.pipeline.clarid.search import SearchConfig, run_search
 from clarep_fast.pipeline.distill.train import DistillConfig, load_student, train_student
 from clarep_fast.pipeline.demo.figures import difference_plot, loss_curves
-from clarep_fast.pipeline.demo.report import GROUPS, demo_report, headline_measures, paired_seeds
+from clarep_fast.pipeline.demo.report import (
+    GROUPS,
+    demo_report,
+    headline_measures,
+    paired_seeds,
+    with_corruption_errors,
+)
 from clarep_fast.pipeline.evaluate.robustness import EvaluateConfig, evaluate_student
 from clarep_fast.pipeline.files import atomic_write, read_json, write_text
 from clarep_fast.pipeline.options import check_ranges, option
@@ -156,11 +162,13 @@ def run_demo(
                         data,
                         config.evaluation(seed),
                         resolution=student.resolution,
+                        classes=student.classes,
                         workers=runtime.workers,
                     )
                     run.write_json("evaluation.json", cached)
             results[name] = cached[name]
     timings = timings.report()
+    results = with_corruption_errors(results)
     first_bank = banks[config.bank_folder(0)]
     for picture in ("canonical.png", "nmi.png"):
         atomic_write(run / picture, lambda temporary: shutil.copyfile(first_bank / picture, temporary))

@@ -42,7 +42,7 @@ from tqdm import tqdm
 
 from clarep_fast.pipeline.clarid.bank import bank_identity, load_bank, read_bank_config
 from clarep_fast.pipeline.data.source import DataConfig, load_splits, resolve
-from clarep_fast.pipeline.distributed import barrier, rank_and_world
+from clarep_fast.pipeline.distributed import barrier, join_process_group
 from clarep_fast.pipeline.options import check_ranges, option
 from clarep_fast.pipeline.files import load_checked, read_json, save_checked
 from clarep_fast.pipeline.rundir import RunDir, as_json, is_runtime_setting
@@ -231,7 +231,7 @@ def train_student(
     config: DistillConfig, run_dir: str | Path, *, runtime: Runtime = Runtime(), progress: bool = True
 ) -> Path:
     """Train (or resume) in ``run_dir``; returns the path of student.pt."""
-    rank, world = rank_and_world()
+    rank, world = join_process_group()
     device = runtime.torch_device
     uses_bank = not config.baseline and any(config.lambdas)
     bank_resolution = read_bank_config(Path(config.bank)).get("resolution") if uses_bank else None
@@ -329,7 +329,7 @@ def _build(config: DistillConfig, num_classes: int, resolution: int, bank, steps
         optimizer, max_lr=config.learning_rate, total_steps=config.epochs * steps_per_epoch, pct_start=0.15
     )
     wrapped = model
-    if rank_and_world()[1] > 1:
+    if join_process_group()[1] > 1:
         # projectors without a loss term (the baseline, or a λ set to 0) get no gradient: tell DDP
         wrapped = torch.nn.parallel.DistributedDataParallel(model, find_unused_parameters=not all(config.lambdas))
     return _Parts(student, model, wrapped, optimizer, schedule, steps_per_epoch)
@@ -341,7 +341,7 @@ def _train_epoch(
     """One epoch of steps; the sum of each loss term over them. The real batches' order comes from
     (seed, epoch), the bank's from its own stream (so the baseline's order is the same); images are
     decoded in ``workers`` DataLoader workers."""
-    rank, world = rank_and_world()
+    rank, world = join_process_group()
     generator = torch.Generator().manual_seed(config.seed * 1_000_003 + epoch)
     bank_generator = torch.Generator().manual_seed(config.seed * 1_000_033 + epoch + 7)
     order = torch.randperm(len(train), generator=generator)

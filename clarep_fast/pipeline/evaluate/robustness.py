@@ -252,6 +252,25 @@ def corruption_accuracy(model: nn.Module, test: TensorImages, config: EvaluateCo
     return results
 
 
+DETAIL_TITLES = {  # the groups of detail measures ("<group>/<measure>"), each a table of its own
+    "corruption": "Per corruption, generated (mean over severities 1-5)",
+    "corruption_severity": "Per severity, generated (mean over corruptions)",
+    "autoattack": "AutoAttack's parts, each on every attacked image",
+    "in9": "ImageNet-9 backgrounds, per variant",
+    "imagenet_c": "ImageNet-C, per corruption (mean over severities 1-5)",
+}
+
+
+def detail_groups(measures) -> dict[str, list[str]]:
+    """group -> its one-level detail measures ("<group>/<measure>"), for the groups of DETAIL_TITLES."""
+    groups = {}
+    for key in measures:
+        group, _, measure = key.partition("/")
+        if group in DETAIL_TITLES and measure and "/" not in measure:
+            groups.setdefault(group, []).append(key)
+    return groups
+
+
 def headline(results: dict[str, float]) -> list[str]:
     """The measures of the main table: all but the per-corruption and per-severity detail."""
     return [name for name in results if "/" not in name]

@@ -15,7 +15,13 @@ from clarep_fast.pipeline.data.source import dataset_classes
 from clarep_fast.pipeline.distill.train import load_student
 from clarep_fast.pipeline.evaluate.autoattack import implementation
 from clarep_fast.pipeline.evaluate.corruption_error import read_reference, shared_corruptions
-from clarep_fast.pipeline.evaluate.robustness import EvaluateConfig, evaluate_student, markdown_table
+from clarep_fast.pipeline.evaluate.robustness import (
+    DETAIL_TITLES,
+    EvaluateConfig,
+    detail_groups,
+    evaluate_student,
+    markdown_table,
+)
 from clarep_fast.pipeline.files import write_json, write_text
 from clarep_fast.pipeline.runtime import Runtime
 
@@ -58,24 +64,10 @@ def evaluation_text(name: str, results: dict[str, float], dataset: str, config: 
         text += f"\nCW-L2 median L2 distortion: {results['distortion/cw_l2_median']:.3f}\n"
     if "autoattack" in results:
         text += f"\n{implementation()}\n"
-    groups = {}
-    for key in results:
-        group, _, measure = key.partition("/")
-        if measure and "/" not in measure and group != "distortion":
-            groups.setdefault(group, []).append(key)
-    for group, keys in groups.items():
-        text += f"\n{GROUP_TITLES.get(group, group)}\n\n{markdown_table({name: results}, keys)}\n"
+    for group, keys in detail_groups(results).items():
+        text += f"\n{DETAIL_TITLES[group]}\n\n{markdown_table({name: results}, keys)}\n"
     if config.mce_reference and "imagenet_c_mce" in results:
         reference, _ = read_reference(config.mce_reference, "imagenet_c")
         shared = shared_corruptions(results, "imagenet_c", reference)
         text += f"\nmCE against {config.mce_reference}, over {len(shared)} corruptions: {', '.join(shared)}\n"
     return text
-
-
-GROUP_TITLES = {
-    "corruption": "Per corruption, generated (mean over severities 1-5)",
-    "corruption_severity": "Per severity, generated (mean over corruptions)",
-    "autoattack": "AutoAttack's parts, each on every attacked image",
-    "in9": "ImageNet-9 backgrounds, per variant",
-    "imagenet_c": "ImageNet-C, per corruption (mean over severities 1-5)",
-}

@@ -9,7 +9,7 @@ import torch
 from PIL import Image
 
 from clarep_fast.pipeline.data import load_cifar10, load_image_folder
-from clarep_fast.pipeline.data.backgrounds import background_indices
+from clarep_fast.pipeline.data.backgrounds import PALETTE, background_indices
 from clarep_fast.pipeline.data.sources.default import default_splits
 from clarep_fast.pipeline.data.split import stratified_split
 from clarep_fast.pipeline.data.mnist import load_mnist5k
@@ -53,6 +53,23 @@ def test_splits_and_variants(splits):
     outside = plain.masks.expand_as(plain.images) == 0
     assert plain.images[outside].abs().max() == 0  # black where there is no digit
     assert torch.equal(plain.masks, swapped.masks)  # same digits in every variant
+    test, same, alone = splits["test"], splits["test_mixed_same"], splits["test_only_background"]
+    assert torch.equal(same.masks, test.masks) and torch.equal(same.labels, test.labels)
+    for label in range(10):  # mixed_same: the backgrounds of the same class's images, shuffled among them
+        members = test.labels == label
+        assert sorted(same.backgrounds[members].tolist()) == sorted(test.backgrounds[members].tolist())
+    assert not torch.equal(same.backgrounds, test.backgrounds)
+    assert torch.equal(alone.backgrounds, test.backgrounds) and (alone.masks == 0).all()  # own background, no digit
+    nearest = (alone.images.mean((2, 3))[:, None] - PALETTE[None]).norm(dim=2).argmin(1)
+    assert torch.equal(nearest, alone.backgrounds)  # each image is its own background's color, textured
+
+
+def test_the_variants_added_later_left_the_others_as_they_were(splits):
+    """mixed_same and only_background draw from a generator of their own: the earlier variants and the
+    validation ones are what they were before them (background draws recorded with the code before them)."""
+    assert torch.equal(splits["test_in_distribution"].images, splits["test"].images)
+    assert splits["test_swapped"].backgrounds[:5].tolist() == [2, 4, 2, 6, 7]
+    assert splits["val_mixed_random"].backgrounds[:5].tolist() == [2, 0, 9, 0, 9]
 
 
 @pytest.mark.parametrize("rho,expected", [(1.0, 1.0), (0.0, 0.1)])

@@ -80,6 +80,7 @@ def test_demo_writes_the_report(tmp_path):
     from clarep_fast.pipeline.clarid import SearchConfig
     from clarep_fast.pipeline.clarid.bank import read_bank_config
     from clarep_fast.pipeline.demo import DemoConfig, run_demo
+    from clarep_fast.pipeline.demo.report import with_corruption_errors
     from clarep_fast.pipeline.distill.train import DistillConfig
     from tests.taps_models import tiny_unet
 
@@ -114,6 +115,9 @@ def test_demo_writes_the_report(tmp_path):
         assert row in text, row
     assert "mean ± 95% interval over seeds" in text and "CW-L2 median L2 distortion" in text and "raw pixels" in text
     assert "significant" in text and "null label" in text
+    assert "bg_gap" in text and "only_background" in text and "BG-Gap" in text
+    evaluated = with_corruption_errors(json.loads((tmp_path / "demo" / "evaluation.json").read_text()))
+    assert evaluated["baseline-s0"]["corruption_mce"] == pytest.approx(1) and "corruption_mce" in text
     assert sorted(p.name for p in (tmp_path / "demo").iterdir() if p.name.endswith(("-s0", "-s1"))) == [
         "bank-s0",
         "bank-s1",

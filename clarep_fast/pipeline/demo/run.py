@@ -61,8 +61,8 @@ class DemoConfig:
     )
     full_evaluation_seeds: int | None = option(
         None,
-        "seeds below this get every --attacks and the corruptions, the others clean accuracy, the background "
-        "sets and PGD only (default: every seed gets everything)",
+        "seeds below this get every --attacks, the corruptions and the --sets, the others clean accuracy, the "
+        "default data's background variants and PGD only (default: every seed gets everything)",
         low=0,
     )
     search: SearchConfig = option(default_factory=SearchConfig, section=True, omit=("seed",))
@@ -86,7 +86,7 @@ class DemoConfig:
         if self.full_evaluation_seeds is None or seed < self.full_evaluation_seeds:
             return self.evaluate
         return dataclasses.replace(
-            self.evaluate, attacks=tuple(a for a in self.evaluate.attacks if a == "pgd"), corruption_samples=0
+            self.evaluate, attacks=tuple(a for a in self.evaluate.attacks if a == "pgd"), corruption_samples=0, sets=()
         )
 
 

@@ -34,7 +34,7 @@ from clarep_fast.pipeline.distill.student import accuracy
 from clarep_fast.pipeline.evaluate.autoattack import autoattack_accuracy
 from clarep_fast.pipeline.evaluate.corruptions import CORRUPTIONS, SEVERITIES, corrupt
 from clarep_fast.pipeline.evaluate.fold import fold_batchnorm
-from clarep_fast.pipeline.evaluate.sets import EVALUATION_SETS, parse_set
+from clarep_fast.pipeline.evaluate.sets import EVALUATION_SETS, check_files, parse_set
 from clarep_fast.pipeline.evaluate.sets.scoring import Scoring
 from clarep_fast.pipeline.options import check_ranges, option
 
@@ -167,6 +167,7 @@ def evaluate_student(
     Runs on a BatchNorm-folded frozen copy of the model (fold.py): the same function, fewer passes.
     Corruptions are numpy image code: computed on the CPU, then moved to the model's device.
     """
+    check_files(config)  # a mistyped set path fails now, not after the attacks
     model = fold_batchnorm(model)
     device = next(model.parameters()).device
     classes = list(classes) if classes is not None else dataset_classes(data)

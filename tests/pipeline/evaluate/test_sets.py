@@ -259,3 +259,15 @@ def test_set_specs_are_checked_when_the_config_is_made():
         EvaluateConfig(sets=("objectnet:/data",))
     with pytest.raises(ValueError, match="each must be NAME:PATH"):
         EvaluateConfig(sets=("imagenet-a",))
+
+
+def test_missing_set_files_are_refused_before_any_work(tmp_path):
+    for options, message in (
+        (
+            {"sets": ("imagenet-a:/no/such/folder",)},
+            "--sets imagenet-a:/no/such/folder: /no/such/folder does not exist",
+        ),
+        ({"mce_reference": str(tmp_path / "missing.json")}, "--mce-reference .*missing.json does not exist"),
+    ):
+        with pytest.raises(FileNotFoundError, match=message):
+            evaluate_student(ColorModel(10), DataConfig(), EvaluateConfig(**options), resolution=16)

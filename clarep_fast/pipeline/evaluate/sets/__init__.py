@@ -23,6 +23,17 @@ EVALUATION_SETS = {
 }
 
 
+def check_files(options) -> None:
+    """Every set folder and set file of an EvaluateConfig exists: refused by name before any work."""
+    for spec in options.sets:
+        if not parse_set(spec)[1].is_dir():
+            raise FileNotFoundError(f"--sets {spec}: {parse_set(spec)[1]} does not exist or is not a directory")
+    for flag, file in (("--in9-map", options.in9_map), ("--mce-reference", options.mce_reference),
+                       ("--real-labels", options.real_labels)):  # fmt: skip
+        if file is not None and not Path(file).is_file():
+            raise FileNotFoundError(f"{flag} {file} does not exist")
+
+
 def parse_set(spec: str) -> tuple[str, Path]:
     """(set name, PATH) of ``NAME:PATH``; an unknown name or a missing path is refused, listing the sets."""
     name, _, path = spec.partition(":")

@@ -5,12 +5,16 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor, nn
 from tqdm import tqdm
 
 from clarep_fast.pipeline.data.images import ImageSet
+
+if TYPE_CHECKING:  # robustness.py imports the sets' table, which imports this module
+    from clarep_fast.pipeline.evaluate.robustness import EvaluateConfig
 
 WNID = re.compile(r"n\d{8}")  # an ImageNet class id (WordNet noun id), the folder names of ImageNet's sets
 
@@ -23,7 +27,7 @@ class Scoring:
     batch: int  # images per forward
     workers: int  # DataLoader workers decoding the set's files (a run-time setting)
     clean: float | None = None  # the student's accuracy on its own test split (relative mCE needs it)
-    options: object = None  # the EvaluateConfig: set-specific files (--in9-map, --mce-reference, --real-labels)
+    options: EvaluateConfig | None = None  # set-specific files: --in9-map, --mce-reference, --real-labels
 
 
 @torch.no_grad()

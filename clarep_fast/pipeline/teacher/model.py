@@ -21,17 +21,29 @@ from clarep_fast.pipeline.options import check_ranges, option
 from clarep_fast.pipeline.teacher.schedule import NoiseSchedule
 
 
+ARCHITECTURES = ("unet", "dit")
+
+
 @dataclass(frozen=True)
 class TeacherConfig:
     resolution: int | None = option(None, "image side in pixels (default: the data's)", low=1)
     num_classes: int | None = option(None, "classes (default: the data's; the null label of CFG is one more)", low=2)
+    arch: str = option(
+        "unet", "unet: a UNet2DModel; dit: a DiTTransformer2DModel (the paper's family)", choices=ARCHITECTURES
+    )
     channels: tuple[int, ...] = option((32, 64, 64), "UNet block widths, one per resolution level", low=1)
     layers_per_block: int = option(1, "ResNet layers per UNet block", low=1)
     attention_level: int = option(1, "which resolution level gets self-attention", low=0)
     norm_groups: int = option(8, "GroupNorm groups", low=1)
+    patch_size: int = option(2, "DiT: patch side (tokens = (resolution / patch)^2)", low=1)
+    dit_layers: int = option(6, "DiT: transformer blocks", low=1)
+    dit_heads: int = option(4, "DiT: attention heads", low=1)
+    dit_head_dim: int = option(32, "DiT: channels per head (width = heads x head dim)", low=1)
 
     def __post_init__(self):
         check_ranges(self)
+        if self.arch == "dit" and self.resolution is not None and self.resolution % self.patch_size:
+            raise ValueError(f"--patch-size {self.patch_size} must divide the resolution {self.resolution}")
         if not self.attention_level < len(self.channels):
             raise ValueError(
                 f"--attention-level {self.attention_level} must name one of the {len(self.channels)} levels of --channels, in [0, {len(self.channels)})"
@@ -49,6 +61,8 @@ def build_teacher(config: TeacherConfig = TeacherConfig()) -> nn.Module:
         raise ValueError(
             f"build_teacher needs the resolution and the class count (the data's), got {config.resolution} and {config.num_classes}"
         )
+    if config.arch == "dit":
+        return _build_dit(config)
     levels = len(config.channels)
     down = tuple("AttnDownBlock2D" if i == config.attention_level else "DownBlock2D" for i in range(levels))
     up = tuple("AttnUpBlock2D" if i == levels - 1 - config.attention_level else "UpBlock2D" for i in range(levels))
@@ -63,6 +77,30 @@ def build_teacher(config: TeacherConfig = TeacherConfig()) -> nn.Module:
         num_class_embeds=config.num_classes + 1,
         norm_num_groups=config.norm_groups,
     )
+
+
+def _build_dit(config: TeacherConfig) -> nn.Module:
+    """A pixel-space DiT (Peebles & Xie 2023): patchify, adaLN-Zero blocks conditioned on (t, c), and
+    a linear unpatchify to ε. diffusers embeds K + 1 labels (the null row K) because it is built with
+    class dropout, but its own dropout draws from the global generator; the training loop drops
+    labels itself from its seeded generator (so a resumed run continues exactly), so the model's
+    dropout is switched off."""
+    from diffusers import DiTTransformer2DModel
+
+    model = DiTTransformer2DModel(
+        num_attention_heads=config.dit_heads,
+        attention_head_dim=config.dit_head_dim,
+        in_channels=3,
+        out_channels=3,
+        num_layers=config.dit_layers,
+        sample_size=config.resolution,
+        patch_size=config.patch_size,
+        num_embeds_ada_norm=config.num_classes,
+    )
+    for module in model.modules():
+        if type(module).__name__ == "LabelEmbedding":
+            module.dropout_prob = 0.0
+    return model
 
 
 def label_table(model: nn.Module, declared: int | None = None) -> tuple[int, int | None]:

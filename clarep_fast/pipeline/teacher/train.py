@@ -19,8 +19,11 @@ import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
+from typing import NamedTuple
+
 import torch
 import torch.nn.functional as F
+from torch import Tensor, nn
 from tqdm import tqdm
 
 from clarep_fast.pipeline.data.source import DataConfig, load_splits, resolve
@@ -30,7 +33,7 @@ from clarep_fast.pipeline.files import atomic_write, write_text
 from clarep_fast.pipeline.rundir import RunDir, as_json
 from clarep_fast.pipeline.runtime import Runtime
 from clarep_fast.pipeline.options import check_ranges, option
-from clarep_fast.pipeline.teacher.model import TeacherConfig, build_teacher
+from clarep_fast.pipeline.teacher.model import TeacherConfig, build_teacher, noise_prediction
 
 
 @dataclass(frozen=True)
@@ -93,13 +96,71 @@ def _step_indices(config: TrainTeacherConfig, start: int, count: int):
         yield torch.randint(0, count, (config.batch_size,), generator=_step_generator(config, step))
 
 
+class _Parts(NamedTuple):
+    model: nn.Module  # the network being trained
+    ema: nn.Module  # its weights' moving average: the teacher that is saved
+    optimizer: torch.optim.Optimizer
+    alphas_cumprod: Tensor  # (T,) ā_t of the noise schedule, on the device
+
+
+def _build(config: TrainTeacherConfig, device) -> _Parts:
+    """The network from the config's seed, its EMA copy, AdamW and the schedule."""
+    torch.manual_seed(config.seed)  # the initial weights
+    model = build_teacher(config.teacher).to(device)
+    ema = copy.deepcopy(model).eval().requires_grad_(False)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=0.0)
+    return _Parts(model, ema, optimizer, NoiseSchedule.default().alphas_cumprod.float().to(device))
+
+
+def _train_step(parts: _Parts, config: TrainTeacherConfig, step: int, x0: Tensor, c: Tensor, count: int) -> Tensor:
+    """Steps 1-3 of the module docstring on one batch (x0 (B, 3, R, R) in [0, 1], c (B,)), drawn
+    from the step's generator after the batch's own draw; returns the loss (before the update)."""
+    device = parts.alphas_cumprod.device
+    generator = _step_generator(config, step)
+    torch.randint(0, count, (config.batch_size,), generator=generator)  # the batch's draw (_step_indices)
+    x0, c = (x0 * 2 - 1).to(device), c.to(device)  # images in [-1, 1]
+    drop = (torch.rand(config.batch_size, generator=generator) < config.label_dropout).to(device)
+    c = torch.where(drop, torch.full_like(c, config.teacher.num_classes), c)  # step 1: the null label K
+    t = torch.randint(0, len(parts.alphas_cumprod), (config.batch_size,), generator=generator).to(device)
+    noise = torch.randn(x0.shape, generator=generator).to(device)
+    alpha = parts.alphas_cumprod[t][:, None, None, None]
+    x_t = alpha.sqrt() * x0 + (1 - alpha).sqrt() * noise  # step 2
+    loss = F.mse_loss(noise_prediction(parts.model, x_t, t, c), noise)  # step 3
+    return loss
+
+
+def _update(parts: _Parts, loss: Tensor, ema_decay: float) -> None:
+    """The AdamW step on ``loss`` and the EMA of the weights."""
+    parts.optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    parts.optimizer.step()
+    with torch.no_grad():
+        for average, current in zip(parts.ema.parameters(), parts.model.parameters()):
+            average.lerp_(current, 1 - ema_decay)
+
+
+def _write_step(run: RunDir, parts: _Parts, config: TrainTeacherConfig, done: int) -> None:
+    """After step ``done``: the sample grid, then the checkpoint, when they are due (grid first: a
+    kill between them redraws it)."""
+    if done % config.sample_every == 0 or done == config.steps:
+        _sample_grid(parts.ema, config, run / f"samples_{done:06d}.png")
+    if done % config.checkpoint_every == 0 or done == config.steps:
+        run.save_checkpoint(
+            {
+                "model": parts.model.state_dict(),
+                "ema": parts.ema.state_dict(),
+                "optimizer": parts.optimizer.state_dict(),
+                "step": done,
+            }
+        )
+
+
 def train_teacher(
     config: TrainTeacherConfig, run_dir: str | Path, *, runtime: Runtime = Runtime(), progress: bool = True
 ) -> Path:
     """Train (or resume) in ``run_dir``; returns the folder of the saved EMA teacher."""
     # a run may be extended or cut short (and, as every run, move to another device or worker count)
     run = RunDir(run_dir, command="train-teacher", may_change=("steps",))
-    device = runtime.torch_device
     resolution = resolve(config.data)
     train = load_splits(config.data, resolution)["train"]
     classes = len(train.classes)
@@ -108,20 +169,11 @@ def train_teacher(
     config = dataclasses.replace(
         config, teacher=dataclasses.replace(config.teacher, resolution=resolution, num_classes=classes)
     )
-    torch.manual_seed(config.seed)  # the initial weights
-    model = build_teacher(config.teacher).to(device)
-    ema = copy.deepcopy(model).eval().requires_grad_(False)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=0.0)
+    parts = _build(config, runtime.torch_device)
     # after everything that can refuse the config: a refused start leaves no folder
     run.claim({**as_json(config), "classes": train.classes})
-    schedule = NoiseSchedule.default().alphas_cumprod.float().to(device)
-    null_label = config.teacher.num_classes
-
-    start = run.restore({"model": model, "ema": ema, "optimizer": optimizer}, counter="step")
+    start = run.restore({"model": parts.model, "ema": parts.ema, "optimizer": parts.optimizer}, counter="step")
     _keep_logged_steps(run / "loss.csv", start)  # steps after the checkpoint are trained (and logged) again
-    # line-buffered: `tail -f` shows progress, a kill keeps every finished line
-    loss_log = open(run / "loss.csv", "a", buffering=1)
-
     bar = tqdm(
         range(start, config.steps),
         initial=start,
@@ -130,46 +182,18 @@ def train_teacher(
         disable=not progress,
         mininterval=5,
     )
-    model.train()
+    parts.model.train()
     batches = train.batches(_step_indices(config, start, len(train)), runtime.workers)
-    for step, (x0, c) in zip(bar, batches):
-        generator = _step_generator(config, step)
-        # the batch's draw (_step_indices): the rest follows it
-        torch.randint(0, len(train), (config.batch_size,), generator=generator)
-        x0, c = (x0 * 2 - 1).to(device), c.to(device)  # images in [-1, 1]
-        drop = (torch.rand(config.batch_size, generator=generator) < config.label_dropout).to(device)
-        c = torch.where(drop, torch.full_like(c, null_label), c)  # step 1
-        t = torch.randint(0, len(schedule), (config.batch_size,), generator=generator).to(device)
-        noise = torch.randn(x0.shape, generator=generator).to(device)
-        alpha = schedule[t][:, None, None, None]
-        x_t = alpha.sqrt() * x0 + (1 - alpha).sqrt() * noise  # step 2
-        loss = F.mse_loss(model(x_t, t, class_labels=c).sample, noise)  # step 3
-        value = loss.item()
-        run.check_loss(value, step + 1)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        with torch.no_grad():
-            for average, current in zip(ema.parameters(), model.parameters()):
-                average.lerp_(current, 1 - config.ema_decay)
-        loss_log.write(f"{step + 1},{value:.6f}\n")
-        bar.set_postfix(loss=f"{value:.4f}", refresh=False)
-        done = step + 1
-        # before the checkpoint: a kill between them redraws it
-        if done % config.sample_every == 0 or done == config.steps:
-            _sample_grid(ema, config, run / f"samples_{done:06d}.png")
-        if done % config.checkpoint_every == 0 or done == config.steps:
-            loss_log.flush()
-            run.save_checkpoint(
-                {
-                    "model": model.state_dict(),
-                    "ema": ema.state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "step": done,
-                }
-            )
-    loss_log.close()
-
+    # line-buffered: `tail -f` shows progress, a kill keeps every finished line
+    with open(run / "loss.csv", "a", buffering=1) as loss_log:
+        for step, (x0, c) in zip(bar, batches):
+            loss = _train_step(parts, config, step, x0, c, len(train))
+            value = loss.item()
+            run.check_loss(value, step + 1)
+            _update(parts, loss, config.ema_decay)
+            loss_log.write(f"{step + 1},{value:.6f}\n")
+            bar.set_postfix(loss=f"{value:.4f}", refresh=False)
+            _write_step(run, parts, config, step + 1)
     teacher_dir = run / "teacher"
-    ema.save_pretrained(teacher_dir, safe_serialization=True)
+    parts.ema.save_pretrained(teacher_dir, safe_serialization=True)
     return teacher_dir

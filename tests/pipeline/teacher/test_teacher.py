@@ -23,6 +23,9 @@ from tests.taps_models import tiny_dit
 TINY = TeacherConfig(
     resolution=8, num_classes=10, channels=(8, 16), layers_per_block=1, attention_level=1, norm_groups=4
 )
+TINY_DIT = TeacherConfig(
+    resolution=8, num_classes=10, arch="dit", patch_size=2, dit_layers=2, dit_heads=2, dit_head_dim=8
+)
 TINY_RUN = TrainTeacherConfig(
     steps=4, batch_size=8, checkpoint_every=2, sample_every=4, data=DataConfig(resolution=8), teacher=TINY
 )
@@ -75,11 +78,13 @@ def test_ddim_inversion_then_sampling_reconstructs_better_with_more_steps():
     assert errors[2] < 0.05 and errors[0] > 10 * errors[2]
 
 
-def test_checkpoint_kill_resume_continues_from_the_same_step(tmp_path):
-    uninterrupted = train_teacher(TINY_RUN, tmp_path / "whole", progress=False)
-    train_teacher(dataclasses.replace(TINY_RUN, steps=2), tmp_path / "killed", progress=False)  # "killed" after step 2
+@pytest.mark.parametrize("teacher", [TINY, TINY_DIT], ids=["unet", "dit"])
+def test_checkpoint_kill_resume_continues_from_the_same_step(tmp_path, teacher):
+    run = dataclasses.replace(TINY_RUN, teacher=teacher)
+    uninterrupted = train_teacher(run, tmp_path / "whole", progress=False)
+    train_teacher(dataclasses.replace(run, steps=2), tmp_path / "killed", progress=False)  # "killed" after step 2
     assert RunDir(tmp_path / "killed", command="train-teacher").load_checkpoint()["step"] == 2
-    resumed = train_teacher(TINY_RUN, tmp_path / "killed", progress=False)
+    resumed = train_teacher(run, tmp_path / "killed", progress=False)
     whole, again = load_teacher(uninterrupted), load_teacher(resumed)
     for (name, a), (_, b) in zip(whole.state_dict().items(), again.state_dict().items()):
         torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7, msg=name)
@@ -87,6 +92,19 @@ def test_checkpoint_kill_resume_continues_from_the_same_step(tmp_path):
     assert log[0] == "step,loss" and [int(line.split(",")[0]) for line in log[1:]] == [1, 2, 3, 4]
     assert (tmp_path / "killed" / "samples_000004.png").exists()
     assert (tmp_path / "killed" / "teacher" / "diffusion_pytorch_model.safetensors").exists()
+
+
+def test_a_trained_dit_has_the_null_label_and_no_dropout_of_its_own():
+    """--arch dit: K + 1 label rows (null K), and the labels it is given are the labels it uses in
+    training mode too (the loop drops labels from its seeded generator, never the model)."""
+    torch.manual_seed(0)
+    model = build_teacher(TINY_DIT).train()
+    assert type(model).__name__ == "DiTTransformer2DModel" and num_classes_of(model) == 10
+    x, t, c = torch.randn(16, 3, 8, 8), torch.randint(0, 1000, (16,)), torch.randint(0, 10, (16,))
+    first, second = noise_prediction(model, x, t, c), noise_prediction(model, x, t, c)
+    assert torch.equal(first, second) and first.shape == x.shape
+    with pytest.raises(ValueError, match="--patch-size 3 must divide the resolution 8"):
+        TeacherConfig(resolution=8, arch="dit", patch_size=3)
 
 
 def test_changed_config_in_an_existing_run_is_refused(tmp_path):

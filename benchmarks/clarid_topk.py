@@ -38,7 +38,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel  # noqa: E402
 import clarep_fast.pipeline.clarid.jacobian as jacobian  # noqa: E402
 from clarep_fast.ops.project_out import project_out  # noqa: E402
 from clarep_fast.pipeline.clarid.jacobian import principal_angle, topk_right_singular  # noqa: E402
-from clarep_fast.pipeline.clarid.search import SearchConfig, split_steps  # noqa: E402
+from clarep_fast.pipeline.clarid.config import SearchConfig, split_steps  # noqa: E402
 from clarep_fast.pipeline.teacher.ddim import ddim_move, time_grid  # noqa: E402
 from clarep_fast.pipeline.teacher.load import load_teacher  # noqa: E402
 

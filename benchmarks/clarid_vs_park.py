@@ -18,6 +18,7 @@ benchmarks/results/clarid/<device>-k<k>.{json,md}.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import statistics
@@ -32,7 +33,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.common import device_name, git_sha, timed, versions  # noqa: E402
 from benchmarks.park_loop import park_power_loop  # noqa: E402
 from clarep_fast.pipeline.clarid.jacobian import principal_angle, topk_right_singular  # noqa: E402
-from clarep_fast.pipeline.clarid.search import SearchConfig, with_layers, split_steps  # noqa: E402
+from clarep_fast.pipeline.clarid.config import SearchConfig, split_steps  # noqa: E402
+from clarep_fast.pipeline.clarid.search import search_directions  # noqa: E402
+from clarep_fast.pipeline.clarid.setup import with_layers  # noqa: E402
 from clarep_fast.pipeline.teacher.ddim import ddim_move, time_grid  # noqa: E402
 from clarep_fast.pipeline.teacher.load import load_teacher  # noqa: E402
 from clarep_fast.taps import FeatureTap  # noqa: E402
@@ -82,24 +85,8 @@ def main() -> None:
         lambda: topk_right_singular(features, start, config.k, conditions=(times, labels), mode="exact"), device
     )
 
-    def ours(mode):
-        found = []
-        for first in range(0, args.images, config.jacobian_batch):
-            part = slice(first, first + config.jacobian_batch)
-            found.append(
-                topk_right_singular(
-                    features,
-                    start[part],
-                    config.k,
-                    conditions=(times[part], labels[part]),
-                    oversample=config.oversample,
-                    tol=config.tol,
-                    max_iters=config.max_iters,
-                    mode=mode,
-                    generator=generator,
-                )
-            )
-        return found
+    def ours(mode):  # the search's own Jacobian batch loop (search_directions), in this mode
+        return search_directions(features, start, times, labels, dataclasses.replace(config, mode=mode), generator)
 
     rows = []
     for mode, label in (
@@ -118,16 +105,14 @@ def main() -> None:
             generator=generator,
         )
         found, our_seconds = timed(lambda: ours(mode), device)
-        our_vectors = torch.cat([f.vectors for f in found])
-        our_values = torch.cat([f.values for f in found])
         rows.append({
             "method": label, "images": args.images,
             "seconds_per_clarep": our_seconds / args.images,
-            "iterations": float(torch.cat([f.iterations for f in found]).float().mean()),
-            "calls_per_clarep": sum(f.calls for f in found) / args.images,
-            "products_per_clarep": sum(f.products for f in found) / args.images,
-            "max_angle": float(principal_angle(exact.vectors, our_vectors).max()),
-            "max_sigma_rel_error": float(((our_values - exact.values).abs() / exact.values).max()),
+            "iterations": float(found.iterations.float().mean()),
+            "calls_per_clarep": found.calls / args.images,
+            "products_per_clarep": found.products / args.images,
+            "max_angle": float(principal_angle(exact.vectors, found.vectors).max()),
+            "max_sigma_rel_error": float(((found.values - exact.values).abs() / exact.values).max()),
         })  # fmt: skip
 
     park_seconds, park_counts, park_angles = [], [], []

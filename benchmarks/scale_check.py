@@ -34,7 +34,9 @@ from torch.utils.flop_counter import FlopCounterMode
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.common import git_sha, versions  # noqa: E402
-from clarep_fast.pipeline.clarid.search import SearchConfig, search_shard, split_steps, validate  # noqa: E402
+from clarep_fast.pipeline.clarid.config import SearchConfig, split_steps  # noqa: E402
+from clarep_fast.pipeline.clarid.search import search_shard  # noqa: E402
+from clarep_fast.pipeline.clarid.setup import build_taps  # noqa: E402
 from clarep_fast.pipeline.teacher.model import Teacher  # noqa: E402
 from clarep_fast.pipeline.teacher.schedule import NoiseSchedule  # noqa: E402
 
@@ -100,7 +102,7 @@ def main() -> None:
     config = SearchConfig(
         layer="transformer_blocks.13", feature_layers=("transformer_blocks.13", "transformer_blocks.27"), pool=2
     )
-    search_tap, feature_tap = validate(config, teacher)
+    search_tap, feature_tap = build_taps(config, teacher)
     latent = torch.randn(1, *teacher.latent_shape)
     label, times = torch.tensor([207]), torch.tensor([config.t_e])
     print(

@@ -25,7 +25,7 @@ from benchmarks.clarid_vs_park import ACCURACY, search_problem
 from benchmarks.common import BENCH_PASS, quantiles_ms, timed
 from benchmarks.park_loop import park_power_loop
 from clarep_fast.pipeline.clarid.jacobian import principal_angle, topk_right_singular
-from clarep_fast.pipeline.clarid.search import SearchConfig
+from clarep_fast.pipeline.clarid.search import SearchConfig, search_directions
 
 CASES = [{"k": 8, "images": 20, "park_images": 2, "dtype": "float32"}]
 QUICK_CASES = [{"k": 8, "images": 8, "park_images": 1, "dtype": "float32"}]
@@ -62,24 +62,8 @@ def test_clarep_search(benchmark, case, provider, bench_device, problem):
     generator = torch.Generator().manual_seed(1)
     per_clarep_ms, angles = [], []
 
-    def clarid():
-        vectors = []
-        for first in range(0, len(start), config.jacobian_batch):
-            part = slice(first, first + config.jacobian_batch)
-            vectors.append(
-                topk_right_singular(
-                    features,
-                    start[part],
-                    config.k,
-                    conditions=(times[part], labels[part]),
-                    oversample=config.oversample,
-                    tol=config.tol,
-                    max_iters=config.max_iters,
-                    mode=config.mode,
-                    generator=generator,
-                ).vectors
-            )
-        return torch.cat(vectors)
+    def clarid():  # the search's own Jacobian batch loop
+        return search_directions(features, start, times, labels, config, generator).vectors
 
     def fused_round():
         found, seconds = timed(clarid, bench_device)

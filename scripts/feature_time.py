@@ -23,7 +23,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from clarep_fast.pipeline.clarid.clustering import feature_nmi  # noqa: E402
-from clarep_fast.pipeline.clarid.search import SearchConfig, with_layers  # noqa: E402
+from clarep_fast.pipeline.clarid.config import SearchConfig  # noqa: E402
+from clarep_fast.pipeline.clarid.setup import with_layers  # noqa: E402
 from clarep_fast.pipeline.data.source import DataConfig, load_splits, resolve  # noqa: E402
 from clarep_fast.pipeline.teacher.load import load_teacher  # noqa: E402
 from clarep_fast.taps import FeatureTap  # noqa: E402

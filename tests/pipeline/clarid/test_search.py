@@ -13,7 +13,7 @@ import torch
 
 from clarep_fast.pipeline.clarid import SearchConfig, load_bank, run_search
 from clarep_fast.pipeline.clarid.bank import shard_path
-from clarep_fast.pipeline.clarid.search import plan
+from clarep_fast.pipeline.clarid.setup import plan
 from clarep_fast.pipeline.data.sources.default import default_splits
 from tests.taps_models import tiny_unet
 
@@ -254,7 +254,8 @@ def test_bfloat16_teacher_writes_a_finite_bank(teacher_dir, tmp_path):
 
 
 def test_auto_layers_follow_the_teacher():
-    from clarep_fast.pipeline.clarid.search import SearchConfig, auto_layers, with_layers
+    from clarep_fast.pipeline.clarid.config import SearchConfig
+    from clarep_fast.pipeline.clarid.setup import auto_layers, with_layers
     from clarep_fast.pipeline.teacher.model import Teacher
     from tests.taps_models import tiny_dit, tiny_unet
 

@@ -78,7 +78,8 @@ def test_the_class_table_decides_the_null_label(tmp_path):
     """id2label gives K: a UNet2DModel with K rows has no null label, one with K + 1 rows has null
     K; without a table, this project's convention (rows = K + 1). No null label: guidance 1 runs,
     guidance != 1 and the null-label features are refused by name."""
-    from clarep_fast.pipeline.clarid.search import SearchConfig, validate
+    from clarep_fast.pipeline.clarid.config import SearchConfig
+    from clarep_fast.pipeline.clarid.setup import build_taps
 
     folder = tmp_path / "unet"
     tiny_unet(num_classes=3).save_pretrained(folder)  # 4 label rows
@@ -92,9 +93,9 @@ def test_the_class_table_decides_the_null_label(tmp_path):
     with pytest.raises(ValueError, match=r"guidance 3.0: this teacher has no null label .*--guidance 1"):
         teacher.epsilon(x, 100, torch.tensor([0, 3]), guidance=3.0)
     with pytest.raises(ValueError, match=r"guidance 3.0: this teacher has no null label"):
-        validate(SearchConfig(layer="mid_block", feature_layers=("mid_block",)), teacher)
+        build_taps(SearchConfig(layer="mid_block", feature_layers=("mid_block",)), teacher)
     with pytest.raises(ValueError, match=r"feature_label null: .*--feature-label true"):
-        validate(SearchConfig(layer="mid_block", feature_layers=("mid_block",), guidance=1.0), teacher)
+        build_taps(SearchConfig(layer="mid_block", feature_layers=("mid_block",), guidance=1.0), teacher)
     (folder / "config.json").write_text(json.dumps(dict(config, id2label={"0": "a", "1": "b"})))
     with pytest.raises(ValueError, match="id2label names 2 classes but the UNet2DModel embeds 4 labels"):
         load_teacher(folder)

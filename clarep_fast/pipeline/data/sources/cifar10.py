@@ -15,7 +15,7 @@ import torch.nn.functional as F
 
 from clarep_fast.pipeline.data.images import ImageSet, TensorImages
 
-USAGE = "cifar10:PATH  the CIFAR-10 python-pickle directory (data_batch_1..5, test_batch, batches.meta)"
+USAGE = "cifar10:PATH = the CIFAR-10 python-pickle directory (data_batch_1..5, test_batch, batches.meta)"
 TAKES_PATH = True
 RESOLUTION = 32
 

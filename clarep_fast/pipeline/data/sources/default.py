@@ -27,7 +27,7 @@ from clarep_fast.pipeline.data.mnist import NUM_CLASSES, load_mnist5k
 from clarep_fast.pipeline.data.split import stratified_split
 
 CLASSES = [str(digit) for digit in range(NUM_CLASSES)]
-USAGE = "default       the built-in digits on class-correlated backgrounds (--rho)"
+USAGE = "default = the built-in digits on class-correlated backgrounds (--rho)"
 TAKES_PATH = False
 RESOLUTION = 16  # the side the embedded teacher was trained at
 

@@ -12,7 +12,7 @@ from clarep_fast.pipeline.data.images import FolderImages, ImageSet, decode_imag
 from clarep_fast.pipeline.data.listing import list_image_folder
 from clarep_fast.pipeline.data.split import stratified_split
 
-USAGE = "folder:PATH   PATH/train/<class>/<images> and PATH/test/<class>/<images>, or PATH/<class>/<images>"
+USAGE = "folder:PATH = PATH/train/<class>/<images> and PATH/test/<class>/<images>, or PATH/<class>/<images>"
 TAKES_PATH = True
 
 

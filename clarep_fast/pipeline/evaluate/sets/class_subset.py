@@ -33,8 +33,8 @@ class ClassSubset:
 
 
 IMAGENET_A = ClassSubset(
-    "imagenet_a", "imagenet-a:PATH  ImageNet-A, PATH/<wnid>/<images> (200 classes; logits restricted to them)"
+    "imagenet_a", "imagenet-a:PATH = ImageNet-A, PATH/<wnid>/<images> (200 classes; logits restricted to them)"
 )
 IMAGENET_R = ClassSubset(
-    "imagenet_r", "imagenet-r:PATH  ImageNet-R, PATH/<wnid>/<images> (200 classes; logits restricted to them)"
+    "imagenet_r", "imagenet-r:PATH = ImageNet-R, PATH/<wnid>/<images> (200 classes; logits restricted to them)"
 )

@@ -28,7 +28,7 @@ from clarep_fast.pipeline.evaluate.sets.scoring import Scoring, predictions, req
 from clarep_fast.pipeline.files import read_given_json
 
 NAME = "in9"
-USAGE = "imagenet9:PATH   the Backgrounds Challenge's bg_challenge folder, PATH/<variant>/val/<class>/ (--in9-map for an ImageNet student)"
+USAGE = "imagenet9:PATH = the Backgrounds Challenge's bg_challenge folder, PATH/<variant>/val/<class>/ (--in9-map for an ImageNet student)"
 VARIANTS = ("original", "only_fg", "no_fg", "only_bg_b", "only_bg_t", "mixed_same", "mixed_rand", "mixed_next")
 
 

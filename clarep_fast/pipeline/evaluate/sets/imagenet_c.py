@@ -25,7 +25,7 @@ from clarep_fast.pipeline.evaluate.corruption_error import (
 from clarep_fast.pipeline.evaluate.sets.scoring import Scoring, predictions, student_indices
 
 NAME = "imagenet_c"
-USAGE = "imagenet-c:PATH  ImageNet-C as released, PATH/<corruption>/<severity 1-5>/<wnid>/ (--mce-reference for mCE)"
+USAGE = "imagenet-c:PATH = ImageNet-C as released, PATH/<corruption>/<severity 1-5>/<wnid>/ (--mce-reference for mCE)"
 
 
 def severity_sets(root: Path, resolution: int) -> dict[tuple[str, int], FolderImages]:

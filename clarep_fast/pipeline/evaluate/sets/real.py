@@ -23,7 +23,7 @@ from clarep_fast.pipeline.files import read_given_json
 
 NAME = "real"
 USAGE = (
-    "real:PATH  ImageNet's validation images, flat or PATH/<wnid>/ (--real-labels real.json, default PATH/real.json)"
+    "real:PATH = ImageNet's validation images, flat or PATH/<wnid>/ (--real-labels real.json, default PATH/real.json)"
 )
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from clarep_fast.pipeline.evaluate.corruptions import SEVERITIES
 from clarep_fast.pipeline.files import read_given_json
 
 BENCHMARK = (
@@ -24,7 +25,6 @@ BENCHMARK = (
     "snow", "frost", "fog", "brightness", "contrast", "elastic_transform", "pixelate", "jpeg_compression",
 )  # fmt: skip
 EXTRA = ("speckle_noise", "gaussian_blur", "spatter", "saturate")
-SEVERITIES = (1, 2, 3, 4, 5)
 
 
 def errors_of(results: dict, prefix: str) -> dict[str, list[float]]:
@@ -76,7 +76,7 @@ def mean_corruption_error(
 ) -> dict[str, float]:
     """``<prefix>_mce`` and, with both clean errors, ``<prefix>_relative_mce``; {} when the two
     tables share none of the benchmark's corruptions."""
-    shared = [name for name in BENCHMARK if name in errors and name in reference]
+    shared = benchmark_in_both(errors, reference)
     if not shared:
         return {}
     results = {}
@@ -93,7 +93,6 @@ def mean_corruption_error(
     return results
 
 
-def shared_corruptions(results: dict, prefix: str, reference: dict[str, list[float]]) -> list[str]:
-    """The benchmark corruptions that enter ``<prefix>``'s mCE against ``reference``."""
-    errors = errors_of(results, prefix)
+def benchmark_in_both(errors: dict[str, list[float]], reference: dict[str, list[float]]) -> list[str]:
+    """The benchmark corruptions both tables hold: those that enter the mCE."""
     return [name for name in BENCHMARK if name in errors and name in reference]

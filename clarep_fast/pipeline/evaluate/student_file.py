@@ -14,7 +14,7 @@ from pathlib import Path
 from clarep_fast.pipeline.data.source import dataset_classes
 from clarep_fast.pipeline.distill.train import load_student
 from clarep_fast.pipeline.evaluate.autoattack import implementation
-from clarep_fast.pipeline.evaluate.corruption_error import read_reference, shared_corruptions
+from clarep_fast.pipeline.evaluate.corruption_error import benchmark_in_both, errors_of, read_reference
 from clarep_fast.pipeline.evaluate.robustness import (
     DETAIL_TITLES,
     EvaluateConfig,
@@ -68,6 +68,6 @@ def evaluation_text(name: str, results: dict[str, float], dataset: str, config: 
         text += f"\n{DETAIL_TITLES[group]}\n\n{markdown_table({name: results}, keys)}\n"
     if config.mce_reference and "imagenet_c_mce" in results:
         reference, _ = read_reference(config.mce_reference, "imagenet_c")
-        shared = shared_corruptions(results, "imagenet_c", reference)
+        shared = benchmark_in_both(errors_of(results, "imagenet_c"), reference)
         text += f"\nmCE against {config.mce_reference}, over {len(shared)} corruptions: {', '.join(shared)}\n"
     return text

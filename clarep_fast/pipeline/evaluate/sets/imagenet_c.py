@@ -17,11 +17,11 @@ from clarep_fast.pipeline.data.listing import list_image_folder
 from clarep_fast.pipeline.evaluate.corruption_error import (
     BENCHMARK,
     EXTRA,
-    SEVERITIES,
     errors_of,
     mean_corruption_error,
     read_reference,
 )
+from clarep_fast.pipeline.evaluate.corruptions import SEVERITIES
 from clarep_fast.pipeline.evaluate.sets.scoring import Scoring, predictions, student_indices
 
 NAME = "imagenet_c"

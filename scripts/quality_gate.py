@@ -1,6 +1,8 @@
 """Quality gate of a teacher: class-consistency of its CFG samples under an independent judge.
 
     python scripts/quality_gate.py TEACHER_DIR [--per-class 50] [--guidance 3] [--out DIR]
+    python scripts/quality_gate.py RUN_DIR --out DIR      (a train-teacher run, even one still training:
+                                                          the EMA teacher of its last checkpoint)
 
 Writes DIR/quality.json and DIR/samples_per_class.png (one row per class) and prints the result.
 The gate: ≥ 90% of the samples are labeled as their conditioning class.
@@ -19,6 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from clarep_fast.pipeline.teacher.quality import class_consistency, train_judge  # noqa: E402
 from clarep_fast.pipeline.evaluate.statistics import wilson_interval  # noqa: E402
 from clarep_fast.pipeline.teacher.load import load_teacher  # noqa: E402
+from clarep_fast.pipeline.teacher.train import export_checkpoint  # noqa: E402
 
 GATE = 0.90
 
@@ -31,6 +34,11 @@ def main() -> int:
     parser.add_argument("--steps", type=int, default=50)
     parser.add_argument("--out", type=Path, default=None, help="default: the teacher folder's parent")
     args = parser.parse_args()
+    step = None
+    if (args.teacher / "checkpoint.pt").exists():
+        if args.out is None:
+            parser.error("a run folder needs --out (the gate's files do not go into a run folder)")
+        args.teacher, step = export_checkpoint(args.teacher, args.out / "teacher")
     teacher = load_teacher(args.teacher)
     classes = teacher.num_classes
     judge, judge_accuracy = train_judge(teacher.resolution)
@@ -42,7 +50,7 @@ def main() -> int:
     grid = samples.view(classes, args.per_class, *samples.shape[1:])[:, :10].reshape(-1, *samples.shape[1:])
     save_image(grid, out / "samples_per_class.png", nrow=10)
     result = {
-        "teacher": str(args.teacher), "guidance": args.guidance, "ddim_steps": args.steps, "samples": len(samples),
+        "teacher": str(args.teacher), "checkpoint_step": step, "guidance": args.guidance, "ddim_steps": args.steps, "samples": len(samples),
         "class_consistency": score, "class_consistency_wilson95": [round(v, 4) for v in wilson_interval(round(score * len(samples)), len(samples))],
         "per_class": [round(v, 3) for v in per_class.tolist()],
         "judge_accuracy": judge_accuracy, "gate": GATE, "passed": score >= GATE,

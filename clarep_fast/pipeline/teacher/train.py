@@ -197,3 +197,23 @@ def train_teacher(
     teacher_dir = run / "teacher"
     parts.ema.save_pretrained(teacher_dir, safe_serialization=True)
     return teacher_dir
+
+
+def export_checkpoint(run_dir: str | Path, out_dir: str | Path) -> tuple[Path, int]:
+    """The EMA teacher of a train-teacher run's last checkpoint, saved as train-teacher saves its
+    final one (``out_dir``, safetensors); returns (out_dir, the checkpoint's step). Reads the run
+    folder only, so a run still training can be judged at its checkpoints."""
+    run = RunDir(run_dir, command="train-teacher")
+    config = run.existing_config()
+    if config is None or config.get("command") != "train-teacher":
+        raise ValueError(f"{run_dir} is not a train-teacher run folder (no train-teacher config.json)")
+    state = run.load_checkpoint()
+    if state is None:
+        raise ValueError(f"{run_dir} has no checkpoint yet ({RunDir.CHECKPOINT})")
+    teacher = dict(config["teacher"], channels=tuple(config["teacher"]["channels"]))
+    model = build_teacher(TeacherConfig(**teacher))
+    model.load_state_dict(state["ema"])
+    out_dir = Path(out_dir)
+    model.save_pretrained(out_dir, safe_serialization=True)
+    return out_dir, int(state["step"])
+

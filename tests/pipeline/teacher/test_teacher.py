@@ -16,7 +16,7 @@ from clarep_fast.pipeline.teacher.model import (
     noise_prediction,
     num_classes_of,
 )
-from clarep_fast.pipeline.teacher.train import TrainTeacherConfig, train_teacher
+from clarep_fast.pipeline.teacher.train import TrainTeacherConfig, export_checkpoint, train_teacher
 from clarep_fast.pipeline.runtime import Runtime
 from tests.taps_models import tiny_dit
 
@@ -92,6 +92,20 @@ def test_checkpoint_kill_resume_continues_from_the_same_step(tmp_path, teacher):
     assert log[0] == "step,loss" and [int(line.split(",")[0]) for line in log[1:]] == [1, 2, 3, 4]
     assert (tmp_path / "killed" / "samples_000004.png").exists()
     assert (tmp_path / "killed" / "teacher" / "diffusion_pytorch_model.safetensors").exists()
+    # the quality gate's view of a run: the EMA teacher of its last checkpoint (step 4, the end)
+    exported, step = export_checkpoint(tmp_path / "killed", tmp_path / "exported")
+    assert step == 4
+    for (name, a), (_, b) in zip(again.state_dict().items(), load_teacher(exported).state_dict().items()):
+        assert torch.equal(a, b), name
+
+
+def test_export_checkpoint_refuses_what_is_not_a_training_run(tmp_path):
+    with pytest.raises(ValueError, match="not a train-teacher run folder"):
+        export_checkpoint(tmp_path, tmp_path / "out")
+    train_teacher(dataclasses.replace(TINY_RUN, steps=1), tmp_path / "run", progress=False)
+    (tmp_path / "run" / "checkpoint.pt").unlink()
+    with pytest.raises(ValueError, match="has no checkpoint yet"):
+        export_checkpoint(tmp_path / "run", tmp_path / "out")
 
 
 def test_a_trained_dit_has_the_null_label_and_no_dropout_of_its_own():
@@ -100,11 +114,30 @@ def test_a_trained_dit_has_the_null_label_and_no_dropout_of_its_own():
     torch.manual_seed(0)
     model = build_teacher(TINY_DIT).train()
     assert type(model).__name__ == "DiTTransformer2DModel" and num_classes_of(model) == 10
+    with torch.no_grad():  # away from adaLN-Zero's start, where every label gives the output 0
+        for parameter in model.parameters():
+            parameter.normal_(0, 0.3)
     x, t, c = torch.randn(16, 3, 8, 8), torch.randint(0, 1000, (16,)), torch.randint(0, 10, (16,))
     first, second = noise_prediction(model, x, t, c), noise_prediction(model, x, t, c)
     assert torch.equal(first, second) and first.shape == x.shape
     with pytest.raises(ValueError, match="--patch-size 3 must divide the resolution 8"):
         TeacherConfig(resolution=8, arch="dit", patch_size=3)
+
+
+def test_a_new_dit_starts_as_adaln_zero_with_the_papers_initialization():
+    """Peebles & Xie's start: every block's modulation (shift, scale, gate) and the final layer are
+    zero, so the first output is exactly 0 and each block is the identity; the linear layers are
+    Xavier-uniform (|w| <= sqrt(6 / (fan_in + fan_out))), not PyTorch's default."""
+    torch.manual_seed(0)
+    model = build_teacher(TINY_DIT)
+    x, t, c = torch.randn(4, 3, 8, 8), torch.tensor([0, 300, 600, 999]), torch.tensor([0, 3, 9, 10])
+    assert torch.equal(noise_prediction(model, x, t, c), torch.zeros_like(x))
+    for block in model.transformer_blocks:
+        assert not block.norm1.linear.weight.any() and not block.norm1.linear.bias.any()
+    query = model.transformer_blocks[0].attn1.to_q.weight
+    bound = (6 / sum(query.shape)) ** 0.5
+    assert query.abs().max() <= bound and query.abs().max() > 0.9 * bound
+    assert query.std() > 0.8 * bound / 3**0.5  # uniform on [-bound, bound]: std bound / sqrt(3)
 
 
 def test_changed_config_in_an_existing_run_is_refused(tmp_path):

@@ -216,4 +216,3 @@ def export_checkpoint(run_dir: str | Path, out_dir: str | Path) -> tuple[Path, i
     out_dir = Path(out_dir)
     model.save_pretrained(out_dir, safe_serialization=True)
     return out_dir, int(state["step"])
-

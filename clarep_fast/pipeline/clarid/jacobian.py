@@ -24,6 +24,14 @@ already batches images), the primal forward runs once per call of this function 
 reused by every iteration), and converged images leave the batch. Angles use sin θ = σ_max((I - A A^T) B),
 accurate for small angles where arccos of a cosine near 1 is not.
 
+Starts and stopping rules (the iterative modes). ``start`` (B, N, m): directions to begin with
+(another image's top-k, a class's running subspace): the first block is orth([start, Ω]) with r - m
+random columns, instead of r random ones. ``stop = "change"`` (the default) ends when successive
+estimates differ by less than tol, so it runs at least two steps; ``stop = "residual"`` ends when
+the top-k Ritz pairs (σ_i², v_i) of JᵀJ satisfy ‖JᵀJ V_k - V_k Σ_k²‖_F / σ_1² < tol, which can end
+after one step when the start was good. The residual needs JᵀJ V_k = [JᵀJ K] W_k, and JᵀJ K is the
+pullback of the images the step has (r VJPs: the products the next step would begin with anyway).
+
 Modes: "jvp" (subspace iteration, forward-mode J v), "vjp" (the same, J v = the VJP of the linear
 map u -> J^T u, for models whose operators lack forward-mode derivatives), "krylov" (block Krylov,
 forward-mode J v), "exact" (the whole J, D × N, as D VJPs or N JVPs, whichever costs less, then
@@ -47,12 +55,16 @@ from torch import Tensor
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 MODES = ("auto", "jvp", "vjp", "krylov", "exact")
+STOPS = ("change", "residual")
 # Stopping tolerances (radians between successive top-k estimates), each the loosest whose canonical
 # samples match exact's within half an 8-bit level (1/510) with a wide margin, on the trained default
 # teacher's slowly converging down_blocks.1 layer (benchmarks/results/clarid/topk-down_blocks.1-p4-k96.md):
 # block Krylov's estimate is far closer to exact than its last step's change (1.8e-5 at 1e-2), subspace
 # iteration's is not (2.9e-3 at 1e-2, 1.1e-3 at 3e-3: over and under the threshold).
 TOLERANCES = {"krylov": 1e-2, "jvp": 3e-3, "vjp": 3e-3}
+# The residual rule's default, ‖JᵀJ V_k - V_k Σ_k²‖_F / σ_1² (not yet chosen by the samples' agreement:
+# benchmarks/clarid_topk.py measures it).
+RESIDUAL_TOLERANCE = 1e-3
 # Block Krylov steps at its default tolerance, k = 96, r = 116, measured on that layer (5 for every
 # image): the prior of auto's cost model.
 KRYLOV_STEPS = 5
@@ -93,16 +105,20 @@ def topk_right_singular(
     mode: str = "auto",
     generator: torch.Generator | None = None,
     expected_steps: int = KRYLOV_STEPS,
+    start: Tensor | None = None,
+    stop: str = "change",
 ) -> TopK:
     """Top-``k`` right singular pairs of the Jacobian of ``fn`` at every sample of ``x`` (B, ...).
 
     ``fn(x, *conditions)`` maps a batch (B, ...) to features (B, D), each row depending only on
     its own sample (true of diffusion UNets/DiTs in eval mode: GroupNorm/LayerNorm are per sample);
     ``conditions`` are per-sample inputs held fixed (timesteps, class labels), sliced with x when
-    converged images leave the batch.
+    converged images leave the batch. ``start`` and ``stop``: the module docstring (exact ignores both).
     """
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    if stop not in STOPS:
+        raise ValueError(f"stop must be one of {STOPS}, got {stop!r}")
     if not isinstance(x, Tensor) or x.dim() < 2 or x.shape[0] == 0:
         raise ValueError(f"x must be a batch (B, ...) with B >= 1, got {getattr(x, 'shape', type(x).__name__)}")
     if not x.is_floating_point():
@@ -118,6 +134,12 @@ def topk_right_singular(
             raise ValueError(
                 f"conditions[{index}] must be a tensor with leading batch dimension {batch}, got {getattr(condition, 'shape', condition)!r}"
             )
+    if start is not None and (
+        not isinstance(start, Tensor) or start.dim() != 3 or start.shape[:2] != (batch, latent) or start.shape[2] < 1
+    ):
+        raise ValueError(
+            f"start must be directions (B, N, m) = ({batch}, {latent}, m >= 1), got {getattr(start, 'shape', type(start).__name__)}"
+        )
     x = x.detach()
     with sdpa_kernel(SDPBackend.MATH), torch.enable_grad():
         linear = _Linearization(fn, x, conditions, mode)
@@ -134,10 +156,11 @@ def topk_right_singular(
             mode = linear.mode = auto_mode(latent, width, probes, expected_steps)
         if mode == "exact":
             return _exact(linear, batch, latent, width, k, features)
-        tol = TOLERANCES[mode] if tol is None else tol
+        tol = (RESIDUAL_TOLERANCE if stop == "residual" else TOLERANCES[mode]) if tol is None else tol
+        block = _first_block(batch, latent, probes, generator, x.device, start)
         if mode == "krylov":
-            return _block_krylov(linear, fn, x, conditions, k, probes, max_iters, tol, generator)
-        return _subspace_iteration(linear, fn, x, conditions, k, probes, max_iters, tol, mode, generator)
+            return _block_krylov(linear, fn, x, conditions, k, block, max_iters, tol, stop)
+        return _subspace_iteration(linear, fn, x, conditions, k, block, max_iters, tol, mode, stop)
 
 
 def exact_side(latent: int, width: int) -> str:
@@ -208,13 +231,30 @@ class _Linearization:
         return torch.func.vmap(self.pullback)(cotangents)[0]
 
 
-def _rayleigh_ritz(space, images, k, tol, step, active, vectors, values, iterations) -> Tensor:
+def _first_block(batch, latent, probes, generator, device, start) -> Tensor:
+    """(B, N, r) orthonormal float64: r Gaussian probes (drawn on the CPU from ``generator``, the same
+    draw with or without a start), the first m of them replaced by ``start``'s directions."""
+    omega = torch.randn(batch, latent, probes, generator=generator, dtype=torch.float64, device="cpu").to(device)
+    if start is not None:
+        kept = min(start.shape[2], probes)
+        omega = torch.cat([start[:, :, :kept].to(device, torch.float64), omega[:, :, kept:]], 2)
+    return torch.linalg.qr(omega).Q
+
+
+def _rayleigh_ritz(space, images, k, tol, step, active, vectors, values, iterations, pulled=None) -> Tensor:
     """The top-k Ritz pairs inside span(space) (orthonormal, (b, N, m)) from images = J space, written
-    into the active rows of vectors, values, iterations; which active images converged (their
-    estimate moved less than tol since the last step; none on the first)."""
+    into the active rows of vectors, values, iterations; which active images converged. Without
+    ``pulled``: their estimate moved less than tol since the last step (none on the first). With
+    ``pulled`` = JᵀJ space: the relative residual ‖JᵀJ V_k - V_k Σ_k²‖_F / σ_1² is below tol."""
     _, ritz_values, ritz_rotation = torch.linalg.svd(images, full_matrices=False)
-    estimate = space @ ritz_rotation[:, :k].transpose(1, 2)  # (b, N, k)
-    if step > 1:
+    rotation = ritz_rotation[:, :k].transpose(1, 2)  # (b, m, k)
+    estimate = space @ rotation  # (b, N, k)
+    if pulled is not None:
+        squares = ritz_values[:, :k] ** 2
+        residual = pulled @ rotation - estimate * squares[:, None, :]
+        scale = squares[:, :1].clamp(min=torch.finfo(squares.dtype).tiny)
+        converged = (torch.linalg.matrix_norm(residual) / scale[:, 0] < tol).cpu()
+    elif step > 1:
         converged = (principal_angle(vectors[active], estimate) < tol).cpu()
     else:
         converged = torch.zeros(len(active), dtype=torch.bool)
@@ -223,11 +263,10 @@ def _rayleigh_ritz(space, images, k, tol, step, active, vectors, values, iterati
     return converged
 
 
-def _subspace_iteration(linear: _Linearization, fn, x, conditions, k, probes, max_iters, tol, mode, generator) -> TopK:
+def _subspace_iteration(linear: _Linearization, fn, x, conditions, k, basis, max_iters, tol, mode, stop) -> TopK:
+    """``basis``: the first block (B, N, r) float64, orthonormal probes."""
     batch, shape = x.shape[0], x.shape[1:]
-    latent = math.prod(shape)
-    omega = torch.randn(batch, latent, probes, generator=generator, dtype=torch.float64, device="cpu").to(x.device)
-    basis = torch.linalg.qr(omega).Q  # (B, N, r) float64, orthonormal probes
+    latent, probes = math.prod(shape), basis.shape[2]
     vectors = torch.zeros(batch, latent, k, dtype=torch.float64, device=x.device)
     values = torch.zeros(batch, k, dtype=torch.float64, device=x.device)
     iterations = torch.zeros(batch, dtype=torch.long)
@@ -237,18 +276,30 @@ def _subspace_iteration(linear: _Linearization, fn, x, conditions, k, probes, ma
         tangents = basis.permute(2, 0, 1).reshape(probes, len(active), *shape).to(x.dtype)
         images = linear.forward_products(tangents).permute(1, 2, 0).double()  # (b, D, r) = J Q
         calls, products = calls + 1, products + probes * len(active)
-        converged = _rayleigh_ritz(basis, images, k, tol, iteration, active, vectors, values, iterations)
+        pulled = None
+        if stop == "residual":  # J^T J Q first: the residual test reads it, the next step starts from it
+            pulled = _pull(linear, images, x.dtype, latent)
+            calls, products = calls + 1, products + probes * len(active)
+        converged = _rayleigh_ritz(basis, images, k, tol, iteration, active, vectors, values, iterations, pulled)
         if iteration == max_iters or bool(converged.all()):
             break
         if converged.any():  # converged images leave: re-linearize on the rest (one forward, saves r products each)
             keep = ~converged
             active, images, basis = active[keep], images[keep], basis[keep]
+            pulled = None if pulled is None else pulled[keep]
             linear = _Linearization(fn, x[active], [condition[active] for condition in conditions], mode)
             calls, products = calls + 1, products + len(active)
-        pulled = linear.backward_products(images.permute(2, 0, 1).to(x.dtype))  # (r, b, ...) = J^T J Q
-        calls, products = calls + 1, products + probes * len(active)
-        basis = torch.linalg.qr(pulled.reshape(probes, len(active), latent).permute(1, 2, 0).double()).Q
+        if pulled is None:
+            pulled = _pull(linear, images, x.dtype, latent)  # (b, N, r) = J^T J Q
+            calls, products = calls + 1, products + probes * len(active)
+        basis = torch.linalg.qr(pulled).Q
     return TopK(vectors.to(x.dtype), values.to(x.dtype), iterations, calls, products)
+
+
+def _pull(linear: _Linearization, images: Tensor, dtype: torch.dtype, latent: int) -> Tensor:
+    """J^T of images (b, D, r) as (b, N, r) float64: r VJPs per image through the stored pullback."""
+    pulled = linear.backward_products(images.permute(2, 0, 1).to(dtype))  # (r, b, ...)
+    return pulled.reshape(images.shape[2], images.shape[0], latent).permute(1, 2, 0).double()
 
 
 def _orthogonal_block(block: Tensor, basis: Tensor) -> Tensor:
@@ -262,15 +313,15 @@ def _orthogonal_block(block: Tensor, basis: Tensor) -> Tensor:
     return block
 
 
-def _block_krylov(linear: _Linearization, fn, x, conditions, k, probes, max_iters, tol, generator) -> TopK:
+def _block_krylov(linear: _Linearization, fn, x, conditions, k, block, max_iters, tol, stop) -> TopK:
     """Block Krylov over J^T J (module docstring): after step i an image's space holds i blocks of r
     orthonormal probes, their images J K, and the Ritz estimate of the top k from an SVD of J K.
-    Converged images leave the batch (one new forward for the rest, as in subspace iteration)."""
+    Converged images leave the batch (one new forward for the rest, as in subspace iteration).
+    ``block``: the first block (B, N, r) float64 orthonormal; under the residual rule the space's
+    pullbacks J^T J K are kept beside it."""
     batch, shape = x.shape[0], x.shape[1:]
-    latent = math.prod(shape)
-    omega = torch.randn(batch, latent, probes, generator=generator, dtype=torch.float64, device="cpu").to(x.device)
-    block = torch.linalg.qr(omega).Q  # (b, N, r) the newest block of the still active images
-    space = images = None  # K (b, N, m) and J K (b, D, m)
+    latent, probes = math.prod(shape), block.shape[2]
+    space = images = pulled_space = None  # K (b, N, m), J K (b, D, m), J^T J K (b, N, m)
     vectors = torch.zeros(batch, latent, k, dtype=torch.float64, device=x.device)
     values = torch.zeros(batch, k, dtype=torch.float64, device=x.device)
     iterations = torch.zeros(batch, dtype=torch.long)
@@ -282,15 +333,25 @@ def _block_krylov(linear: _Linearization, fn, x, conditions, k, probes, max_iter
         calls, products = calls + 1, products + probes * len(active)
         space = block if space is None else torch.cat([space, block], 2)
         images = image if images is None else torch.cat([images, image], 2)
-        converged = _rayleigh_ritz(space, images, k, tol, step, active, vectors, values, iterations)  # over all of K
+        pulled = None
+        if stop == "residual":  # J^T J Q_i first: the residual test reads it, the next block is made of it
+            pulled = _pull(linear, image, x.dtype, latent)
+            calls, products = calls + 1, products + probes * len(active)
+            pulled_space = pulled if pulled_space is None else torch.cat([pulled_space, pulled], 2)
+        converged = _rayleigh_ritz(  # over all of K
+            space, images, k, tol, step, active, vectors, values, iterations, pulled_space
+        )
         if bool(converged.all()) or step == max_iters or space.shape[2] + probes > latent:
             break
         if converged.any():
             keep = ~converged
             active, space, images, image = active[keep], space[keep], images[keep], image[keep]
+            if pulled is not None:
+                pulled, pulled_space = pulled[keep], pulled_space[keep]
             linear = _Linearization(fn, x[active], [condition[active] for condition in conditions], "jvp")
             calls, products = calls + 1, products + len(active)
-        pulled = linear.backward_products(image.permute(2, 0, 1).to(x.dtype))  # (r, b, ...) = J^T J Q_i
-        calls, products = calls + 1, products + probes * len(active)
-        block = _orthogonal_block(pulled.reshape(probes, len(active), latent).permute(1, 2, 0).double(), space)
+        if pulled is None:
+            pulled = _pull(linear, image, x.dtype, latent)  # (b, N, r) = J^T J Q_i
+            calls, products = calls + 1, products + probes * len(active)
+        block = _orthogonal_block(pulled, space)
     return TopK(vectors.to(x.dtype), values.to(x.dtype), iterations, calls, products)

@@ -158,6 +158,75 @@ def test_block_krylov_matches_exact_on_a_slowly_decaying_spectrum_with_a_third_o
     assert ((clareps[1] - clareps[0]).norm(dim=1) / clareps[0].norm(dim=1)).max() < 3e-3
 
 
+class Drifting(nn.Module):
+    """f(x) = tanh(A x) on N = 256 inputs, D = 384 outputs, A with a slowly decaying spectrum and
+    inputs large enough to saturate: J = diag(1 - tanh²(A x)) A, so each image's top-k subspace is
+    its own (a sibling's shares part of it but misses some directions entirely: largest principal
+    angles 1.4–1.57 rad)."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = Spectral(decay=0.985).a
+
+    def forward(self, x):
+        return torch.tanh(x.flatten(1) @ self.a.T)
+
+
+def _drifting_problem(k=16):
+    net = Drifting()
+    x = 8 * torch.randn(4, 1, 16, 16, dtype=torch.float64, generator=torch.Generator().manual_seed(5))
+    return net, x, k, topk_right_singular(net, x, k, mode="exact")
+
+
+def test_the_drifting_network_moves_the_subspace_between_images():
+    """The test network of the starts: a sibling's exact top-k is a start, not the answer."""
+    _, _, _, exact = _drifting_problem()
+    sibling = exact.vectors.roll(1, 0)
+    assert 0.1 < principal_angle(exact.vectors, sibling).min() < 1.5
+
+
+@pytest.mark.parametrize("mode", ["krylov", "jvp"])
+def test_the_residual_rule_matches_exact_and_its_residual_bounds_the_error(mode):
+    """stop="residual" against the float64 SVD: directions, values and CLAReps; a tighter tolerance
+    gives an answer at least as close."""
+    from clarep_fast.ops.project_out import project_out
+
+    net, x, k, exact = _drifting_problem()
+    angles = []
+    for tol in (1e-3, 1e-6):
+        found = topk_right_singular(net, x, k, mode=mode, stop="residual", tol=tol, max_iters=200,
+                                    generator=torch.Generator().manual_seed(0))  # fmt: skip
+        angles.append(principal_angle(exact.vectors, found.vectors).max())
+        assert ((found.values - exact.values).abs() / exact.values).max() < 10 * tol
+    assert angles[1] <= angles[0] and angles[1] < 1e-3
+    clareps = [project_out(x.flatten(1), v) for v in (exact.vectors, found.vectors)]
+    assert ((clareps[1] - clareps[0]).norm(dim=1) / clareps[0].norm(dim=1)).max() < 1e-4
+
+
+@pytest.mark.parametrize("mode", ["krylov", "jvp"])
+def test_a_start_at_the_answer_stops_after_one_step_under_the_residual_rule(mode):
+    net, x, k, exact = _drifting_problem()
+    found = topk_right_singular(net, x, k, mode=mode, stop="residual", tol=1e-6, start=exact.vectors,
+                                generator=torch.Generator().manual_seed(0))  # fmt: skip
+    assert (found.iterations == 1).all()
+    assert principal_angle(exact.vectors, found.vectors).max() < 1e-6
+    probes = k + 10  # one step: r J v and r J^T u per image, after the primal forward
+    assert found.products == 4 * (1 + 2 * probes)
+    under_change = topk_right_singular(net, x, k, mode=mode, tol=1e-6, start=exact.vectors,
+                                       generator=torch.Generator().manual_seed(0))  # fmt: skip
+    assert (under_change.iterations >= 2).all()  # two successive estimates: never fewer than 2 steps
+
+
+@pytest.mark.parametrize("stop", ["change", "residual"])
+def test_a_siblings_subspace_as_start_still_finds_each_images_own(stop):
+    """The start is only a start: from another image's exact top-k the answer is the image's own."""
+    net, x, k, exact = _drifting_problem()
+    found = topk_right_singular(net, x, k, mode="krylov", stop=stop, tol=1e-6, max_iters=200,
+                                start=exact.vectors.roll(1, 0), generator=torch.Generator().manual_seed(0))  # fmt: skip
+    assert principal_angle(exact.vectors, found.vectors).max() < 1e-3
+    assert ((found.values - exact.values).abs() / exact.values).max() < 1e-5
+
+
 @pytest.mark.parametrize(
     "k,kwargs,match",
     [
@@ -167,6 +236,9 @@ def test_block_krylov_matches_exact_on_a_slowly_decaying_spectrum_with_a_third_o
         (3, {"mode": "power"}, "mode must be one of"),
         (3, {"conditions": (torch.ones(2),)}, "conditions\\[0\\] must be a tensor with leading batch dimension 5"),
         (3, {"tol": 0.0}, "tol > 0"),
+        (3, {"stop": "never"}, "stop must be one of"),
+        (3, {"start": torch.randn(5, 71, 3)}, r"start must be directions \(B, N, m\) = \(5, 72, m >= 1\)"),
+        (3, {"start": torch.randn(72, 3)}, "start must be directions"),
     ],
 )
 def test_bad_arguments_raise_clear_errors(k, kwargs, match):

@@ -1,7 +1,7 @@
 """The top-k methods of CLARID side by side on the trained default teacher, at the search's settings:
 products, seconds and agreement with the exact top-k, per CLARep.
 
-    python benchmarks/clarid_topk.py [--layer down_blocks.1 --pool 4] [--images 8] [-k 96]
+    python benchmarks/clarid_topk.py [--teacher default] [--layer down_blocks.1 --pool 4] [--images 8] [-k 96]
 
 The Jacobian problem is the search's (benchmarks/clarid_vs_park.py: x_{t_e} from the generative
 route, the tap's pooled features). Methods, each on the same images in batches of --batch:
@@ -10,12 +10,16 @@ route, the tap's pooled features). Methods, each on the same images in batches o
   subspace      randomized subspace iteration, forward mode (the search's iterative method before)
   krylov        block Krylov (Musco & Musco 2015)
   auto          the search's default: the cheaper of exact and krylov by predicted products
-the iterative ones at each --tols and --oversamples. Agreement with exact, per image: the CLARep's
+the iterative ones at each --tols and --oversamples, and block Krylov under the residual stopping
+rule at each --residual-tols, from random probes and from a sibling's subspace (image i starts from
+image i+1's exact top-k, another class: what a warm start from earlier work in a shard can give at
+best when the classes differ). Agreement with exact, per image: the CLARep's
 relative L2 difference ‖x' − x'_exact‖ / ‖x'_exact‖ (x' = x_{t_e} with the k directions projected
 out and its norm restored, as the search writes it), the canonical sample's largest absolute pixel
 difference after the DDIM steps to t = 0 (images in [0, 1]: below 1/510, half an 8-bit level, the
 saved samples are the same images), and the largest principal angle. Writes
-benchmarks/results/clarid/topk-<layer>-p<pool>-k<k>.{json,md}.
+benchmarks/results/clarid/topk-<layer>-p<pool>-k<k>.{json,md} (topk-<teacher>-... for a teacher other
+than the embedded UNet; --layer auto is written as the layer it resolves to).
 """
 
 from __future__ import annotations
@@ -39,13 +43,15 @@ import clarep_fast.pipeline.clarid.jacobian as jacobian  # noqa: E402
 from clarep_fast.ops.project_out import project_out  # noqa: E402
 from clarep_fast.pipeline.clarid.jacobian import principal_angle, topk_right_singular  # noqa: E402
 from clarep_fast.pipeline.clarid.config import SearchConfig, split_steps  # noqa: E402
+from clarep_fast.pipeline.clarid.setup import with_layers  # noqa: E402
 from clarep_fast.pipeline.teacher.ddim import ddim_move, time_grid  # noqa: E402
 from clarep_fast.pipeline.teacher.load import load_teacher  # noqa: E402
 
 
-def run_method(features, start, times, labels, k, batch, side=None, **options):
+def run_method(features, start, times, labels, k, batch, side=None, directions=None, **options):
     """(vectors, values, iterations, products, seconds) over the images in batches; ``side``: exact
-    forced to form J by its rows (D VJPs) or its columns (N JVPs) whatever the costs say."""
+    forced to form J by its rows (D VJPs) or its columns (N JVPs) whatever the costs say;
+    ``directions`` (B, N, m): the iterative method's start per image."""
     began = time.perf_counter()
     vectors, values, iterations, products = [], [], [], 0
     for first in range(0, len(start), batch):
@@ -58,6 +64,7 @@ def run_method(features, start, times, labels, k, batch, side=None, **options):
                 k,
                 conditions=conditions,
                 generator=torch.Generator().manual_seed(first),
+                start=None if directions is None else directions[part],
                 **options,
             )
         else:
@@ -72,22 +79,27 @@ def run_method(features, start, times, labels, k, batch, side=None, **options):
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--layer", default="down_blocks.1")
+    parser.add_argument(
+        "--teacher", default="default", help="a --teacher value of search (default-dit: the embedded DiT)"
+    )
+    parser.add_argument("--layer", default="down_blocks.1", help="a layer name, or auto (the teacher's search layer)")
     parser.add_argument("--pool", type=int, default=4)
     parser.add_argument("-k", type=int, default=SearchConfig().k)
     parser.add_argument("--images", type=int, default=8)
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--tols", type=float, nargs="+", default=[1e-2, 3e-3, 1e-3])
     parser.add_argument("--oversamples", type=int, nargs="+", default=[SearchConfig().oversample])
+    parser.add_argument("--residual-tols", type=float, nargs="*", default=[1e-2, 3e-3, 1e-3])
     parser.add_argument("--max-iters", type=int, default=SearchConfig().max_iters)
     parser.add_argument("--iterative", nargs="+", default=["subspace", "krylov"], choices=["subspace", "krylov"])
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results" / "clarid")
     args = parser.parse_args()
     torch.set_num_threads(1)  # one core per process: the machine is shared, and the ratios are what is read
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    config = SearchConfig(layer=args.layer, pool=args.pool, k=args.k)
+    teacher = load_teacher(args.teacher).to(device).requires_grad_(False)
+    config = with_layers(SearchConfig(teacher=args.teacher, layer=args.layer, pool=args.pool, k=args.k), teacher)
+    args.layer = config.layer
     features, start, times, labels = search_problem(config, args.images, device, torch.Generator().manual_seed(0))
-    teacher = load_teacher("default").to(device).requires_grad_(False)
     steps_total = teacher.schedule.num_train_timesteps
     grid = time_grid(config.t_e, -1, split_steps(config, steps_total)[1], steps_total)
     latent, width = start[0].numel(), features(start[:1], times[:1], labels[:1]).shape[1]
@@ -113,12 +125,19 @@ def main() -> None:
                         {"mode": mode, "tol": tol, "oversample": oversample, "max_iters": args.max_iters},
                     )
                 )
+    for oversample in args.oversamples:
+        for tol in args.residual_tols:
+            for begin in ("random", "sibling"):
+                options = {"mode": "krylov", "stop": "residual", "tol": tol, "oversample": oversample}
+                methods.append((f"krylov residual p={oversample} tol={tol:g} start={begin}",
+                                {**options, "max_iters": args.max_iters, "_start": begin}))  # fmt: skip
     run_method(features, start[:1], times[:1], labels[:1], args.k, 1, mode="krylov", max_iters=2)  # warm-up, untimed
     rows, reference = [], None
     for name, options in methods:
-        side = options.pop("_side", None)
+        side, begin = options.pop("_side", None), options.pop("_start", "random")
+        directions = reference[0].roll(-1, 0) if begin == "sibling" else None  # image i+1's exact top-k
         vectors, values, iterations, products, seconds = run_method(
-            features, start, times, labels, args.k, args.batch, side=side, **options
+            features, start, times, labels, args.k, args.batch, side=side, directions=directions, **options
         )
         clarep, sample = outcome(vectors)
         if reference is None:
@@ -139,7 +158,7 @@ def main() -> None:
         }
         rows.append(row)
         print(json.dumps(row))
-    stem = f"topk-{args.layer}-p{args.pool}-k{args.k}"
+    stem = f"topk-{'' if args.teacher == 'default' else args.teacher + '-'}{args.layer}-p{args.pool}-k{args.k}"
     args.out.mkdir(parents=True, exist_ok=True)
     meta = {
         "device": device_name(device),
@@ -150,14 +169,15 @@ def main() -> None:
         "images": args.images,
         "batch": args.batch,
         "k": args.k,
+        "teacher": args.teacher,
         "layer": args.layer,
         "pool": args.pool,
     }
     (args.out / f"{stem}.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
     lines = [
-        f"# CLARID top-k methods: {args.layer} pooled {args.pool}×{args.pool} (D = {width}), N = {latent}, k = {args.k}",
+        f"# CLARID top-k methods: teacher {args.teacher}, {args.layer} pooled {args.pool}×{args.pool} (D = {width}), N = {latent}, k = {args.k}",
         "",
-        f"`python benchmarks/clarid_topk.py --layer {args.layer} --pool {args.pool} -k {args.k} --images {args.images}` "
+        f"`python benchmarks/clarid_topk.py --teacher {args.teacher} --layer {args.layer} --pool {args.pool} -k {args.k} --images {args.images}` "
         f"on {meta['device']} (git {meta['git']}); per CLARep, agreement against `exact`.",
         "",
         "| method | products | seconds | iterations (median, range) | CLARep rel. L2 (median / max) | sample max pixel diff | angle max (rad) |",

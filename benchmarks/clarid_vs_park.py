@@ -44,12 +44,14 @@ ACCURACY = 0.01  # radians
 
 
 def search_problem(config: SearchConfig, images: int, device: str, generator: torch.Generator):
-    """The search's Jacobian problem on the default teacher: (features(z, t, c) -> (B, D), latents
-    x_{t_e} from the generative route, their times, their classes (image i has class i mod 10))."""
-    teacher = load_teacher("default").to(device).requires_grad_(False)
+    """The search's Jacobian problem on config.teacher (the embedded UNet by default): (features(z, t, c)
+    -> (B, D), latents x_{t_e} from the generative route, their times, their classes (image i has
+    class i mod K))."""
+    teacher = load_teacher(config.teacher).to(device).requires_grad_(False)
     last = teacher.schedule.num_train_timesteps - 1
-    labels = (torch.arange(images) % 10).to(device)
-    noise = torch.randn(images, 3, 16, 16, generator=generator).to(device)
+    labels = (torch.arange(images) % teacher.num_classes).to(device)
+    side = teacher.resolution
+    noise = torch.randn(images, 3, side, side, generator=generator).to(device)
     start = ddim_move(
         teacher,
         noise,

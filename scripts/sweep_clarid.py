@@ -1,8 +1,9 @@
 """How t_e and k shape the CLAReps of a teacher: the measurement behind the search defaults.
 
     python scripts/sweep_clarid.py [--count 60] [--out docs/runs/clarid]
+    python scripts/sweep_clarid.py --teacher default-dit -k 24 48 96 192 --out docs/runs/clarid-dit
 
-For each (t_e, k, rescale) it runs a small search and reports, for canonical vs ordinary samples of
+For each (t_e, k, rescale) (the settings below, or t_e 600 with rescale at each -k) it runs a small search and reports, for canonical vs ordinary samples of
 the same starting latents: class-consistency under the quality-gate judge (trained on real digits
 with class-independent backgrounds), the within-class background-color spread, and the NMI of
 k-means on the teacher's features (all cached layers). Writes OUT/sweep.md and OUT/sweep.json.
@@ -38,13 +39,21 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--count", type=int, default=60)
     parser.add_argument("--out", type=Path, default=Path("docs/runs/clarid"))
+    parser.add_argument("--teacher", default="default", help="a --teacher value of search")
+    parser.add_argument("-k", type=int, nargs="+", default=None, help="sweep only k (t_e 600, rescale)")
     args = parser.parse_args()
+    settings = SETTINGS if args.k is None else [(600, k, True) for k in args.k]
     judge, judge_accuracy = train_judge()
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        for t_e, k, rescale in SETTINGS:
+        for t_e, k, rescale in settings:
             config = dataclasses.replace(
-                SearchConfig(), t_e=t_e, k=k, rescale=rescale, count=args.count, shard_size=args.count
+                SearchConfig(teacher=args.teacher),
+                t_e=t_e,
+                k=k,
+                rescale=rescale,
+                count=args.count,
+                shard_size=args.count,
             )
             bank_dir = run_search(config, Path(tmp) / f"t{t_e}-k{k}-{rescale}", progress=False)
             bank = load_bank(bank_dir)
@@ -54,12 +63,13 @@ def main() -> int:
                     kind: float((judge((images.clamp(-1, 1) + 1) / 2).argmax(1) == bank.classes).float().mean())
                     for kind, images in (("ordinary", bank.ordinary_samples), ("canonical", bank.samples))
                 }
+            layer = json.loads((bank_dir / "config.json").read_text())["layer"]
             row = {"t_e": t_e, "k": k, "rescale": rescale, "consistency": consistency, "background_spread": summary["background_spread"],
-                   "nmi_all_layers": summary["nmi"]["all layers"], "seconds": summary["search_seconds_rank0"]}  # fmt: skip
+                   "nmi_all_layers": summary["nmi"]["all layers"], "seconds": summary["search_seconds_rank0"], "layer": layer}  # fmt: skip
             print(row, flush=True)
             rows.append(row)
-    lines = [f"Judge accuracy on real test digits: {judge_accuracy}. {args.count} CLAReps per setting (generative route, guidance 3, "
-             "30 DDIM steps, layer mid_block pooled 2×2); each cell is ordinary → canonical.", "",
+    lines = [f"Teacher {args.teacher}. Judge accuracy on real test digits: {judge_accuracy}. {args.count} CLAReps per setting "
+             f"(generative route, guidance 3, 30 DDIM steps, layer {rows[0]['layer']} pooled 2×2); each cell is ordinary → canonical.", "",
              "| t_e | k | rescale | class-consistency | background spread | NMI (all layers) | search s |", "|---|---|---|---|---|---|---|"]  # fmt: skip
     for row in rows:
         c, b, n = row["consistency"], row["background_spread"], row["nmi_all_layers"]

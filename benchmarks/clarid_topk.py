@@ -80,7 +80,9 @@ def run_method(features, start, times, labels, k, batch, side=None, directions=N
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument(
-        "--teacher", default="default", help="a --teacher value of search (default-dit: the embedded DiT)"
+        "--teacher",
+        default="default",
+        help="a --teacher value of search (a DiT too: --layer auto takes its middle block)",
     )
     parser.add_argument("--layer", default="down_blocks.1", help="a layer name, or auto (the teacher's search layer)")
     parser.add_argument("--pool", type=int, default=4)

@@ -18,12 +18,10 @@ from torchvision.utils import save_image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from clarep_fast.pipeline.teacher.quality import class_consistency, train_judge  # noqa: E402
+from clarep_fast.pipeline.teacher.quality import GATE, class_consistency, passes_gate, train_judge  # noqa: E402
 from clarep_fast.pipeline.evaluate.statistics import wilson_interval  # noqa: E402
 from clarep_fast.pipeline.teacher.load import load_teacher  # noqa: E402
 from clarep_fast.pipeline.teacher.train import export_checkpoint  # noqa: E402
-
-GATE = 0.90
 
 
 def main() -> int:
@@ -45,21 +43,23 @@ def main() -> int:
     score, per_class, samples = class_consistency(
         teacher, judge, per_class=args.per_class, guidance=args.guidance, steps=args.steps
     )
+    correct = round(score * len(samples))
+    passed = passes_gate(correct, len(samples))
     out = args.out or args.teacher.parent
     out.mkdir(parents=True, exist_ok=True)
     grid = samples.view(classes, args.per_class, *samples.shape[1:])[:, :10].reshape(-1, *samples.shape[1:])
     save_image(grid, out / "samples_per_class.png", nrow=10)
     result = {
         "teacher": str(args.teacher), "checkpoint_step": step, "guidance": args.guidance, "ddim_steps": args.steps, "samples": len(samples),
-        "class_consistency": score, "class_consistency_wilson95": [round(v, 4) for v in wilson_interval(round(score * len(samples)), len(samples))],
+        "class_consistency": score, "class_consistency_wilson95": [round(v, 4) for v in wilson_interval(correct, len(samples))],
         "per_class": [round(v, 3) for v in per_class.tolist()],
-        "judge_accuracy": judge_accuracy, "gate": GATE, "passed": score >= GATE,
+        "judge_accuracy": judge_accuracy, "gate": float(GATE), "passed": passed,
     }  # fmt: skip
     temporary = out / ".quality.json.tmp"
     temporary.write_text(json.dumps(result, indent=1))
     os.replace(temporary, out / "quality.json")
     print(json.dumps(result, indent=1))
-    return 0 if score >= GATE else 1
+    return 0 if passed else 1
 
 
 if __name__ == "__main__":

@@ -238,3 +238,13 @@ def test_training_streams_a_folder_dataset_through_workers(tmp_path):
         RunDir(tmp_path / "inline", command="train-teacher").path.joinpath("config.json").read_text().count("stripes")
         == 1
     )
+
+
+def test_the_quality_gate_compares_counts_exactly():
+    """450 of 500 is 90%: it passes (a float32 mean read it as 0.89999998 and failed it); 449 does not."""
+    from clarep_fast.pipeline.teacher.quality import passes_gate
+
+    assert passes_gate(450, 500) and passes_gate(500, 500) and not passes_gate(449, 500)
+    assert passes_gate(9, 10) and not passes_gate(8, 10)
+    score = torch.cat([torch.ones(450), torch.zeros(50)]).double().mean().item()  # as class_consistency reads it
+    assert round(score * 500) == 450 and passes_gate(round(score * 500), 500)

@@ -1,7 +1,7 @@
 """How t_e and k shape the CLAReps of a teacher: the measurement behind the search defaults.
 
     python scripts/sweep_clarid.py [--count 60] [--out docs/runs/clarid]
-    python scripts/sweep_clarid.py --teacher runs/teacher-dit/teacher -k 24 48 96 192 --out docs/runs/clarid-dit
+    python scripts/sweep_clarid.py --teacher runs/teacher-dit/teacher -k 24 48 96 192 --out runs/clarid-dit
 
 For each (t_e, k, rescale) (the settings below, or t_e 600 with rescale at each -k) it runs a small search and reports, for canonical vs ordinary samples of
 the same starting latents: class-consistency under the quality-gate judge (trained on real digits

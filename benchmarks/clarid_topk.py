@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import statistics
 import sys
 import time
@@ -160,7 +161,8 @@ def main() -> None:
         }
         rows.append(row)
         print(json.dumps(row))
-    stem = f"topk-{'' if args.teacher == 'default' else args.teacher + '-'}{args.layer}-p{args.pool}-k{args.k}"
+    tag = "" if args.teacher == "default" else re.sub(r"[^\w.-]+", "_", args.teacher) + "-"  # a folder path: one name
+    stem = f"topk-{tag}{args.layer}-p{args.pool}-k{args.k}"
     args.out.mkdir(parents=True, exist_ok=True)
     meta = {
         "device": device_name(device),

@@ -29,7 +29,9 @@ Starts and stopping rules (the iterative modes). ``start`` (B, N, m): directions
 random columns, instead of r random ones. ``stop = "change"`` (the default) ends when successive
 estimates differ by less than tol, so it runs at least two steps; ``stop = "residual"`` ends when
 the top-k Ritz pairs (σ_i², v_i) of JᵀJ satisfy ‖JᵀJ V_k - V_k Σ_k²‖_F / σ_1² < tol, which can end
-after one step when the start was good. The residual needs JᵀJ V_k = [JᵀJ K] W_k, and JᵀJ K is the
+after one step when the start was good, but alone it can be fooled: a small residual certifies
+Ritz pairs near some singular pairs, not the top k (on the trained DiT a sibling's start stopped
+after 2 steps 1.1 rad from exact: docs/clarid.md), so it is not a default. The residual needs JᵀJ V_k = [JᵀJ K] W_k, and JᵀJ K is the
 pullback of the images the step has (r VJPs: the products the next step would begin with anyway).
 
 Modes: "jvp" (subspace iteration, forward-mode J v), "vjp" (the same, J v = the VJP of the linear

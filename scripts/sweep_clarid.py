@@ -63,7 +63,7 @@ def main() -> int:
                     kind: float((judge((images.clamp(-1, 1) + 1) / 2).argmax(1) == bank.classes).float().mean())
                     for kind, images in (("ordinary", bank.ordinary_samples), ("canonical", bank.samples))
                 }
-            layer = json.loads((bank_dir / "config.json").read_text())["layer"]
+            layer = bank.config["layer"]
             row = {"t_e": t_e, "k": k, "rescale": rescale, "consistency": consistency, "background_spread": summary["background_spread"],
                    "nmi_all_layers": summary["nmi"]["all layers"], "seconds": summary["search_seconds_rank0"], "layer": layer}  # fmt: skip
             print(row, flush=True)

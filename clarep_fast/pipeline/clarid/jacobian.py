@@ -254,8 +254,8 @@ def _rayleigh_ritz(space, images, k, tol, step, active, vectors, values, iterati
     if pulled is not None:
         squares = ritz_values[:, :k] ** 2
         residual = pulled @ rotation - estimate * squares[:, None, :]
-        scale = squares[:, :1].clamp(min=torch.finfo(squares.dtype).tiny)
-        converged = (torch.linalg.matrix_norm(residual) / scale[:, 0] < tol).cpu()
+        scale = squares[:, 0].clamp(min=torch.finfo(squares.dtype).tiny)  # σ_1²; J = 0 converges at once
+        converged = (torch.linalg.matrix_norm(residual) / scale < tol).cpu()
     elif step > 1:
         converged = (principal_angle(vectors[active], estimate) < tol).cpu()
     else:

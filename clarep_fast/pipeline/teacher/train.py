@@ -5,6 +5,9 @@ One step (Ho et al. 2020; Ho & Salimans 2022):
      probability label_dropout (this is what makes classifier-free guidance possible);
   2. t ~ U{0..T-1}, ε ~ N(0, I), x_t = sqrt(ā_t) x_0 + sqrt(1 - ā_t) ε;
   3. loss = ‖ε_θ(x_t, t, c) - ε‖², AdamW step; EMA of the weights (the EMA model is the teacher).
+The learning rate is constant, then (with cooldown_steps > 0) falls linearly to 0 over the last
+cooldown_steps steps, the cooldown of a warmup-stable-decay schedule (Hägele et al. 2024): a run
+trained at a constant rate can be extended by a cooldown and end at a lower loss.
 Batches and noise come from a generator seeded by (seed, step), so a resumed run continues exactly.
 
 Run folder: config.json (resolved config), loss.csv (cut back to the checkpoint's step on resume),
@@ -16,6 +19,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,6 +45,9 @@ class TrainTeacherConfig:
     steps: int = option(10000, "training steps in all (a rerun may raise or lower it)", low=1)
     batch_size: int = option(128, "images per step", low=1)
     learning_rate: float = option(2e-4, "AdamW learning rate", low=0, low_open=True)
+    cooldown_steps: int = option(
+        0, "the last steps, over which the learning rate falls linearly to 0 (0: constant throughout)", low=0
+    )
     label_dropout: float = option(
         0.1, "probability of the null label (what makes CFG possible)", low=0, high=1, high_open=True
     )
@@ -57,6 +64,36 @@ class TrainTeacherConfig:
 
     def __post_init__(self):
         check_ranges(self)
+        if self.cooldown_steps > self.steps:
+            raise ValueError(f"--cooldown-steps {self.cooldown_steps} is more than --steps {self.steps}")
+
+
+def learning_rate_at(learning_rate: float, steps: int, cooldown_steps: int, step: int) -> float:
+    """The rate of the update at ``step`` (0-based): constant, then linear to 0 over the last
+    ``cooldown_steps`` (the last update gets learning_rate / cooldown_steps)."""
+    if cooldown_steps == 0:
+        return learning_rate
+    return learning_rate * min(1.0, (steps - step) / cooldown_steps)
+
+
+def _check_schedule(run: RunDir, config: TrainTeacherConfig) -> None:
+    """A run may be extended, cut short or given a cooldown (``may_change``) only where the steps it
+    has trained keep their learning rates: else the resumed run is no run of the new config."""
+    old = run.existing_config()
+    state = run.load_checkpoint() if old is not None else None
+    if state is None:
+        return
+    # the schedule's shape (the rate itself may not change: claim refuses that by name)
+    old_rate = functools.partial(learning_rate_at, 1.0, old["steps"], old.get("cooldown_steps", 0))
+    new_rate = functools.partial(learning_rate_at, 1.0, config.steps, config.cooldown_steps)
+    trained = int(state["step"])
+    changed = next((step for step in range(trained) if old_rate(step) != new_rate(step)), None)
+    if changed is not None:
+        raise ValueError(
+            f"{run.path} has trained {trained} steps, and --steps {config.steps} --cooldown-steps "
+            f"{config.cooldown_steps} changes the learning rate of step {changed + 1} (the cooldown would begin "
+            f"before the checkpoint); use a new folder, or a cooldown that begins at step {trained} or later"
+        )
 
 
 def _sample_grid(model, config: TrainTeacherConfig, path: Path) -> None:
@@ -130,7 +167,7 @@ def _train_step(parts: _Parts, config: TrainTeacherConfig, step: int, x0: Tensor
 
 
 def _update(parts: _Parts, loss: Tensor, ema_decay: float) -> None:
-    """The AdamW step on ``loss`` and the EMA of the weights."""
+    """The AdamW step on ``loss`` (at the rate already set) and the EMA of the weights."""
     parts.optimizer.zero_grad(set_to_none=True)
     loss.backward()
     parts.optimizer.step()
@@ -160,7 +197,7 @@ def train_teacher(
 ) -> Path:
     """Train (or resume) in ``run_dir``; returns the folder of the saved EMA teacher."""
     # a run may be extended or cut short (and, as every run, move to another device or worker count)
-    run = RunDir(run_dir, command="train-teacher", may_change=("steps",))
+    run = RunDir(run_dir, command="train-teacher", may_change=("steps", "cooldown_steps"))
     resolution = resolve(config.data)
     train = load_splits(config.data, resolution)["train"]
     classes = len(train.classes)
@@ -171,6 +208,8 @@ def train_teacher(
     )
     parts = _build(config, runtime.torch_device)
     # after everything that can refuse the config: a refused start leaves no folder
+    run.lock()
+    _check_schedule(run, config)
     run.claim({**as_json(config), "classes": train.classes})
     start = run.restore({"model": parts.model, "ema": parts.ema, "optimizer": parts.optimizer}, counter="step")
     _keep_logged_steps(run / "loss.csv", start)  # steps after the checkpoint are trained (and logged) again
@@ -190,6 +229,8 @@ def train_teacher(
             loss = _train_step(parts, config, step, x0, c, len(train))
             value = loss.item()
             run.check_loss(value, step + 1)
+            for group in parts.optimizer.param_groups:
+                group["lr"] = learning_rate_at(config.learning_rate, config.steps, config.cooldown_steps, step)
             _update(parts, loss, config.ema_decay)
             loss_log.write(f"{step + 1},{value:.6f}\n")
             bar.set_postfix(loss=f"{value:.4f}", refresh=False)

@@ -16,7 +16,7 @@ from clarep_fast.pipeline.teacher.model import (
     noise_prediction,
     num_classes_of,
 )
-from clarep_fast.pipeline.teacher.train import TrainTeacherConfig, export_checkpoint, train_teacher
+from clarep_fast.pipeline.teacher.train import TrainTeacherConfig, export_checkpoint, learning_rate_at, train_teacher
 from clarep_fast.pipeline.runtime import Runtime
 from tests.taps_models import tiny_dit
 
@@ -97,6 +97,32 @@ def test_checkpoint_kill_resume_continues_from_the_same_step(tmp_path, teacher):
     assert step == 4
     for (name, a), (_, b) in zip(again.state_dict().items(), load_teacher(exported).state_dict().items()):
         assert torch.equal(a, b), name
+
+
+def test_a_constant_rate_run_extended_by_a_cooldown_is_the_cooldown_run(tmp_path):
+    """Steps 1-2 at the full rate, then a cooldown over steps 3-4 (rates lr, lr/2): the run trained
+    at a constant rate to step 2 and extended with the cooldown is the run planned that way."""
+    planned = dataclasses.replace(TINY_RUN, learning_rate=1e-3, cooldown_steps=2)
+    rates = [learning_rate_at(1e-3, 4, 2, step) for step in range(4)]
+    assert rates == [1e-3, 1e-3, 1e-3, 5e-4]
+    whole = train_teacher(planned, tmp_path / "whole", progress=False)
+    train_teacher(dataclasses.replace(planned, steps=2, cooldown_steps=0), tmp_path / "extended", progress=False)
+    extended = train_teacher(planned, tmp_path / "extended", progress=False)
+    state = RunDir(tmp_path / "extended", command="train-teacher").load_checkpoint()
+    assert state["optimizer"]["param_groups"][0]["lr"] == 5e-4  # the last update's rate
+    for (name, a), (_, b) in zip(load_teacher(whole).state_dict().items(), load_teacher(extended).state_dict().items()):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7, msg=name)
+
+
+def test_a_cooldown_that_would_change_trained_steps_is_refused(tmp_path):
+    run = dataclasses.replace(TINY_RUN, learning_rate=1e-3)
+    train_teacher(run, tmp_path / "run", progress=False)  # 4 steps at a constant rate
+    before = (tmp_path / "run" / "config.json").read_text()
+    with pytest.raises(ValueError, match="changes the learning rate of step 3"):
+        train_teacher(dataclasses.replace(run, cooldown_steps=3), tmp_path / "run", progress=False)
+    assert (tmp_path / "run" / "config.json").read_text() == before  # refused before anything is written
+    with pytest.raises(ValueError, match="--cooldown-steps 5 is more than --steps 4"):
+        dataclasses.replace(run, cooldown_steps=5)
 
 
 def test_export_checkpoint_refuses_what_is_not_a_training_run(tmp_path):

@@ -97,7 +97,7 @@ setup(
     python_requires=">=3.10",
     packages=find_packages(include=["clarep_fast", "clarep_fast.*"]) + ["clarep_fast.kernels"],
     package_dir={"clarep_fast": "clarep_fast", "clarep_fast.kernels": "kernels"},
-    package_data={"clarep_fast": ["pipeline/assets/teacher/*.json", "pipeline/assets/teacher/*.safetensors"]},
+    package_data={"clarep_fast": ["pipeline/assets/*/*.json", "pipeline/assets/*/*.safetensors"]},
     ext_modules=ext_modules,
     cmdclass=cmdclass,
     # The kernel library needs torch alone; the pipeline (CLARID, CaDistill, evaluation, the CLI's

@@ -1,6 +1,7 @@
 """Own teacher and data end to end through the CLI: a latent DiT pipeline (DiT + AutoencoderKL +
 DDIMScheduler) on an image folder, and a pixel UNet pipeline on CIFAR-10-layout data; and the
-schedule and prediction type the pipeline folder's scheduler sets."""
+schedule and prediction type the pipeline folder's scheduler sets. Also the second embedded
+teacher (the trained DiT, --teacher default-dit) on the default data with the auto layers."""
 
 import json
 import os
@@ -129,6 +130,25 @@ def test_latent_dit_pipeline_on_an_image_folder(tmp_path):
     results = json.loads((run / "evaluation.json").read_text())
     assert 0 <= results["imagenet_r"] <= 1 and results["real_accuracy"] in (0, 1 / 3, 2 / 3, 1)
     assert "imagenet_r" in out and "real_accuracy" in out  # the headline table shows both
+
+
+def test_the_embedded_dit_teacher_end_to_end_on_its_auto_layers(tmp_path):
+    """search → distill → evaluate with --teacher default-dit, offline, on a few default images: the
+    DiT's auto layers (its middle block for the search, blocks at 1/4, 1/2, 3/4 for the features)
+    are chosen, recorded by name, and the student learns from them."""
+    bank = tmp_path / "bank"
+    _cli("search", bank, "--teacher", "default-dit", *FAST_SEARCH)
+    config = json.loads((bank / "config.json").read_text())
+    assert config["layer"] == "transformer_blocks.3"
+    assert config["feature_layers"] == ["transformer_blocks.1", "transformer_blocks.3", "transformer_blocks.4"]
+    loaded = load_bank(bank)
+    assert loaded.latents.shape == (6, 3, 16, 16)
+    assert list(loaded.features) == config["feature_layers"]
+    assert all(torch.isfinite(feature).all() and feature.abs().sum() > 0 for feature in loaded.features.values())
+    run = tmp_path / "student"
+    _cli("distill", run, "--bank", bank, *FAST_DISTILL)
+    _cli("evaluate", run, *FAST_EVALUATE)
+    assert 0 <= json.loads((run / "evaluation.json").read_text())["clean"] <= 1
 
 
 def test_pixel_unet_pipeline_on_cifar10_layout(tmp_path):

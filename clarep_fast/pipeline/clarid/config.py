@@ -17,7 +17,8 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 @dataclass(frozen=True)
 class SearchConfig:
     teacher: str = option(
-        "default", "'default' (the embedded teacher), a diffusers model folder or a pipeline folder (model_index.json)"
+        "default",
+        "'default' (the embedded UNet), 'default-dit' (the embedded DiT), a diffusers model folder or a pipeline folder (model_index.json)",
     )
     route: str = option(
         "generative",

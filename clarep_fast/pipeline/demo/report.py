@@ -13,6 +13,7 @@ from clarep_fast.pipeline.evaluate.autoattack import implementation
 from clarep_fast.pipeline.evaluate.corruption_error import errors_of, mean_corruption_error
 from clarep_fast.pipeline.evaluate.corruptions import CORRUPTIONS
 from clarep_fast.pipeline.evaluate.robustness import DETAIL_TITLES, detail_groups
+from clarep_fast.pipeline.teacher.load import EMBEDDED_TEACHERS
 from clarep_fast.pipeline.evaluate.statistics import (
     detectable_difference,
     holm_rejected,
@@ -168,8 +169,8 @@ Within-class background-color spread (pixels): {_over_banks(summaries, lambda s:
 def _setup(config, count: int) -> str:
     search, distill = config.search, config.distill
     teacher = (
-        "Embedded teacher (`clarep_fast/pipeline/assets/teacher`)"
-        if search.teacher == "default"
+        f"Embedded teacher `{search.teacher}` (`clarep_fast/pipeline/assets/{EMBEDDED_TEACHERS[search.teacher].name}`)"
+        if search.teacher in EMBEDDED_TEACHERS
         else f"Teacher `{search.teacher}`"
     )
     data = (

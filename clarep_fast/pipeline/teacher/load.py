@@ -1,6 +1,7 @@
 """Loading a teacher from disk: the embedded default, a diffusers model folder, or a pipeline folder.
 
     default                   clarep_fast/pipeline/assets/teacher (a UNet2DModel; the DDPM linear schedule)
+    default-dit               clarep_fast/pipeline/assets/teacher-dit (a DiTTransformer2DModel, same data and schedule)
     model folder              config.json (+ weights) of a UNet2DModel or DiTTransformer2DModel (save_pretrained)
     pipeline folder           model_index.json with unet/ or transformer/, optionally vae/ (AutoencoderKL:
                               a latent teacher) and scheduler/ (its noise schedule and prediction type)
@@ -28,7 +29,10 @@ from clarep_fast.pipeline.files import read_json
 from clarep_fast.pipeline.teacher.model import Teacher
 from clarep_fast.pipeline.teacher.schedule import NoiseSchedule
 
-DEFAULT_TEACHER = Path(__file__).resolve().parent.parent / "assets" / "teacher"
+ASSETS = Path(__file__).resolve().parent.parent / "assets"
+# --teacher names of the teachers shipped with the package (trained on the default data: docs/teacher.md)
+EMBEDDED_TEACHERS = {"default": ASSETS / "teacher", "default-dit": ASSETS / "teacher-dit"}
+DEFAULT_TEACHER = EMBEDDED_TEACHERS["default"]
 DENOISERS = ("UNet2DModel", "DiTTransformer2DModel")
 # A _class_name diffusers loads as another class, by one config key (diffusers' own remapping):
 # Transformer2DModel with ada_norm_zero is the class-conditional DiT.
@@ -37,10 +41,10 @@ HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+(@[\w./-]+)?")
 
 
 def teacher_folder(spec: str) -> Path:
-    """The folder a --teacher value names ('default': the embedded teacher; a Hub id that is not a
-    local path: its snapshot in the local Hugging Face cache)."""
-    if spec == "default":
-        return DEFAULT_TEACHER
+    """The folder a --teacher value names ('default', 'default-dit': an embedded teacher; a Hub id
+    that is not a local path: its snapshot in the local Hugging Face cache)."""
+    if spec in EMBEDDED_TEACHERS:
+        return EMBEDDED_TEACHERS[spec]
     path = Path(spec).expanduser()
     if path.exists() or not HUB_ID.fullmatch(spec):
         return path
@@ -77,8 +81,8 @@ def load_teacher(spec: str | Path) -> Teacher:
     if (path / "model_index.json").exists():
         return _load_pipeline(path)
     if not (path / "config.json").exists():
-        if spec == "default":
-            raise FileNotFoundError(f"the embedded teacher is missing from {path}; reinstall clarep_fast")
+        if str(spec) in EMBEDDED_TEACHERS:
+            raise FileNotFoundError(f"the embedded teacher {spec!r} is missing from {path}; reinstall clarep_fast")
         raise FileNotFoundError(
             f"teacher {path} is neither a diffusers model folder (config.json) nor a pipeline folder (model_index.json)"
         )

@@ -1,9 +1,12 @@
 """How t_e and k shape the CLAReps of a teacher: the measurement behind the search defaults.
 
     python scripts/sweep_clarid.py [--count 60] [--out docs/runs/clarid]
-    python scripts/sweep_clarid.py --teacher runs/teacher-dit/teacher -k 24 48 96 192 --out runs/clarid-dit
+    python scripts/sweep_clarid.py --teacher default-dit -k 24 48 96 192 --out runs/clarid-dit
+    python scripts/sweep_clarid.py --teacher default-dit -k 96 --layers transformer_blocks.0 transformer_blocks.1
 
-For each (t_e, k, rescale) (the settings below, or t_e 600 with rescale at each -k) it runs a small search and reports, for canonical vs ordinary samples of
+For each (t_e, k, rescale) (the settings below, or t_e 600 with rescale at each -k, at each of
+--layers: the search layer; the feature layers stay the teacher's auto ones, so the NMI columns
+compare) it runs a small search and reports, for canonical vs ordinary samples of
 the same starting latents: class-consistency under the quality-gate judge (trained on real digits
 with class-independent backgrounds), the within-class background-color spread, and the NMI of
 k-means on the teacher's features (all cached layers). Writes OUT/sweep.md and OUT/sweep.json.
@@ -41,21 +44,24 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=Path("docs/runs/clarid"))
     parser.add_argument("--teacher", default="default", help="a --teacher value of search")
     parser.add_argument("-k", type=int, nargs="+", default=None, help="sweep only k (t_e 600, rescale)")
+    parser.add_argument("--layers", nargs="+", default=["auto"], help="search layers to sweep (each pooled 2×2)")
     args = parser.parse_args()
     settings = SETTINGS if args.k is None else [(600, k, True) for k in args.k]
+    settings = [(t_e, k, rescale, layer) for layer in args.layers for t_e, k, rescale in settings]
     judge, judge_accuracy = train_judge()
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        for t_e, k, rescale in settings:
+        for t_e, k, rescale, layer in settings:
             config = dataclasses.replace(
                 SearchConfig(teacher=args.teacher),
                 t_e=t_e,
                 k=k,
                 rescale=rescale,
+                layer=layer,
                 count=args.count,
                 shard_size=args.count,
             )
-            bank_dir = run_search(config, Path(tmp) / f"t{t_e}-k{k}-{rescale}", progress=False)
+            bank_dir = run_search(config, Path(tmp) / f"t{t_e}-k{k}-{rescale}-{layer}", progress=False)
             bank = load_bank(bank_dir)
             summary = json.loads((bank_dir / "summary.json").read_text())
             with torch.no_grad():
@@ -69,12 +75,12 @@ def main() -> int:
             print(row, flush=True)
             rows.append(row)
     lines = [f"Teacher {args.teacher}. Judge accuracy on real test digits: {judge_accuracy}. {args.count} CLAReps per setting "
-             f"(generative route, guidance 3, 30 DDIM steps, layer {rows[0]['layer']} pooled 2×2); each cell is ordinary → canonical.", "",
-             "| t_e | k | rescale | class-consistency | background spread | NMI (all layers) | search s |", "|---|---|---|---|---|---|---|"]  # fmt: skip
+             f"(generative route, guidance 3, 30 DDIM steps, search layer pooled 2×2); each cell is ordinary → canonical.", "",
+             "| layer | t_e | k | rescale | class-consistency | background spread | NMI (all layers) | search s |", "|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for row in rows:
         c, b, n = row["consistency"], row["background_spread"], row["nmi_all_layers"]
         lines.append(
-            f"| {row['t_e']} | {row['k']} | {row['rescale']} | {c['ordinary']:.3f} → {c['canonical']:.3f} | "
+            f"| {row['layer']} | {row['t_e']} | {row['k']} | {row['rescale']} | {c['ordinary']:.3f} → {c['canonical']:.3f} | "
             f"{b['ordinary']:.3f} → {b['canonical']:.3f} | {n['ordinary']:.3f} → {n['canonical']:.3f} | {row['seconds']:.0f} |"
         )
     args.out.mkdir(parents=True, exist_ok=True)

@@ -1,6 +1,6 @@
 """Quality gate of a teacher: class-consistency of its CFG samples under an independent judge.
 
-    python scripts/quality_gate.py TEACHER_DIR [--per-class 50] [--guidance 3] [--out DIR]
+    python scripts/quality_gate.py TEACHER_DIR [--per-class 50] [--guidance 3] [--seed 0] [--out DIR]
     python scripts/quality_gate.py RUN_DIR --out DIR      (a train-teacher run, even one still training:
                                                           the EMA teacher of its last checkpoint)
 
@@ -30,6 +30,7 @@ def main() -> int:
     parser.add_argument("--per-class", type=int, default=50)
     parser.add_argument("--guidance", type=float, default=3.0)
     parser.add_argument("--steps", type=int, default=50)
+    parser.add_argument("--seed", type=int, default=0, help="seed of the starting noise (0: the gate's own draw)")
     parser.add_argument("--out", type=Path, default=None, help="default: the teacher folder's parent")
     args = parser.parse_args()
     step = None
@@ -41,7 +42,7 @@ def main() -> int:
     classes = teacher.num_classes
     judge, judge_accuracy = train_judge(teacher.resolution)
     score, per_class, samples = class_consistency(
-        teacher, judge, per_class=args.per_class, guidance=args.guidance, steps=args.steps
+        teacher, judge, per_class=args.per_class, guidance=args.guidance, steps=args.steps, seed=args.seed
     )
     correct = round(score * len(samples))
     passed = passes_gate(correct, len(samples))
@@ -50,7 +51,7 @@ def main() -> int:
     grid = samples.view(classes, args.per_class, *samples.shape[1:])[:, :10].reshape(-1, *samples.shape[1:])
     save_image(grid, out / "samples_per_class.png", nrow=10)
     result = {
-        "teacher": str(args.teacher), "checkpoint_step": step, "guidance": args.guidance, "ddim_steps": args.steps, "samples": len(samples),
+        "teacher": str(args.teacher), "checkpoint_step": step, "guidance": args.guidance, "ddim_steps": args.steps, "noise_seed": args.seed, "samples": len(samples),
         "class_consistency": score, "class_consistency_wilson95": [round(v, 4) for v in wilson_interval(correct, len(samples))],
         "per_class": [round(v, 3) for v in per_class.tolist()],
         "judge_accuracy": judge_accuracy, "gate": float(GATE), "passed": passed,

@@ -6,7 +6,10 @@
 #                                           one bank each, 5 student seeds (10 for k = 96 and random
 #                                           directions), scored on the validation split
 #   bash scripts/study.sh OUT dit           the main study's three students on the embedded DiT
-#                                           (--teacher default-dit): 10 seeds, each its own bank
+#                                           (--teacher default-dit): 10 seeds, each its own bank; a second
+#                                           process may search later seeds' banks ahead of it (the demo
+#                                           takes a finished bank as done): .venv/bin/clarep-fast search
+#                                           OUT/dit10/bank-s<S> --teacher default-dit --seed <S>
 # Every demo resumes: rerun the same line after a kill. One thread per process (two can run side by
 # side on two cores). Then: python scripts/sensitivity_report.py OUT/sensitivity
 set -euo pipefail

@@ -76,8 +76,12 @@ def krylov_steps(files) -> dict[int, list[dict]]:
             match = re.fullmatch(r"krylov p=(\d+) tol=([\d.e-]+)", row["method"])
             if match and float(match[2]) == TOLERANCES["krylov"]:
                 measured.setdefault(int(match[1]), []).append(
-                    {"file": Path(name).stem, "steps": row["iterations_median"], "products": row["products_per_clarep"],
-                     "pixel_diff": row["sample_pixel_difference_max"]}  # fmt: skip
+                    {
+                        "file": Path(name).stem,
+                        "steps": row["iterations_median"],
+                        "products": row["products_per_clarep"],
+                        "pixel_diff": row["sample_pixel_difference_max"],
+                    }  # fmt: skip
                 )
     return measured
 
@@ -109,7 +113,10 @@ def main() -> int:
     taps = {}
     for layer in sorted({scenario[2] for scenario in SCENARIOS}):
         tap, _ = build_taps(SearchConfig(layer=layer, feature_layers=(layer,), pool=2), teacher)
-        taps[layer] = {"gflop": flops(lambda: tap(latent, times, label)) / 1e9, "width": tap(latent, times, label).packed.shape[1]}
+        taps[layer] = {
+            "gflop": flops(lambda: tap(latent, times, label)) / 1e9,
+            "width": tap(latent, times, label).packed.shape[1],
+        }
     measured = krylov_steps(STEPS_FROM)
     rate = H200_BF16_DENSE_TFLOPS * 1e12 * ASSUMED_UTILIZATION
     scenarios = []
@@ -140,7 +147,10 @@ def main() -> int:
         f"CFG forward {cfg / 1e9:.1f} GFLOP, decode {decode / 1e9:.1f} GFLOP; DDIM {ddim[True] / 1e12:.1f} TFLOP and decodes + feature "
         f"taps {decodes[True] / 1e12:.1f} TFLOP per CLARep (canonical samples only: {ddim[False] / 1e12:.1f} and {decodes[False] / 1e12:.1f}); block Krylov at tol {TOLERANCES['krylov']:g} takes the most steps "
         f"measured on the two trained teachers at D > N ("
-        + "; ".join(f"p = {p}: " + ", ".join(f"{run['steps']:g} in {run['file']}" for run in runs) for p, runs in measured.items())
+        + "; ".join(
+            f"p = {p}: " + ", ".join(f"{run['steps']:g} in {run['file']}" for run in runs)
+            for p, runs in measured.items()
+        )
         + f"); {IMAGENET_TRAIN // 10:,} CLAReps at an assumed {rate / 1e12:.0f} TFLOP/s per H200.",
         "",
         "| scenario | k | p | tap (GFLOP, D) | method (Krylov steps) | Jacobian, tap forwards | TFLOP per CLARep | H200-hours | ≤ 8 h |",

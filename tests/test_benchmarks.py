@@ -82,3 +82,19 @@ def test_rows_from_two_machines_name_their_machine_and_never_share_a_ratio():
     rows = markdown_table(amd + intel).splitlines()[2:]
     assert rows[0].startswith("| op [AMD EPYC] | s |") and "| 0.50× |" in rows[0]
     assert rows[1].startswith("| op [Intel Xeon] | s |") and "2.50×" not in rows[1]
+
+
+def test_the_scale_projection_counts_products_as_its_docstring_says():
+    """benchmarks/scale_projection.py (docs/scale.md's hours): Krylov s steps of r probes cost s·r
+    JVPs (1 tap forward) + (s − 1)·r VJPs (2) + the primal; exact takes its cheaper side; the step
+    counts are read from the committed top-k results at Krylov's default tolerance only."""
+    from benchmarks.scale_projection import STEPS_FROM, jacobian_tap_forwards, krylov_steps
+
+    assert jacobian_tap_forwards("krylov", 4096, 4608, 116, 5) == 5 * 116 + 2 * 4 * 116 + 1 == 1509
+    assert jacobian_tap_forwards("exact", 4096, 4608, 116, 5) == 2 * 4608 + 1  # D VJPs: D < 1.5 N
+    assert jacobian_tap_forwards("exact", 768, 2048, 116, 5) == 768 + 1  # N JVPs: 1.5 N < D
+    measured = krylov_steps(STEPS_FROM)
+    assert set(measured) == {10, 20}
+    assert all(
+        len(runs) == len(STEPS_FROM) and all(1 <= run["steps"] <= 50 for run in runs) for runs in measured.values()
+    )

@@ -11,9 +11,10 @@ route, the tap's pooled features). Methods, each on the same images in batches o
   krylov        block Krylov (Musco & Musco 2015)
   auto          the search's default: the cheaper of exact and krylov by predicted products
 the iterative ones at each --tols and --oversamples, and block Krylov under the residual stopping
-rule at each --residual-tols, from random probes and from a sibling's subspace (image i starts from
-image i+1's exact top-k, another class: what a warm start from earlier work in a shard can give at
-best when the classes differ). Agreement with exact, per image: the CLARep's
+rule at each --residual-tols, from random probes and from a sibling's subspace (--starts: image i
+starts from image i+1's exact top-k, another class, what a warm start from earlier work in a shard
+can give at best when the classes differ; or from image i+K's, the same class, the most a running
+class subspace could give), warm starts under the default rule too. Agreement with exact, per image: the CLARep's
 relative L2 difference ‖x' − x'_exact‖ / ‖x'_exact‖ (x' = x_{t_e} with the k directions projected
 out and its norm restored, as the search writes it), the canonical sample's largest absolute pixel
 difference after the DDIM steps to t = 0 (images in [0, 1]: below 1/510, half an 8-bit level, the
@@ -95,6 +96,14 @@ def main() -> None:
     parser.add_argument("--residual-tols", type=float, nargs="*", default=[1e-2, 3e-3, 1e-3])
     parser.add_argument("--max-iters", type=int, default=SearchConfig().max_iters)
     parser.add_argument("--iterative", nargs="+", default=["subspace", "krylov"], choices=["subspace", "krylov"])
+    parser.add_argument(
+        "--starts",
+        nargs="+",
+        default=["random", "sibling"],
+        choices=["random", "sibling", "class"],
+        help="starts of block Krylov: sibling = image i+1's exact top-k (another class), class = image i+K's "
+        "(the same class; needs --images 2K): the most a running class subspace could give",
+    )
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results" / "clarid")
     args = parser.parse_args()
     torch.set_num_threads(1)  # one core per process: the machine is shared, and the ratios are what is read
@@ -102,6 +111,8 @@ def main() -> None:
     teacher = load_teacher(args.teacher).to(device).requires_grad_(False)
     config = with_layers(SearchConfig(teacher=args.teacher, layer=args.layer, pool=args.pool, k=args.k), teacher)
     args.layer = config.layer
+    if "class" in args.starts and args.images != 2 * teacher.num_classes:
+        parser.error(f"--starts class needs --images {2 * teacher.num_classes} (image i and i+K share a class)")
     features, start, times, labels = search_problem(config, args.images, device, torch.Generator().manual_seed(0))
     steps_total = teacher.schedule.num_train_timesteps
     grid = time_grid(config.t_e, -1, split_steps(config, steps_total)[1], steps_total)
@@ -129,8 +140,14 @@ def main() -> None:
                     )
                 )
     for oversample in args.oversamples:
+        for begin in args.starts if "krylov" in args.iterative else ():
+            if begin != "random":  # the default stopping rule from a warm start
+                options = {"mode": "krylov", "tol": args.tols[0], "oversample": oversample, "max_iters": args.max_iters}
+                methods.append(
+                    (f"krylov p={oversample} tol={args.tols[0]:g} start={begin}", {**options, "_start": begin})
+                )
         for tol in args.residual_tols:
-            for begin in ("random", "sibling"):
+            for begin in args.starts:
                 options = {"mode": "krylov", "stop": "residual", "tol": tol, "oversample": oversample}
                 methods.append((f"krylov residual p={oversample} tol={tol:g} start={begin}",
                                 {**options, "max_iters": args.max_iters, "_start": begin}))  # fmt: skip
@@ -138,7 +155,9 @@ def main() -> None:
     rows, reference = [], None
     for name, options in methods:
         side, begin = options.pop("_side", None), options.pop("_start", "random")
-        directions = reference[0].roll(-1, 0) if begin == "sibling" else None  # image i+1's exact top-k
+        # image i+1's exact top-k (another class), or image i+K's (image i has class i mod K: the same)
+        shift = {"sibling": 1, "class": teacher.num_classes}.get(begin)
+        directions = None if shift is None else reference[0].roll(-shift, 0)
         vectors, values, iterations, products, seconds = run_method(
             features, start, times, labels, args.k, args.batch, side=side, directions=directions, **options
         )

@@ -77,13 +77,19 @@ def sd_vae():
     ).eval()
 
 
-def flops_and_seconds(fn) -> tuple[float, float]:
+def flops(fn) -> float:
+    """FLOPs of one no-grad call of ``fn`` (2 per multiply-add)."""
     with torch.no_grad(), FlopCounterMode(display=False) as counter:
         fn()
+    return float(counter.get_total_flops())
+
+
+def flops_and_seconds(fn) -> tuple[float, float]:
+    counted = flops(fn)
     started = time.perf_counter()
     with torch.no_grad():
         fn()
-    return float(counter.get_total_flops()), time.perf_counter() - started
+    return counted, time.perf_counter() - started
 
 
 def peak_rss_gib() -> float:

@@ -28,12 +28,18 @@ import sys
 from pathlib import Path
 
 import torch
-from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.common import git_sha, versions  # noqa: E402
-from benchmarks.scale_check import ASSUMED_UTILIZATION, H200_BF16_DENSE_TFLOPS, IMAGENET_TRAIN, dit_xl_2, sd_vae  # noqa: E402
+from benchmarks.scale_check import (  # noqa: E402
+    ASSUMED_UTILIZATION,
+    H200_BF16_DENSE_TFLOPS,
+    IMAGENET_TRAIN,
+    dit_xl_2,
+    flops,
+    sd_vae,
+)
 from clarep_fast.pipeline.clarid.config import SearchConfig, split_steps  # noqa: E402
 from clarep_fast.pipeline.clarid.jacobian import TOLERANCES, auto_mode, exact_side  # noqa: E402
 from clarep_fast.pipeline.clarid.setup import build_taps  # noqa: E402
@@ -59,12 +65,6 @@ SCENARIOS = [
     (24, 20, "transformer_blocks.13", True, "k = 24 at the middle block (the DiT here: no effect at k = 24)"),
     (512, 20, "transformer_blocks.13", True, "k grown with N (k / N = 1/8, as 96 / 768)"),
 ]
-
-
-def flops(fn) -> float:
-    with torch.no_grad(), FlopCounterMode(display=False) as counter:
-        fn()
-    return float(counter.get_total_flops())
 
 
 def krylov_steps(files) -> dict[int, list[dict]]:

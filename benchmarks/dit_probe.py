@@ -1,11 +1,12 @@
-"""Seconds per Jacobian probe of CLARID's search tap on a DiT-XL/2-256 (random weights), fp32 and bf16.
+"""Seconds per Jacobian probe of CLARID's search tap on a DiT-XL/2-256 (random weights), fp32, bf16 and fp16.
 
     python benchmarks/dit_probe.py [--device cuda] [--probes 32] [--images 2] [--repeats 3]
 
 The search tap is the network up to the searched block (transformer_blocks.13 of 28, pooled 2×2),
 called as the search calls it (clarep_fast/pipeline/clarid/jacobian.py: one primal forward, then
 r probes batched with torch.func.vmap, attention on SDPA's math backend). Per dtype it prints the
-seconds per JVP probe and per VJP probe (each image's probe counted once), the FLOPs of one call
+seconds per J v probe from each source (jvp: forward mode; jv-backward: the VJP of the pullback,
+the search's default) and per VJP probe (each image's probe counted once), the FLOPs of one call
 counted by torch.utils.flop_counter, and the achieved TFLOP/s (counted FLOPs / measured seconds).
 These are the per-probe costs docs/scale.md projects from. Random weights: the cost of a product
 does not depend on the weights (the number of products the iteration needs does).
@@ -60,7 +61,8 @@ def probe(tap: FeatureTap, dtype: torch.dtype, device: str, probes: int, images:
         return tap(z, t, c).packed
 
     with sdpa_kernel(SDPBackend.MATH), torch.enable_grad():
-        jvp = _Linearization(features, latent, (times, labels), "jvp")
+        jvp = _Linearization(features, latent, (times, labels), "forward")
+        double_backward = _Linearization(features, latent, (times, labels), "backward")
         width = jvp.features.shape[1]
         tangents = torch.randn(probes, *latent.shape, device=device, dtype=dtype)
         cotangents = torch.randn(probes, images, width, device=device, dtype=dtype)
@@ -68,6 +70,7 @@ def probe(tap: FeatureTap, dtype: torch.dtype, device: str, probes: int, images:
         for name, call in (
             ("forward", lambda: features(latent, times, labels)),
             ("jvp", lambda: jvp.forward_products(tangents)),
+            ("jv-backward", lambda: double_backward.forward_products(tangents)),
             ("vjp", lambda: jvp.backward_products(cotangents)),
         ):
             counted = flops(call)
@@ -95,13 +98,13 @@ def main() -> None:
     model = dit_xl_2().to(args.device).requires_grad_(False)
     # the search tap pools with the reference (forward-mode AD)
     tap = FeatureTap(model, [SEARCH_LAYER], pool=2, fused=False)
-    for dtype in (torch.float32, torch.bfloat16):
+    for dtype in (torch.float32, torch.bfloat16, torch.float16):  # fp16: the half precision CLARID's samples survive
         model.to(dtype)
         row = probe(tap, dtype, args.device, args.probes, args.images, args.repeats)
         cells = "  ".join(
             f"{kind}: {row[kind]['s_per_probe'] * 1e3:.2f} ms/probe, {row[kind]['gflop_per_probe']:.0f} GFLOP/probe, "
             f"{row[kind]['tflops']:.1f} TFLOP/s"
-            for kind in ("forward", "jvp", "vjp")
+            for kind in ("forward", "jvp", "jv-backward", "vjp")
         )
         print(f"{row['dtype']:8s} D={row['width']}  {cells}")
 

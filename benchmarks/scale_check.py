@@ -41,7 +41,8 @@ from clarep_fast.pipeline.teacher.model import Teacher  # noqa: E402
 from clarep_fast.pipeline.teacher.schedule import NoiseSchedule  # noqa: E402
 
 IMAGENET_TRAIN = 1_281_167
-H200_BF16_DENSE_TFLOPS = 989.0  # NVIDIA's H200 SXM datasheet, dense (no sparsity)
+H200_BF16_DENSE_TFLOPS = 989.0  # NVIDIA's H200 SXM datasheet, dense (no sparsity); fp16 the same
+H200_TF32_DENSE_TFLOPS = 494.7  # the same datasheet: TF32 tensor cores, dense (fp32 without them: 66.9)
 ASSUMED_UTILIZATION = 0.35  # an assumption for batched transformer inference + JVPs, not a measurement
 
 

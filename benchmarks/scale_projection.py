@@ -12,11 +12,17 @@ chooses between exact and block Krylov with the search's own cost model
   DDIM           (12 + 2 · 18) CFG forwards (30 steps split at t_e = 600; the part after t_e twice:
                  canonical and ordinary sample; once where a scenario keeps the canonical only)
   decodes        a VAE decode and a feature tap (≤ 1 network forward) per sample
-  Jacobian       Krylov, s steps, r = k + p probes: s · r JVPs + (s − 1) · r VJPs + 1 primal forward;
-                 exact: D VJPs or N JVPs (its cheaper side) + 1; a JVP counted as 1 tap forward, a VJP as 2
+  Jacobian       Krylov, s steps, r = k + p probes: s · r J v + (s − 1) · r VJPs + the linearization;
+                 exact: D VJPs or N J v (its cheaper side) + the linearization. Each product's FLOPs
+                 are counted at the scenario's tap as the search runs it (product_flops: J v from
+                 the search's default source, the marginal FLOPs of one probe in a batched call)
 
-Hours on one H200 = 128,116 CLAReps · FLOPs / (0.35 · 989 TFLOP/s): the rate is an assumption,
-not a measurement. Writes benchmarks/results/scale_projection.{json,md}.
+Hours on one H200 = 128,116 CLAReps · FLOPs / (0.35 · peak): the 35% is an assumption, not a
+measurement. Two peaks: 989 TFLOP/s (dense bf16/fp16), which needs the products in 16 bits, and
+494.7 (dense TF32), the tensor-core rate of float32 work. 16-bit products move the canonical samples
+of both trained teachers by more than half an 8-bit level (benchmarks/results/clarid/half/), so the
+TF32 column is the one the measurements here support (whether TF32 itself keeps them within half a
+level needs a GPU). Writes benchmarks/results/scale_projection.{json,md}.
 """
 
 from __future__ import annotations
@@ -35,16 +41,18 @@ from benchmarks.common import git_sha, versions  # noqa: E402
 from benchmarks.scale_check import (  # noqa: E402
     ASSUMED_UTILIZATION,
     H200_BF16_DENSE_TFLOPS,
+    H200_TF32_DENSE_TFLOPS,
     IMAGENET_TRAIN,
     dit_xl_2,
     flops,
     sd_vae,
 )
 from clarep_fast.pipeline.clarid.config import SearchConfig, split_steps  # noqa: E402
-from clarep_fast.pipeline.clarid.jacobian import TOLERANCES, auto_mode, exact_side  # noqa: E402
+from clarep_fast.pipeline.clarid.jacobian import JV_DEFAULT, TOLERANCES, _Linearization, auto_mode, exact_side  # noqa: E402
 from clarep_fast.pipeline.clarid.setup import build_taps  # noqa: E402
 from clarep_fast.pipeline.teacher.model import Teacher  # noqa: E402
 from clarep_fast.pipeline.teacher.schedule import NoiseSchedule  # noqa: E402
+from torch.nn.attention import SDPBackend, sdpa_kernel  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 STEPS_FROM = (
@@ -86,11 +94,38 @@ def krylov_steps(files) -> dict[int, list[dict]]:
     return measured
 
 
-def jacobian_tap_forwards(mode: str, latent: int, width: int, probes: int, steps: int) -> int:
-    """Tap forwards (FLOP units: JVP 1, VJP 2, and the primal forward) of one CLARep's top-k."""
+def product_flops(tap, latent, times, label) -> dict:
+    """FLOPs at a search tap, as jacobian.py runs the products (J v from JV_DEFAULT): "jv" and "vjp",
+    one probe's marginal FLOPs in a batched call, (F(4 probes) − F(2 probes)) / 2, so work the
+    probes of a call share is charged once; "linearization", the primal forward with its stored
+    pullback plus what the first J v call builds once (the double-backward graph); "forward", the tap."""
+
+    def features(z, t, c):
+        return tap(z, t, c).packed
+
+    with sdpa_kernel(SDPBackend.MATH), torch.enable_grad():
+        made = []
+        primal = flops(lambda: made.append(_Linearization(features, latent, (times, label), JV_DEFAULT)))
+        linear = made[0]
+        width = linear.features.shape[1]
+
+        def per_probe(call, shape):
+            two, four = (flops(lambda: call(torch.randn(r, *shape))) for r in (2, 4))
+            return (four - two) / 2
+
+        first = flops(lambda: linear.forward_products(torch.randn(1, *latent.shape)))  # builds the graph once
+        jv = per_probe(linear.forward_products, latent.shape)
+        vjp = per_probe(linear.backward_products, (1, width))
+    return {"forward": flops(lambda: features(latent, times, label)), "jv": jv, "vjp": vjp,
+            "linearization": primal + first - jv, "width": width}  # fmt: skip
+
+
+def jacobian_flops(mode: str, latent: int, width: int, probes: int, steps: int, cost: dict) -> float:
+    """FLOPs of one CLARep's top-k, from product_flops' ``cost``."""
     if mode == "krylov":
-        return steps * probes + 2 * (steps - 1) * probes + 1
-    return (latent if exact_side(latent, width) == "columns" else 2 * width) + 1
+        return steps * probes * cost["jv"] + (steps - 1) * probes * cost["vjp"] + cost["linearization"]
+    side = exact_side(latent, width)
+    return (latent * cost["jv"] if side == "columns" else width * cost["vjp"]) + cost["linearization"]
 
 
 def main() -> int:
@@ -113,30 +148,33 @@ def main() -> int:
     taps = {}
     for layer in sorted({scenario[2] for scenario in SCENARIOS}):
         tap, _ = build_taps(SearchConfig(layer=layer, feature_layers=(layer,), pool=2), teacher)
-        taps[layer] = {
-            "gflop": flops(lambda: tap(latent, times, label)) / 1e9,
-            "width": tap(latent, times, label).packed.shape[1],
-        }
+        cost = product_flops(tap, latent, times, label)
+        taps[layer] = {"gflop": cost["forward"] / 1e9, "width": cost["width"], "cost": cost,
+                       "per_probe_in_tap_forwards": {kind: cost[kind] / cost["forward"] for kind in ("jv", "vjp")}}  # fmt: skip
     measured = krylov_steps(STEPS_FROM)
     rate = H200_BF16_DENSE_TFLOPS * 1e12 * ASSUMED_UTILIZATION
+    rate_tf32 = H200_TF32_DENSE_TFLOPS * 1e12 * ASSUMED_UTILIZATION
     scenarios = []
     for k, oversample, layer, ordinary, why in SCENARIOS:
         width, tap = taps[layer]["width"], taps[layer]["gflop"] * 1e9
         probes = k + oversample
         steps = int(max(run["steps"] for run in measured[oversample]))  # the slowest teacher's
         mode = auto_mode(n, width, probes, steps)
-        forwards = jacobian_tap_forwards(mode, n, width, probes, steps)
-        total = ddim[ordinary] + decodes[ordinary] + forwards * tap
+        jacobian = jacobian_flops(mode, n, width, probes, steps, taps[layer]["cost"])
+        forwards = round(jacobian / tap)
+        total = ddim[ordinary] + decodes[ordinary] + jacobian
         hours = IMAGENET_TRAIN // 10 * total / rate / 3600
+        hours_tf32 = IMAGENET_TRAIN // 10 * total / rate_tf32 / 3600
         scenarios.append({"why": why, "k": k, "oversample": oversample, "tap": layer, "width_D": width, "mode": mode, "krylov_steps": steps,
-                          "jacobian_tap_forwards": forwards, "jacobian_tflop": forwards * tap / 1e12,
-                          "total_tflop": total / 1e12, "h200_hours": hours, "meets_goal": hours <= GOAL_HOURS})  # fmt: skip
+                          "jacobian_tap_forwards": forwards, "jacobian_tflop": jacobian / 1e12,
+                          "total_tflop": total / 1e12, "h200_hours": hours, "meets_goal": hours <= GOAL_HOURS,
+                          "h200_hours_tf32": hours_tf32, "meets_goal_tf32": hours_tf32 <= GOAL_HOURS})  # fmt: skip
     result = {
         "model": "DiT-XL/2-256 config (random weights), SD VAE config", "latent_N": n,
         "gflop": {"cfg_forward_batch2": cfg / 1e9, "vae_decode": decode / 1e9, "taps": taps},
         "per_clarep_tflop": {"ddim": ddim[True] / 1e12, "decodes_and_feature_taps": decodes[True] / 1e12},
         "krylov_measured": measured, "clareps": IMAGENET_TRAIN // 10,
-        "assumed_h200_tflops": rate / 1e12, "goal_h200_hours": GOAL_HOURS, "scenarios": scenarios,
+        "assumed_h200_tflops": rate / 1e12, "assumed_h200_tflops_tf32": rate_tf32 / 1e12, "goal_h200_hours": GOAL_HOURS, "scenarios": scenarios,
         "git_sha": git_sha(), **versions(),
     }  # fmt: skip
     args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -151,16 +189,24 @@ def main() -> int:
             f"p = {p}: " + ", ".join(f"{run['steps']:g} in {run['file']}" for run in runs)
             for p, runs in measured.items()
         )
-        + f"); {IMAGENET_TRAIN // 10:,} CLAReps at an assumed {rate / 1e12:.0f} TFLOP/s per H200.",
+        + f"); {IMAGENET_TRAIN // 10:,} CLAReps at an assumed {rate / 1e12:.0f} TFLOP/s per H200 with 16-bit products, "
+        f"{rate_tf32 / 1e12:.0f} with TF32 (the precision the samples need: docs/scale.md). One probe, in tap forwards "
+        f"(J v by {JV_DEFAULT!r}, VJP): "
+        + "; ".join(
+            f"{layer} {t['per_probe_in_tap_forwards']['jv']:.2f}, {t['per_probe_in_tap_forwards']['vjp']:.2f}"
+            for layer, t in taps.items()
+        )
+        + ".",
         "",
-        "| scenario | k | p | tap (GFLOP, D) | method (Krylov steps) | Jacobian, tap forwards | TFLOP per CLARep | H200-hours | ≤ 8 h |",
-        "|---|---:|---:|---|---|---:|---:|---:|---|",
+        "| scenario | k | p | tap (GFLOP, D) | method (Krylov steps) | Jacobian, in tap forwards | TFLOP per CLARep | H200-hours, 16-bit | H200-hours, TF32 | ≤ 8 h (16-bit / TF32) |",
+        "|---|---:|---:|---|---|---:|---:|---:|---:|---|",
     ]
     for s in scenarios:
         method = f"krylov ({s['krylov_steps']})" if s["mode"] == "krylov" else s["mode"]
         lines.append(
             f"| {s['why']} | {s['k']} | {s['oversample']} | {s['tap']} ({taps[s['tap']]['gflop']:.1f}, {s['width_D']}) | {method} | "
-            f"{s['jacobian_tap_forwards']:,} | {s['total_tflop']:.1f} | {s['h200_hours']:.1f} | {'yes' if s['meets_goal'] else 'no'} |"
+            f"{s['jacobian_tap_forwards']:,} | {s['total_tflop']:.1f} | {s['h200_hours']:.1f} | {s['h200_hours_tf32']:.1f} | "
+            f"{'yes' if s['meets_goal'] else 'no'} / {'yes' if s['meets_goal_tf32'] else 'no'} |"
         )
     args.out.with_suffix(".md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))

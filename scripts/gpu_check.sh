@@ -25,7 +25,8 @@
 #   bench      the op benchmark rows, fp32 and bf16 (fused vs eager vs torch.compile)
 #   host       host cost per call of the NaN/Inf check: sync against the device-side assert
 #   pipeline   CaDistill step, evaluation step and CLARep search rows; a DiT-XL/2-config probe:
-#              seconds per JVP and VJP probe of the search tap in fp32 and bf16, achieved TFLOP/s
+#              seconds per J v (both sources) and VJP probe of the search tap in fp32, bf16, fp16, achieved TFLOP/s;
+#              the embedded DiT's top-k with TF32, bf16, fp16 products against exact (clarid_topk --half)
 #   profile    the CKA profile (device time per kernel)
 # Files in OUT (at most 8 come back): summary.txt build.log tests.log sanitizer.log bench.log
 #   cuda-quick.json cuda-quick.md probes.txt
@@ -93,9 +94,14 @@ run_step() {
       { echo "== host_overhead --device cuda"; "$PY" benchmarks/host_overhead.py --device cuda --repeats 500; } >> "$OUT/probes.txt" 2>&1
       tail -6 "$OUT/probes.txt" ;;
     pipeline)  # the DiT-XL/2 probe first: docs/scale.md's cost needs it, and it takes seconds
-      if [ -n "$DRY" ]; then "$PY" benchmarks/dit_probe.py --help > /dev/null || return 1; else
+      if [ -n "$DRY" ]; then "$PY" benchmarks/dit_probe.py --help > /dev/null && "$PY" benchmarks/clarid_topk.py --help > /dev/null || return 1; else
         { echo "== DiT-XL/2 probe"; "$PY" benchmarks/dit_probe.py --device cuda; } >> "$OUT/probes.txt" 2>&1
         tail -3 "$OUT/probes.txt"
+        # does the search keep its samples at TF32 and 16-bit products? (docs/scale.md's rate column)
+        { echo "== clarid_topk precision, embedded DiT"; "$PY" benchmarks/clarid_topk.py --teacher default-dit --layer auto \
+            --pool 2 --images 4 --half tf32 bfloat16 float16 --iterative krylov --tols 1e-2 --residual-tols \
+            --starts random --out "$(mktemp -d)"; } >> "$OUT/probes.txt" 2>&1
+        grep '"method"' "$OUT/probes.txt" | tail -4
       fi
       bench_step $PIPELINE_BENCHMARKS ;;
     profile)

@@ -3,6 +3,7 @@
 import subprocess
 import sys
 from pathlib import Path
+import torch
 
 from benchmarks.run import markdown_table, merged
 from clarep_fast.ops import OPS
@@ -86,13 +87,23 @@ def test_rows_from_two_machines_name_their_machine_and_never_share_a_ratio():
 
 def test_the_scale_projection_counts_products_as_its_docstring_says():
     """benchmarks/scale_projection.py (docs/scale.md's hours): Krylov s steps of r probes cost s·r
-    JVPs (1 tap forward) + (s − 1)·r VJPs (2) + the primal; exact takes its cheaper side; the step
-    counts are read from the committed top-k results at Krylov's default tolerance only."""
-    from benchmarks.scale_projection import STEPS_FROM, jacobian_tap_forwards, krylov_steps
+    J v + (s − 1)·r VJPs + the linearization; exact takes its cheaper side; a probe's FLOPs are its
+    marginal cost in a batched call, counted through the search's own products; the step counts are
+    read from the committed top-k results at Krylov's default tolerance only."""
+    from benchmarks.scale_projection import STEPS_FROM, jacobian_flops, krylov_steps, product_flops
+    from clarep_fast.taps import FeatureTap
+    from tests.taps_models import tiny_dit
 
-    assert jacobian_tap_forwards("krylov", 4096, 4608, 116, 5) == 5 * 116 + 2 * 4 * 116 + 1 == 1509
-    assert jacobian_tap_forwards("exact", 4096, 4608, 116, 5) == 2 * 4608 + 1  # D VJPs: D < 1.5 N
-    assert jacobian_tap_forwards("exact", 768, 2048, 116, 5) == 768 + 1  # N JVPs: 1.5 N < D
+    cost = {"jv": 3.0, "vjp": 2.0, "linearization": 7.0}
+    assert jacobian_flops("krylov", 4096, 4608, 116, 5, cost) == 5 * 116 * 3 + 4 * 116 * 2 + 7
+    assert jacobian_flops("exact", 4096, 4608, 116, 5, cost) == 4608 * 2 + 7  # D VJPs: D < 1.5 N
+    assert jacobian_flops("exact", 768, 2048, 116, 5, cost) == 768 * 3 + 7  # N J v: 1.5 N < D
+    # through a tiny DiT's tap: every product costs about what a forward does, none is free, and
+    # the marginal count does not grow with the probes (a linear map: F(r) = shared + r · per probe)
+    tap = FeatureTap(tiny_dit(), ["transformer_blocks.1"], pool=2, fused=False)
+    counted = product_flops(tap, torch.randn(1, 4, 8, 8), torch.tensor([500]), torch.tensor([3]))
+    for kind in ("jv", "vjp", "linearization"):
+        assert 0.5 * counted["forward"] < counted[kind] < 4 * counted["forward"], (kind, counted)
     measured = krylov_steps(STEPS_FROM)
     assert set(measured) == {10, 20}
     assert all(

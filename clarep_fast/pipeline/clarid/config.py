@@ -86,7 +86,10 @@ class SearchConfig:
     shard_size: int = option(40, "CLAReps per bank shard (the unit of resume and of torchrun's split)", low=1)
     jacobian_batch: int = option(20, "images per batched Jacobian call (halved on a GPU out-of-memory error)", low=1)
     dtype: str = option(
-        "float32", "the teacher network's precision (bfloat16/float16: for GPUs)", choices=tuple(DTYPES)
+        "float32",
+        "the teacher network's precision (bfloat16/float16: for GPUs; they move the canonical samples by more "
+        "than half an 8-bit level on both embedded teachers, docs/clarid.md)",
+        choices=tuple(DTYPES),
     )
     seed: int = option(0, "seed of the plan and of every shard's noise")
     class_map: str | None = option(

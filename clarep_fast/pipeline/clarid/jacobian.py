@@ -34,12 +34,20 @@ Ritz pairs near some singular pairs, not the top k (on the trained DiT a sibling
 after 2 steps 1.1 rad from exact: docs/clarid.md), so it is not a default. The residual needs JᵀJ V_k = [JᵀJ K] W_k, and JᵀJ K is the
 pullback of the images the step has (r VJPs: the products the next step would begin with anyway).
 
-Modes: "jvp" (subspace iteration, forward-mode J v), "vjp" (the same, J v = the VJP of the linear
-map u -> J^T u, for models whose operators lack forward-mode derivatives), "krylov" (block Krylov,
-forward-mode J v), "exact" (the whole J, D × N, as D VJPs or N JVPs, whichever costs less, then
-an SVD), "auto": the cheaper by predicted cost per image, in VJPs (a JVP costs JVP_COST of them:
-it redoes the forward, while the VJPs share one stored pullback): exact's min(D, JVP_COST · N)
-against krylov's r · (JVP_COST · s + s - 1) for the s steps it is expected to need
+Two sources of J v (``jv``): "forward" (forward-mode AD, torch.func.jvp: the tangent carried through
+a fresh forward of the network) and "backward" (u -> J^T u is linear, so J v is its VJP with cotangent
+v: a double backward through the one stored pullback, built once per linearization). The same
+products to rounding; "backward" is the default: block Krylov with it ran 0–11% faster than with
+forward mode through both trained teachers' taps, never slower beyond noise
+(benchmarks/results/clarid/jv/); exact's columns too but for the UNet's mid_block (+16%), where
+exact takes the rows anyway.
+
+Modes: "jvp" (subspace iteration, forward-mode J v), "vjp" (the same, double-backward J v, for
+models whose operators lack forward-mode derivatives), "krylov" (block Krylov, J v from ``jv``),
+"exact" (the whole J, D × N, as D VJPs or N J v from ``jv``, whichever costs less, then an SVD),
+"auto": the cheaper by predicted cost per image, in VJPs (a J v costs JV_COST of them: it redoes
+the forward or runs a double backward, while the VJPs share one stored pullback): exact's
+min(D, JV_COST · N) against krylov's r · (JV_COST · s + s - 1) for the s steps it is expected to need
 (``expected_steps``; KRYLOV_STEPS by default, measured on the trained default teacher). On the
 default teacher's mid_block features (D = 256) and in the wide regime (D ≥ N) at N = 768 exact is
 the cheaper; krylov wins when N and D are both large against r (DiT-XL/2-256: N = 4,096).
@@ -57,6 +65,9 @@ from torch import Tensor
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 MODES = ("auto", "jvp", "vjp", "krylov", "exact")
+JV_SOURCES = ("forward", "backward")
+# the J v source each subspace-iteration mode names; krylov, exact and auto take ``jv``
+MODE_JV = {"jvp": "forward", "vjp": "backward"}
 STOPS = ("change", "residual")
 # Stopping tolerances (radians between successive top-k estimates), each the loosest whose canonical
 # samples match exact's within half an 8-bit level (1/510) with a wide margin, on the trained default
@@ -70,11 +81,20 @@ RESIDUAL_TOLERANCE = 1e-3
 # Block Krylov steps at its default tolerance, k = 96, r = 116, measured on that layer (5 for every
 # image): the prior of auto's cost model.
 KRYLOV_STEPS = 5
-# Seconds of one JVP over one VJP (the VJPs reuse one stored pullback; a JVP carries its tangent
-# through a whole forward): 1.4–1.6 through the default teacher's down_blocks.1 tap, exact by N = 768
-# JVPs against exact by D = 1,024 VJPs (benchmarks/results/clarid/topk-*.md, CPU); 1.17 through a
-# DiT-XL/2-config tap (docs/scale.md, CPU). Not yet measured on a GPU.
-JVP_COST = 1.5
+# Seconds of one J v over one VJP (the VJPs reuse one stored pullback): exact by N J v against exact
+# by D VJPs, 16 probes per call, through both trained teachers' taps (benchmarks/results/clarid/calls/,
+# CPU): double backward 1.2–1.3 on the DiT, 1.45–1.5 on the UNet; forward mode 1.3–1.5 in calls of 256
+# (1.17 through a random DiT-XL/2-config tap, docs/scale.md). 1.5 keeps auto's choice the faster
+# one at every layer measured. Not yet measured on a GPU.
+JV_COST = 1.5
+JV_DEFAULT = "backward"
+# Probes per batched network call (torch.func.vmap's chunk_size), by device type, unless the caller
+# names one. On a CPU a call of a few probes keeps its activations in cache: 8–16 probes per call ran
+# 25–35% faster per product than a whole step's 116 at once, and exact's 256, twice as slow as 32,
+# through both trained teachers' taps (benchmarks/results/clarid/calls/). On a GPU a call of every
+# probe fills the device; exact forms J in calls of EXACT_CALL there (not measured here: no GPU).
+PROBES_PER_CALL = {"cpu": 16}
+EXACT_CALL = 256
 
 
 class TopK(NamedTuple):
@@ -109,16 +129,33 @@ def topk_right_singular(
     expected_steps: int = KRYLOV_STEPS,
     start: Tensor | None = None,
     stop: str = "change",
+    jv: str | None = None,
+    probes_per_call: int | None = None,
 ) -> TopK:
     """Top-``k`` right singular pairs of the Jacobian of ``fn`` at every sample of ``x`` (B, ...).
 
     ``fn(x, *conditions)`` maps a batch (B, ...) to features (B, D), each row depending only on
     its own sample (true of diffusion UNets/DiTs in eval mode: GroupNorm/LayerNorm are per sample);
     ``conditions`` are per-sample inputs held fixed (timesteps, class labels), sliced with x when
-    converged images leave the batch. ``start`` and ``stop``: the module docstring (exact ignores both).
+    converged images leave the batch. ``start``, ``stop`` and ``jv`` (the source of J v; None: the
+    mode's own, else JV_DEFAULT): the module docstring (exact ignores start and stop).
+    ``probes_per_call``: probes (per image) in one batched network call; None: PROBES_PER_CALL for
+    x's device type, else all of a step's at once (exact: EXACT_CALL). The results do not depend on it
+    beyond rounding.
     """
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    if jv is not None and jv not in JV_SOURCES:
+        raise ValueError(f"jv must be one of {JV_SOURCES} or None, got {jv!r}")
+    if mode in MODE_JV and jv not in (None, MODE_JV[mode]):
+        raise ValueError(
+            f"mode {mode!r} computes J v by {MODE_JV[mode]!r}; got jv={jv!r} (krylov and exact take either)"
+        )
+    jv = MODE_JV.get(mode, jv or JV_DEFAULT)
+    if probes_per_call is not None and (
+        not isinstance(probes_per_call, int) or isinstance(probes_per_call, bool) or probes_per_call < 1
+    ):
+        raise ValueError(f"probes_per_call must be an int >= 1 or None, got {probes_per_call!r}")
     if stop not in STOPS:
         raise ValueError(f"stop must be one of {STOPS}, got {stop!r}")
     if not isinstance(x, Tensor) or x.dim() < 2 or x.shape[0] == 0:
@@ -144,7 +181,8 @@ def topk_right_singular(
         )
     x = x.detach()
     with sdpa_kernel(SDPBackend.MATH), torch.enable_grad():
-        linear = _Linearization(fn, x, conditions, mode)
+        chunk = probes_per_call or PROBES_PER_CALL.get(x.device.type)
+        linear = _Linearization(fn, x, conditions, jv, chunk)
         features = linear.features
         if features.dim() != 2 or features.shape[0] != batch:
             raise ValueError(f"fn must return features of shape ({batch}, D), got {tuple(features.shape)}")
@@ -155,27 +193,27 @@ def topk_right_singular(
             )
         probes = min(k + oversample, latent, width)
         if mode == "auto":
-            mode = linear.mode = auto_mode(latent, width, probes, expected_steps)
+            mode = auto_mode(latent, width, probes, expected_steps)
         if mode == "exact":
             return _exact(linear, batch, latent, width, k, features)
         tol = (RESIDUAL_TOLERANCE if stop == "residual" else TOLERANCES[mode]) if tol is None else tol
         block = _first_block(batch, latent, probes, generator, x.device, start)
         if mode == "krylov":
             return _block_krylov(linear, fn, x, conditions, k, block, max_iters, tol, stop)
-        return _subspace_iteration(linear, fn, x, conditions, k, block, max_iters, tol, mode, stop)
+        return _subspace_iteration(linear, fn, x, conditions, k, block, max_iters, tol, stop)
 
 
 def exact_side(latent: int, width: int) -> str:
-    """'rows' (D VJPs) or 'columns' (N JVPs), whichever costs less."""
-    return "columns" if JVP_COST * latent < width else "rows"
+    """'rows' (D VJPs) or 'columns' (N J v), whichever costs less."""
+    return "columns" if JV_COST * latent < width else "rows"
 
 
 def predicted_cost(mode: str, latent: int, width: int, probes: int, steps: int) -> float:
-    """Cost per image in VJPs: exact forms J from its cheaper side; krylov's (and forward-mode
-    subspace iteration's) s steps cost r J v each and r J^T u each but the last."""
+    """Cost per image in VJPs: exact forms J from its cheaper side; krylov's (and subspace
+    iteration's) s steps cost r J v each and r J^T u each but the last."""
     if mode == "exact":
-        return min(float(width), JVP_COST * latent)
-    return probes * (JVP_COST * steps + steps - 1)
+        return min(float(width), JV_COST * latent)
+    return probes * (JV_COST * steps + steps - 1)
 
 
 def auto_mode(latent: int, width: int, probes: int, expected_steps: int = KRYLOV_STEPS) -> str:
@@ -187,21 +225,18 @@ def auto_mode(latent: int, width: int, probes: int, expected_steps: int = KRYLOV
 def _exact(
     linear: "_Linearization", batch: int, latent: int, width: int, k: int, features: Tensor, side: str | None = None
 ) -> TopK:
-    """The whole J, (B, D, N): D rows J^T e_d by VJPs, or, when that costs less (JVP_COST · N < D),
-    N columns J e_n by forward-mode JVPs (``side`` forces "rows" or "columns"); each side batched
-    in calls of 256; then an SVD."""
+    """The whole J, (B, D, N): D rows J^T e_d by VJPs, or, when that costs less (JV_COST · N < D),
+    N columns J e_n from the linearization's J v source (``side`` forces "rows" or "columns"); each
+    side batched in calls of the linearization's probes per call (EXACT_CALL if it has none); then an SVD."""
     side = side or exact_side(latent, width)
     if side == "columns":
         basis = torch.eye(latent, dtype=features.dtype, device=features.device)[:, None].expand(latent, batch, latent)
         tangents = basis.reshape(latent, batch, *linear.points.shape[1:])
-        # (N, B, D)
-        columns = torch.func.vmap(lambda v: torch.func.jvp(linear.fn, (linear.points,), (v,))[1], chunk_size=256)(
-            tangents
-        )
+        columns = linear.forward_products(tangents, linear.chunk or EXACT_CALL)  # (N, B, D)
         jacobian = columns.permute(1, 2, 0).double()
     else:
         basis = torch.eye(width, dtype=features.dtype, device=features.device)[:, None].expand(width, batch, width)
-        rows = torch.func.vmap(linear.pullback, chunk_size=256)(basis)[0]  # (D, B, ...)
+        rows = linear.backward_products(basis, linear.chunk or EXACT_CALL)  # (D, B, ...)
         jacobian = rows.reshape(width, batch, latent).transpose(0, 1).double()  # (B, D, N)
     _, values, vh = torch.linalg.svd(jacobian, full_matrices=False)
     vectors = vh[:, :k].transpose(1, 2).to(features.dtype)
@@ -212,25 +247,30 @@ def _exact(
 
 
 class _Linearization:
-    """J v and J^T u at a fixed batch of points: one primal forward, reused by every product."""
+    """J v and J^T u at a fixed batch of points: one primal forward, reused by every product; J v
+    from ``jv`` (JV_SOURCES); ``chunk`` probes per vmapped call (None: all at once)."""
 
-    def __init__(self, fn, points: Tensor, conditions: Sequence[Tensor], mode: str):
+    def __init__(self, fn, points: Tensor, conditions: Sequence[Tensor], jv: str, chunk: int | None = None):
         self.fn = lambda z: fn(z, *conditions)
-        self.points, self.mode = points, mode
+        self.points, self.jv, self.chunk = points, jv, chunk
         self.features, self.pullback = torch.func.vjp(self.fn, points)
         self.linearized = None
 
-    def forward_products(self, tangents: Tensor) -> Tensor:
-        """(r, b, ...) -> (r, b, D): J v for r probes of every point."""
-        if self.mode == "jvp":
-            return torch.func.vmap(lambda v: torch.func.jvp(self.fn, (self.points,), (v,))[1])(tangents)
+    def forward_products(self, tangents: Tensor, chunk_size: int | None = None) -> Tensor:
+        """(r, b, ...) -> (r, b, D): J v for r probes of every point, ``chunk_size`` (default: the
+        linearization's) probes per call."""
+        chunk_size = chunk_size or self.chunk
+        if self.jv == "forward":
+            return torch.func.vmap(lambda v: torch.func.jvp(self.fn, (self.points,), (v,))[1], chunk_size=chunk_size)(
+                tangents
+            )
         if self.linearized is None:  # u -> J^T u is linear; its VJP with cotangent v is J v (one double-backward graph)
             _, self.linearized = torch.func.vjp(lambda u: self.pullback(u)[0], torch.zeros_like(self.features))
-        return torch.func.vmap(self.linearized)(tangents)[0]
+        return torch.func.vmap(self.linearized, chunk_size=chunk_size)(tangents)[0]
 
-    def backward_products(self, cotangents: Tensor) -> Tensor:
-        """(r, b, D) -> (r, b, ...): J^T u."""
-        return torch.func.vmap(self.pullback)(cotangents)[0]
+    def backward_products(self, cotangents: Tensor, chunk_size: int | None = None) -> Tensor:
+        """(r, b, D) -> (r, b, ...): J^T u, as forward_products."""
+        return torch.func.vmap(self.pullback, chunk_size=chunk_size or self.chunk)(cotangents)[0]
 
 
 def _first_block(batch, latent, probes, generator, device, start) -> Tensor:
@@ -265,7 +305,7 @@ def _rayleigh_ritz(space, images, k, tol, step, active, vectors, values, iterati
     return converged
 
 
-def _subspace_iteration(linear: _Linearization, fn, x, conditions, k, basis, max_iters, tol, mode, stop) -> TopK:
+def _subspace_iteration(linear: _Linearization, fn, x, conditions, k, basis, max_iters, tol, stop) -> TopK:
     """``basis``: the first block (B, N, r) float64, orthonormal probes."""
     batch, shape = x.shape[0], x.shape[1:]
     latent, probes = math.prod(shape), basis.shape[2]
@@ -289,7 +329,9 @@ def _subspace_iteration(linear: _Linearization, fn, x, conditions, k, basis, max
             keep = ~converged
             active, images, basis = active[keep], images[keep], basis[keep]
             pulled = None if pulled is None else pulled[keep]
-            linear = _Linearization(fn, x[active], [condition[active] for condition in conditions], mode)
+            linear = _Linearization(
+                fn, x[active], [condition[active] for condition in conditions], linear.jv, linear.chunk
+            )
             calls, products = calls + 1, products + len(active)
         if pulled is None:
             pulled = _pull(linear, images, x.dtype, latent)  # (b, N, r) = J^T J Q
@@ -350,7 +392,9 @@ def _block_krylov(linear: _Linearization, fn, x, conditions, k, block, max_iters
             active, space, images, image = active[keep], space[keep], images[keep], image[keep]
             if pulled is not None:
                 pulled, pulled_space = pulled[keep], pulled_space[keep]
-            linear = _Linearization(fn, x[active], [condition[active] for condition in conditions], "jvp")
+            linear = _Linearization(
+                fn, x[active], [condition[active] for condition in conditions], linear.jv, linear.chunk
+            )
             calls, products = calls + 1, products + len(active)
         if pulled is None:
             pulled = _pull(linear, image, x.dtype, latent)  # (b, N, r) = J^T J Q_i

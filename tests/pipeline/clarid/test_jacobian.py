@@ -94,7 +94,7 @@ def test_converged_images_leave_the_batch():
 
 
 def test_auto_mode_picks_the_fewer_predicted_products():
-    """Costs in VJPs: exact min(D, JVP_COST · N), block Krylov r · (JVP_COST · s + s - 1) for s expected steps."""
+    """Costs in VJPs: exact min(D, JV_COST · N), block Krylov r · (JV_COST · s + s - 1) for s expected steps."""
     net = SmallNet()  # D = 30, N = 72
     x, scale = torch.randn(2, 2, 6, 6), torch.ones(2)
     formed = topk_right_singular(net, x, 2, conditions=(scale,), oversample=3)  # 30 <= 5 · 17
@@ -126,7 +126,7 @@ def test_block_krylov_matches_exact_on_a_slowly_decaying_spectrum_with_a_third_o
     """Where subspace iteration needs ~20 iterations (σ_k/σ_{k+1} near 1), block Krylov's Ritz
     values and directions agree with the exact SVD (the wide regime, D > N) within the stopping
     tolerance, at under a third of subspace iteration's products, and so do the CLAReps; exact
-    formed from its columns (N JVPs, when D > JVP_COST · N) is the exact SVD too."""
+    formed from its columns (N J v, when D > JV_COST · N) is the exact SVD too."""
     from clarep_fast.ops.project_out import project_out
 
     net, k = Spectral(), 24
@@ -227,6 +227,52 @@ def test_a_siblings_subspace_as_start_still_finds_each_images_own(stop):
     assert ((found.values - exact.values).abs() / exact.values).max() < 1e-5
 
 
+def _same_top_k(runs):
+    reference = next(iter(runs.values()))
+    for found in runs.values():
+        assert principal_angle(reference.vectors, found.vectors).max() < 1e-6
+        assert torch.allclose(found.values, reference.values, rtol=1e-9)
+        assert found.products == reference.products and torch.equal(found.iterations, reference.iterations)
+    return reference
+
+
+def test_both_sources_of_jv_and_any_probes_per_call_give_the_same_krylov_top_k():
+    """J v by forward mode or by the VJP of the pullback, and products in calls of any size: the
+    same top-k to rounding (float64) at the same product count, through an early-exit DiT tap
+    (attention, LayerNorm), images converging at different steps (re-linearizations)."""
+    torch.manual_seed(0)
+    tap = FeatureTap(tiny_dit().double(), ["transformer_blocks.1"], pool=2, fused=False)
+    x = torch.randn(3, 4, 8, 8, dtype=torch.float64)
+    times, labels = torch.tensor([100, 500, 900]), torch.tensor([0, 3, 7])
+
+    def features(z, t, c):
+        return tap(z, t, c).packed
+
+    runs = {
+        (jv, calls): topk_right_singular(features, x, 6, conditions=(times, labels), mode="krylov", jv=jv, tol=1e-2,
+                                         probes_per_call=calls, generator=torch.Generator().manual_seed(0))
+        for jv in ("forward", "backward") for calls in (None, 3)
+    }  # fmt: skip
+    found = _same_top_k(runs)
+    assert found.iterations.unique().numel() > 1  # some images left the batch before others
+    exact = topk_right_singular(features, x, 6, conditions=(times, labels), mode="exact")
+    assert principal_angle(exact.vectors, found.vectors).max() < 1e-2
+
+
+def test_exact_by_columns_from_either_source_of_jv_is_the_svd():
+    """D > JV_COST · N: exact forms J from its N columns, by forward-mode J v or by the VJP of the
+    pullback, in calls of any size: the same as the full Jacobian's SVD."""
+    net, x = Spectral(width=640), torch.randn(2, 1, 16, 16, dtype=torch.float64)
+    runs = {
+        (jv, calls): topk_right_singular(net, x, 8, mode="exact", jv=jv, probes_per_call=calls)
+        for jv in ("forward", "backward") for calls in (None, 5)
+    }  # fmt: skip
+    found = _same_top_k(runs)
+    assert found.products == 2 * (1 + 256)  # the columns
+    vectors, _ = _exact_svd(net, x, ())
+    assert principal_angle(vectors[:, :, :8], found.vectors).max() < 1e-8
+
+
 @pytest.mark.parametrize(
     "k,kwargs,match",
     [
@@ -239,6 +285,10 @@ def test_a_siblings_subspace_as_start_still_finds_each_images_own(stop):
         (3, {"stop": "never"}, "stop must be one of"),
         (3, {"start": torch.randn(5, 71, 3)}, r"start must be directions \(B, N, m\) = \(5, 72, m >= 1\)"),
         (3, {"start": torch.randn(72, 3)}, "start must be directions"),
+        (3, {"jv": "reverse"}, "jv must be one of"),
+        (3, {"mode": "jvp", "jv": "backward"}, "mode 'jvp' computes J v by 'forward'"),
+        (3, {"probes_per_call": 0}, "probes_per_call must be an int >= 1"),
+        (3, {"probes_per_call": 2.5}, "probes_per_call must be an int >= 1"),
     ],
 )
 def test_bad_arguments_raise_clear_errors(k, kwargs, match):

@@ -20,9 +20,10 @@ stored pullback: jacobian.py's JV_SOURCES); without it, from the default source.
 float16, block Krylov also runs with every product in that dtype (a half-precision copy of the network,
 float32 in and out; orthogonalization and Rayleigh–Ritz in float64 as always): what a GPU's 16-bit rate
 would need (float16 has TF32's 10-bit mantissa); --half tf32 (CUDA only): the float32 network with
-its matmuls and convolutions on TF32 tensor cores, the precision of the TF32 rate. With --probes-per-call N M ..., exact (both sides)
-and block Krylov also run with N, M, ... probes per batched network call (the search's default
-depends on the device: jacobian.py's PROBES_PER_CALL; 1000 = a step's probes at once). Agreement with exact, per image: the CLARep's
+its matmuls and convolutions on TF32 tensor cores, the precision of the TF32 rate. With
+--probes-per-call N M ..., exact (both sides) and block Krylov also run with N, M, ... probes per
+batched network call (the search's default depends on the device: jacobian.py's PROBES_PER_CALL;
+1000 = a step's probes at once). Agreement with exact, per image: the CLARep's
 relative L2 difference ‖x' − x'_exact‖ / ‖x'_exact‖ (x' = x_{t_e} with the k directions projected
 out and its norm restored, as the search writes it), the canonical sample's largest absolute pixel
 difference after the DDIM steps to t = 0 (images in [0, 1]: below 1/510, half an 8-bit level, the

@@ -89,10 +89,11 @@ KRYLOV_STEPS = 5
 JV_COST = 1.5
 JV_DEFAULT = "backward"
 # Probes per batched network call (torch.func.vmap's chunk_size), by device type, unless the caller
-# names one. On a CPU a call of a few probes keeps its activations in cache: 8–16 probes per call ran
-# 25–35% faster per product than a whole step's 116 at once, and exact's 256, twice as slow as 32,
-# through both trained teachers' taps (benchmarks/results/clarid/calls/). On a GPU a call of every
-# probe fills the device; exact forms J in calls of EXACT_CALL there (not measured here: no GPU).
+# names one. On a CPU a call of a few probes keeps its activations in cache: in calls of 16, block
+# Krylov took 10–26% less time per CLARep than with a step's 116 probes in one call, and exact
+# 1.6–2.3× less than in calls of all its D or N, through both trained teachers' taps, the same
+# answers (benchmarks/results/clarid/calls/). On a GPU a call of every probe fills the device; exact
+# forms J in calls of EXACT_CALL there (not measured here: no GPU).
 PROBES_PER_CALL = {"cpu": 16}
 EXACT_CALL = 256
 

@@ -98,8 +98,8 @@ def test_the_scale_projection_counts_products_as_its_docstring_says():
     assert jacobian_flops("krylov", 4096, 4608, 116, 5, cost) == 5 * 116 * 3 + 4 * 116 * 2 + 7
     assert jacobian_flops("exact", 4096, 4608, 116, 5, cost) == 4608 * 2 + 7  # D VJPs: D < 1.5 N
     assert jacobian_flops("exact", 768, 2048, 116, 5, cost) == 768 * 3 + 7  # N J v: 1.5 N < D
-    # through a tiny DiT's tap: every product costs about what a forward does, none is free, and
-    # the marginal count does not grow with the probes (a linear map: F(r) = shared + r · per probe)
+    # through a tiny DiT's tap: every product and the linearization cost about what a forward does
+    # (the weights need no gradient), none is free
     tap = FeatureTap(tiny_dit(), ["transformer_blocks.1"], pool=2, fused=False)
     counted = product_flops(tap, torch.randn(1, 4, 8, 8), torch.tensor([500]), torch.tensor([3]))
     for kind in ("jv", "vjp", "linearization"):

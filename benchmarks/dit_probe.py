@@ -98,7 +98,7 @@ def main() -> None:
     model = dit_xl_2().to(args.device).requires_grad_(False)
     # the search tap pools with the reference (forward-mode AD)
     tap = FeatureTap(model, [SEARCH_LAYER], pool=2, fused=False)
-    for dtype in (torch.float32, torch.bfloat16, torch.float16):  # fp16: the half precision CLARID's samples survive
+    for dtype in (torch.float32, torch.bfloat16, torch.float16):  # fp16: TF32's 10-bit mantissa
         model.to(dtype)
         row = probe(tap, dtype, args.device, args.probes, args.images, args.repeats)
         cells = "  ".join(
